@@ -1,0 +1,308 @@
+//! The test bed: a uniquely named "node" netns standing in for the host, "pod" netns beside it, and a
+//! private folder for configuration, IPAM state and records. Plugins (attache and Debian's reference
+//! plugins) run inside the node netns per the CNI protocol. Everything is removed on drop — also when a
+//! test fails or panics — and nothing ever touches the machine's own namespace or interfaces.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+/// Where Debian's containernetworking-plugins live.
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn attache_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_attache"))
+}
+
+/// Fail loudly when something a test needs is missing: CI must never skip silently.
+pub fn require_reference_plugins() {
+    for p in ["bridge", "host-local", "tuning"] {
+        let path = Path::new(REFERENCE_DIR).join(p);
+        assert!(
+            path.exists(),
+            "{} is missing: install Debian's containernetworking-plugins (scripts/test does)",
+            path.display()
+        );
+    }
+}
+
+/// Poll `f` until it holds or `secs` pass (the kernel tears a netns down asynchronously).
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn must(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The outcome of one plugin invocation.
+#[derive(Debug)]
+pub struct CniOutput {
+    pub exit: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CniOutput {
+    /// stdout as JSON (it must be exactly one document, or empty).
+    pub fn json(&self) -> Value {
+        if self.stdout.trim().is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {:?}", self.stdout))
+    }
+
+    pub fn ok(self) -> Value {
+        assert_eq!(
+            self.exit, 0,
+            "plugin failed: {} {}",
+            self.stdout, self.stderr
+        );
+        self.json()
+    }
+
+    /// Assert a CNI error with `code`; returns the error document.
+    pub fn err(self, code: u64) -> Value {
+        let v = self.json();
+        assert_eq!(
+            self.exit, 1,
+            "expected exit 1 with code {code}, got {}: {}",
+            self.exit, self.stdout
+        );
+        assert_eq!(v["code"].as_u64(), Some(code), "wrong code: {v}");
+        assert!(
+            v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "no msg: {v}"
+        );
+        v
+    }
+}
+
+/// A CNI call: command, container, interface and extra environment.
+pub struct Call<'a> {
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: Option<String>,
+    pub ifname: &'a str,
+    pub args: &'a str,
+    pub path: String,
+    pub extra_env: Vec<(String, String)>,
+    pub bin: PathBuf,
+}
+
+pub struct Node {
+    pub name: String,
+    pub pods: Vec<String>,
+    pub dir: PathBuf,
+}
+
+impl Node {
+    /// A fresh node netns (with `lo` up) and a private folder.
+    pub fn new(tag: &str) -> Node {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("att-{tag}-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Construct first so that Drop cleans up even if a later step panics.
+        let node = Node {
+            name: name.clone(),
+            pods: Vec::new(),
+            dir,
+        };
+        must(Command::new("ip").args(["netns", "add", &name]));
+        must(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        node
+    }
+
+    /// A new pod netns; returns its path.
+    pub fn pod(&mut self) -> String {
+        let name = format!("{}-p{}", self.name, self.pods.len());
+        self.pods.push(name.clone());
+        must(Command::new("ip").args(["netns", "add", &name]));
+        must(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        format!("/run/netns/{name}")
+    }
+
+    /// Remove a pod's netns early (to test DEL after the pod is gone).
+    pub fn delete_pod(&mut self, path: &str) {
+        let name = path.rsplit('/').next().unwrap().to_string();
+        must(Command::new("ip").args(["netns", "del", &name]));
+        self.pods.retain(|p| *p != name);
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// A call with the usual defaults: attache binary, reference plugins in CNI_PATH.
+    pub fn call<'a>(
+        &self,
+        command: &'a str,
+        container_id: &'a str,
+        netns: &str,
+        ifname: &'a str,
+    ) -> Call<'a> {
+        Call {
+            command,
+            container_id,
+            netns: Some(netns.to_string()),
+            ifname,
+            args: "",
+            path: REFERENCE_DIR.to_string(),
+            extra_env: Vec::new(),
+            bin: attache_bin(),
+        }
+    }
+
+    /// Run a plugin inside the node netns with exactly the CNI environment (nothing inherited).
+    pub fn exec(&self, call: &Call<'_>, conf: &Value) -> CniOutput {
+        self.exec_raw(call, conf.to_string().as_bytes())
+    }
+
+    pub fn exec_raw(&self, call: &Call<'_>, stdin: &[u8]) -> CniOutput {
+        use std::io::Write;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
+            .arg(&call.bin)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut set = |k: &str, v: &str| {
+            if !v.is_empty() {
+                cmd.env(k, v);
+            }
+        };
+        set("CNI_COMMAND", call.command);
+        set("CNI_CONTAINERID", call.container_id);
+        set("CNI_IFNAME", call.ifname);
+        set("CNI_ARGS", call.args);
+        set("CNI_PATH", &call.path);
+        if let Some(ns) = &call.netns {
+            set("CNI_NETNS", ns);
+        }
+        for (k, v) in &call.extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn plugin");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        CniOutput {
+            exit: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `ip -j ARGS` inside a netns (`None` = the node).
+    pub fn ip(&self, netns: Option<&str>, args: &[&str]) -> Value {
+        let ns = netns
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .unwrap_or(self.name.clone());
+        let out = must(Command::new("ip").arg("-n").arg(&ns).arg("-j").args(args));
+        if out.trim().is_empty() {
+            return Value::Array(vec![]);
+        }
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Names of the links in a netns.
+    pub fn links(&self, netns: Option<&str>) -> Vec<String> {
+        self.ip(netns, &["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Addresses (CIDR) on one interface in a netns, without link-local IPv6.
+    pub fn addrs(&self, netns: Option<&str>, ifname: &str) -> Vec<String> {
+        let v = self.ip(netns, &["addr", "show", "dev", ifname]);
+        let mut out = Vec::new();
+        for l in v.as_array().unwrap() {
+            for a in l["addr_info"].as_array().unwrap() {
+                if a["scope"] == "link" {
+                    continue;
+                }
+                out.push(format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap(),
+                    a["prefixlen"]
+                ));
+            }
+        }
+        out
+    }
+
+    /// Run a command inside a netns.
+    pub fn sh(&self, netns: Option<&str>, cmdline: &[&str]) -> std::process::Output {
+        let ns = netns
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .unwrap_or(self.name.clone());
+        run(Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(cmdline))
+    }
+
+    /// Files under a folder of the node's private dir (recursively), relative names, sorted.
+    pub fn files(&self, rel: &str) -> Vec<String> {
+        fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(base, &p, out);
+                    } else {
+                        out.push(p.strip_prefix(base).unwrap().display().to_string());
+                    }
+                }
+            }
+        }
+        let base = self.dir.join(rel);
+        let mut out = Vec::new();
+        walk(&base, &base, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for p in &self.pods {
+            let _ = Command::new("ip").args(["netns", "del", p]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,534 @@
+//! The process boundary of a CNI plugin: read `CNI_*` from an injected environment and the configuration
+//! from an injected reader, validate both per command, dispatch, and write exactly one JSON document (a
+//! result, a version answer or an error) to the injected writer. Nothing else ever reaches stdout.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::cni::conf::{self, NetConf};
+use crate::cni::spec::{self, CURRENT_VERSION, Version};
+use crate::error::{Error, Result};
+
+/// Where `CNI_*` variables come from: the process environment, or a map in tests.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String, S> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Version,
+    Status,
+    Gc,
+}
+
+impl Command {
+    pub fn parse(s: &str) -> Result<Command> {
+        Ok(match s {
+            "ADD" => Command::Add,
+            "DEL" => Command::Del,
+            "CHECK" => Command::Check,
+            "VERSION" => Command::Version,
+            "STATUS" => Command::Status,
+            "GC" => Command::Gc,
+            other => {
+                return Err(Error::InvalidEnv(format!(
+                    "CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, VERSION, STATUS, GC"
+                )));
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Version => "VERSION",
+            Command::Status => "STATUS",
+            Command::Gc => "GC",
+        }
+    }
+
+    /// Whether a variable is required for this command (SPEC §2 and the reference skel).
+    fn requires(self, var: &str) -> bool {
+        use Command::*;
+        match var {
+            "CNI_CONTAINERID" | "CNI_IFNAME" => matches!(self, Add | Del | Check),
+            "CNI_NETNS" => matches!(self, Add | Check),
+            "CNI_PATH" => matches!(self, Add | Del | Check | Gc | Status),
+            _ => false,
+        }
+    }
+}
+
+/// `CNI_ARGS`: `K=V;K=V`. Keys attache knows are read; others are refused unless `IgnoreUnknown` is set,
+/// as the reference plugins do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CniArgs {
+    pub pairs: Vec<(String, String)>,
+}
+
+/// Keys attache (or the drivers it implements) understands.
+const KNOWN_ARGS: &[&str] = &[
+    "IgnoreUnknown",
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_NAME",
+    "K8S_POD_INFRA_CONTAINER_ID",
+    "K8S_POD_UID",
+    "IP",
+    "MAC",
+    "GATEWAY",
+];
+
+impl CniArgs {
+    pub fn parse(s: &str) -> Result<CniArgs> {
+        let mut pairs = Vec::new();
+        for part in s.split(';').filter(|p| !p.is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(Error::InvalidEnv(format!(
+                    "CNI_ARGS: {part:?} is not a KEY=VALUE pair"
+                )));
+            };
+            pairs.push((k.to_string(), v.to_string()));
+        }
+        let args = CniArgs { pairs };
+        let ignore = args
+            .get("IgnoreUnknown")
+            .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        if !ignore
+            && let Some((k, _)) = args
+                .pairs
+                .iter()
+                .find(|(k, _)| !KNOWN_ARGS.contains(&k.as_str()))
+        {
+            return Err(Error::InvalidEnv(format!(
+                "CNI_ARGS: unknown key {k:?} (set IgnoreUnknown=1 to allow it)"
+            )));
+        }
+        Ok(args)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn to_env_string(&self) -> String {
+        self.pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+/// The validated invocation: everything a command needs from the environment.
+#[derive(Clone, Debug)]
+pub struct CmdArgs {
+    pub command: Command,
+    pub container_id: String,
+    /// `None` when DEL (or a pod-less verb) was given no netns.
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    pub args: CniArgs,
+    /// `CNI_PATH` split on `:`.
+    pub path: Vec<PathBuf>,
+}
+
+impl CmdArgs {
+    /// Read and validate the environment for `command`. Missing or malformed variables are code 4, all
+    /// missing ones named at once.
+    pub fn from_env(command: Command, env: &dyn Env) -> Result<CmdArgs> {
+        let get = |k: &str| env.var(k).filter(|v| !v.is_empty());
+        let missing: Vec<&str> = ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+            .into_iter()
+            .filter(|k| command.requires(k) && get(k).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::InvalidEnv(format!(
+                "required environment variables missing for {}: {}",
+                command.as_str(),
+                missing.join(", ")
+            )));
+        }
+        let container_id = get("CNI_CONTAINERID").unwrap_or_default();
+        if command.requires("CNI_CONTAINERID") {
+            conf::check_container_id(&container_id).map_err(Error::InvalidEnv)?;
+        }
+        let ifname = get("CNI_IFNAME").unwrap_or_default();
+        if command.requires("CNI_IFNAME") {
+            conf::check_ifname(&ifname)
+                .map_err(|m| Error::InvalidEnv(format!("CNI_IFNAME: {m}")))?;
+        }
+        let args = CniArgs::parse(&env.var("CNI_ARGS").unwrap_or_default())?;
+        let path = get("CNI_PATH")
+            .map(|p| {
+                p.split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(CmdArgs {
+            command,
+            container_id,
+            netns: get("CNI_NETNS").map(PathBuf::from),
+            ifname,
+            args,
+            path,
+        })
+    }
+
+    /// `CNI_PATH` joined again, for delegates.
+    pub fn path_string(&self) -> String {
+        self.path
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+/// The minimum config version of each command (reference skel's gates).
+fn check_version_gate(command: Command, conf: &NetConf) -> Result<()> {
+    let (min, what) = match command {
+        Command::Check => (Version::V0_4_0, "CHECK"),
+        Command::Status => (Version::V1_1_0, "STATUS"),
+        Command::Gc => (Version::V1_1_0, "GC"),
+        _ => return Ok(()),
+    };
+    if conf.version < min {
+        return Err(Error::IncompatibleVersion(format!(
+            "config version {} does not allow {what} (it needs {min} or later)",
+            conf.cni_version
+        )));
+    }
+    Ok(())
+}
+
+/// What the dispatcher hands over to: the engine in the real binary, a fake in tests.
+pub trait Plugin {
+    /// Run a validated command. `Some(value)` is printed as the result.
+    fn run(&self, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>>;
+}
+
+/// Run one CNI invocation end to end and return the process exit code.
+pub fn run(env: &dyn Env, input: &mut dyn Read, out: &mut dyn Write, plugin: &dyn Plugin) -> i32 {
+    let mut version = CURRENT_VERSION.to_string();
+    // A bug must still end as a CNI error on stdout, never as a bare panic.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dispatch(env, input, plugin, &mut version)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::Internal(format!(
+            "internal error (a bug in attache): {what}"
+        )))
+    });
+    let (doc, code) = match result {
+        Ok(Some(v)) => (Some(v), 0),
+        Ok(None) => (None, 0),
+        Err(e) => {
+            tracing::error!(code = e.cni_code(), "{e}");
+            (Some(spec::error_value(&version, &e)), 1)
+        }
+    };
+    if let Some(doc) = doc {
+        let text = serde_json::to_string(&doc).unwrap_or_default();
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            return 1;
+        }
+    }
+    code
+}
+
+fn dispatch(
+    env: &dyn Env,
+    input: &mut dyn Read,
+    plugin: &dyn Plugin,
+    version: &mut String,
+) -> Result<Option<Value>> {
+    let command = match env.var("CNI_COMMAND").filter(|c| !c.is_empty()) {
+        None => {
+            return Err(Error::InvalidEnv(
+                "required environment variable CNI_COMMAND is missing".into(),
+            ));
+        }
+        Some(c) => Command::parse(&c)?,
+    };
+    let mut stdin = Vec::new();
+    input
+        .read_to_end(&mut stdin)
+        .map_err(|e| Error::io("reading the network configuration from stdin", e))?;
+
+    if command == Command::Version {
+        let asked = if stdin.iter().all(u8::is_ascii_whitespace) {
+            String::new()
+        } else {
+            let v: Value = serde_json::from_slice(&stdin).map_err(|source| Error::Decode {
+                what: "VERSION input".into(),
+                source,
+            })?;
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        return Ok(Some(spec::version_value(&asked)));
+    }
+
+    let conf = NetConf::from_bytes(&stdin)?;
+    *version = conf.cni_version.clone();
+    Version::supported(&conf.cni_version)?;
+    check_version_gate(command, &conf)?;
+    let args = CmdArgs::from_env(command, env)?;
+    plugin.run(&args, conf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    struct Fake {
+        seen: RefCell<Vec<(Command, String)>>,
+        reply: Option<Value>,
+    }
+
+    impl Plugin for Fake {
+        fn run(&self, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
+            self.seen
+                .borrow_mut()
+                .push((args.command, conf.plugin_type.clone()));
+            Ok(self.reply.clone())
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn full_env(cmd: &str) -> HashMap<String, String> {
+        env(&[
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/p"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni:/opt/cni/bin"),
+        ])
+    }
+
+    fn call(e: &HashMap<String, String>, stdin: &str) -> (i32, Value) {
+        let fake = Fake {
+            seen: RefCell::new(vec![]),
+            reply: Some(serde_json::json!({"ok": true})),
+        };
+        let mut out = Vec::new();
+        let code = run(e, &mut stdin.as_bytes(), &mut out, &fake);
+        let v = if out.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out).expect("stdout is one JSON document")
+        };
+        (code, v)
+    }
+
+    const CONF: &str = r#"{"cniVersion":"1.0.0","name":"n","type":"attache"}"#;
+
+    #[test]
+    fn add_with_full_env_reaches_the_plugin() {
+        let (code, v) = call(&full_env("ADD"), CONF);
+        assert_eq!(code, 0);
+        assert_eq!(v["ok"], true);
+    }
+
+    #[test]
+    fn env_errors_are_code_4() {
+        let cases: Vec<(HashMap<String, String>, &str)> = vec![
+            (env(&[]), "CNI_COMMAND"),
+            (env(&[("CNI_COMMAND", "BOGUS")]), "BOGUS"),
+            (
+                {
+                    let mut e = full_env("ADD");
+                    e.remove("CNI_NETNS");
+                    e.remove("CNI_PATH");
+                    e
+                },
+                "CNI_NETNS, CNI_PATH",
+            ),
+            (
+                {
+                    let mut e = full_env("ADD");
+                    e.insert("CNI_IFNAME".into(), "way-too-long-name0".into());
+                    e
+                },
+                "longer than 15",
+            ),
+            (
+                {
+                    let mut e = full_env("ADD");
+                    e.insert("CNI_IFNAME".into(), "et/h0".into());
+                    e
+                },
+                "invalid character",
+            ),
+            (
+                {
+                    let mut e = full_env("CHECK");
+                    e.insert("CNI_CONTAINERID".into(), "-bad id".into());
+                    e
+                },
+                "container ID",
+            ),
+            (
+                {
+                    let mut e = full_env("ADD");
+                    e.insert("CNI_ARGS".into(), "FOO".into());
+                    e
+                },
+                "KEY=VALUE",
+            ),
+            (
+                {
+                    let mut e = full_env("ADD");
+                    e.insert("CNI_ARGS".into(), "FOO=bar".into());
+                    e
+                },
+                "unknown key",
+            ),
+        ];
+        for (e, needle) in cases {
+            let (code, v) = call(&e, CONF);
+            assert_eq!(code, 1, "{e:?}");
+            assert_eq!(v["code"], 4, "{e:?}: {v}");
+            let msg = v["msg"].as_str().unwrap();
+            assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn del_tolerates_missing_netns() {
+        let mut e = full_env("DEL");
+        e.remove("CNI_NETNS");
+        assert_eq!(call(&e, CONF).0, 0);
+        e.insert("CNI_NETNS".into(), String::new());
+        assert_eq!(call(&e, CONF).0, 0);
+    }
+
+    #[test]
+    fn k8s_args_are_accepted() {
+        let mut e = full_env("ADD");
+        e.insert(
+            "CNI_ARGS".into(),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=u;FOO=1"
+                .into(),
+        );
+        assert_eq!(call(&e, CONF).0, 0);
+        let a = CniArgs::parse("K8S_POD_NAME=p;IP=10.0.0.2").unwrap();
+        assert_eq!(a.get("K8S_POD_NAME"), Some("p"));
+        assert_eq!(a.to_env_string(), "K8S_POD_NAME=p;IP=10.0.0.2");
+    }
+
+    #[test]
+    fn version_gates() {
+        let (_, v) = call(
+            &full_env("CHECK"),
+            r#"{"cniVersion":"0.3.1","name":"n","type":"attache"}"#,
+        );
+        assert_eq!(v["code"], 1);
+        assert_eq!(v["cniVersion"], "0.3.1");
+        let (_, v) = call(
+            &full_env("CHECK"),
+            r#"{"cniVersion":"0.4.0","name":"n","type":"attache"}"#,
+        );
+        assert_eq!(v["ok"], true);
+        for cmd in ["GC", "STATUS"] {
+            let (_, v) = call(&full_env(cmd), CONF);
+            assert_eq!(v["code"], 1, "{cmd}");
+            let (code, _) = call(
+                &full_env(cmd),
+                r#"{"cniVersion":"1.1.0","name":"n","type":"attache"}"#,
+            );
+            assert_eq!(code, 0, "{cmd}");
+        }
+        let (_, v) = call(
+            &full_env("ADD"),
+            r#"{"cniVersion":"0.2.0","name":"n","type":"attache"}"#,
+        );
+        assert_eq!(v["code"], 1);
+        let (_, v) = call(
+            &full_env("ADD"),
+            r#"{"cniVersion":"9.9.9","name":"n","type":"attache"}"#,
+        );
+        assert_eq!(v["code"], 1);
+    }
+
+    #[test]
+    fn status_and_gc_need_only_path() {
+        let e = env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")]);
+        let (code, _) = call(&e, r#"{"cniVersion":"1.1.0","name":"n","type":"attache"}"#);
+        assert_eq!(code, 0);
+        let e = env(&[("CNI_COMMAND", "STATUS")]);
+        let (_, v) = call(&e, r#"{"cniVersion":"1.1.0","name":"n","type":"attache"}"#);
+        assert_eq!(v["code"], 4);
+    }
+
+    #[test]
+    fn version_answers_without_other_env() {
+        let e = env(&[("CNI_COMMAND", "VERSION")]);
+        let (code, v) = call(&e, r#"{"cniVersion":"0.4.0"}"#);
+        assert_eq!(code, 0);
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(
+            v["supportedVersions"],
+            serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
+        let (code, v) = call(&e, "");
+        assert_eq!(code, 0);
+        assert_eq!(v["cniVersion"], "1.1.0");
+        let (code, v) = call(&e, "{oops");
+        assert_eq!((code, v["code"].as_u64()), (1, Some(6)));
+    }
+
+    #[test]
+    fn bad_stdin_is_6_or_7() {
+        let (c, v) = call(&full_env("ADD"), "{");
+        assert_eq!((c, v["code"].as_u64()), (1, Some(6)));
+        let (c, v) = call(
+            &full_env("ADD"),
+            r#"{"cniVersion":"1.0.0","name":"a b","type":"x"}"#,
+        );
+        assert_eq!((c, v["code"].as_u64()), (1, Some(7)));
+    }
+}

@@ -1,0 +1,303 @@
+//! The meta-plugin's own configuration (`"type": "attache"`): raw keys in, [`AttacheConf`] out.
+//! Resolving `clusterNetwork` reads files, so it is a separate, explicit step ([`AttacheConf::cluster_network`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cni::conf::NetConf;
+use crate::delegate::NetworkList;
+use crate::error::{Error, Result};
+
+pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/attache";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    cluster_network: Option<Value>,
+    conf_dir: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+    log_level: Option<String>,
+}
+
+/// Where the cluster network's configuration comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClusterRef {
+    /// An inline conf or conflist.
+    Inline(Value),
+    /// A file name (or absolute path) in `confDir`, or the `name` of a network configured there.
+    Named(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct AttacheConf {
+    pub cluster: ClusterRef,
+    pub conf_dir: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub log_file: Option<PathBuf>,
+    pub log_level: tracing::Level,
+}
+
+impl AttacheConf {
+    pub fn from_conf(conf: &NetConf) -> Result<AttacheConf> {
+        let raw: Raw = serde_json::from_value(Value::Object(conf.raw.clone()))
+            .map_err(|e| Error::config(format!("attache configuration: {e}")))?;
+        let cluster = match raw.cluster_network {
+            None | Some(Value::Null) => {
+                return Err(Error::config(
+                    "clusterNetwork is required: an inline conf or conflist, or the name of a .conf/.conflist in confDir",
+                ));
+            }
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                return Err(Error::config("clusterNetwork is empty"));
+            }
+            Some(Value::String(s)) => ClusterRef::Named(s),
+            Some(v @ Value::Object(_)) => {
+                // Validate the shape now so a broken inline conf is refused before anything happens.
+                NetworkList::from_value(&v, &conf.cni_version)
+                    .map_err(|e| e.context("clusterNetwork"))?;
+                ClusterRef::Inline(v)
+            }
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "clusterNetwork must be an object or a string, got {other}"
+                )));
+            }
+        };
+        let log_level = parse_level(raw.log_level.as_deref().unwrap_or("info"))?;
+        for (key, dir) in [("confDir", &raw.conf_dir), ("cacheDir", &raw.cache_dir)] {
+            if let Some(d) = dir
+                && !d.is_absolute()
+            {
+                return Err(Error::config(format!(
+                    "{key} must be an absolute path, got {}",
+                    d.display()
+                )));
+            }
+        }
+        Ok(AttacheConf {
+            cluster,
+            conf_dir: raw.conf_dir.unwrap_or_else(|| DEFAULT_CONF_DIR.into()),
+            bin_dir: raw.bin_dir,
+            cache_dir: raw.cache_dir.unwrap_or_else(|| DEFAULT_CACHE_DIR.into()),
+            log_file: raw.log_file,
+            log_level,
+        })
+    }
+
+    /// Load the cluster network's configuration. `default_version` applies to a conf that names none.
+    pub fn cluster_network(&self, default_version: &str) -> Result<NetworkList> {
+        let list = match &self.cluster {
+            ClusterRef::Inline(v) => NetworkList::from_value(v, default_version)?,
+            ClusterRef::Named(name) => load_named(&self.conf_dir, name, default_version)?,
+        };
+        if list.name.is_empty() {
+            return Err(Error::config("clusterNetwork has no \"name\""));
+        }
+        crate::cni::conf::validate_network_name(&list.name)?;
+        Ok(list)
+    }
+
+    /// The directories searched for delegate binaries: `binDir` first, then `CNI_PATH`.
+    pub fn search_path(&self, cni_path: &[PathBuf]) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.bin_dir.iter().cloned().collect();
+        dirs.extend(
+            cni_path
+                .iter()
+                .filter(|p| Some(*p) != self.bin_dir.as_ref())
+                .cloned(),
+        );
+        dirs
+    }
+}
+
+fn parse_level(s: &str) -> Result<tracing::Level> {
+    use tracing::Level;
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "error" | "panic" => Level::ERROR,
+        "warn" | "warning" => Level::WARN,
+        "info" => Level::INFO,
+        "debug" | "verbose" => Level::DEBUG,
+        "trace" => Level::TRACE,
+        other => {
+            return Err(Error::config(format!(
+                "logLevel {other:?} is not one of error, warn, info, debug, trace"
+            )));
+        }
+    })
+}
+
+/// Find a network by file name or by network name in `dir`, as runtimes and Multus do.
+fn load_named(dir: &Path, name: &str, default_version: &str) -> Result<NetworkList> {
+    let read = |p: &Path| -> Result<NetworkList> {
+        let bytes =
+            std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+            what: p.display().to_string(),
+            source,
+        })?;
+        NetworkList::from_value(&v, default_version).map_err(|e| e.context(p.display()))
+    };
+    let direct = Path::new(name);
+    if direct.is_absolute() {
+        return read(direct);
+    }
+    if name.contains('/') {
+        return Err(Error::config(format!(
+            "clusterNetwork {name:?}: a name in confDir cannot contain '/'"
+        )));
+    }
+    for candidate in [
+        name.to_string(),
+        format!("{name}.conflist"),
+        format!("{name}.conf"),
+        format!("{name}.json"),
+    ] {
+        let p = dir.join(&candidate);
+        if p.is_file() {
+            return read(&p);
+        }
+    }
+    // By the network's `name`, scanning confDir in order (`.conflist` wins over `.conf` of the same name).
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    for ext in ["conflist", "conf", "json"] {
+        for p in files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+        {
+            if let Ok(list) = read(p)
+                && list.name == name
+            {
+                return Ok(list);
+            }
+        }
+    }
+    Err(Error::config(format!(
+        "clusterNetwork {name:?}: no file of that name and no network of that name in {}",
+        dir.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: Value) -> NetConf {
+        NetConf::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn requires_cluster_network() {
+        let c = conf(json!({"cniVersion":"1.0.0","name":"a","type":"attache"}));
+        assert_eq!(AttacheConf::from_conf(&c).unwrap_err().cni_code(), 7);
+        let c = conf(json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":5}));
+        assert_eq!(AttacheConf::from_conf(&c).unwrap_err().cni_code(), 7);
+        let c = conf(
+            json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":{"name":"x"}}),
+        );
+        assert_eq!(AttacheConf::from_conf(&c).unwrap_err().cni_code(), 7);
+        let c = conf(
+            json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"x","logLevel":"loud"}),
+        );
+        assert_eq!(AttacheConf::from_conf(&c).unwrap_err().cni_code(), 7);
+        let c = conf(
+            json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"x","cacheDir":"rel"}),
+        );
+        assert_eq!(AttacheConf::from_conf(&c).unwrap_err().cni_code(), 7);
+    }
+
+    #[test]
+    fn defaults_and_search_path() {
+        let c = conf(
+            json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"net","binDir":"/opt/cni/bin"}),
+        );
+        let a = AttacheConf::from_conf(&c).unwrap();
+        assert_eq!(a.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
+        assert_eq!(a.conf_dir, PathBuf::from(DEFAULT_CONF_DIR));
+        assert_eq!(
+            a.search_path(&[PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]),
+            vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
+    }
+
+    #[test]
+    fn finds_cluster_network_by_file_or_name() {
+        let d = std::env::temp_dir().join(format!("attache-confdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("10-flat.conflist"),
+            r#"{"cniVersion":"0.4.0","name":"flat","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("20-other.conf"),
+            r#"{"cniVersion":"1.0.0","name":"other","type":"ptp"}"#,
+        )
+        .unwrap();
+        std::fs::write(d.join("30-broken.conf"), "{").unwrap();
+        let mk = |name: &str| {
+            AttacheConf::from_conf(&conf(
+                json!({"cniVersion":"1.0.0","name":"a","type":"attache",
+                "clusterNetwork": name, "confDir": d}),
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            mk("10-flat.conflist")
+                .cluster_network("1.0.0")
+                .unwrap()
+                .name,
+            "flat"
+        );
+        assert_eq!(mk("10-flat").cluster_network("1.0.0").unwrap().name, "flat");
+        assert_eq!(
+            mk("flat")
+                .cluster_network("1.0.0")
+                .unwrap()
+                .version
+                .to_string(),
+            "0.4.0"
+        );
+        assert_eq!(
+            mk("other").cluster_network("1.0.0").unwrap().plugin_type(0),
+            "ptp"
+        );
+        let abs = d.join("20-other.conf");
+        assert_eq!(
+            mk(abs.to_str().unwrap())
+                .cluster_network("1.0.0")
+                .unwrap()
+                .name,
+            "other"
+        );
+        assert_eq!(
+            mk("nope").cluster_network("1.0.0").unwrap_err().cni_code(),
+            7
+        );
+        assert_eq!(
+            mk("30-broken.conf")
+                .cluster_network("1.0.0")
+                .unwrap_err()
+                .cni_code(),
+            6
+        );
+        assert_eq!(
+            mk("../etc")
+                .cluster_network("1.0.0")
+                .unwrap_err()
+                .cni_code(),
+            7
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

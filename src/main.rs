@@ -1,0 +1,23 @@
+//! The `attache` binary: wire the real environment, stdin and stdout to the CNI dispatcher.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let invoked_as = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "attache".into());
+    let engine = attache::engine::Engine::new(invoked_as);
+    let code = attache::cni::skel::run(
+        &attache::cni::skel::ProcessEnv,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        &engine,
+    );
+    ExitCode::from(code as u8)
+}
