@@ -20,4 +20,8 @@ pub mod cni;
 pub mod delegate;
 pub mod engine;
 pub mod error;
+pub mod ipam;
+pub mod netlink;
 pub mod netns;
+#[cfg(test)]
+mod testutil;

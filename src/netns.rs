@@ -81,6 +81,25 @@ impl NetNs {
     }
 }
 
+/// A `NETLINK_ROUTE` socket created inside `ns` (or in the current namespace for `None`), with strict
+/// checking on so the kernel filters dumps, ready for the tokio runtime. Must be called from within one.
+pub fn route_socket(ns: Option<&NetNs>) -> Result<rtnetlink::sys::TokioSocket> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let make = || -> std::io::Result<rtnetlink::sys::Socket> {
+        let s = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+        s.set_netlink_get_strict_chk(true)?;
+        s.set_ext_ack(true)?;
+        Ok(s)
+    };
+    let sock = match ns {
+        None => make(),
+        Some(ns) => ns.run(make)?,
+    }
+    .map_err(|e| Error::io("creating a netlink socket", e))?;
+    // SAFETY: the fd was just created and is owned by `sock`; ownership moves to the TokioSocket.
+    Ok(unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(sock.into_raw_fd()) })
+}
+
 impl AsFd for NetNs {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()

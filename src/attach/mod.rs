@@ -1,29 +1,233 @@
 //! Native attachment drivers, run in-process over netlink: the plugin types attache owns. Each one also
 //! works on its own (drop-in mode): a conf with that `type`, or the binary installed under that name.
+//!
+//! What the drivers share lives here: the dispatch by command, the undo list that rolls a failed ADD back
+//! in reverse order, and [`configure_iface`] — addresses, link up and routes on the pod side, the
+//! reference plugins' `ConfigureIface`.
 
+pub mod bridge;
+pub mod nft;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::cni::conf::NetConf;
 use crate::cni::skel::CmdArgs;
+use crate::cni::spec::CniResult;
 use crate::error::{Error, Result};
+use crate::netlink::{Netlink, RouteSpec};
+use crate::netns::NetNs;
 
 /// The plugin types attache implements itself.
-pub const NATIVE_TYPES: &[&str] = &[];
+pub const NATIVE_TYPES: &[&str] = &["bridge"];
 
 pub fn is_native(t: &str) -> bool {
     NATIVE_TYPES.contains(&t)
 }
 
-/// ", and natively: bridge, ..." for error messages; empty while there are none.
+/// " and natively bridge, ..." for error messages.
 pub fn native_list_suffix() -> String {
-    if NATIVE_TYPES.is_empty() {
-        String::new()
-    } else {
-        format!(" and natively {}", NATIVE_TYPES.join(", "))
+    format!(" and natively {}", NATIVE_TYPES.join(", "))
+}
+
+/// Run a native driver for one command — standalone (drop-in mode), or as a link in a chain.
+pub async fn run_standalone(t: &str, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
+    match t {
+        "bridge" => bridge::run(args, &conf).await,
+        other => Err(Error::config(format!(
+            "native type {other:?} is not available"
+        ))),
     }
 }
 
-/// Run a native driver as a standalone plugin (drop-in mode).
-pub async fn run_standalone(t: &str, _args: &CmdArgs, _conf: NetConf) -> Result<Option<Value>> {
-    Err(Error::config(format!("native type {t:?} is not available")))
+/// The host-side name of a pod's veth: stable for a `(containerID, ifname)` so DEL, CHECK and a retried
+/// ADD can find it without state, and `veth`-prefixed because NetworkManager leaves such devices alone.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let h = nft::fnv1a(&[container_id, ifname]);
+    format!("veth{:011x}", h & 0xfff_ffff_ffff)
+}
+
+/// The label put on host-side links (`ip link` shows it), naming their owner.
+pub fn owner_alias(container_id: &str, ifname: &str) -> String {
+    format!("attache {container_id} {ifname}")
+}
+
+/// Open the pod's netns named by `CNI_NETNS` (code 8 if it is not one).
+pub fn pod_netns(args: &CmdArgs) -> Result<NetNs> {
+    let p = args
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is required".into()))?;
+    NetNs::open(p)
+}
+
+/// Things a failed ADD undoes, newest first.
+pub enum Undo {
+    Link { nl: Netlink, name: String },
+    Nft(String),
+    Ipam,
+}
+
+/// Run an undo list in reverse; errors are logged, the ADD's own error is what the caller sees.
+pub async fn rollback(undo: Vec<Undo>, args: &CmdArgs, conf: &NetConf, ipam: &crate::ipam::Ipam) {
+    for u in undo.into_iter().rev() {
+        let r = match &u {
+            Undo::Link { nl, name } => nl.del_link(name).await,
+            Undo::Nft(script) => nft::apply(script).await,
+            Undo::Ipam => ipam.del(args, conf).await,
+        };
+        if let Err(e) = r {
+            tracing::warn!("rollback step failed: {e}");
+        }
+    }
+}
+
+/// Write a sysctl under `/proc/sys` of the calling thread's namespace.
+pub fn sysctl(key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|e| Error::io(format!("setting {key}"), e))
+}
+
+/// Read a sysctl under `/proc/sys` of the calling thread's namespace.
+pub fn sysctl_get(key: &str) -> Result<String> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::io(format!("reading {key}"), e))
+}
+
+/// Options of [`configure_iface`].
+pub struct IfaceOpts {
+    /// Leave IPv6 duplicate address detection on (`enabledad`), with enhanced DAD.
+    pub enable_dad: bool,
+    /// Turn DAD off whatever `enable_dad` says (hairpin and promiscuous bridges echo NS packets back).
+    pub force_no_dad: bool,
+    /// Send unsolicited neighbour advertisements on IPv6 changes (macvlan/ipvlan).
+    pub ndisc_notify: bool,
+}
+
+/// Configure the pod side of an attachment, as the reference `ConfigureIface` does: sysctls first (so
+/// the link coming up announces itself with a gratuitous ARP), addresses, link up, then the routes —
+/// a route without a gateway uses its family's gateway.
+pub async fn configure_iface(
+    pod: &NetNs,
+    pod_nl: &Netlink,
+    ifname: &str,
+    index: u32,
+    result: &CniResult,
+    opts: &IfaceOpts,
+) -> Result<()> {
+    let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
+    let ifname_owned = ifname.to_string();
+    let (enable_dad, ndisc) = (opts.enable_dad && !opts.force_no_dad, opts.ndisc_notify);
+    pod.run(move || -> Result<()> {
+        let i = &ifname_owned;
+        sysctl(&format!("net.ipv4.conf.{i}.arp_notify"), "1")?;
+        if has_v6 {
+            sysctl("net.ipv6.conf.lo.disable_ipv6", "0")?;
+            sysctl(&format!("net.ipv6.conf.{i}.disable_ipv6"), "0")?;
+        }
+        // IPv6 may be off in the pod; then these keys do not exist and there is nothing to set.
+        if std::path::Path::new(&format!("/proc/sys/net/ipv6/conf/{i}")).exists() {
+            if enable_dad {
+                sysctl(&format!("net.ipv6.conf.{i}.enhanced_dad"), "1")?;
+                sysctl(&format!("net.ipv6.conf.{i}.accept_dad"), "1")?;
+            } else {
+                sysctl(&format!("net.ipv6.conf.{i}.accept_dad"), "0")?;
+            }
+            if ndisc {
+                sysctl(&format!("net.ipv6.conf.{i}.ndisc_notify"), "1")?;
+            }
+        }
+        Ok(())
+    })??;
+    for ip in &result.ips {
+        pod_nl.add_addr(index, ip.address).await?;
+    }
+    pod_nl.set_up(ifname).await?;
+    for r in &result.routes {
+        let gw = r.gw.or_else(|| family_gateway(result, r.dst.addr()));
+        pod_nl
+            .add_route(&RouteSpec {
+                dst: r.dst,
+                gw,
+                oif: index,
+                metric: r.priority,
+                table: r.table,
+                scope: r.scope,
+                mtu: r.mtu,
+                advmss: r.adv_mss,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// The first gateway of `like`'s family among the result's addresses.
+pub fn family_gateway(result: &CniResult, like: IpAddr) -> Option<IpAddr> {
+    result
+        .ips
+        .iter()
+        .filter_map(|i| i.gateway)
+        .find(|g| g.is_ipv4() == like.is_ipv4())
+}
+
+/// Check that the pod side still carries what a previous result says it should.
+pub async fn check_iface(
+    pod_nl: &Netlink,
+    ifname: &str,
+    index: u32,
+    prev: &CniResult,
+    pod_iface: usize,
+) -> Result<()> {
+    let have = pod_nl.addrs(index, None).await?;
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|i| i.interface.is_none_or(|n| n == pod_iface))
+    {
+        if !have.contains(&ip.address) {
+            return Err(Error::Internal(format!(
+                "{ifname} is missing its address {}",
+                ip.address
+            )));
+        }
+    }
+    for r in &prev.routes {
+        let gw = r.gw.or_else(|| family_gateway(prev, r.dst.addr()));
+        let routes = pod_nl.routes(r.dst.addr().is_ipv4(), r.table).await?;
+        let found = routes.iter().any(|(dst, g, oif)| {
+            *dst == r.dst && (gw.is_none() || *g == gw) && oif.is_none_or(|o| o == index)
+        });
+        if !found {
+            return Err(Error::Internal(format!(
+                "{ifname} is missing the route {}{}",
+                r.dst,
+                gw.map(|g| format!(" via {g}")).unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The addresses of a result as networks (for nft).
+pub fn result_nets(result: &CniResult) -> Vec<IpNet> {
+    result.ips.iter().map(|i| i.address).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names() {
+        let a = host_veth_name("c1", "eth0");
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("veth"));
+        assert_eq!(a, host_veth_name("c1", "eth0"));
+        assert_ne!(a, host_veth_name("c1", "net1"));
+        crate::cni::conf::check_ifname(&a).unwrap();
+    }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cni::conf::NetConf;
-use crate::delegate::NetworkList;
+use crate::engine::chain::NetworkList;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";

@@ -10,7 +10,8 @@ use serde_json::Value;
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Version};
-use crate::delegate::{Invocation, NetworkList};
+use crate::delegate::Invocation;
+use crate::engine::chain::NetworkList;
 use crate::engine::config::AttacheConf;
 use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
 use crate::error::{Error, Result};
@@ -61,12 +62,15 @@ fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Vec<Attachme
     // Every binary the chain needs must be installed: finding out half-way would leave work to undo.
     let path = ac.search_path(&args.path);
     for i in 0..cluster.plugins.len() {
-        crate::delegate::find_plugin(cluster.plugin_type(i), &path)?;
+        let t = cluster.plugin_type(i);
+        if !crate::attach::is_native(t) {
+            crate::delegate::find_plugin(t, &path)?;
+        }
     }
     Ok(vec![AttachmentRecord {
         network: cluster.name.clone(),
         ifname: args.ifname.clone(),
-        driver: "exec".into(),
+        driver: "chain".into(),
         conf: cluster.to_value(),
         runtime_config: crate::cni::conf::normalize_runtime_config(conf.runtime_config()),
         cni_args: args.args.to_env_string(),
@@ -311,7 +315,7 @@ async fn attach_add(args: &CmdArgs, ac: &AttacheConf, a: &AttachmentRecord) -> R
     let path = ac.search_path(&args.path);
     let inv = invocation(args, a, args.netns.as_deref(), &path);
     match a.driver.as_str() {
-        "exec" => {
+        "chain" => {
             let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
             list.add(&inv, &a.runtime_config).await
         }
@@ -337,7 +341,7 @@ async fn attach_del(
     let inv = invocation(args, a, netns, &path);
     let prev = result_of(a)?;
     match a.driver.as_str() {
-        "exec" => {
+        "chain" => {
             let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
             list.del(&inv, &a.runtime_config, prev.as_ref()).await
         }
@@ -353,7 +357,7 @@ async fn attach_check(args: &CmdArgs, ac: &AttacheConf, a: &AttachmentRecord) ->
     let prev =
         result_of(a)?.ok_or_else(|| Error::config("attachment has no result to check against"))?;
     match a.driver.as_str() {
-        "exec" => {
+        "chain" => {
             let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
             list.check(&inv, &a.runtime_config, &prev).await
         }

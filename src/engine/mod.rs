@@ -2,6 +2,7 @@
 //! pod's attachments, run them in order, roll back on failure, keep a record, tear down from it); a type
 //! attache implements natively runs that driver directly (drop-in mode); anything else is refused.
 
+pub mod chain;
 pub mod config;
 pub mod meta;
 pub mod record;

@@ -21,9 +21,9 @@ pub struct AttachmentRecord {
     /// The network's name (for Kubernetes networks, `namespace/name`).
     pub network: String,
     pub ifname: String,
-    /// How it is run: `exec` for a delegated conf/conflist, or the native driver's type.
+    /// How it is run: `chain` for a conf/conflist (each plugin native or exec'd).
     pub driver: String,
-    /// The configuration it was set up with (a conflist document for `exec`).
+    /// The configuration it was set up with (a conflist document for `chain`).
     pub conf: Value,
     /// `runtimeConfig` it was given.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -178,7 +178,7 @@ mod tests {
         r.attachments.push(AttachmentRecord {
             network: "n".into(),
             ifname: "eth0".into(),
-            driver: "exec".into(),
+            driver: "chain".into(),
             conf: json!({"name":"n","plugins":[]}),
             runtime_config: Map::new(),
             cni_args: String::new(),

@@ -1,0 +1,777 @@
+//! The bridge driver: the reference `bridge` plugin's fields and semantics, in-process.
+//!
+//! ADD: validate everything → allocate addresses → ensure the bridge → one veth request creates both ends
+//! (the pod end born inside the pod's netns, the host end in the node's) → attach the host end to the
+//! bridge → configure the pod end → gateway address, forwarding, masquerading → result
+//! `[bridge, host veth, pod iface]`. Each step that changes something pushes its undo; a failure unwinds.
+//!
+//! DEL: the pod end (which takes the host end with it), the addresses, the nftables state — each "already
+//! gone" counts as done, and a missing netns only means there is no link left to delete.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use rtnetlink::packet_route::link::{InfoBridge, InfoBridgePort, InfoData};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    IfaceOpts, Undo, configure_iface, host_veth_name, nft, owner_alias, pod_netns, rollback,
+};
+use crate::cni::conf::{NetConf, check_ifname};
+use crate::cni::skel::{CmdArgs, Command};
+use crate::cni::spec::{CniResult, Dns, Interface, Route};
+use crate::error::{Error, Result};
+use crate::ipam::Ipam;
+use crate::netlink::{Link, Netlink, format_mac, is_exists, parse_mac, random_mac};
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Raw {
+    bridge: Option<String>,
+    is_gateway: bool,
+    is_default_gateway: bool,
+    force_address: bool,
+    ip_masq: bool,
+    ip_masq_backend: Option<String>,
+    mtu: Option<u32>,
+    hairpin_mode: bool,
+    promisc_mode: bool,
+    vlan: Option<i64>,
+    vlan_trunk: Option<Vec<RawTrunk>>,
+    preserve_default_vlan: Option<bool>,
+    macspoofchk: bool,
+    enabledad: bool,
+    disable_container_interface: bool,
+    port_isolation: bool,
+    dns: Option<Dns>,
+}
+
+#[derive(Deserialize)]
+struct RawTrunk {
+    id: Option<i64>,
+    #[serde(rename = "minID")]
+    min_id: Option<i64>,
+    #[serde(rename = "maxID")]
+    max_id: Option<i64>,
+}
+
+/// A validated bridge configuration.
+#[derive(Debug)]
+pub struct BridgeConf {
+    pub network: String,
+    pub bridge: String,
+    pub is_gw: bool,
+    pub is_default_gw: bool,
+    pub force_address: bool,
+    pub ip_masq: bool,
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+    pub promisc: bool,
+    pub vlan: u16,
+    pub trunk: Vec<(u16, u16)>,
+    pub preserve_default_vlan: bool,
+    pub macspoofchk: bool,
+    pub enable_dad: bool,
+    pub disable_container_interface: bool,
+    pub port_isolation: bool,
+    pub mac: Option<[u8; 6]>,
+    pub dns: Option<Dns>,
+    pub ipam: Ipam,
+}
+
+fn vlan_id(v: i64, what: &str) -> Result<u16> {
+    if !(0..=4094).contains(&v) {
+        return Err(Error::config(format!(
+            "{what} {v} is out of range: it must be 0 to 4094"
+        )));
+    }
+    Ok(v as u16)
+}
+
+impl BridgeConf {
+    pub fn new(conf: &NetConf, args: &CmdArgs) -> Result<BridgeConf> {
+        let raw: Raw = serde_json::from_value(Value::Object(conf.raw.clone()))
+            .map_err(|e| Error::config(format!("bridge: {e}")))?;
+        let network = conf.require_name()?.to_string();
+        let bridge = raw.bridge.unwrap_or_else(|| "cni0".into());
+        check_ifname(&bridge).map_err(|m| Error::config(format!("bridge: {m}")))?;
+        if raw.hairpin_mode && raw.promisc_mode {
+            return Err(Error::config(
+                "cannot set hairpin mode and promiscuous mode at the same time",
+            ));
+        }
+        if let Some(m) = raw.mtu
+            && !(68..=65535).contains(&m)
+        {
+            return Err(Error::config(format!(
+                "mtu {m} is out of range: it must be 68 to 65535"
+            )));
+        }
+        if let Some(b) = raw.ip_masq_backend.as_deref()
+            && b != "nftables"
+            && b != "iptables"
+        {
+            return Err(Error::config(format!(
+                "ipMasqBackend {b:?} is not iptables or nftables"
+            )));
+        }
+        let vlan = vlan_id(raw.vlan.unwrap_or(0), "vlan")?;
+        let mut trunk = Vec::new();
+        for t in raw.vlan_trunk.unwrap_or_default() {
+            match (t.id, t.min_id, t.max_id) {
+                (Some(id), None, None) => {
+                    let id = vlan_id(id, "vlanTrunk id")?;
+                    if id == 0 {
+                        return Err(Error::config("vlanTrunk id 0 is not a vlan"));
+                    }
+                    trunk.push((id, id));
+                }
+                (None, Some(min), Some(max)) => {
+                    let (lo, hi) = (
+                        vlan_id(min, "vlanTrunk minID")?,
+                        vlan_id(max, "vlanTrunk maxID")?,
+                    );
+                    if lo == 0 || lo > hi {
+                        return Err(Error::config(format!(
+                            "vlanTrunk range {min}-{max} is invalid"
+                        )));
+                    }
+                    trunk.push((lo, hi));
+                }
+                _ => {
+                    return Err(Error::config(
+                        "a vlanTrunk entry needs either id, or both minID and maxID",
+                    ));
+                }
+            }
+        }
+        let ipam = Ipam::from_conf(conf, args)?;
+        if raw.disable_container_interface && !ipam.is_none() {
+            return Err(Error::config(
+                "cannot use IPAM when disableContainerInterface flag is set",
+            ));
+        }
+        if vlan != 0 && (raw.is_gateway || raw.is_default_gateway) {
+            return Err(Error::config(
+                "isGateway with vlan is not supported by attache's bridge yet: give the gateway address to a vlan interface on the node",
+            ));
+        }
+        // mac: runtimeConfig (capability) over args.cni over CNI_ARGS MAC=, as the reference reads them.
+        let mac_str = conf
+            .raw
+            .get("runtimeConfig")
+            .and_then(|r| r.get("mac"))
+            .and_then(Value::as_str)
+            .or_else(|| {
+                conf.raw
+                    .get("args")
+                    .and_then(|a| a.get("cni"))
+                    .and_then(|c| c.get("mac"))
+                    .and_then(Value::as_str)
+            })
+            .or(args.args.get("MAC"))
+            .filter(|m| !m.is_empty());
+        let mac = mac_str.map(parse_mac).transpose().map_err(Error::config)?;
+        Ok(BridgeConf {
+            network,
+            bridge,
+            is_gw: raw.is_gateway || raw.is_default_gateway,
+            is_default_gw: raw.is_default_gateway,
+            force_address: raw.force_address,
+            ip_masq: raw.ip_masq,
+            mtu: raw.mtu,
+            hairpin: raw.hairpin_mode,
+            promisc: raw.promisc_mode,
+            vlan,
+            trunk,
+            preserve_default_vlan: raw.preserve_default_vlan.unwrap_or(false),
+            macspoofchk: raw.macspoofchk,
+            enable_dad: raw.enabledad,
+            disable_container_interface: raw.disable_container_interface,
+            port_isolation: raw.port_isolation,
+            mac,
+            dns: raw.dns.filter(|d| !d.is_empty()),
+            ipam,
+        })
+    }
+
+    fn vlan_filtering(&self) -> bool {
+        self.vlan != 0 || !self.trunk.is_empty()
+    }
+
+    fn masq_chain(&self, args: &CmdArgs) -> String {
+        nft::chain_id("masq", &self.network, &args.container_id, &args.ifname)
+    }
+
+    fn spoof_chain(&self, args: &CmdArgs) -> String {
+        nft::chain_id("mac", &self.network, &args.container_id, &args.ifname)
+    }
+}
+
+pub async fn run(args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
+    let bc = BridgeConf::new(conf, args)?;
+    match args.command {
+        Command::Add => add(args, conf, &bc)
+            .await
+            .map(|r| Some(r.to_value(conf.version))),
+        Command::Del => del(args, conf, &bc).await.map(|_| None),
+        Command::Check => check(args, conf, &bc).await.map(|_| None),
+        Command::Status => Ok(None),
+        Command::Gc => gc(conf, &bc).map(|_| None),
+        Command::Version => Err(Error::Internal("VERSION is answered by skel".into())),
+    }
+}
+
+/// Make sure the bridge exists, is a bridge, is up; returns it.
+async fn ensure_bridge(node: &Netlink, bc: &BridgeConf) -> Result<Link> {
+    let mut created = false;
+    let br = match node.link(&bc.bridge).await? {
+        Some(l) => l,
+        None => {
+            match node
+                .create_bridge(&bc.bridge, bc.mtu, random_mac(), bc.vlan_filtering())
+                .await
+            {
+                Ok(()) => created = true,
+                Err(e) if is_exists(&e) => {} // another ADD created it meanwhile
+                Err(e) => return Err(e),
+            }
+            node.link(&bc.bridge).await?.ok_or_else(|| {
+                Error::Internal(format!("bridge {} vanished after creation", bc.bridge))
+            })?
+        }
+    };
+    if br.kind.as_deref() != Some("bridge") {
+        return Err(Error::Internal(format!(
+            "{:?} already exists but is not a bridge",
+            bc.bridge
+        )));
+    }
+    if bc.promisc && !br.promisc {
+        node.set_promisc(br.index, true).await?;
+    }
+    if !br.up {
+        node.set_up(&bc.bridge).await?;
+    }
+    if bc.vlan_filtering() {
+        let filtering = matches!(&br.info_data, Some(InfoData::Bridge(i)) if i.contains(&InfoBridge::VlanFiltering(true)));
+        if !filtering {
+            return Err(Error::config(format!(
+                "bridge {} exists without vlan_filtering, which vlan/vlanTrunk need",
+                bc.bridge
+            )));
+        }
+    }
+    if created {
+        // A router advertisement must not configure the bridge; missing IPv6 support is fine.
+        let _ = super::sysctl(&format!("net.ipv6.conf.{}.accept_ra", bc.bridge), "0");
+    }
+    Ok(br)
+}
+
+/// The gateway addresses to put on the bridge and the default routes to add, as `calcGateways` does:
+/// every address points at the pod interface (index 2); a missing gateway is the subnet's first address.
+fn apply_gateways(result: &mut CniResult, bc: &BridgeConf) -> Vec<IpNet> {
+    let mut gws = Vec::new();
+    let mut default_found = [false, false];
+    for i in 0..result.ips.len() {
+        result.ips[i].interface = Some(2);
+        let addr = result.ips[i].address;
+        if result.ips[i].gateway.is_none() && bc.is_gw {
+            result.ips[i].gateway = Some(first_host(addr));
+        }
+        let fam = usize::from(addr.addr().is_ipv6());
+        let default: IpNet = if addr.addr().is_ipv4() {
+            "0.0.0.0/0"
+        } else {
+            "::/0"
+        }
+        .parse()
+        .expect("literal");
+        if bc.is_default_gw && !default_found[fam] {
+            default_found[fam] = result
+                .routes
+                .iter()
+                .any(|r| r.gw.is_some() && r.dst == default);
+            if !default_found[fam] {
+                result
+                    .routes
+                    .push(Route::new(default, result.ips[i].gateway));
+                default_found[fam] = true;
+            }
+        }
+        if bc.is_gw
+            && let Some(gw) = result.ips[i].gateway
+            && let Ok(n) = IpNet::new(gw, addr.prefix_len())
+        {
+            gws.push(n);
+        }
+    }
+    gws
+}
+
+fn first_host(n: IpNet) -> IpAddr {
+    crate::ipam::range::from_u128(
+        crate::ipam::range::to_u128(n.network()) + 1,
+        n.addr().is_ipv4(),
+    )
+}
+
+/// Put `gw` on the bridge unless it is there, the reference `ensureAddr` way: another IPv4 address, or
+/// an overlapping IPv6 one, is an error unless `forceAddress` (then it is replaced).
+async fn ensure_gateway_addr(node: &Netlink, br: &Link, gw: IpNet, force: bool) -> Result<()> {
+    let fam = if gw.addr().is_ipv4() { 4 } else { 6 };
+    for a in node.addrs(br.index, Some(fam)).await? {
+        if a == gw {
+            return Ok(());
+        }
+        let conflicts = gw.addr().is_ipv4() || a.contains(&gw.addr()) || gw.contains(&a.addr());
+        if conflicts {
+            if force {
+                node.del_addr(br.index, a).await?;
+            } else {
+                return Err(Error::Internal(format!(
+                    "{:?} already has an IP address different from {gw}",
+                    br.name
+                )));
+            }
+        }
+    }
+    node.add_addr(br.index, gw).await
+}
+
+async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResult> {
+    let pod = pod_netns(args)?;
+    let node = Netlink::connect(None)?;
+    let pod_nl = Netlink::connect(Some(&pod))?;
+    let mut undo: Vec<Undo> = Vec::new();
+    match add_steps(args, conf, bc, &pod, &node, &pod_nl, &mut undo).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            rollback(undo, args, conf, &bc.ipam).await;
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn add_steps(
+    args: &CmdArgs,
+    conf: &NetConf,
+    bc: &BridgeConf,
+    pod: &crate::netns::NetNs,
+    node: &Netlink,
+    pod_nl: &Netlink,
+    undo: &mut Vec<Undo>,
+) -> Result<CniResult> {
+    let host = host_veth_name(&args.container_id, &args.ifname);
+    let br = ensure_bridge(node, bc).await?;
+
+    // Addresses first: running out of them should not cost a veth.
+    let mut result = bc.ipam.add(args, conf).await?;
+    undo.push(Undo::Ipam);
+    if !bc.ipam.is_none() && result.ips.is_empty() {
+        return Err(Error::Ipam("IPAM plugin returned missing IP config".into()));
+    }
+
+    let pod_mac = bc.mac.unwrap_or_else(random_mac);
+    let host_mac = random_mac();
+    let mtu = bc.mtu;
+    let mut tries = 0;
+    loop {
+        let created = node
+            .create_veth(
+                &host,
+                host_mac,
+                false,
+                &args.ifname,
+                pod_mac,
+                false,
+                pod.raw_fd(),
+                mtu,
+            )
+            .await;
+        match created {
+            Ok(()) => break,
+            Err(e) if is_exists(&e) && tries == 0 => {
+                tries += 1;
+                if pod_nl.link(&args.ifname).await?.is_some() {
+                    return Err(Error::Internal(format!(
+                        "container veth name provided ({}) already exists",
+                        args.ifname
+                    )));
+                }
+                // The host name is derived from (containerID, ifname): a leftover of an earlier ADD of this
+                // very attachment. Remove it if it is ours, then try once more.
+                match node.link(&host).await? {
+                    Some(l) if l.kind.as_deref() == Some("veth") => node.del_link(&host).await?,
+                    _ => return Err(e.context(format!("host interface name {host} is taken"))),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    undo.push(Undo::Link {
+        nl: node.clone(),
+        name: host.clone(),
+    });
+
+    node.set_master_up(
+        &host,
+        br.index,
+        &owner_alias(&args.container_id, &args.ifname),
+    )
+    .await?;
+    let mut port_opts = Vec::new();
+    if bc.hairpin {
+        port_opts.push(InfoBridgePort::HairpinMode(true));
+    }
+    if bc.port_isolation {
+        port_opts.push(InfoBridgePort::Isolated(true));
+    }
+    node.set_bridge_port(&host, port_opts).await?;
+    if bc.vlan_filtering() {
+        let port = node
+            .link(&host)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{host} vanished")))?;
+        if bc.vlan != 0 {
+            node.bridge_vlan_add(port.index, bc.vlan, true).await?;
+        }
+        for (lo, hi) in &bc.trunk {
+            for vid in *lo..=*hi {
+                node.bridge_vlan_add(port.index, vid, false).await?;
+            }
+        }
+        if !bc.preserve_default_vlan
+            && bc.vlan != 1
+            && !bc.trunk.iter().any(|(lo, hi)| (*lo..=*hi).contains(&1))
+        {
+            node.bridge_vlan_del(port.index, 1).await?;
+        }
+    }
+
+    let pod_link = pod_nl
+        .link(&args.ifname)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{} did not appear in the pod", args.ifname)))?;
+
+    if bc.macspoofchk {
+        let chain = bc.spoof_chain(args);
+        nft::apply(&nft::spoofchk_add_script(
+            &chain,
+            &host,
+            &format_mac(&pod_mac),
+        ))
+        .await?;
+        undo.push(Undo::Nft(nft::spoofchk_del_script(&chain, &host)));
+    }
+
+    let gws = apply_gateways(&mut result, bc);
+    if bc.ipam.is_none() {
+        if !bc.disable_container_interface {
+            pod_nl.set_up(&args.ifname).await?;
+        }
+    } else {
+        let opts = IfaceOpts {
+            enable_dad: bc.enable_dad,
+            force_no_dad: bc.hairpin || bc.promisc,
+            ndisc_notify: false,
+        };
+        configure_iface(pod, pod_nl, &args.ifname, pod_link.index, &result, &opts).await?;
+    }
+
+    let mut br_mac = br.mac.clone();
+    if bc.is_gw {
+        for gw in &gws {
+            ensure_gateway_addr(node, &br, *gw, bc.force_address).await?;
+        }
+        // Pin the bridge MAC: otherwise it follows the lowest-numbered port's and changes as ports churn.
+        node.set_mac(br.index, &br.mac).await?;
+        if gws.iter().any(|g| g.addr().is_ipv4()) {
+            super::sysctl("net.ipv4.ip_forward", "1")?;
+        }
+        if gws.iter().any(|g| g.addr().is_ipv6()) {
+            super::sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
+        if let Some(l) = node.link_by_index(br.index).await? {
+            br_mac = l.mac;
+        }
+    }
+
+    if bc.ip_masq && !result.ips.is_empty() {
+        let chain = bc.masq_chain(args);
+        nft::apply(&nft::masq_add_script(&chain, &super::result_nets(&result))).await?;
+        let ips: Vec<IpAddr> = result.ips.iter().map(|i| i.address.addr()).collect();
+        undo.push(Undo::Nft(nft::masq_del_script(&chain, &ips)));
+    }
+
+    result.interfaces = vec![
+        Interface {
+            name: bc.bridge.clone(),
+            mac: format_mac(&br_mac),
+            ..Default::default()
+        },
+        Interface {
+            name: host.clone(),
+            mac: format_mac(&host_mac),
+            ..Default::default()
+        },
+        Interface {
+            name: args.ifname.clone(),
+            mac: format_mac(&pod_mac),
+            sandbox: args
+                .netns
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            ..Default::default()
+        },
+    ];
+    if let Some(d) = &bc.dns {
+        result.dns = d.clone();
+    }
+    Ok(result)
+}
+
+async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
+    let mut errors = Vec::new();
+    // What the attachment holds, before the IPAM forgets it (masquerading is keyed by address).
+    let mut ips: Vec<IpAddr> = bc.ipam.held(args).unwrap_or_default();
+    if let Ok(Some(prev)) = conf.prev_result() {
+        for ip in prev.ips {
+            if !ips.contains(&ip.address.addr()) {
+                ips.push(ip.address.addr());
+            }
+        }
+    }
+    let node = Netlink::connect(None)?;
+    let host = host_veth_name(&args.container_id, &args.ifname);
+    match args
+        .netns
+        .as_deref()
+        .filter(|p| p.exists())
+        .map(crate::netns::NetNs::open)
+    {
+        Some(Ok(pod)) => {
+            let pod_nl = Netlink::connect(Some(&pod))?;
+            // Deleting either end of a veth deletes both.
+            if let Err(e) = pod_nl.del_link(&args.ifname).await {
+                errors.push(e);
+            }
+        }
+        // No netns (gone, or never given): the pod end went with it; a host end may be left.
+        _ => {
+            if let Err(e) = node.del_link(&host).await {
+                errors.push(e);
+            }
+        }
+    }
+    if let Err(e) = bc.ipam.del(args, conf).await {
+        errors.push(e);
+    }
+    if bc.macspoofchk
+        && let Err(e) = nft::apply(&nft::spoofchk_del_script(&bc.spoof_chain(args), &host)).await
+    {
+        errors.push(e);
+    }
+    if bc.ip_masq
+        && !ips.is_empty()
+        && let Err(e) = nft::apply(&nft::masq_del_script(&bc.masq_chain(args), &ips)).await
+    {
+        errors.push(e);
+    }
+    Error::from_list(errors)
+}
+
+async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
+    let prev = conf
+        .prev_result()?
+        .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+    bc.ipam.check(args, conf).await?;
+    let pod = pod_netns(args)?;
+    let node = Netlink::connect(None)?;
+    let pod_nl = Netlink::connect(Some(&pod))?;
+    let br = node
+        .link(&bc.bridge)
+        .await?
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .ok_or_else(|| Error::Internal(format!("bridge {} is missing", bc.bridge)))?;
+    let link = pod_nl
+        .link(&args.ifname)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{} is missing from the pod", args.ifname)))?;
+    if link.kind.as_deref() != Some("veth") {
+        return Err(Error::Internal(format!("{} is not a veth", args.ifname)));
+    }
+    let pod_iface = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == args.ifname && !i.sandbox.is_empty());
+    if let Some(i) = pod_iface {
+        let want = &prev.interfaces[i].mac;
+        if !want.is_empty() && !want.eq_ignore_ascii_case(&format_mac(&link.mac)) {
+            return Err(Error::Internal(format!(
+                "{} has MAC {}, not {want}",
+                args.ifname,
+                format_mac(&link.mac)
+            )));
+        }
+    }
+    let peer = match link.link {
+        Some(idx) => node.link_by_index(idx).await?,
+        None => None,
+    }
+    .ok_or_else(|| Error::Internal(format!("the node end of {} is missing", args.ifname)))?;
+    if peer.master != Some(br.index) {
+        return Err(Error::Internal(format!(
+            "the node end of {} ({}) is not attached to bridge {}",
+            args.ifname, peer.name, bc.bridge
+        )));
+    }
+    super::check_iface(
+        &pod_nl,
+        &args.ifname,
+        link.index,
+        &prev,
+        pod_iface.unwrap_or(2),
+    )
+    .await
+}
+
+fn gc(conf: &NetConf, bc: &BridgeConf) -> Result<()> {
+    let valid: Vec<(String, String)> = conf
+        .raw
+        .get("cni.dev/valid-attachments")
+        .or_else(|| conf.raw.get("cni.dev/attachments"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|v| {
+                    let s = |k| {
+                        v.get(k)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    (s("containerID"), s("ifname"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let released = bc.ipam.gc(&valid)?;
+    if !released.is_empty() {
+        tracing::info!(network = %bc.network, ?released, "GC released stale addresses");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::skel::CniArgs;
+    use serde_json::json;
+
+    fn args(cni_args: &str) -> CmdArgs {
+        CmdArgs {
+            command: Command::Add,
+            container_id: "c1".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            args: CniArgs::parse(cni_args).unwrap(),
+            path: vec![],
+        }
+    }
+
+    fn bc(extra: Value, cni_args: &str) -> Result<BridgeConf> {
+        let mut c = json!({"cniVersion":"1.0.0","name":"n","type":"bridge",
+            "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        BridgeConf::new(&NetConf::from_value(c).unwrap(), &args(cni_args))
+    }
+
+    #[test]
+    fn defaults() {
+        let b = bc(json!({}), "").unwrap();
+        assert_eq!(b.bridge, "cni0");
+        assert!(!b.is_gw && !b.ip_masq && !b.vlan_filtering());
+        let b = bc(json!({"isDefaultGateway": true}), "").unwrap();
+        assert!(b.is_gw && b.is_default_gw);
+    }
+
+    #[test]
+    fn invalid_fields_are_code_7() {
+        for extra in [
+            json!({"hairpinMode": true, "promiscMode": true}),
+            json!({"bridge": "a-very-long-bridge-name"}),
+            json!({"bridge": "br/0"}),
+            json!({"mtu": 20}),
+            json!({"vlan": 4095}),
+            json!({"vlan": -1}),
+            json!({"vlanTrunk": [{"id": 5000}]}),
+            json!({"vlanTrunk": [{"minID": 10, "maxID": 5}]}),
+            json!({"vlanTrunk": [{"minID": 10}]}),
+            json!({"disableContainerInterface": true}),
+            json!({"runtimeConfig": {"mac": "01:00:5e:00:00:01"}}),
+            json!({"args": {"cni": {"mac": "nope"}}}),
+            json!({"ipMasqBackend": "pf"}),
+            json!({"isGateway": "yes"}),
+            json!({"ipam": {"type": "host-local", "subnet": "10.1.0.0/33"}}),
+        ] {
+            let e = bc(extra.clone(), "").unwrap_err();
+            assert_eq!(e.cni_code(), 7, "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn vlan_trunk_and_mac_sources() {
+        let b = bc(
+            json!({"vlan": 100, "vlanTrunk": [{"id": 101}, {"minID": 200, "maxID": 203}]}),
+            "",
+        )
+        .unwrap();
+        assert_eq!(b.vlan, 100);
+        assert_eq!(b.trunk, vec![(101, 101), (200, 203)]);
+        assert!(b.vlan_filtering());
+        let b = bc(json!({"runtimeConfig": {"mac": "0a:00:00:00:00:01"}, "args": {"cni": {"mac": "0a:00:00:00:00:02"}}}), "IgnoreUnknown=1;MAC=0a:00:00:00:00:03").unwrap();
+        assert_eq!(b.mac, Some([0x0a, 0, 0, 0, 0, 1]));
+        let b = bc(json!({}), "MAC=0a:00:00:00:00:03").unwrap();
+        assert_eq!(b.mac, Some([0x0a, 0, 0, 0, 0, 3]));
+    }
+
+    #[test]
+    fn gateways_and_default_routes() {
+        let b = bc(json!({"isDefaultGateway": true}), "").unwrap();
+        let mut r = CniResult::from_value(
+            &json!({"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5/24"},{"address":"fd00::5/64","gateway":"fd00::fe"}],
+                "routes":[{"dst":"10.9.0.0/16"}]}),
+            crate::cni::spec::Version::V1_0_0,
+        )
+        .unwrap();
+        let gws = apply_gateways(&mut r, &b);
+        assert_eq!(
+            gws,
+            vec![
+                "10.1.0.1/24".parse::<IpNet>().unwrap(),
+                "fd00::fe/64".parse().unwrap()
+            ]
+        );
+        assert!(r.ips.iter().all(|i| i.interface == Some(2)));
+        let routes: Vec<String> = r
+            .routes
+            .iter()
+            .map(|r| format!("{} {:?}", r.dst, r.gw.map(|g| g.to_string())))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                "10.9.0.0/16 None",
+                "0.0.0.0/0 Some(\"10.1.0.1\")",
+                "::/0 Some(\"fd00::fe\")"
+            ]
+        );
+    }
+}

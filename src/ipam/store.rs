@@ -1,0 +1,225 @@
+//! host-local's state, on disk exactly as the reference plugin keeps it, so both can share a node and a
+//! migration loses no address:
+//!
+//! ```text
+//! <dataDir>/<network>/<ip>                     "<containerID>\r\n<ifname>", created O_EXCL (the reservation)
+//! <dataDir>/<network>/last_reserved_ip.<set>   the last address handed out from range set <set>
+//! <dataDir>/<network>/lock                     flock'ed for the whole allocate / release
+//! ```
+//!
+//! [`Store`] is the small interface the allocator needs; [`DiskStore`] holds the lock for as long as it
+//! lives, [`MemStore`] is the in-memory fake for tests.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, Result};
+
+const LAST_PREFIX: &str = "last_reserved_ip.";
+const LINE_BREAK: &str = "\r\n";
+
+pub trait Store {
+    /// Reserve `ip` for `(id, ifname)`; `false` if someone holds it already.
+    fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool>;
+    fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>>;
+    /// Every `(ip, id, ifname)` held.
+    fn all(&self) -> Result<Vec<(IpAddr, String, String)>>;
+    fn release(&mut self, ip: IpAddr) -> Result<()>;
+
+    /// The addresses `(id, ifname)` holds.
+    fn get_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|(_, i, f)| i == id && (f == ifname || f.is_empty()))
+            .map(|(ip, _, _)| ip)
+            .collect())
+    }
+
+    /// Release everything `(id, ifname)` holds; returns what was released.
+    fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let ips = self.get_by_id(id, ifname)?;
+        for ip in &ips {
+            self.release(*ip)?;
+        }
+        Ok(ips)
+    }
+}
+
+/// The reference plugin's on-disk store, locked while this value lives.
+pub struct DiskStore {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl DiskStore {
+    /// Open (creating it) `<data_dir>/<network>` and take its lock.
+    pub fn open(data_dir: &Path, network: &str) -> Result<DiskStore> {
+        crate::cni::conf::validate_network_name(network)?;
+        let dir = data_dir.join(network);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let lock_path = dir.join("lock");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, errno)| {
+            Error::kernel(format!("locking {}", lock_path.display()), errno)
+        })?;
+        Ok(DiskStore { dir, _lock: lock })
+    }
+
+    fn ip_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+}
+
+impl Store for DiskStore {
+    fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool> {
+        let p = self.ip_path(ip);
+        let mut f = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(Error::io(format!("reserving {}", p.display()), e)),
+        };
+        if let Err(e) = f.write_all(format!("{id}{LINE_BREAK}{ifname}").as_bytes()) {
+            let _ = std::fs::remove_file(&p);
+            return Err(Error::io(format!("writing {}", p.display()), e));
+        }
+        let last = self.dir.join(format!("{LAST_PREFIX}{range_set}"));
+        if let Err(e) = std::fs::write(&last, ip.to_string()) {
+            let _ = std::fs::remove_file(&p);
+            return Err(Error::io(format!("writing {}", last.display()), e));
+        }
+        Ok(true)
+    }
+
+    fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>> {
+        let p = self.dir.join(format!("{LAST_PREFIX}{range_set}"));
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(s.trim().parse().ok()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
+        }
+    }
+
+    fn all(&self) -> Result<Vec<(IpAddr, String, String)>> {
+        let rd = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("listing {}", self.dir.display()), e))?;
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue; // lock, last_reserved_ip.N, anything else
+            };
+            let Ok(content) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            // Current format "id\r\nifname"; older reference versions wrote only the id.
+            let content = content.trim();
+            let (id, ifname) = match content.split_once(LINE_BREAK) {
+                Some((i, f)) => (i.trim().to_string(), f.trim().to_string()),
+                None => (content.to_string(), String::new()),
+            };
+            out.push((ip, id, ifname));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn release(&mut self, ip: IpAddr) -> Result<()> {
+        let p = self.ip_path(ip);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("releasing {}", p.display()), e)),
+        }
+    }
+}
+
+/// The in-memory fake.
+#[derive(Default)]
+pub struct MemStore {
+    pub held: BTreeMap<IpAddr, (String, String)>,
+    pub last: BTreeMap<usize, IpAddr>,
+}
+
+impl Store for MemStore {
+    fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool> {
+        if self.held.contains_key(&ip) {
+            return Ok(false);
+        }
+        self.held.insert(ip, (id.into(), ifname.into()));
+        self.last.insert(range_set, ip);
+        Ok(true)
+    }
+    fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>> {
+        Ok(self.last.get(&range_set).copied())
+    }
+    fn all(&self) -> Result<Vec<(IpAddr, String, String)>> {
+        Ok(self
+            .held
+            .iter()
+            .map(|(ip, (i, f))| (*ip, i.clone(), f.clone()))
+            .collect())
+    }
+    fn release(&mut self, ip: IpAddr) -> Result<()> {
+        self.held.remove(&ip);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_store_matches_the_reference_layout() {
+        let d = std::env::temp_dir().join(format!("attache-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let mut s = DiskStore::open(&d, "net1").unwrap();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(s.reserve("ctr1", "eth0", ip, 0).unwrap());
+        assert!(!s.reserve("ctr2", "eth0", ip, 0).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(d.join("net1/10.0.0.2")).unwrap(),
+            "ctr1\r\neth0"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("net1/last_reserved_ip.0")).unwrap(),
+            "10.0.0.2"
+        );
+        assert!(d.join("net1/lock").exists());
+        let v6: IpAddr = "fd00::a".parse().unwrap();
+        assert!(s.reserve("ctr1", "eth0", v6, 1).unwrap());
+        assert!(d.join("net1/fd00::a").exists());
+        // A file in the old id-only format still belongs to its container.
+        std::fs::write(d.join("net1/10.0.0.9"), "old").unwrap();
+        assert_eq!(
+            s.get_by_id("old", "eth0").unwrap(),
+            vec!["10.0.0.9".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(s.release_by_id("ctr1", "eth0").unwrap().len(), 2);
+        assert!(!d.join("net1/10.0.0.2").exists());
+        assert_eq!(s.last_reserved(0).unwrap(), Some(ip));
+        drop(s);
+        assert!(DiskStore::open(&d, "../escape").is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,697 @@
+//! The one facade over rtnetlink, in domain verbs. One [`Netlink`] is one connection bound to one network
+//! namespace (the node's, or a pod's), opened once per invocation. Message building, flags and errno
+//! handling live here; callers never see a netlink message. It reads no configuration.
+//!
+//! Kernel surprises handled here:
+//! - A veth is created in one request with both ends where they belong: the end named in the request is
+//!   born in the namespace of the socket that asks, the peer in the namespace given by fd — so neither end
+//!   is ever moved or renamed and a name clash is an EEXIST before anything exists.
+//! - `RTM_SETLINK`/`RTM_DELLINK` accept a name instead of an index, saving a lookup per operation.
+//! - Deleting every link of a group is one `unregister_netdevice_many`: the kernel's RCU wait per
+//!   unregister (~15 ms for a veth) is paid once for all of them.
+
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use nix::errno::Errno;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::BridgeVlanInfoFlags;
+use rtnetlink::packet_route::link::{
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::{Handle, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use crate::error::{Error, Result};
+use crate::netns::{NetNs, route_socket};
+
+/// A link as attache needs to see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `bridge`, `veth`, `macvlan`, ... (`None` for plain devices).
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: Vec<u8>,
+    pub master: Option<u32>,
+    /// `IFLA_LINK`: a veth's peer index, a macvlan/vlan's lower device (in `link_netns_id`'s namespace).
+    pub link: Option<u32>,
+    pub link_netns_id: Option<i32>,
+    pub up: bool,
+    pub oper_up: bool,
+    pub promisc: bool,
+    pub group: u32,
+    /// Kind-specific data (bridge vlan filtering, macvlan mode, vlan id, ...).
+    pub info_data: Option<InfoData>,
+    /// Bridge-port data when the link is a bridge port.
+    pub port_data: Vec<InfoBridgePort>,
+}
+
+/// A route to install.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteSpec {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    pub oif: u32,
+    pub metric: Option<u32>,
+    pub table: Option<u32>,
+    pub scope: Option<u8>,
+    pub mtu: Option<u32>,
+    pub advmss: Option<u32>,
+}
+
+/// One connection to the kernel's routing subsystem inside one namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let op = op.into();
+    move |e| match e {
+        rtnetlink::Error::NetlinkError(m) => Error::kernel(op, Errno::from_raw(-m.raw_code())),
+        other => Error::Internal(format!("{op}: {other}")),
+    }
+}
+
+/// Whether an error is the kernel saying "already exists".
+pub fn is_exists(e: &Error) -> bool {
+    e.errno() == Some(Errno::EEXIST)
+}
+
+/// Whether an error is the kernel saying "no such device / entry".
+pub fn is_not_found(e: &Error) -> bool {
+    matches!(
+        e.errno(),
+        Some(Errno::ENODEV | Errno::ENOENT | Errno::ESRCH | Errno::EADDRNOTAVAIL)
+    )
+}
+
+impl Netlink {
+    /// Connect inside `ns` (`None`: the namespace attache runs in). Must be called within the runtime;
+    /// the connection task is spawned on it and lives until the runtime ends.
+    pub fn connect(ns: Option<&NetNs>) -> Result<Netlink> {
+        let sock = route_socket(ns)?;
+        let (conn, handle, _) = rtnetlink::from_socket(sock);
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A link by name; `None` if there is none.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match req.try_next().await {
+            Ok(m) => Ok(m.map(parse_link)),
+            Err(e) => {
+                let e = nl(format!("get link {name}"))(e);
+                if is_not_found(&e) { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// A link by index; `None` if there is none.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut req = self.handle.link().get().match_index(index).execute();
+        match req.try_next().await {
+            Ok(m) => Ok(m.map(parse_link)),
+            Err(e) => {
+                let e = nl(format!("get link {index}"))(e);
+                if is_not_found(&e) { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Every link in the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("dump links"))?;
+        Ok(msgs.into_iter().map(parse_link).collect())
+    }
+
+    /// Create a bridge, up, with a fixed MAC (so it does not follow its lowest port's as ports churn).
+    pub async fn create_bridge(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: [u8; 6],
+        vlan_filtering: bool,
+    ) -> Result<()> {
+        let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Bridge)
+            .name(name.to_string())
+            .address(mac.to_vec())
+            .up();
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        if vlan_filtering {
+            // Bridge options must be given at creation (NewLink), not by SetLink.
+            b = b.set_info_data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)]));
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(nl(format!("create bridge {name}")))
+    }
+
+    /// Create a veth pair in one request: `name` in this connection's namespace, `peer` in the namespace
+    /// `peer_netns` refers to. Both ends get their MAC, MTU and (if `up`) their up flag at birth.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_veth(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        up: bool,
+        peer: &str,
+        peer_mac: [u8; 6],
+        peer_up: bool,
+        peer_netns: RawFd,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        // txqueuelen 0 on both ends, as the reference plugins create them (a veth has no queue anyway).
+        let mut pb = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .address(peer_mac.to_vec())
+            .txqueuelen(0)
+            .setns_by_fd(peer_netns);
+        if peer_up {
+            pb = pb.up();
+        }
+        if let Some(m) = mtu {
+            pb = pb.mtu(m);
+        }
+        let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .address(mac.to_vec())
+            .txqueuelen(0)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(pb.build())));
+        if up {
+            b = b.up();
+        }
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(nl(format!("create veth {name} with peer {peer}")))
+    }
+
+    /// Put a link (by name) under a master, label it, and bring it up, in one request.
+    pub async fn set_master_up(&self, name: &str, master: u32, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_name(name)
+            .controller(master)
+            .alias(alias)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("attach {name} to its bridge")))
+    }
+
+    /// Bring a link (by name) up.
+    pub async fn set_up(&self, name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_name(name).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("set {name} up")))
+    }
+
+    pub async fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).promiscuous(on).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl("set promiscuous mode"))
+    }
+
+    pub async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl("set MAC address"))
+    }
+
+    /// Set the link group of a link (by name), so that a pod's links can be deleted together.
+    pub async fn set_group(&self, name: &str, group: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_name(name).link_group(group).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("set group of {name}")))
+    }
+
+    /// Set bridge-port options of a link (by name) that is already a bridge port.
+    pub async fn set_bridge_port(&self, name: &str, opts: Vec<InfoBridgePort>) -> Result<()> {
+        if opts.is_empty() {
+            return Ok(());
+        }
+        let msg = LinkUnspec::new_with_name(name)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(opts))
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(nl("set bridge port options"))
+    }
+
+    /// Add a VLAN to a bridge port (`bridge vlan add vid V dev PORT [pvid untagged]`).
+    pub async fn bridge_vlan_add(&self, port: u32, vid: u16, pvid_untagged: bool) -> Result<()> {
+        let flags = if pvid_untagged {
+            BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged
+        } else {
+            BridgeVlanInfoFlags::empty()
+        };
+        let msg = LinkBridgeVlan::new(port).vlan(vid, flags).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("add vlan {vid} to bridge port {port}")))
+    }
+
+    /// Remove a VLAN from a bridge port. Not there is success.
+    pub async fn bridge_vlan_del(&self, port: u32, vid: u16) -> Result<()> {
+        let msg = LinkBridgeVlan::new(port)
+            .vlan(vid, BridgeVlanInfoFlags::empty())
+            .build();
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("remove vlan {vid} from bridge port {port}"))(e);
+                if is_not_found(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Delete a link by name. Already gone is success.
+    pub async fn del_link(&self, name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_name(name).build();
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("delete link {name}"))(e);
+                if is_not_found(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Delete every link of a group in one unregister. None left is success.
+    pub async fn del_group(&self, group: u32) -> Result<()> {
+        let msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .link_group(group)
+            .build();
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("delete link group {group}"))(e);
+                if is_not_found(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Add an address to a link. Already there is success.
+    pub async fn add_addr(&self, index: u32, addr: IpNet) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("add address {addr}"))(e);
+                if is_exists(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// The addresses on a link (`family` 4 or 6, or `None` for both), link-local IPv6 included.
+    pub async fn addrs(&self, index: u32, family: Option<u8>) -> Result<Vec<IpNet>> {
+        let mut req = self.handle.address().get().set_link_index_filter(index);
+        if let Some(f) = family {
+            req.message_mut().header.family = if f == 4 {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+        }
+        let msgs: Vec<AddressMessage> = req
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list addresses"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                let ip = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        m.attributes.iter().find_map(|a| match a {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })?;
+                IpNet::new(ip, m.header.prefix_len).ok()
+            })
+            .collect())
+    }
+
+    /// Remove an address from a link. Already gone is success.
+    pub async fn del_addr(&self, index: u32, addr: IpNet) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.family = if addr.addr().is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.attributes.push(AddressAttribute::Local(addr.addr()));
+        if addr.addr().is_ipv6() {
+            msg.attributes.push(AddressAttribute::Address(addr.addr()));
+        }
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("delete address {addr}"))(e);
+                if is_not_found(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Add a route. An identical one already present is success.
+    pub async fn add_route(&self, r: &RouteSpec) -> Result<()> {
+        let msg = route_message(r)?;
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!(
+                    "add route {}{}",
+                    r.dst,
+                    r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
+                ))(e);
+                if is_exists(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Routes of one family in the main table (or `table`), as (dst, gw, oif) triples.
+    pub async fn routes(
+        &self,
+        v4: bool,
+        table: Option<u32>,
+    ) -> Result<Vec<(IpNet, Option<IpAddr>, Option<u32>)>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = if v4 {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(m)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list routes"))?;
+        let want_table = table.unwrap_or(254);
+        Ok(msgs
+            .iter()
+            .filter(|m| route_table(m) == want_table)
+            .filter_map(|m| {
+                let addr = |a: &RouteAddress| match a {
+                    RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+                    RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                };
+                let dst_ip = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Destination(d) => addr(d),
+                        _ => None,
+                    })
+                    .unwrap_or(if v4 {
+                        IpAddr::from([0u8; 4])
+                    } else {
+                        IpAddr::from([0u16; 8])
+                    });
+                let dst = IpNet::new(dst_ip, m.header.destination_prefix_length).ok()?;
+                let gw = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(g) => addr(g),
+                    _ => None,
+                });
+                let oif = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                Some((dst, gw, oif))
+            })
+            .collect())
+    }
+
+    /// Delete a route (dst, optional gateway, interface). Already gone is success.
+    pub async fn del_route(&self, r: &RouteSpec) -> Result<()> {
+        let msg = route_message(r)?;
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("delete route {}", r.dst))(e);
+                if is_not_found(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+}
+
+fn route_table(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(m.header.table as u32)
+}
+
+fn route_message(r: &RouteSpec) -> Result<RouteMessage> {
+    let bad = |e: &dyn std::fmt::Display| Error::config(format!("route {}: {e}", r.dst));
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.dst.network(), r.dst.prefix_len())
+        .map_err(|e| bad(&e))?
+        .output_interface(r.oif);
+    if let Some(gw) = r.gw {
+        b = b.gateway(gw).map_err(|e| bad(&e))?;
+    }
+    if let Some(m) = r.metric {
+        b = b.priority(m);
+    }
+    if let Some(t) = r.table {
+        b = b.table_id(t);
+    }
+    let scope = match r.scope {
+        Some(s) => RouteScope::from(s),
+        // A route without a gateway reaches its destination on the link.
+        None if r.gw.is_none() => RouteScope::Link,
+        None => RouteScope::Universe,
+    };
+    // Protocol "boot", as routes added by `ip route` and the reference plugins are.
+    b = b
+        .scope(scope)
+        .kind(RouteType::Unicast)
+        .protocol(RouteProtocol::Boot);
+    let mut msg = b.build();
+    let mut metrics = Vec::new();
+    if let Some(m) = r.mtu {
+        metrics.push(RouteMetric::Mtu(m));
+    }
+    if let Some(m) = r.advmss {
+        metrics.push(RouteMetric::Advmss(m));
+    }
+    if !metrics.is_empty() {
+        msg.attributes.push(RouteAttribute::Metrics(metrics));
+    }
+    Ok(msg)
+}
+
+fn parse_link(m: LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        name: String::new(),
+        kind: None,
+        mtu: 0,
+        mac: Vec::new(),
+        master: None,
+        link: None,
+        link_netns_id: None,
+        up: m.header.flags.contains(LinkFlags::Up),
+        oper_up: false,
+        promisc: m.header.flags.contains(LinkFlags::Promisc),
+        group: 0,
+        info_data: None,
+        port_data: Vec::new(),
+    };
+    for a in m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n,
+            LinkAttribute::Mtu(v) => l.mtu = v,
+            LinkAttribute::Address(mac) => l.mac = mac,
+            LinkAttribute::Controller(i) => l.master = Some(i),
+            LinkAttribute::Link(i) => l.link = Some(i),
+            LinkAttribute::LinkNetNsId(i) => l.link_netns_id = Some(i),
+            LinkAttribute::OperState(s) => l.oper_up = s == State::Up,
+            LinkAttribute::Group(g) => l.group = g,
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                        LinkInfo::Data(d) => l.info_data = Some(d),
+                        LinkInfo::PortData(InfoPortData::BridgePort(p)) => l.port_data = p,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+/// Format a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff` (or with `-`), unicast only.
+pub fn parse_mac(s: &str) -> std::result::Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let bad = || format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("{s:?} is a multicast MAC address"));
+    }
+    Ok(mac)
+}
+
+/// A random locally administered unicast MAC, as the kernel would pick (`eth_random_addr`).
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    random_bytes(&mut mac);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// Fill `buf` from the kernel's random source.
+pub fn random_bytes(buf: &mut [u8]) {
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("0a:58:0A:01:00:02").unwrap(),
+            [0x0a, 0x58, 0x0a, 1, 0, 2]
+        );
+        assert_eq!(
+            format_mac(&[0x0a, 0x58, 0x0a, 1, 0, 2]),
+            "0a:58:0a:01:00:02"
+        );
+        assert!(parse_mac("01:00:5e:00:00:01").is_err());
+        assert!(parse_mac("0a:58:0a:01:00").is_err());
+        assert!(parse_mac("zz:58:0a:01:00:02").is_err());
+        let m = random_mac();
+        assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
+        assert_ne!(random_mac(), m);
+    }
+
+    #[test]
+    fn route_messages() {
+        let r = RouteSpec {
+            dst: "0.0.0.0/0".parse().unwrap(),
+            gw: Some("10.0.0.1".parse().unwrap()),
+            oif: 3,
+            metric: Some(100),
+            table: None,
+            scope: None,
+            mtu: Some(1400),
+            advmss: None,
+        };
+        let m = route_message(&r).unwrap();
+        assert_eq!(m.header.scope, RouteScope::Universe);
+        assert!(m.attributes.contains(&RouteAttribute::Priority(100)));
+        assert!(
+            m.attributes
+                .contains(&RouteAttribute::Metrics(vec![RouteMetric::Mtu(1400)]))
+        );
+        let mut link = r.clone();
+        link.gw = None;
+        assert_eq!(route_message(&link).unwrap().header.scope, RouteScope::Link);
+    }
+}
