@@ -81,23 +81,110 @@ impl NetNs {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that lives inside one namespace and runs closures there until dropped — for an invocation
+/// that needs the pod's namespace several times (a socket, then sysctls), without paying a thread start
+/// each time. It never runs anything but the closures sent to it, and never leaves the namespace.
+pub struct NsWorker {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetNs {
+    /// Start a worker inside this namespace.
+    pub fn worker(&self) -> Result<NsWorker> {
+        let fd = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io(format!("duplicating the fd of {}", self.path.display()), e))?;
+        let path = self.path.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("netns-worker".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let entered = setns(&fd, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::kernel(format!("setns into {}", path.display()), e));
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting a netns worker thread", e))?;
+        ready_rx
+            .recv()
+            .map_err(|_| Error::Internal("the netns worker died".into()))??;
+        Ok(NsWorker {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl NsWorker {
+    /// Run `f` inside the namespace and await its value.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let (otx, orx) = futures::channel::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = otx.send(f());
+        });
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or_else(|| Error::Internal("the netns worker is gone".into()))?;
+        orx.await
+            .map_err(|_| Error::Internal("a closure inside a netns panicked".into()))
+    }
+
+    /// A route socket inside the worker's namespace (see [`route_socket`]).
+    pub async fn route_socket(&self) -> Result<rtnetlink::sys::TokioSocket> {
+        let sock = self
+            .run(make_route_socket)
+            .await?
+            .map_err(|e| Error::io("creating a netlink socket", e))?;
+        Ok(into_tokio(sock))
+    }
+}
+
+impl Drop for NsWorker {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn make_route_socket() -> std::io::Result<rtnetlink::sys::Socket> {
+    let s = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+    s.set_netlink_get_strict_chk(true)?;
+    s.set_ext_ack(true)?;
+    Ok(s)
+}
+
+fn into_tokio(sock: rtnetlink::sys::Socket) -> rtnetlink::sys::TokioSocket {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the fd was just created and is owned by `sock`; ownership moves to the TokioSocket.
+    unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(sock.into_raw_fd()) }
+}
+
 /// A `NETLINK_ROUTE` socket created inside `ns` (or in the current namespace for `None`), with strict
 /// checking on so the kernel filters dumps, ready for the tokio runtime. Must be called from within one.
 pub fn route_socket(ns: Option<&NetNs>) -> Result<rtnetlink::sys::TokioSocket> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let make = || -> std::io::Result<rtnetlink::sys::Socket> {
-        let s = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
-        s.set_netlink_get_strict_chk(true)?;
-        s.set_ext_ack(true)?;
-        Ok(s)
-    };
     let sock = match ns {
-        None => make(),
-        Some(ns) => ns.run(make)?,
+        None => make_route_socket(),
+        Some(ns) => ns.run(make_route_socket)?,
     }
     .map_err(|e| Error::io("creating a netlink socket", e))?;
-    // SAFETY: the fd was just created and is owned by `sock`; ownership moves to the TokioSocket.
-    Ok(unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(sock.into_raw_fd()) })
+    Ok(into_tokio(sock))
 }
 
 impl AsFd for NetNs {
@@ -119,6 +206,17 @@ mod tests {
         assert_eq!(e.cni_code(), 8);
         let e = NetNs::open(Path::new("/nonexistent/netns")).unwrap_err();
         assert_eq!(e.cni_code(), 8);
+    }
+
+    #[test]
+    fn worker_runs_closures_inside() {
+        let me = NetNs::current().unwrap();
+        let w = me.worker().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(w.run(|| 6 * 7)).unwrap(), 42);
+        assert_eq!(rt.block_on(w.run(|| "again")).unwrap(), "again");
     }
 
     #[test]

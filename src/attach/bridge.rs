@@ -8,6 +8,7 @@
 //! DEL: the pod end (which takes the host end with it), the addresses, the nftables state — each "already
 //! gone" counts as done, and a missing netns only means there is no link left to delete.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -16,7 +17,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    IfaceOpts, Undo, configure_iface, host_veth_name, nft, owner_alias, pod_netns, rollback,
+    IfaceOpts, Undo, configure_iface, host_veth_name, nft, owner_alias, pod_netns, pod_sysctls,
+    rollback,
 };
 use crate::cni::conf::{NetConf, check_ifname};
 use crate::cni::skel::{CmdArgs, Command};
@@ -343,196 +345,261 @@ async fn ensure_gateway_addr(node: &Netlink, br: &Link, gw: IpNet, force: bool) 
 
 async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResult> {
     let pod = pod_netns(args)?;
+    let worker = pod.worker()?;
     let node = Netlink::connect(None)?;
-    let pod_nl = Netlink::connect(Some(&pod))?;
-    let mut undo: Vec<Undo> = Vec::new();
-    match add_steps(args, conf, bc, &pod, &node, &pod_nl, &mut undo).await {
+    // The pod's connection and the bridge are independent: ask for both at once.
+    let (pod_nl, br) =
+        futures::try_join!(Netlink::connect_worker(&worker), ensure_bridge(&node, bc))?;
+    let undo = RefCell::new(Vec::new());
+    let ctx = AddCtx {
+        args,
+        conf,
+        bc,
+        pod: &pod,
+        worker: &worker,
+        node: &node,
+        pod_nl: &pod_nl,
+        br: &br,
+        undo: &undo,
+    };
+    match ctx.run().await {
         Ok(r) => Ok(r),
         Err(e) => {
-            rollback(undo, args, conf, &bc.ipam).await;
+            rollback(undo.into_inner(), args, conf, &bc.ipam).await;
             Err(e)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn add_steps(
-    args: &CmdArgs,
-    conf: &NetConf,
-    bc: &BridgeConf,
-    pod: &crate::netns::NetNs,
-    node: &Netlink,
-    pod_nl: &Netlink,
-    undo: &mut Vec<Undo>,
-) -> Result<CniResult> {
-    let host = host_veth_name(&args.container_id, &args.ifname);
-    let br = ensure_bridge(node, bc).await?;
+/// Everything one ADD works with. `undo` is shared by the node-side and pod-side halves, which run
+/// concurrently on the one-threaded runtime (no borrow is held across an await).
+struct AddCtx<'a> {
+    args: &'a CmdArgs,
+    conf: &'a NetConf,
+    bc: &'a BridgeConf,
+    pod: &'a crate::netns::NetNs,
+    worker: &'a crate::netns::NsWorker,
+    node: &'a Netlink,
+    pod_nl: &'a Netlink,
+    br: &'a Link,
+    undo: &'a RefCell<Vec<Undo>>,
+}
 
-    // Addresses first: running out of them should not cost a veth.
-    let mut result = bc.ipam.add(args, conf).await?;
-    undo.push(Undo::Ipam);
-    if !bc.ipam.is_none() && result.ips.is_empty() {
-        return Err(Error::Ipam("IPAM plugin returned missing IP config".into()));
+impl AddCtx<'_> {
+    async fn run(&self) -> Result<CniResult> {
+        let (args, bc) = (self.args, self.bc);
+        let host = host_veth_name(&args.container_id, &args.ifname);
+
+        // Addresses first: running out of them should not cost a veth.
+        let mut result = bc.ipam.add(args, self.conf).await?;
+        self.undo.borrow_mut().push(Undo::Ipam);
+        if !bc.ipam.is_none() && result.ips.is_empty() {
+            return Err(Error::Ipam("IPAM plugin returned missing IP config".into()));
+        }
+
+        let pod_mac = bc.mac.unwrap_or_else(random_mac);
+        let host_mac = random_mac();
+        self.create_veth(&host, host_mac, pod_mac).await?;
+        self.undo.borrow_mut().push(Undo::Link {
+            nl: self.node.clone(),
+            name: host.clone(),
+        });
+
+        // From here the node side (port, gateway, nftables) and the pod side (addresses, routes) are
+        // independent: both run at once, and both finish before any error is acted on, so the undo list
+        // is complete when a rollback reads it.
+        let gws = apply_gateways(&mut result, bc);
+        let (node_side, pod_side) = futures::join!(
+            self.node_side(&host, pod_mac, &gws, &result),
+            self.pod_side(&result)
+        );
+        node_side?;
+        pod_side?;
+
+        // Without a pinned MAC a bridge takes its lowest port's, which may just have changed: report the
+        // MAC it has now (a bridge attache creates is pinned from birth, but this one may not be attache's).
+        let br_mac = if bc.is_gw {
+            self.br.mac.clone()
+        } else {
+            self.node
+                .link_by_index(self.br.index)
+                .await?
+                .map(|l| l.mac)
+                .unwrap_or_else(|| self.br.mac.clone())
+        };
+        result.interfaces = vec![
+            Interface {
+                name: bc.bridge.clone(),
+                mac: format_mac(&br_mac),
+                ..Default::default()
+            },
+            Interface {
+                name: host,
+                mac: format_mac(&host_mac),
+                ..Default::default()
+            },
+            Interface {
+                name: args.ifname.clone(),
+                mac: format_mac(&pod_mac),
+                sandbox: args
+                    .netns
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                ..Default::default()
+            },
+        ];
+        if let Some(d) = &bc.dns {
+            result.dns = d.clone();
+        }
+        Ok(result)
     }
 
-    let pod_mac = bc.mac.unwrap_or_else(random_mac);
-    let host_mac = random_mac();
-    let mtu = bc.mtu;
-    let mut tries = 0;
-    loop {
-        let created = node
-            .create_veth(
-                &host,
-                host_mac,
-                false,
-                &args.ifname,
-                pod_mac,
-                false,
-                pod.raw_fd(),
-                mtu,
-            )
-            .await;
-        match created {
-            Ok(()) => break,
-            Err(e) if is_exists(&e) && tries == 0 => {
-                tries += 1;
-                if pod_nl.link(&args.ifname).await?.is_some() {
-                    return Err(Error::Internal(format!(
-                        "container veth name provided ({}) already exists",
-                        args.ifname
-                    )));
+    /// One request makes both ends. A clash on the host name (derived from containerID and ifname) is a
+    /// leftover of an earlier ADD of this very attachment: it is removed and the request repeated once.
+    async fn create_veth(&self, host: &str, host_mac: [u8; 6], pod_mac: [u8; 6]) -> Result<()> {
+        let ifname = &self.args.ifname;
+        for attempt in 0..2 {
+            let created = self
+                .node
+                .create_veth(
+                    host,
+                    host_mac,
+                    false,
+                    ifname,
+                    pod_mac,
+                    false,
+                    self.pod.raw_fd(),
+                    self.bc.mtu,
+                )
+                .await;
+            match created {
+                Ok(()) => return Ok(()),
+                Err(e) if is_exists(&e) && attempt == 0 => {
+                    if self.pod_nl.link(ifname).await?.is_some() {
+                        return Err(Error::Internal(format!(
+                            "container veth name provided ({ifname}) already exists"
+                        )));
+                    }
+                    match self.node.link(host).await? {
+                        Some(l) if l.kind.as_deref() == Some("veth") => {
+                            self.node.del_link(host).await?
+                        }
+                        _ => return Err(e.context(format!("host interface name {host} is taken"))),
+                    }
                 }
-                // The host name is derived from (containerID, ifname): a leftover of an earlier ADD of this
-                // very attachment. Remove it if it is ours, then try once more.
-                match node.link(&host).await? {
-                    Some(l) if l.kind.as_deref() == Some("veth") => node.del_link(&host).await?,
-                    _ => return Err(e.context(format!("host interface name {host} is taken"))),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    undo.push(Undo::Link {
-        nl: node.clone(),
-        name: host.clone(),
-    });
-
-    node.set_master_up(
-        &host,
-        br.index,
-        &owner_alias(&args.container_id, &args.ifname),
-    )
-    .await?;
-    let mut port_opts = Vec::new();
-    if bc.hairpin {
-        port_opts.push(InfoBridgePort::HairpinMode(true));
-    }
-    if bc.port_isolation {
-        port_opts.push(InfoBridgePort::Isolated(true));
-    }
-    node.set_bridge_port(&host, port_opts).await?;
-    if bc.vlan_filtering() {
-        let port = node
-            .link(&host)
-            .await?
-            .ok_or_else(|| Error::Internal(format!("{host} vanished")))?;
-        if bc.vlan != 0 {
-            node.bridge_vlan_add(port.index, bc.vlan, true).await?;
-        }
-        for (lo, hi) in &bc.trunk {
-            for vid in *lo..=*hi {
-                node.bridge_vlan_add(port.index, vid, false).await?;
+                Err(e) => return Err(e),
             }
         }
-        if !bc.preserve_default_vlan
-            && bc.vlan != 1
-            && !bc.trunk.iter().any(|(lo, hi)| (*lo..=*hi).contains(&1))
-        {
-            node.bridge_vlan_del(port.index, 1).await?;
-        }
+        Err(Error::Internal(format!("could not create {host}")))
     }
 
-    let pod_link = pod_nl
-        .link(&args.ifname)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("{} did not appear in the pod", args.ifname)))?;
-
-    if bc.macspoofchk {
-        let chain = bc.spoof_chain(args);
-        nft::apply(&nft::spoofchk_add_script(
-            &chain,
-            &host,
-            &format_mac(&pod_mac),
-        ))
+    async fn node_side(
+        &self,
+        host: &str,
+        pod_mac: [u8; 6],
+        gws: &[IpNet],
+        result: &CniResult,
+    ) -> Result<()> {
+        let (args, bc, node, br) = (self.args, self.bc, self.node, self.br);
+        node.set_master_up(
+            host,
+            br.index,
+            &owner_alias(&args.container_id, &args.ifname),
+        )
         .await?;
-        undo.push(Undo::Nft(nft::spoofchk_del_script(&chain, &host)));
+        let mut port_opts = Vec::new();
+        if bc.hairpin {
+            port_opts.push(InfoBridgePort::HairpinMode(true));
+        }
+        if bc.port_isolation {
+            port_opts.push(InfoBridgePort::Isolated(true));
+        }
+        node.set_bridge_port(host, port_opts).await?;
+        if bc.vlan_filtering() {
+            let port = node
+                .link(host)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("{host} vanished")))?;
+            if bc.vlan != 0 {
+                node.bridge_vlan_add(port.index, bc.vlan, true).await?;
+            }
+            for (lo, hi) in &bc.trunk {
+                for vid in *lo..=*hi {
+                    node.bridge_vlan_add(port.index, vid, false).await?;
+                }
+            }
+            if !bc.preserve_default_vlan
+                && bc.vlan != 1
+                && !bc.trunk.iter().any(|(lo, hi)| (*lo..=*hi).contains(&1))
+            {
+                node.bridge_vlan_del(port.index, 1).await?;
+            }
+        }
+        if bc.macspoofchk {
+            let chain = bc.spoof_chain(args);
+            nft::apply(&nft::spoofchk_add_script(
+                &chain,
+                host,
+                &format_mac(&pod_mac),
+            ))
+            .await?;
+            self.undo
+                .borrow_mut()
+                .push(Undo::Nft(nft::spoofchk_del_script(&chain, host)));
+        }
+        if bc.is_gw {
+            for gw in gws {
+                ensure_gateway_addr(node, br, *gw, bc.force_address).await?;
+            }
+            // Pin the bridge MAC: otherwise it follows the lowest-numbered port's and changes as ports
+            // churn. (Pinned to the MAC it has now, so the result can report it without asking again.)
+            node.set_mac(br.index, &br.mac).await?;
+            if gws.iter().any(|g| g.addr().is_ipv4()) {
+                super::sysctl("net.ipv4.ip_forward", "1")?;
+            }
+            if gws.iter().any(|g| g.addr().is_ipv6()) {
+                super::sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            }
+        }
+        if bc.ip_masq && !result.ips.is_empty() {
+            let chain = bc.masq_chain(args);
+            nft::apply(&nft::masq_add_script(&chain, &super::result_nets(result))).await?;
+            let ips: Vec<IpAddr> = result.ips.iter().map(|i| i.address.addr()).collect();
+            self.undo
+                .borrow_mut()
+                .push(Undo::Nft(nft::masq_del_script(&chain, &ips)));
+        }
+        Ok(())
     }
 
-    let gws = apply_gateways(&mut result, bc);
-    if bc.ipam.is_none() {
-        if !bc.disable_container_interface {
-            pod_nl.set_up(&args.ifname).await?;
-        }
-    } else {
+    async fn pod_side(&self, result: &CniResult) -> Result<()> {
+        let (args, bc) = (self.args, self.bc);
         let opts = IfaceOpts {
             enable_dad: bc.enable_dad,
             force_no_dad: bc.hairpin || bc.promisc,
             ndisc_notify: false,
         };
-        configure_iface(pod, pod_nl, &args.ifname, pod_link.index, &result, &opts).await?;
-    }
-
-    let mut br_mac = br.mac.clone();
-    if bc.is_gw {
-        for gw in &gws {
-            ensure_gateway_addr(node, &br, *gw, bc.force_address).await?;
+        let layer3 = !bc.ipam.is_none();
+        // The link's index (for addresses and routes) and the sysctls (by name) are independent.
+        let (link, sysctls) = futures::join!(self.pod_nl.link(&args.ifname), async {
+            if layer3 {
+                pod_sysctls(self.worker, &args.ifname, result, &opts).await
+            } else {
+                Ok(())
+            }
+        });
+        let pod_link = link?
+            .ok_or_else(|| Error::Internal(format!("{} did not appear in the pod", args.ifname)))?;
+        sysctls?;
+        if !layer3 {
+            if !bc.disable_container_interface {
+                self.pod_nl.set_up(&args.ifname).await?;
+            }
+            return Ok(());
         }
-        // Pin the bridge MAC: otherwise it follows the lowest-numbered port's and changes as ports churn.
-        node.set_mac(br.index, &br.mac).await?;
-        if gws.iter().any(|g| g.addr().is_ipv4()) {
-            super::sysctl("net.ipv4.ip_forward", "1")?;
-        }
-        if gws.iter().any(|g| g.addr().is_ipv6()) {
-            super::sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        }
-        if let Some(l) = node.link_by_index(br.index).await? {
-            br_mac = l.mac;
-        }
+        configure_iface(self.pod_nl, &args.ifname, pod_link.index, result).await
     }
-
-    if bc.ip_masq && !result.ips.is_empty() {
-        let chain = bc.masq_chain(args);
-        nft::apply(&nft::masq_add_script(&chain, &super::result_nets(&result))).await?;
-        let ips: Vec<IpAddr> = result.ips.iter().map(|i| i.address.addr()).collect();
-        undo.push(Undo::Nft(nft::masq_del_script(&chain, &ips)));
-    }
-
-    result.interfaces = vec![
-        Interface {
-            name: bc.bridge.clone(),
-            mac: format_mac(&br_mac),
-            ..Default::default()
-        },
-        Interface {
-            name: host.clone(),
-            mac: format_mac(&host_mac),
-            ..Default::default()
-        },
-        Interface {
-            name: args.ifname.clone(),
-            mac: format_mac(&pod_mac),
-            sandbox: args
-                .netns
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            ..Default::default()
-        },
-    ];
-    if let Some(d) = &bc.dns {
-        result.dns = d.clone();
-    }
-    Ok(result)
 }
 
 async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {

@@ -18,7 +18,7 @@ use crate::cni::skel::CmdArgs;
 use crate::cni::spec::CniResult;
 use crate::error::{Error, Result};
 use crate::netlink::{Netlink, RouteSpec};
-use crate::netns::NetNs;
+use crate::netns::{NetNs, NsWorker};
 
 /// The plugin types attache implements itself.
 pub const NATIVE_TYPES: &[&str] = &["bridge"];
@@ -36,6 +36,16 @@ pub fn native_list_suffix() -> String {
 pub async fn run_standalone(t: &str, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
     match t {
         "bridge" => bridge::run(args, &conf).await,
+        other => Err(Error::config(format!(
+            "native type {other:?} is not available"
+        ))),
+    }
+}
+
+/// Validate a native plugin's configuration without touching anything (a meta-plugin plans first).
+pub fn validate(t: &str, args: &CmdArgs, conf: &NetConf) -> Result<()> {
+    match t {
+        "bridge" => bridge::BridgeConf::new(conf, args).map(|_| ()),
         other => Err(Error::config(format!(
             "native type {other:?} is not available"
         ))),
@@ -108,22 +118,18 @@ pub struct IfaceOpts {
     pub ndisc_notify: bool,
 }
 
-/// Configure the pod side of an attachment, as the reference `ConfigureIface` does: sysctls first (so
-/// the link coming up announces itself with a gratuitous ARP), addresses, link up, then the routes —
-/// a route without a gateway uses its family's gateway.
-pub async fn configure_iface(
-    pod: &NetNs,
-    pod_nl: &Netlink,
+/// The pod-side sysctls of an attachment, set before its link comes up (so that the link coming up
+/// announces itself with a gratuitous ARP): `arp_notify`, IPv6 on where there are IPv6 addresses, DAD.
+pub async fn pod_sysctls(
+    pod: &NsWorker,
     ifname: &str,
-    index: u32,
     result: &CniResult,
     opts: &IfaceOpts,
 ) -> Result<()> {
     let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
-    let ifname_owned = ifname.to_string();
+    let i = ifname.to_string();
     let (enable_dad, ndisc) = (opts.enable_dad && !opts.force_no_dad, opts.ndisc_notify);
     pod.run(move || -> Result<()> {
-        let i = &ifname_owned;
         sysctl(&format!("net.ipv4.conf.{i}.arp_notify"), "1")?;
         if has_v6 {
             sysctl("net.ipv6.conf.lo.disable_ipv6", "0")?;
@@ -142,26 +148,42 @@ pub async fn configure_iface(
             }
         }
         Ok(())
-    })??;
-    for ip in &result.ips {
-        pod_nl.add_addr(index, ip.address).await?;
-    }
+    })
+    .await?
+}
+
+/// Configure the pod side of an attachment whose sysctls are set ([`pod_sysctls`]), as the reference
+/// `ConfigureIface` does: addresses, link up, then the routes — a route without a gateway uses its
+/// family's gateway. Independent requests of one step go out together.
+pub async fn configure_iface(
+    pod_nl: &Netlink,
+    ifname: &str,
+    index: u32,
+    result: &CniResult,
+) -> Result<()> {
+    futures::future::try_join_all(
+        result
+            .ips
+            .iter()
+            .map(|ip| pod_nl.add_addr(index, ip.address)),
+    )
+    .await?;
     pod_nl.set_up(ifname).await?;
-    for r in &result.routes {
+    futures::future::try_join_all(result.routes.iter().map(|r| {
         let gw = r.gw.or_else(|| family_gateway(result, r.dst.addr()));
-        pod_nl
-            .add_route(&RouteSpec {
-                dst: r.dst,
-                gw,
-                oif: index,
-                metric: r.priority,
-                table: r.table,
-                scope: r.scope,
-                mtu: r.mtu,
-                advmss: r.adv_mss,
-            })
-            .await?;
-    }
+        let spec = RouteSpec {
+            dst: r.dst,
+            gw,
+            oif: index,
+            metric: r.priority,
+            table: r.table,
+            scope: r.scope,
+            mtu: r.mtu,
+            advmss: r.adv_mss,
+        };
+        async move { pod_nl.add_route(&spec).await }
+    }))
+    .await?;
     Ok(())
 }
 

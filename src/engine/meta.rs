@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, Command};
@@ -61,9 +61,14 @@ fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Vec<Attachme
     let cluster = ac.cluster_network(&conf.cni_version)?;
     // Every binary the chain needs must be installed: finding out half-way would leave work to undo.
     let path = ac.search_path(&args.path);
+    // Native plugins' configurations are validated now, as they would be when they run.
     for i in 0..cluster.plugins.len() {
         let t = cluster.plugin_type(i);
-        if !crate::attach::is_native(t) {
+        if crate::attach::is_native(t) {
+            let pc = NetConf::from_value(cluster.plugin_conf(i, &Map::new(), None))?;
+            crate::attach::validate(t, args, &pc)
+                .map_err(|e| e.context(format!("clusterNetwork {:?}", cluster.name)))?;
+        } else {
             crate::delegate::find_plugin(t, &path)?;
         }
     }

@@ -39,7 +39,8 @@ impl Engine {
 impl Plugin for Engine {
     fn run(&self, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()
             .map_err(|e| Error::io("starting the async runtime", e))?;
         let kind = self.effective_type(&conf).to_string();

@@ -104,6 +104,14 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// Connect inside the namespace of a worker (which can keep serving that namespace afterwards).
+    pub async fn connect_worker(w: &crate::netns::NsWorker) -> Result<Netlink> {
+        let sock = w.route_socket().await?;
+        let (conn, handle, _) = rtnetlink::from_socket(sock);
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
     /// A link by name; `None` if there is none.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         let mut req = self
@@ -174,7 +182,8 @@ impl Netlink {
     }
 
     /// Create a veth pair in one request: `name` in this connection's namespace, `peer` in the namespace
-    /// `peer_netns` refers to. Both ends get their MAC, MTU and (if `up`) their up flag at birth.
+    /// `peer_netns` refers to. Both ends get their MAC and MTU at birth, and `name` its up flag; the peer
+    /// cannot be born up (the kernel opens it before the pair is joined: ENOTCONN).
     #[allow(clippy::too_many_arguments)]
     pub async fn create_veth(
         &self,
