@@ -47,6 +47,9 @@ pub enum Error {
     NetNs { path: PathBuf, reason: String },
     #[error("{0}")]
     NotAvailable(String),
+    /// Transient: the caller may retry (an API server that did not answer).
+    #[error("{0}")]
+    TryAgain(String),
     /// An error reported by a delegated plugin: its own code and message are passed through.
     #[error("{plugin}: {msg}")]
     Delegate {
@@ -116,6 +119,7 @@ impl Error {
             Error::Config(_) => code::INVALID_CONFIG,
             Error::NetNs { .. } => code::INVALID_NETNS,
             Error::NotAvailable(_) => code::NOT_AVAILABLE,
+            Error::TryAgain(_) => code::TRY_AGAIN,
             Error::Delegate { code, .. } => *code,
             Error::Kernel { .. } | Error::Ipam(_) | Error::Internal(_) => code::INTERNAL,
             Error::Many(list) => list.first().map_or(code::INTERNAL, Error::cni_code),

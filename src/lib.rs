@@ -21,6 +21,7 @@ pub mod delegate;
 pub mod engine;
 pub mod error;
 pub mod ipam;
+pub mod k8s;
 pub mod netlink;
 pub mod netns;
 #[cfg(test)]

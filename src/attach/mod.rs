@@ -187,6 +187,46 @@ pub async fn configure_iface(
     Ok(())
 }
 
+/// Make `gw` via `ifname` the pod's default route of its family: other default routes of that family
+/// (on any interface) go.
+pub async fn move_default_route(netns: &std::path::Path, ifname: &str, gw: IpAddr) -> Result<()> {
+    let ns = NetNs::open(netns)?;
+    let nl = Netlink::connect(Some(&ns))?;
+    let link = nl
+        .link(ifname)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{ifname} is not in the pod")))?;
+    for (dst, g, oif) in nl.routes(gw.is_ipv4(), None).await? {
+        if dst.prefix_len() == 0 && !(oif == Some(link.index) && g == Some(gw)) {
+            nl.del_route(&RouteSpec {
+                dst,
+                gw: g,
+                oif: oif.unwrap_or(0),
+                metric: None,
+                table: None,
+                scope: None,
+                mtu: None,
+                advmss: None,
+            })
+            .await?;
+        }
+    }
+    let default: IpNet = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
+        .parse()
+        .expect("literal");
+    nl.add_route(&RouteSpec {
+        dst: default,
+        gw: Some(gw),
+        oif: link.index,
+        metric: None,
+        table: None,
+        scope: None,
+        mtu: None,
+        advmss: None,
+    })
+    .await
+}
+
 /// The first gateway of `like`'s family among the result's addresses.
 pub fn family_gateway(result: &CniResult, like: IpAddr) -> Option<IpAddr> {
     result

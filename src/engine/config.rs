@@ -22,6 +22,34 @@ struct Raw {
     cache_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
     log_level: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    networks_dir: Option<PathBuf>,
+    namespace_isolation: Option<bool>,
+    global_namespaces: Option<Names>,
+    system_namespaces: Option<Names>,
+    default_networks: Option<Names>,
+    multus_namespace: Option<String>,
+}
+
+/// A list of names, as a JSON list or (Multus' spelling) one comma-separated string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Names {
+    List(Vec<String>),
+    Csv(String),
+}
+
+impl Names {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Names::List(v) => v,
+            Names::Csv(s) => s
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect(),
+        }
+    }
 }
 
 /// Where the cluster network's configuration comes from.
@@ -41,6 +69,19 @@ pub struct AttacheConf {
     pub cache_dir: PathBuf,
     pub log_file: Option<PathBuf>,
     pub log_level: tracing::Level,
+    /// Kubernetes API access; without it pods' annotations come only from the runtime.
+    pub kubeconfig: Option<PathBuf>,
+    /// A folder of NetworkAttachmentDefinition manifests, consulted before the API.
+    pub networks_dir: Option<PathBuf>,
+    /// A pod may use only definitions of its own namespace and of `global_namespaces`.
+    pub namespace_isolation: bool,
+    pub global_namespaces: Vec<String>,
+    /// Pods in these namespaces get the cluster network only.
+    pub system_namespaces: Vec<String>,
+    /// Definitions attached to every pod (outside system namespaces), `name` in `multus_namespace` or
+    /// `namespace/name`.
+    pub default_networks: Vec<String>,
+    pub multus_namespace: String,
 }
 
 impl AttacheConf {
@@ -80,7 +121,51 @@ impl AttacheConf {
                 )));
             }
         }
+        for (key, dir) in [
+            ("networksDir", &raw.networks_dir),
+            ("kubeconfig", &raw.kubeconfig),
+        ] {
+            if let Some(d) = dir
+                && !d.is_absolute()
+            {
+                return Err(Error::config(format!(
+                    "{key} must be an absolute path, got {}",
+                    d.display()
+                )));
+            }
+        }
+        let default_networks = raw
+            .default_networks
+            .map(Names::into_vec)
+            .unwrap_or_default();
+        for n in &default_networks {
+            let ok = match n.split_once('/') {
+                Some((ns, name)) => {
+                    crate::k8s::annotation::is_dns1123_label(ns)
+                        && crate::k8s::annotation::is_dns1123_label(name)
+                }
+                None => crate::k8s::annotation::is_dns1123_label(n),
+            };
+            if !ok {
+                return Err(Error::config(format!(
+                    "defaultNetworks: {n:?} is not a [namespace/]name"
+                )));
+            }
+        }
         Ok(AttacheConf {
+            kubeconfig: raw.kubeconfig,
+            networks_dir: raw.networks_dir,
+            namespace_isolation: raw.namespace_isolation.unwrap_or(true),
+            global_namespaces: raw
+                .global_namespaces
+                .map(Names::into_vec)
+                .unwrap_or_else(|| vec!["default".into()]),
+            system_namespaces: raw
+                .system_namespaces
+                .map(Names::into_vec)
+                .unwrap_or_else(|| vec!["kube-system".into()]),
+            default_networks,
+            multus_namespace: raw.multus_namespace.unwrap_or_else(|| "kube-system".into()),
             cluster,
             conf_dir: raw.conf_dir.unwrap_or_else(|| DEFAULT_CONF_DIR.into()),
             bin_dir: raw.bin_dir,
@@ -133,7 +218,7 @@ fn parse_level(s: &str) -> Result<tracing::Level> {
 }
 
 /// Find a network by file name or by network name in `dir`, as runtimes and Multus do.
-fn load_named(dir: &Path, name: &str, default_version: &str) -> Result<NetworkList> {
+pub fn load_named(dir: &Path, name: &str, default_version: &str) -> Result<NetworkList> {
     let read = |p: &Path| -> Result<NetworkList> {
         let bytes =
             std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
@@ -213,6 +298,41 @@ mod tests {
             json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"x","cacheDir":"rel"}),
         );
         assert_eq!(AttacheConf::from_conf(&c).unwrap_err().cni_code(), 7);
+    }
+
+    #[test]
+    fn kubernetes_keys() {
+        let c =
+            conf(json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"net"}));
+        let a = AttacheConf::from_conf(&c).unwrap();
+        assert!(a.namespace_isolation);
+        assert_eq!(a.global_namespaces, vec!["default"]);
+        assert_eq!(a.system_namespaces, vec!["kube-system"]);
+        let c = conf(
+            json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"net",
+            "namespaceIsolation": false, "globalNamespaces": "shared, infra", "systemNamespaces": ["kube-system","ops"],
+            "defaultNetworks": ["mon", "infra/logs"], "networksDir": "/etc/attache/networks"}),
+        );
+        let a = AttacheConf::from_conf(&c).unwrap();
+        assert!(!a.namespace_isolation);
+        assert_eq!(a.global_namespaces, vec!["shared", "infra"]);
+        assert_eq!(a.default_networks, vec!["mon", "infra/logs"]);
+        for bad in [
+            json!({"defaultNetworks": ["Bad_Name"]}),
+            json!({"networksDir": "rel"}),
+            json!({"kubeconfig": 5}),
+        ] {
+            let mut v =
+                json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"net"});
+            for (k, x) in bad.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            assert_eq!(
+                AttacheConf::from_conf(&conf(v)).unwrap_err().cni_code(),
+                7,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

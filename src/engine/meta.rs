@@ -1,20 +1,23 @@
-//! The meta-plugin's commands. ADD: validate everything, write the record, then attach the cluster network
-//! as `CNI_IFNAME` (and, as later layers add them, the pod's other networks), undoing all of it in reverse if
-//! any step fails. DEL: tear down from the record — no API, no config, no netns needed — and forget the
+//! The meta-plugin's commands. ADD: plan and validate everything ([`plan`]), write the record, then attach
+//! the cluster network as `CNI_IFNAME` and the pod's other networks in order, move the default route
+//! where `default-route` asks, report network-status — undoing all of it in reverse if any step fails. DEL: tear down from the record — no API, no config, no netns needed — and forget the
 //! record only when everything is gone. CHECK, STATUS and GC follow the same records.
 
+use std::net::IpAddr;
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, Command};
-use crate::cni::spec::{CniResult, Version};
+use crate::cni::spec::{CniResult, Route, Version};
 use crate::delegate::Invocation;
 use crate::engine::chain::NetworkList;
 use crate::engine::config::AttacheConf;
+use crate::engine::plan;
 use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
 use crate::error::{Error, Result};
+use crate::k8s::annotation::{NetworkStatus, status_of};
 use crate::netns::NetNs;
 
 pub async fn run(args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
@@ -55,34 +58,6 @@ fn open_pod_netns(args: &CmdArgs) -> Result<NetNs> {
     Ok(ns)
 }
 
-/// Plan the pod's attachments from the configuration: every conf is loaded and checked here, before
-/// anything is touched.
-fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Vec<AttachmentRecord>> {
-    let cluster = ac.cluster_network(&conf.cni_version)?;
-    // Every binary the chain needs must be installed: finding out half-way would leave work to undo.
-    let path = ac.search_path(&args.path);
-    // Native plugins' configurations are validated now, as they would be when they run.
-    for i in 0..cluster.plugins.len() {
-        let t = cluster.plugin_type(i);
-        if crate::attach::is_native(t) {
-            let pc = NetConf::from_value(cluster.plugin_conf(i, &Map::new(), None))?;
-            crate::attach::validate(t, args, &pc)
-                .map_err(|e| e.context(format!("clusterNetwork {:?}", cluster.name)))?;
-        } else {
-            crate::delegate::find_plugin(t, &path)?;
-        }
-    }
-    Ok(vec![AttachmentRecord {
-        network: cluster.name.clone(),
-        ifname: args.ifname.clone(),
-        driver: "chain".into(),
-        conf: cluster.to_value(),
-        runtime_config: crate::cni::conf::normalize_runtime_config(conf.runtime_config()),
-        cni_args: args.args.to_env_string(),
-        result: None,
-    }])
-}
-
 async fn add(
     args: &CmdArgs,
     conf: &NetConf,
@@ -101,9 +76,10 @@ async fn add(
         tracing::warn!("found an incomplete record from an interrupted ADD; tearing it down first");
         teardown(args, ac, store, &old).await?;
     }
-    let planned = plan(args, conf, ac)?;
+    let planned = plan::plan(args, conf, ac).await?;
     let mut rec = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
-    rec.attachments = planned;
+    rec.pod = planned.pod_ref();
+    rec.attachments = planned.attachments;
     store.save(&rec)?;
 
     for i in 0..rec.attachments.len() {
@@ -127,11 +103,72 @@ async fn add(
             }
         }
     }
+    if let Err(e) = apply_default_routes(args, &mut rec).await {
+        let err = e.context("moving the default route");
+        if let Err(undo) = teardown(args, ac, store, &rec).await {
+            tracing::error!("rollback after failed ADD left something behind: {undo}");
+        }
+        return Err(err);
+    }
     rec.complete = true;
     store.save(&rec)?;
+    if let (Some(api), Some(pod)) = (&planned.api, &planned.pod) {
+        let status = network_status(&rec);
+        if let Err(e) = api.set_network_status(pod, &status).await {
+            tracing::warn!("could not write the network-status annotation: {e}");
+        }
+    }
     // The result is the cluster network's, as Multus returns it.
     let cluster = result_of(&rec.attachments[0])?.unwrap_or_default();
     Ok(cluster.to_value(conf.version))
+}
+
+/// `default-route`: the pod's default route of a family goes to the selected attachment's gateway, off
+/// every other interface; the recorded results say so too.
+async fn apply_default_routes(args: &CmdArgs, rec: &mut PodRecord) -> Result<()> {
+    let Some(netns) = args.netns.as_deref() else {
+        return Ok(());
+    };
+    let wanted: Vec<(usize, IpAddr)> = rec
+        .attachments
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| a.default_route.iter().map(move |gw| (i, *gw)))
+        .collect();
+    for (target, gw) in wanted {
+        crate::attach::move_default_route(netns, &rec.attachments[target].ifname, gw).await?;
+        for (i, a) in rec.attachments.iter_mut().enumerate() {
+            let Some(mut res) = a
+                .result
+                .as_ref()
+                .map(|v| CniResult::from_value(v, Version::V1_1_0))
+                .transpose()?
+            else {
+                continue;
+            };
+            res.routes
+                .retain(|r| !(r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == gw.is_ipv4()));
+            if i == target {
+                let dst = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+                res.routes
+                    .push(Route::new(dst.parse().expect("literal"), Some(gw)));
+            }
+            a.result = Some(res.to_value(Version::V1_1_0));
+        }
+    }
+    Ok(())
+}
+
+/// The network-status annotation: one entry per attachment, the cluster network's marked default.
+pub fn network_status(rec: &PodRecord) -> Vec<NetworkStatus> {
+    rec.attachments
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let res = result_of(a).ok().flatten().unwrap_or_default();
+            status_of(&a.network, &a.ifname, i == 0, &res)
+        })
+        .collect()
 }
 
 async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStore) -> Result<()> {
@@ -140,14 +177,14 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
         Ok(None) => {
             // No record (ADD never ran, or its DEL already finished): fall back to the configuration and the
             // runtime's prevResult. If even that cannot be had, there is nothing of ours to delete.
-            match plan(args, conf, ac) {
-                Ok(mut planned) => {
+            match plan::cluster(args, conf, ac) {
+                Ok(mut cluster) => {
                     if let Some(prev) = conf.prev_result()? {
-                        planned[0].result = Some(prev.to_value(Version::V1_1_0));
+                        cluster.result = Some(prev.to_value(Version::V1_1_0));
                     }
                     let mut r =
                         PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
-                    r.attachments = planned;
+                    r.attachments = vec![cluster];
                     r
                 }
                 Err(e) => {
@@ -162,7 +199,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
             tracing::warn!("unreadable record ({e}); falling back to the configuration");
             store.remove(&args.container_id, &args.ifname)?;
             let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
-            r.attachments = plan(args, conf, ac)?;
+            r.attachments = vec![plan::cluster(args, conf, ac)?];
             r
         }
     };
@@ -202,10 +239,10 @@ async fn check(
             let prev = conf.prev_result()?.ok_or_else(|| {
                 Error::config("CHECK needs prevResult: attache has no record of this attachment")
             })?;
-            let mut planned = plan(args, conf, ac)?;
-            planned[0].result = Some(prev.to_value(Version::V1_1_0));
+            let mut cluster = plan::cluster(args, conf, ac)?;
+            cluster.result = Some(prev.to_value(Version::V1_1_0));
             let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
-            r.attachments = planned;
+            r.attachments = vec![cluster];
             r
         }
     };

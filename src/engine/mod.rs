@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod config;
 pub mod meta;
+pub mod plan;
 pub mod record;
 
 use serde_json::Value;

@@ -31,6 +31,13 @@ pub struct AttachmentRecord {
     /// `CNI_ARGS` it was given.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cni_args: String,
+    /// Gateways this attachment's interface takes the pod's default route(s) to (`default-route`).
+    #[serde(
+        default,
+        rename = "defaultRoute",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub default_route: Vec<std::net::IpAddr>,
     /// Its ADD result (1.1.0 shape), once ADD succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
@@ -44,9 +51,20 @@ pub struct PodRecord {
     pub ifname: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// The Kubernetes pod, when the runtime named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
     /// True once every attachment succeeded and ADD returned.
     pub complete: bool,
     pub attachments: Vec<AttachmentRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
 }
 
 impl PodRecord {
@@ -56,6 +74,7 @@ impl PodRecord {
             container_id: container_id.into(),
             ifname: ifname.into(),
             netns: netns.map(Path::to_path_buf),
+            pod: None,
             complete: false,
             attachments: Vec::new(),
         }
@@ -182,6 +201,7 @@ mod tests {
             conf: json!({"name":"n","plugins":[]}),
             runtime_config: Map::new(),
             cni_args: String::new(),
+            default_route: vec![],
             result: None,
         });
         store.save(&r).unwrap();

@@ -1,0 +1,397 @@
+//! Planning a pod's attachments, before anything is touched: the cluster network as `CNI_IFNAME`, then —
+//! for a Kubernetes pod outside the system namespaces — `defaultNetworks` and the networks its
+//! annotation selects, each resolved to its NetworkAttachmentDefinition and configuration, checked
+//! against namespace isolation, given a unique interface name and its runtime arguments. Any problem is
+//! an error here, so ADD either attaches everything or touches nothing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde_json::{Map, Value, json};
+
+use crate::cni::conf::{NetConf, normalize_runtime_config};
+use crate::cni::skel::CmdArgs;
+use crate::engine::chain::NetworkList;
+use crate::engine::config::{AttacheConf, load_named};
+use crate::engine::record::{AttachmentRecord, PodRef};
+use crate::error::{Error, Result};
+use crate::k8s::POD_ANNOTATIONS_CAPABILITY;
+use crate::k8s::annotation::{NETWORKS, Selection, parse_networks};
+use crate::k8s::api::{KubeApi, PodInfo};
+use crate::k8s::nad::{Nad, load_folder};
+
+/// The outcome of planning.
+pub struct Plan {
+    pub attachments: Vec<AttachmentRecord>,
+    pub pod: Option<PodInfo>,
+    /// A connected API client, when a kubeconfig is configured (for the network-status annotation).
+    pub api: Option<KubeApi>,
+}
+
+impl Plan {
+    pub fn pod_ref(&self) -> Option<PodRef> {
+        self.pod.as_ref().map(|p| PodRef {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            uid: p.uid.clone(),
+        })
+    }
+}
+
+/// Check that every plugin of a chain can run: native configurations validate, other binaries exist.
+fn check_runnable(list: &NetworkList, args: &CmdArgs, ac: &AttacheConf, what: &str) -> Result<()> {
+    let path = ac.search_path(&args.path);
+    for i in 0..list.plugins.len() {
+        let t = list.plugin_type(i);
+        if crate::attach::is_native(t) {
+            let pc = NetConf::from_value(list.plugin_conf(i, &Map::new(), None))?;
+            crate::attach::validate(t, args, &pc).map_err(|e| e.context(what))?;
+        } else {
+            crate::delegate::find_plugin(t, &path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The cluster network alone (also what DEL and CHECK fall back to without a record).
+pub fn cluster(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<AttachmentRecord> {
+    let cluster = ac.cluster_network(&conf.cni_version)?;
+    check_runnable(
+        &cluster,
+        args,
+        ac,
+        &format!("clusterNetwork {:?}", cluster.name),
+    )?;
+    Ok(AttachmentRecord {
+        network: cluster.name.clone(),
+        ifname: args.ifname.clone(),
+        driver: "chain".into(),
+        conf: cluster.to_value(),
+        runtime_config: normalize_runtime_config(conf.runtime_config()),
+        cni_args: args.args.to_env_string(),
+        default_route: vec![],
+        result: None,
+    })
+}
+
+/// Everything ADD will attach, in order.
+pub async fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Plan> {
+    let mut attachments = vec![cluster(args, conf, ac)?];
+    let (ns, name) = match (
+        args.args.get("K8S_POD_NAMESPACE"),
+        args.args.get("K8S_POD_NAME"),
+    ) {
+        (Some(ns), Some(n)) if !ns.is_empty() && !n.is_empty() => (ns.to_string(), n.to_string()),
+        // A plain runtime: no pod, so the cluster network and defaultNetworks only.
+        _ => {
+            let mut plan = Plan {
+                attachments,
+                pod: None,
+                api: None,
+            };
+            let defaults = default_selections(ac);
+            add_selections(
+                &mut plan,
+                args,
+                conf,
+                ac,
+                "default",
+                defaults,
+                &mut Resolver::new(ac, None),
+            )
+            .await?;
+            return Ok(plan);
+        }
+    };
+    if ac.system_namespaces.contains(&ns) {
+        return Ok(Plan {
+            attachments,
+            pod: None,
+            api: None,
+        });
+    }
+    let api = match &ac.kubeconfig {
+        Some(p) => Some(KubeApi::connect(Some(p)).await?),
+        None => None,
+    };
+    let uid = args.args.get("K8S_POD_UID").unwrap_or_default().to_string();
+    // The pod's annotations: from the runtime when it passes them (no API call), else from the API.
+    let from_runtime = conf
+        .raw
+        .get("runtimeConfig")
+        .and_then(|r| r.get(POD_ANNOTATIONS_CAPABILITY))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect::<BTreeMap<_, _>>()
+        });
+    let pod = match (from_runtime, &api) {
+        (Some(annotations), _) => Some(PodInfo {
+            namespace: ns.clone(),
+            name: name.clone(),
+            uid,
+            annotations,
+        }),
+        (None, Some(api)) => match api.pod(&ns, &name).await? {
+            Some(mut p) => {
+                if !uid.is_empty() && !p.uid.is_empty() && p.uid != uid {
+                    return Err(Error::TryAgain(format!(
+                        "pod {ns}/{name} has UID {} in the API, not {uid}: it was replaced",
+                        p.uid
+                    )));
+                }
+                if p.uid.is_empty() {
+                    p.uid = uid;
+                }
+                Some(p)
+            }
+            None => {
+                tracing::warn!(pod = %format!("{ns}/{name}"), "pod not found in the API: cluster network only");
+                None
+            }
+        },
+        (None, None) => Some(PodInfo {
+            namespace: ns.clone(),
+            name: name.clone(),
+            uid,
+            annotations: BTreeMap::new(),
+        }),
+    };
+    let mut plan = Plan {
+        attachments: std::mem::take(&mut attachments),
+        pod,
+        api,
+    };
+    let Some(pod) = plan.pod.clone() else {
+        return Ok(plan);
+    };
+    let mut selections = default_selections(ac);
+    if let Some(value) = pod.annotations.get(NETWORKS) {
+        let parsed = parse_networks(value)
+            .map_err(|m| Error::config(format!("pod {ns}/{name}: annotation {NETWORKS}: {m}")))?;
+        for s in &parsed {
+            let target = s.namespace.as_deref().unwrap_or(&ns);
+            if ac.namespace_isolation
+                && target != ns
+                && !ac.global_namespaces.iter().any(|g| g == target)
+            {
+                return Err(Error::config(format!(
+                    "pod {ns}/{name} may not use network {}: namespaceIsolation allows only its own namespace{}",
+                    s.qualified(&ns),
+                    if ac.global_namespaces.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {}", ac.global_namespaces.join(", "))
+                    }
+                )));
+            }
+        }
+        selections.extend(parsed);
+    }
+    let mut resolver = Resolver::new(ac, plan.api.clone());
+    add_selections(&mut plan, args, conf, ac, &ns, selections, &mut resolver).await?;
+    Ok(plan)
+}
+
+fn default_selections(ac: &AttacheConf) -> Vec<Selection> {
+    ac.default_networks
+        .iter()
+        .map(|n| {
+            let (ns, name) = match n.split_once('/') {
+                Some((ns, name)) => (ns.to_string(), name.to_string()),
+                None => (ac.multus_namespace.clone(), n.clone()),
+            };
+            Selection {
+                name,
+                namespace: Some(ns),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Finds NetworkAttachmentDefinitions: `networksDir` first (read once), then the API.
+struct Resolver<'a> {
+    ac: &'a AttacheConf,
+    api: Option<KubeApi>,
+    folder: Option<BTreeMap<String, Nad>>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(ac: &'a AttacheConf, api: Option<KubeApi>) -> Resolver<'a> {
+        Resolver {
+            ac,
+            api,
+            folder: None,
+        }
+    }
+
+    async fn nad(&mut self, ns: &str, name: &str) -> Result<Nad> {
+        let key = format!("{ns}/{name}");
+        if let Some(dir) = &self.ac.networks_dir {
+            if self.folder.is_none() {
+                self.folder = Some(load_folder(dir)?);
+            }
+            if let Some(n) = self.folder.as_ref().and_then(|f| f.get(&key)) {
+                return Ok(n.clone());
+            }
+        }
+        if let Some(api) = &self.api
+            && let Some(n) = api.nad(ns, name).await?
+        {
+            return Ok(n);
+        }
+        let mut places = Vec::new();
+        if let Some(d) = &self.ac.networks_dir {
+            places.push(format!("networksDir {}", d.display()));
+        }
+        if self.api.is_some() {
+            places.push("the Kubernetes API".to_string());
+        }
+        if places.is_empty() {
+            places.push("nowhere: neither networksDir nor kubeconfig is configured".to_string());
+        }
+        Err(Error::config(format!(
+            "NetworkAttachmentDefinition {key} not found (looked in {})",
+            places.join(" and ")
+        )))
+    }
+}
+
+/// The runtime arguments a selection hands its network (§4.1.2.1), with the capability each needs.
+fn selection_runtime_config(s: &Selection) -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    if !s.ips.is_empty() {
+        out.push(("ips", json!(s.ips)));
+    }
+    if let Some(m) = &s.mac {
+        out.push(("mac", json!(m)));
+    }
+    if let Some(p) = &s.port_mappings {
+        out.push(("portMappings", p.clone()));
+    }
+    if let Some(b) = &s.bandwidth {
+        out.push(("bandwidth", b.clone()));
+    }
+    if let Some(g) = &s.infiniband_guid {
+        out.push(("infinibandGUID", json!(g)));
+    }
+    out
+}
+
+fn declares_capability(list: &NetworkList, cap: &str) -> bool {
+    list.plugins.iter().any(|p| {
+        p.get("capabilities")
+            .and_then(|c| c.get(cap))
+            .and_then(Value::as_bool)
+            == Some(true)
+    })
+}
+
+async fn add_selections(
+    plan: &mut Plan,
+    args: &CmdArgs,
+    conf: &NetConf,
+    ac: &AttacheConf,
+    pod_ns: &str,
+    selections: Vec<Selection>,
+    resolver: &mut Resolver<'_>,
+) -> Result<()> {
+    let pod_name = plan
+        .pod
+        .as_ref()
+        .map(|p| format!("pod {}/{}", p.namespace, p.name))
+        .unwrap_or_else(|| format!("container {}", args.container_id));
+    let mut families_routed = [false, false];
+    for (i, s) in selections.into_iter().enumerate() {
+        let ns = s.namespace.clone().unwrap_or_else(|| pod_ns.to_string());
+        let nad = resolver.nad(&ns, &s.name).await?;
+        let qualified = nad.qualified();
+        let value = match nad.config_value()? {
+            Some(v) => v,
+            None => load_named(&ac.conf_dir, &nad.name, &conf.cni_version)
+                .map_err(|e| {
+                    e.context(format!(
+                        "NetworkAttachmentDefinition {qualified} has no spec.config, and confDir"
+                    ))
+                })?
+                .to_value(),
+        };
+        let mut list = NetworkList::from_value(&value, &conf.cni_version)
+            .map_err(|e| e.context(format!("network {qualified}")))?;
+        // cni-args join each plugin's args.cni, the annotation's winning over the definition's.
+        if let Some(extra) = &s.cni_args {
+            for p in &mut list.plugins {
+                let args_obj = p.entry("args").or_insert_with(|| json!({}));
+                if !args_obj.is_object() {
+                    *args_obj = json!({});
+                }
+                let cni = args_obj
+                    .as_object_mut()
+                    .expect("made an object above")
+                    .entry("cni")
+                    .or_insert_with(|| json!({}));
+                if let Some(o) = cni.as_object_mut() {
+                    for (k, v) in extra {
+                        o.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        let mut runtime = Map::new();
+        for (cap, v) in selection_runtime_config(&s) {
+            if !declares_capability(&list, cap) {
+                return Err(Error::config(format!(
+                    "{pod_name}: network {qualified} is given {cap:?} but none of its plugins declares the {cap:?} capability"
+                )));
+            }
+            runtime.insert(cap.to_string(), v);
+        }
+        let ifname = match &s.interface {
+            Some(n) => n.clone(),
+            None => format!("net{}", i + 1),
+        };
+        if plan.attachments.iter().any(|a| a.ifname == ifname) {
+            return Err(Error::config(format!(
+                "{pod_name}: interface name {ifname} is used twice (network {qualified})"
+            )));
+        }
+        let default_route = s.default_route.clone().unwrap_or_default();
+        for gw in &default_route {
+            let fam = usize::from(gw.is_ipv6());
+            if families_routed[fam] {
+                return Err(Error::config(format!(
+                    "{pod_name}: more than one default-route gateway for IPv{} (ECMP default routes are not supported)",
+                    if fam == 0 { 4 } else { 6 }
+                )));
+            }
+            families_routed[fam] = true;
+        }
+        check_runnable(&list, args, ac, &format!("network {qualified}"))?;
+        list.name = if list.name.is_empty() {
+            nad.name.clone()
+        } else {
+            list.name
+        };
+        plan.attachments.push(AttachmentRecord {
+            network: qualified,
+            ifname,
+            driver: "chain".into(),
+            conf: list.to_value(),
+            runtime_config: runtime,
+            cni_args: args.args.to_env_string(),
+            default_route,
+            result: None,
+        });
+    }
+    Ok(())
+}
+
+/// The gateways of a selection's default route, by family.
+pub fn route_families(gws: &[IpAddr]) -> (Option<IpAddr>, Option<IpAddr>) {
+    (
+        gws.iter().copied().find(IpAddr::is_ipv4),
+        gws.iter().copied().find(IpAddr::is_ipv6),
+    )
+}
