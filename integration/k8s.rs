@@ -175,6 +175,14 @@ fn comma_form_attaches_in_order_and_reports_network_status() {
             .contains("fast1")
     );
 
+    // The native interfaces joined one link group, so DEL removes them in one kernel unregister.
+    let groups: Vec<Value> = ["net1", "fast1"]
+        .iter()
+        .map(|i| node.ip(Some(&pod), &["-d", "link", "show", i])[0]["group"].clone())
+        .collect();
+    assert_eq!(groups[0], groups[1]);
+    assert_ne!(groups[0], json!("default"), "{groups:?}");
+
     // CHECK, then DEL removes everything.
     let mut check = node.call("CHECK", "ctr1", &pod, "eth0");
     check.args = &args;

@@ -272,6 +272,7 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
             false,
             ns.raw_fd(),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -319,6 +320,7 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
                     false,
                     ns.raw_fd(),
                     None,
+                    None,
                 )
                 .await
                 .unwrap();
@@ -337,6 +339,66 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
         }
     }
     (add, del, group8, one8)
+}
+
+/// A pod with several native networks through the meta-plugin: one ADD attaches all of them, one DEL
+/// removes them with one kernel unregister (a link group).
+fn meta_pod(a: &Args, pods: &mut Pods, networks: usize) -> (Series, Series) {
+    let dir = a.work.join("networks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = a.work.join("ipam-meta");
+    let mut yaml = String::new();
+    let mut names = Vec::new();
+    for i in 0..networks {
+        yaml += &format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: n{i}\n  namespace: default\nspec:\n  config: '{}'\n---\n",
+            json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": format!("brm{i}"),
+                "ipam": {"type": "host-local", "subnet": format!("10.21{i}.0.0/16"), "dataDir": data}})
+        );
+        names.push(format!("n{i}"));
+    }
+    std::fs::write(dir.join("nets.yaml"), yaml).unwrap();
+    let conf = json!({"cniVersion": "1.0.0", "name": "attache", "type": "attache",
+        "clusterNetwork": conf("bridge", "metacluster", "brmc", "10.209.0.0/16", &data, ""),
+        "networksDir": dir, "cacheDir": a.work.join("cache"),
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"k8s.v1.cni.cncf.io/networks": names.join(",")}}});
+    let (mut add, mut del) = (Series::default(), Series::default());
+    for round in 0..(a.rounds / 2).max(5) {
+        let p = pods.add(format!("{}-meta{round}", a.tag));
+        let id = format!("m{round}");
+        let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench";
+        let run = |cmd: &str| -> Duration {
+            let t = Instant::now();
+            let mut child = Command::new(&a.attache)
+                .env_clear()
+                .env("CNI_COMMAND", cmd)
+                .env("CNI_CONTAINERID", &id)
+                .env("CNI_NETNS", &p)
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_ARGS", args)
+                .env("CNI_PATH", &a.reference_dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(conf.to_string().as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "meta {cmd}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            t.elapsed()
+        };
+        add.0.push(run("ADD"));
+        del.0.push(run("DEL"));
+    }
+    (add, del)
 }
 
 fn exec_cost(bin: &Path, rounds: usize) -> Series {
@@ -420,6 +482,11 @@ fn main() {
             );
         }
     }
+    let (madd, mdel) = meta_pod(&a, &mut pods, 4);
+    println!();
+    println!("meta-plugin pod: native cluster network + 4 native networks from networksDir:");
+    row("ADD (5 interfaces)", &madd);
+    row("DEL (5 interfaces, one link group)", &mdel);
     println!();
     println!("kernel floor (same netlink work in-process, no exec, no IPAM):");
     row("bridge attachment ADD", &fadd);

@@ -47,6 +47,9 @@ struct Raw {
     disable_container_interface: bool,
     port_isolation: bool,
     dns: Option<Dns>,
+    /// Set by the meta-plugin: the link group of the pod's interfaces, so that DEL removes them together.
+    #[serde(rename = "attache.linkGroup")]
+    link_group: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +82,7 @@ pub struct BridgeConf {
     pub port_isolation: bool,
     pub mac: Option<[u8; 6]>,
     pub dns: Option<Dns>,
+    pub link_group: Option<u32>,
     pub ipam: Ipam,
 }
 
@@ -194,6 +198,7 @@ impl BridgeConf {
             port_isolation: raw.port_isolation,
             mac,
             dns: raw.dns.filter(|d| !d.is_empty()),
+            link_group: raw.link_group,
             ipam,
         })
     }
@@ -471,6 +476,7 @@ impl AddCtx<'_> {
                     false,
                     self.pod.raw_fd(),
                     self.bc.mtu,
+                    self.bc.link_group,
                 )
                 .await;
             match created {

@@ -27,6 +27,22 @@ pub fn is_native(t: &str) -> bool {
     NATIVE_TYPES.contains(&t)
 }
 
+/// The configuration key (internal, set by the meta-plugin) naming the link group of the pod interface.
+pub const LINK_GROUP_KEY: &str = "attache.linkGroup";
+
+/// Whether a native type puts its pod interface into the configured link group.
+pub fn groups_links(t: &str) -> bool {
+    t == "bridge"
+}
+
+/// Delete every pod interface of a link group at once: the kernel unregisters them together and waits
+/// for one RCU grace period instead of one per interface. Teardown of each attachment follows and finds
+/// its link gone.
+pub async fn delete_link_group(netns: &std::path::Path, group: u32) -> Result<()> {
+    let ns = NetNs::open(netns)?;
+    Netlink::connect(Some(&ns))?.del_group(group).await
+}
+
 /// " and natively bridge, ..." for error messages.
 pub fn native_list_suffix() -> String {
     format!(" and natively {}", NATIVE_TYPES.join(", "))

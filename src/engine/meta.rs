@@ -215,6 +215,25 @@ async fn teardown(
     rec: &PodRecord,
 ) -> Result<()> {
     let mut errors = Vec::new();
+    // Several native interfaces in one pod: delete them in one go first (one kernel wait, not one each).
+    let grouped = rec
+        .attachments
+        .iter()
+        .filter(|a| a.conf.to_string().contains(crate::attach::LINK_GROUP_KEY))
+        .count();
+    let netns = args
+        .netns
+        .as_deref()
+        .or(rec.netns.as_deref())
+        .filter(|p| p.exists());
+    if let Some(ns) = netns
+        && grouped >= 2
+        && let Err(e) =
+            crate::attach::delete_link_group(ns, plan::link_group(&rec.container_id, &rec.ifname))
+                .await
+    {
+        tracing::warn!("deleting the pod's interfaces as a group: {e}; deleting them one by one");
+    }
     for a in rec.attachments.iter().rev() {
         if let Err(e) = attach_del(args, ac, rec, a).await {
             errors.push(e.context(format!("detaching network {:?}", a.network)));

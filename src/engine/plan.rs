@@ -53,15 +53,35 @@ fn check_runnable(list: &NetworkList, args: &CmdArgs, ac: &AttacheConf, what: &s
     Ok(())
 }
 
+/// The link group of a pod's native interfaces: derived from the attachment record's key, never 0
+/// (the kernel's default group).
+pub fn link_group(container_id: &str, ifname: &str) -> u32 {
+    (crate::attach::nft::fnv1a(&[container_id, ifname]) as u32) | 0x8000_0000
+}
+
+/// Tell the chain's native plugins which link group their pod interface joins.
+fn tag_native(list: &mut NetworkList, group: u32) {
+    for p in &mut list.plugins {
+        let native = p
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(crate::attach::groups_links);
+        if native {
+            p.insert(crate::attach::LINK_GROUP_KEY.into(), json!(group));
+        }
+    }
+}
+
 /// The cluster network alone (also what DEL and CHECK fall back to without a record).
 pub fn cluster(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<AttachmentRecord> {
-    let cluster = ac.cluster_network(&conf.cni_version)?;
+    let mut cluster = ac.cluster_network(&conf.cni_version)?;
     check_runnable(
         &cluster,
         args,
         ac,
         &format!("clusterNetwork {:?}", cluster.name),
     )?;
+    tag_native(&mut cluster, link_group(&args.container_id, &args.ifname));
     Ok(AttachmentRecord {
         network: cluster.name.clone(),
         ifname: args.ifname.clone(),
@@ -369,6 +389,7 @@ async fn add_selections(
             families_routed[fam] = true;
         }
         check_runnable(&list, args, ac, &format!("network {qualified}"))?;
+        tag_native(&mut list, link_group(&args.container_id, &args.ifname));
         list.name = if list.name.is_empty() {
             nad.name.clone()
         } else {

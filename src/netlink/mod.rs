@@ -195,6 +195,7 @@ impl Netlink {
         peer_up: bool,
         peer_netns: RawFd,
         mtu: Option<u32>,
+        peer_group: Option<u32>,
     ) -> Result<()> {
         // txqueuelen 0 on both ends, as the reference plugins create them (a veth has no queue anyway).
         let mut pb = LinkMessageBuilder::<LinkUnspec>::new()
@@ -204,6 +205,9 @@ impl Netlink {
             .setns_by_fd(peer_netns);
         if peer_up {
             pb = pb.up();
+        }
+        if let Some(g) = peer_group {
+            pb = pb.link_group(g);
         }
         if let Some(m) = mtu {
             pb = pb.mtu(m);
