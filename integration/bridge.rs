@@ -7,6 +7,7 @@ mod testbed;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
+use testbed::state::{leased, normalise_result, snapshot, strip_nulls};
 use testbed::{Call, Node, REFERENCE_DIR, eventually, require_reference_plugins};
 
 fn reference_bin(t: &str) -> PathBuf {
@@ -37,135 +38,6 @@ fn conf(node: &Node, extra: Value) -> Value {
 fn with_bin(mut call: Call<'_>, bin: PathBuf) -> Call<'_> {
     call.bin = bin;
     call
-}
-
-/// Replace MACs and the host veth name in a result by placeholders.
-fn normalise_result(mut r: Value) -> Value {
-    if let Some(ifaces) = r["interfaces"].as_array_mut() {
-        for i in ifaces {
-            if i.get("mac").is_some() {
-                i["mac"] = json!("MAC");
-            }
-            if i["name"].as_str().is_some_and(|n| n.starts_with("veth")) {
-                i["name"] = json!("VETH");
-            }
-            if i.get("sandbox").is_some() {
-                i["sandbox"] = json!("SANDBOX");
-            }
-        }
-    }
-    r
-}
-
-fn sysctl(node: &Node, ns: Option<&str>, key: &str) -> String {
-    let out = node.sh(ns, &["sysctl", "-n", key]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// What a user would look at after ADD, with random parts normalised.
-fn snapshot(node: &Node, pod: &str, ifname: &str, compare_dad: bool) -> Value {
-    let link_view = |ns: Option<&str>, l: &Value| -> Value {
-        let mut flags: Vec<String> = l["flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap().to_string())
-            .collect();
-        flags.sort();
-        let name = l["ifname"].as_str().unwrap();
-        let slave = &l["linkinfo"]["info_slave_data"];
-        json!({
-            "name": if name.starts_with("veth") { "VETH" } else { name },
-            "kind": l["linkinfo"]["info_kind"],
-            "master": l["master"],
-            "mtu": l["mtu"],
-            "flags": flags,
-            "operstate": l["operstate"],
-            "txqlen": l["txqlen"],
-            "promiscuity": l["promiscuity"],
-            "hairpin": slave["hairpin"],
-            "isolated": slave["isolated"],
-            "addresses": addresses(node, ns, name),
-        })
-    };
-    let links = |ns: Option<&str>| -> Vec<Value> {
-        node.ip(ns, &["-d", "link", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| l["ifname"] != "lo")
-            .map(|l| link_view(ns, l))
-            .collect()
-    };
-    let routes = |ns: Option<&str>, fam: &str| -> Vec<Value> {
-        node.ip(ns, &[fam, "route", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| !r["dst"].as_str().unwrap_or("").starts_with("fe80"))
-            .map(|r| {
-                json!({"dst": r["dst"], "gateway": r["gateway"], "dev": r["dev"], "protocol": r["protocol"],
-                    "scope": r["scope"], "metric": r["metric"], "prefsrc": r["prefsrc"]})
-            })
-            .collect()
-    };
-    let mut pod_sysctls = json!({
-        "arp_notify": sysctl(node, Some(pod), &format!("net.ipv4.conf.{ifname}.arp_notify")),
-        "disable_ipv6": sysctl(node, Some(pod), &format!("net.ipv6.conf.{ifname}.disable_ipv6")),
-    });
-    if compare_dad {
-        pod_sysctls["accept_dad"] = json!(sysctl(
-            node,
-            Some(pod),
-            &format!("net.ipv6.conf.{ifname}.accept_dad")
-        ));
-    }
-    json!({
-        "pod_links": links(Some(pod)),
-        "pod_routes4": routes(Some(pod), "-4"),
-        "pod_routes6": routes(Some(pod), "-6"),
-        "pod_sysctls": pod_sysctls,
-        "node_links": links(None),
-        "node_sysctls": {
-            "ip_forward": sysctl(node, None, "net.ipv4.ip_forward"),
-            "ipv6_forwarding": sysctl(node, None, "net.ipv6.conf.all.forwarding"),
-        },
-        "ipam_files": ipam_files(node),
-    })
-}
-
-fn addresses(node: &Node, ns: Option<&str>, ifname: &str) -> Vec<Value> {
-    let v = node.ip(ns, &["addr", "show", "dev", ifname]);
-    let mut out = Vec::new();
-    for l in v.as_array().unwrap() {
-        for a in l["addr_info"].as_array().unwrap() {
-            if a["scope"] == "link" {
-                continue;
-            }
-            out.push(json!({"local": a["local"], "prefixlen": a["prefixlen"], "broadcast": a["broadcast"], "scope": a["scope"]}));
-        }
-    }
-    out
-}
-
-/// host-local's files: names and contents (container id / ifname).
-fn ipam_files(node: &Node) -> Vec<(String, String)> {
-    node.files("ipam")
-        .into_iter()
-        .filter(|f| !f.ends_with("/lock"))
-        .map(|f| {
-            let content = std::fs::read_to_string(node.path("ipam").join(&f)).unwrap();
-            (f, content)
-        })
-        .collect()
-}
-
-fn leased(node: &Node) -> Vec<String> {
-    ipam_files(node)
-        .into_iter()
-        .map(|(f, _)| f)
-        .filter(|f| !f.contains("last_reserved_ip"))
-        .collect()
 }
 
 /// The table of differential cases: name, extra conf, CNI_ARGS.
@@ -213,15 +85,6 @@ fn cases() -> Vec<(&'static str, Value, &'static str)> {
     ]
 }
 
-fn strip_nulls(v: &mut Value) {
-    if let Some(o) = v.as_object_mut() {
-        o.retain(|_, x| !x.is_null());
-        for x in o.values_mut() {
-            strip_nulls(x);
-        }
-    }
-}
-
 #[test]
 fn differential_against_the_reference_bridge() {
     require_reference_plugins();
@@ -237,7 +100,7 @@ fn differential_against_the_reference_bridge() {
             let res = node.exec(&call, &c).ok();
             let hairpin_or_promisc =
                 extra.get("hairpinMode").is_some() || extra.get("promiscMode").is_some();
-            let snap = snapshot(&node, &pod, "eth0", hairpin_or_promisc);
+            let snap = snapshot(&node, &pod, "eth0", hairpin_or_promisc, false);
             // DEL cleans up the same way too.
             let mut del = c.clone();
             del["prevResult"] = res.clone();

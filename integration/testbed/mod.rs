@@ -4,6 +4,8 @@
 //! test fails or panics — and nothing ever touches the machine's own namespace or interfaces.
 #![allow(dead_code)]
 
+pub mod state;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -7,6 +7,7 @@
 
 pub mod bridge;
 pub mod nft;
+pub mod sublink;
 
 use std::net::IpAddr;
 
@@ -21,7 +22,7 @@ use crate::netlink::{Netlink, RouteSpec};
 use crate::netns::{NetNs, NsWorker};
 
 /// The plugin types attache implements itself.
-pub const NATIVE_TYPES: &[&str] = &["bridge"];
+pub const NATIVE_TYPES: &[&str] = &["bridge", "macvlan", "ipvlan", "vlan"];
 
 pub fn is_native(t: &str) -> bool {
     NATIVE_TYPES.contains(&t)
@@ -32,7 +33,7 @@ pub const LINK_GROUP_KEY: &str = "attache.linkGroup";
 
 /// Whether a native type puts its pod interface into the configured link group.
 pub fn groups_links(t: &str) -> bool {
-    t == "bridge"
+    is_native(t)
 }
 
 /// Delete every pod interface of a link group at once: the kernel unregisters them together and waits
@@ -52,6 +53,7 @@ pub fn native_list_suffix() -> String {
 pub async fn run_standalone(t: &str, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
     match t {
         "bridge" => bridge::run(args, &conf).await,
+        "macvlan" | "ipvlan" | "vlan" => sublink::run(t, args, &conf).await,
         other => Err(Error::config(format!(
             "native type {other:?} is not available"
         ))),
@@ -62,6 +64,7 @@ pub async fn run_standalone(t: &str, args: &CmdArgs, conf: NetConf) -> Result<Op
 pub fn validate(t: &str, args: &CmdArgs, conf: &NetConf) -> Result<()> {
     match t {
         "bridge" => bridge::BridgeConf::new(conf, args).map(|_| ()),
+        "macvlan" | "ipvlan" | "vlan" => sublink::SubConf::new(t, conf, args).map(|_| ()),
         other => Err(Error::config(format!(
             "native type {other:?} is not available"
         ))),

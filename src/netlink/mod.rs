@@ -21,7 +21,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::BridgeVlanInfoFlags;
 use rtnetlink::packet_route::link::{
     InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode, State,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
@@ -52,6 +52,24 @@ pub struct Link {
     pub info_data: Option<InfoData>,
     /// Bridge-port data when the link is a bridge port.
     pub port_data: Vec<InfoBridgePort>,
+}
+
+/// The kinds of link made on top of a node's interface.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubLinkKind {
+    MacVlan(MacVlanMode),
+    IpVlan(IpVlanMode, Option<IpVlanFlags>),
+    Vlan(u16),
+}
+
+impl SubLinkKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SubLinkKind::MacVlan(_) => "macvlan",
+            SubLinkKind::IpVlan(..) => "ipvlan",
+            SubLinkKind::Vlan(_) => "vlan",
+        }
+    }
 }
 
 /// A route to install.
@@ -229,6 +247,73 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("create veth {name} with peer {peer}")))
+    }
+
+    /// Create a macvlan, ipvlan or vlan link on `master` (an index in this connection's namespace), born in
+    /// the namespace `netns` refers to (or this one), down, under `name`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_sublink(
+        &self,
+        kind: &SubLinkKind,
+        name: &str,
+        master: u32,
+        netns: Option<RawFd>,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+        group: Option<u32>,
+    ) -> Result<()> {
+        let mut msg = match kind {
+            SubLinkKind::MacVlan(mode) => rtnetlink::LinkMacVlan::new(name, master, *mode).build(),
+            SubLinkKind::IpVlan(mode, flags) => {
+                let mut b = rtnetlink::LinkIpVlan::new(name, master, *mode);
+                if let Some(f) = flags {
+                    b = b.flag(*f);
+                }
+                b.build()
+            }
+            SubLinkKind::Vlan(id) => rtnetlink::LinkVlan::new(name, master, *id).build(),
+        };
+        // txqueuelen 0, as the reference plugins create these links.
+        msg.attributes.push(LinkAttribute::TxQueueLen(0));
+        if let Some(fd) = netns {
+            msg.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
+        if let Some(m) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(m));
+        }
+        if let Some(a) = mac {
+            msg.attributes.push(LinkAttribute::Address(a.to_vec()));
+        }
+        if let Some(g) = group {
+            msg.attributes.push(LinkAttribute::Group(g));
+        }
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!(
+                "create {} link {name} on {master}",
+                kind.name()
+            )))
+    }
+
+    /// Rename a link (by name; it must be down). A name already taken is EEXIST.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let index = self
+            .link(from)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| Error::kernel(format!("rename {from}"), Errno::ENODEV))?;
+        let msg = LinkUnspec::new_with_index(index)
+            .name(to.to_string())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("rename {from} to {to}")))
     }
 
     /// Put a link (by name) under a master, label it, and bring it up, in one request.

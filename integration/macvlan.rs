@@ -1,0 +1,199 @@
+//! The native macvlan driver on this machine's kernel, compared with Debian's reference macvlan plugin.
+//! The master is one end of a veth pair inside the test node (standing in for the node's NIC).
+
+mod testbed;
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use testbed::state::{leased, normalise_result, snapshot, strip_nulls};
+use testbed::{Node, REFERENCE_DIR, require_reference_plugins};
+
+fn node_with_master(tag: &str) -> Node {
+    let node = Node::new(tag);
+    for args in [
+        vec![
+            "link", "add", "nic0", "mtu", "1500", "type", "veth", "peer", "name", "nicpeer",
+        ],
+        vec!["link", "set", "nic0", "up"],
+        vec!["link", "set", "nicpeer", "up"],
+    ] {
+        let ok = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(&node.name)
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{args:?}");
+    }
+    node
+}
+
+fn conf(node: &Node, extra: Value) -> Value {
+    let mut c = json!({
+        "cniVersion": "1.0.0",
+        "name": "macnet",
+        "type": "macvlan",
+        "master": "nic0",
+        "ipam": {"type": "host-local", "subnet": "10.55.0.0/24", "dataDir": node.path("ipam"),
+                 "routes": [{"dst": "0.0.0.0/0"}]}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if k == "ipam" && v.as_object().is_some_and(|o| !o.is_empty()) {
+            for (ik, iv) in v.as_object().unwrap() {
+                c["ipam"][ik] = iv.clone();
+            }
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    strip_nulls(&mut c);
+    c
+}
+
+fn reference() -> PathBuf {
+    PathBuf::from(REFERENCE_DIR).join("macvlan")
+}
+
+#[test]
+fn differential_against_the_reference_macvlan() {
+    require_reference_plugins();
+    let cases: Vec<(&str, Value)> = vec![
+        ("bridge mode", json!({})),
+        ("private mode", json!({"mode": "private"})),
+        ("vepa mode", json!({"mode": "vepa"})),
+        ("mtu", json!({"mtu": 1400})),
+        (
+            "static",
+            json!({"ipam": {"type": "static", "subnet": null, "dataDir": null, "routes": null,
+            "addresses": [{"address": "10.55.0.9/24", "gateway": "10.55.0.1"}]}}),
+        ),
+        ("layer 2 only", json!({"ipam": {}})),
+        (
+            "mac",
+            json!({"capabilities": {"mac": true}, "runtimeConfig": {"mac": "0a:00:00:00:55:01"}}),
+        ),
+        (
+            "dual stack",
+            json!({"ipam": {"subnet": null, "ranges": [[{"subnet": "10.55.0.0/24"}], [{"subnet": "fd55::/64"}]]}}),
+        ),
+    ];
+    for (what, extra) in cases {
+        let mut snaps = Vec::new();
+        for bin in [reference(), testbed::attache_bin()] {
+            let mut node = node_with_master("mvdif");
+            let pod = node.pod();
+            let c = conf(&node, extra.clone());
+            let mut call = node.call("ADD", "ctr1", &pod, "eth0");
+            call.bin = bin.clone();
+            let res = node.exec(&call, &c).ok();
+            let snap = snapshot(&node, &pod, "eth0", false, false);
+            if what == "mac" {
+                let mac = &node.ip(Some(&pod), &["link", "show", "eth0"])[0]["address"];
+                assert_eq!(mac, "0a:00:00:00:55:01", "{what}: {}", bin.display());
+            }
+            let mut del = c.clone();
+            del["prevResult"] = res.clone();
+            let mut call = node.call("DEL", "ctr1", &pod, "eth0");
+            call.bin = bin;
+            node.exec(&call, &del).ok();
+            let after = json!({"pod": node.links(Some(&pod)), "leased": leased(&node)});
+            snaps.push((normalise_result(res), snap, after));
+        }
+        assert_eq!(snaps[1].0, snaps[0].0, "{what}: result JSON differs");
+        assert_eq!(
+            snaps[1].1,
+            snaps[0].1,
+            "{what}: namespace state differs\nattache:   {}\nreference: {}",
+            serde_json::to_string_pretty(&snaps[1].1).unwrap(),
+            serde_json::to_string_pretty(&snaps[0].1).unwrap()
+        );
+        assert_eq!(snaps[1].2, snaps[0].2, "{what}: state after DEL differs");
+    }
+}
+
+#[test]
+fn two_pods_on_one_master_ping_each_other() {
+    require_reference_plugins();
+    let mut node = node_with_master("mvping");
+    let c = conf(&node, json!({}));
+    let (pa, pb) = (node.pod(), node.pod());
+    node.exec(&node.call("ADD", "a", &pa, "eth0"), &c).ok();
+    let rb = node.exec(&node.call("ADD", "b", &pb, "eth0"), &c).ok();
+    let b_addr = rb["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        node.sh(Some(&pa), &["ping", "-c", "1", "-W", "2", &b_addr])
+            .status
+            .success()
+    );
+    let mut with_prev = c.clone();
+    with_prev["prevResult"] = rb;
+    node.exec(&node.call("CHECK", "b", &pb, "eth0"), &with_prev)
+        .ok();
+    for (id, p) in [("a", &pa), ("b", &pb)] {
+        node.exec(&node.call("DEL", id, p, "eth0"), &c).ok();
+    }
+    assert!(leased(&node).is_empty());
+}
+
+#[test]
+fn del_after_the_master_is_gone_releases_the_address() {
+    require_reference_plugins();
+    let mut node = node_with_master("mvgone");
+    let c = conf(&node, json!({}));
+    let pod = node.pod();
+    node.exec(&node.call("ADD", "g1", &pod, "eth0"), &c).ok();
+    assert_eq!(leased(&node).len(), 1);
+    assert!(
+        node.sh(None, &["ip", "link", "del", "nic0"])
+            .status
+            .success()
+    );
+    node.exec(&node.call("DEL", "g1", &pod, "eth0"), &c).ok();
+    assert!(leased(&node).is_empty());
+    assert_eq!(node.links(Some(&pod)), vec!["lo".to_string()]);
+    node.exec(&node.call("DEL", "g1", &pod, "eth0"), &c).ok();
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_is_made() {
+    require_reference_plugins();
+    let mut node = node_with_master("mvbad");
+    let pod = node.pod();
+    for (what, extra, needle) in [
+        ("missing master", json!({"master": "nope0"}), "nope0"),
+        ("mtu above the master's", json!({"mtu": 9000}), "9000"),
+        ("unknown mode", json!({"mode": "turbo"}), "turbo"),
+    ] {
+        let e = node
+            .exec(&node.call("ADD", "b1", &pod, "eth0"), &conf(&node, extra))
+            .err(7);
+        assert!(e["msg"].as_str().unwrap().contains(needle), "{what}: {e}");
+        assert_eq!(node.links(Some(&pod)), vec!["lo".to_string()], "{what}");
+        assert!(leased(&node).is_empty(), "{what}");
+    }
+    // A name already in the pod: refused after the temporary link, which is removed again.
+    assert!(
+        node.sh(Some(&pod), &["ip", "link", "add", "eth0", "type", "bridge"])
+            .status
+            .success()
+    );
+    let e = node
+        .exec(
+            &node.call("ADD", "b2", &pod, "eth0"),
+            &conf(&node, json!({})),
+        )
+        .err(999);
+    assert!(e["msg"].as_str().unwrap().contains("already exists"), "{e}");
+    assert_eq!(
+        node.links(Some(&pod)),
+        vec!["lo".to_string(), "eth0".to_string()]
+    );
+    assert!(leased(&node).is_empty());
+}

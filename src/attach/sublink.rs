@@ -1,0 +1,507 @@
+//! The macvlan, ipvlan and vlan drivers: a link made on top of one of the node's interfaces (the
+//! master), given to the pod. The reference plugins' fields and semantics; one flow for all three, which
+//! differ only in the kind of link and its options.
+//!
+//! ADD: validate (mode, vlan id, MTU against the master's, the master itself) → addresses → the link is
+//! created straight into the pod's namespace under a temporary name (a fresh random one on EEXIST) and
+//! renamed to `CNI_IFNAME` there — the kernel checks a new link's name where it is created, so the final
+//! name could clash with a node interface otherwise → sysctls, addresses, up, routes.
+//! DEL: addresses released first, then the link, if the pod is still there. It never needs the master,
+//! so it succeeds when the master has disappeared (the reference vlan plugin fails then).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{IfaceOpts, Undo, configure_iface, pod_netns, pod_sysctls, rollback};
+use crate::cni::conf::{NetConf, check_ifname};
+use crate::cni::skel::{CmdArgs, Command};
+use crate::cni::spec::{CniResult, Dns, Interface};
+use crate::error::{Error, Result};
+use crate::ipam::Ipam;
+use crate::netlink::{
+    Link, Netlink, SubLinkKind, format_mac, is_exists, parse_mac, random_bytes, random_mac,
+};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoIpVlan, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode, MacVlanMode,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Raw {
+    master: Option<String>,
+    mode: Option<String>,
+    /// ipvlan only: `bridge` (default), `private` or `vepa`.
+    flag: Option<String>,
+    #[serde(rename = "vlanId")]
+    vlan_id: Option<i64>,
+    mtu: Option<i64>,
+    link_in_container: bool,
+    dns: Option<Dns>,
+    #[serde(rename = "attache.linkGroup")]
+    link_group: Option<u32>,
+}
+
+/// A validated macvlan / ipvlan / vlan configuration.
+#[derive(Debug)]
+pub struct SubConf {
+    pub kind: SubLinkKind,
+    /// `None`: the interface of the default route.
+    pub master: Option<String>,
+    pub mtu: Option<u32>,
+    pub link_in_container: bool,
+    pub mac: Option<[u8; 6]>,
+    pub dns: Option<Dns>,
+    pub link_group: Option<u32>,
+    pub ipam: Ipam,
+}
+
+impl SubConf {
+    pub fn new(t: &str, conf: &NetConf, args: &CmdArgs) -> Result<SubConf> {
+        let raw: Raw = serde_json::from_value(Value::Object(conf.raw.clone()))
+            .map_err(|e| Error::config(format!("{t}: {e}")))?;
+        conf.require_name()?;
+        let kind = match t {
+            "macvlan" => SubLinkKind::MacVlan(match raw.mode.as_deref().unwrap_or("bridge") {
+                "bridge" => MacVlanMode::Bridge,
+                "private" => MacVlanMode::Private,
+                "vepa" => MacVlanMode::Vepa,
+                "passthru" => MacVlanMode::Passthrough,
+                "source" => MacVlanMode::Source,
+                other => {
+                    return Err(Error::config(format!(
+                        "macvlan mode {other:?} is not one of bridge, private, vepa, passthru, source"
+                    )));
+                }
+            }),
+            "ipvlan" => {
+                let mode = match raw.mode.as_deref().unwrap_or("l2") {
+                    "l2" => IpVlanMode::L2,
+                    "l3" => IpVlanMode::L3,
+                    "l3s" => IpVlanMode::L3S,
+                    other => {
+                        return Err(Error::config(format!(
+                            "ipvlan mode {other:?} is not one of l2, l3, l3s"
+                        )));
+                    }
+                };
+                let flags = match raw.flag.as_deref() {
+                    None => None,
+                    Some("bridge") => Some(IpVlanFlags::empty()),
+                    Some("private") => Some(IpVlanFlags::Private),
+                    Some("vepa") => Some(IpVlanFlags::Vepa),
+                    Some(other) => {
+                        return Err(Error::config(format!(
+                            "ipvlan flag {other:?} is not one of bridge, private, vepa"
+                        )));
+                    }
+                };
+                SubLinkKind::IpVlan(mode, flags)
+            }
+            _ => {
+                let id = raw
+                    .vlan_id
+                    .ok_or_else(|| Error::config("vlan: vlanId is required"))?;
+                if !(1..=4094).contains(&id) {
+                    return Err(Error::config(format!(
+                        "vlanId {id} is out of range: it must be 1 to 4094"
+                    )));
+                }
+                SubLinkKind::Vlan(id as u16)
+            }
+        };
+        if t == "vlan" && raw.master.as_deref().is_none_or(str::is_empty) {
+            return Err(Error::config("vlan: master is required"));
+        }
+        if let Some(m) = raw.master.as_deref().filter(|m| !m.is_empty()) {
+            check_ifname(m).map_err(|e| Error::config(format!("{t} master: {e}")))?;
+        }
+        let mtu = match raw.mtu {
+            None | Some(0) => None,
+            Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+            Some(m) => {
+                return Err(Error::config(format!(
+                    "mtu {m} is out of range: it must be 68 to 65535"
+                )));
+            }
+        };
+        // Only macvlan has its own MAC; the reference reads runtimeConfig over args.cni over CNI_ARGS.
+        let mac = if t == "macvlan" {
+            conf.raw
+                .get("runtimeConfig")
+                .and_then(|r| r.get("mac"))
+                .and_then(Value::as_str)
+                .or_else(|| {
+                    conf.raw
+                        .get("args")
+                        .and_then(|a| a.get("cni"))
+                        .and_then(|c| c.get("mac"))
+                        .and_then(Value::as_str)
+                })
+                .or(args.args.get("MAC"))
+                .filter(|m| !m.is_empty())
+                .map(parse_mac)
+                .transpose()
+                .map_err(Error::config)?
+        } else {
+            None
+        };
+        let ipam = Ipam::from_conf(conf, args)?;
+        if t == "vlan" && ipam.is_none() {
+            return Err(Error::config(
+                "vlan: ipam is required (use static or host-local)",
+            ));
+        }
+        Ok(SubConf {
+            kind,
+            master: raw.master.filter(|m| !m.is_empty()),
+            mtu,
+            link_in_container: raw.link_in_container,
+            mac,
+            dns: raw.dns.filter(|d| !d.is_empty()),
+            link_group: raw.link_group,
+            ipam,
+        })
+    }
+}
+
+pub async fn run(t: &str, args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
+    let sc = SubConf::new(t, conf, args)?;
+    match args.command {
+        Command::Add => add(args, conf, &sc)
+            .await
+            .map(|r| Some(r.to_value(conf.version))),
+        Command::Del => del(args, conf, &sc).await.map(|_| None),
+        Command::Check => check(args, conf, &sc).await.map(|_| None),
+        Command::Status => Ok(None),
+        Command::Gc => Ok(None),
+        Command::Version => Err(Error::Internal("VERSION is answered by skel".into())),
+    }
+}
+
+/// The master: the configured one, or the interface of the default route. Missing is code 7.
+async fn find_master(nl: &Netlink, sc: &SubConf, where_: &str) -> Result<Link> {
+    let name = match &sc.master {
+        Some(m) => m.clone(),
+        None => {
+            let routes = nl.routes(true, None).await?;
+            let oif = routes
+                .iter()
+                .find(|(dst, _, oif)| dst.prefix_len() == 0 && oif.is_some())
+                .and_then(|(_, _, oif)| *oif)
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "no master given and no default route in the {where_} to take it from"
+                    ))
+                })?;
+            return nl.link_by_index(oif).await?.ok_or_else(|| {
+                Error::config(format!("the default route's interface ({oif}) is gone"))
+            });
+        }
+    };
+    nl.link(&name)
+        .await?
+        .ok_or_else(|| Error::config(format!("master {name:?} does not exist in the {where_}")))
+}
+
+fn temp_name() -> String {
+    let mut b = [0u8; 4];
+    random_bytes(&mut b);
+    format!("att{:08x}", u32::from_le_bytes(b))
+}
+
+async fn add(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<CniResult> {
+    let pod = pod_netns(args)?;
+    let worker = pod.worker()?;
+    let node = Netlink::connect(None)?;
+    let pod_nl = Netlink::connect_worker(&worker).await?;
+    let master_nl = if sc.link_in_container { &pod_nl } else { &node };
+    let master = find_master(
+        master_nl,
+        sc,
+        if sc.link_in_container { "pod" } else { "node" },
+    )
+    .await?;
+    if let Some(m) = sc.mtu
+        && master.mtu > 0
+        && m > master.mtu
+    {
+        return Err(Error::config(format!(
+            "mtu {m} is above the mtu of master {:?} ({})",
+            master.name, master.mtu
+        )));
+    }
+    let mut undo = Vec::new();
+    let r = add_steps(
+        args, conf, sc, &pod, &worker, &node, &pod_nl, &master, &mut undo,
+    )
+    .await;
+    if r.is_err() {
+        rollback(undo, args, conf, &sc.ipam).await;
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn add_steps(
+    args: &CmdArgs,
+    conf: &NetConf,
+    sc: &SubConf,
+    pod: &crate::netns::NetNs,
+    worker: &crate::netns::NsWorker,
+    node: &Netlink,
+    pod_nl: &Netlink,
+    master: &Link,
+    undo: &mut Vec<Undo>,
+) -> Result<CniResult> {
+    let mut result = sc.ipam.add(args, conf).await?;
+    undo.push(Undo::Ipam);
+    let mac = match sc.kind {
+        SubLinkKind::MacVlan(_) => Some(sc.mac.unwrap_or_else(random_mac)),
+        _ => None,
+    };
+    let (creator, netns) = if sc.link_in_container {
+        (pod_nl, None)
+    } else {
+        (node, Some(pod.raw_fd()))
+    };
+    let mut tmp = String::new();
+    for attempt in 0..3 {
+        tmp = temp_name();
+        match creator
+            .create_sublink(
+                &sc.kind,
+                &tmp,
+                master.index,
+                netns,
+                sc.mtu,
+                mac,
+                sc.link_group,
+            )
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if is_exists(&e) && attempt < 2 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    undo.push(Undo::Link {
+        nl: pod_nl.clone(),
+        name: tmp.clone(),
+    });
+    if let Err(e) = pod_nl.rename(&tmp, &args.ifname).await {
+        if is_exists(&e) {
+            return Err(Error::Internal(format!(
+                "an interface named {} already exists in the pod",
+                args.ifname
+            )));
+        }
+        return Err(e);
+    }
+    undo.pop();
+    undo.push(Undo::Link {
+        nl: pod_nl.clone(),
+        name: args.ifname.clone(),
+    });
+    let link = pod_nl
+        .link(&args.ifname)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{} did not appear in the pod", args.ifname)))?;
+    for ip in &mut result.ips {
+        ip.interface = Some(0);
+    }
+    if sc.ipam.is_none() {
+        pod_nl.set_up(&args.ifname).await?;
+    } else {
+        let opts = IfaceOpts {
+            enable_dad: false,
+            force_no_dad: false,
+            ndisc_notify: true,
+        };
+        pod_sysctls(worker, &args.ifname, &result, &opts).await?;
+        configure_iface(pod_nl, &args.ifname, link.index, &result).await?;
+    }
+    result.interfaces = vec![Interface {
+        name: args.ifname.clone(),
+        mac: format_mac(&link.mac),
+        sandbox: args
+            .netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        ..Default::default()
+    }];
+    if let Some(d) = &sc.dns {
+        result.dns = d.clone();
+    }
+    Ok(result)
+}
+
+async fn del(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
+    let mut errors = Vec::new();
+    if let Err(e) = sc.ipam.del(args, conf).await {
+        errors.push(e);
+    }
+    if let Some(Ok(pod)) = args
+        .netns
+        .as_deref()
+        .filter(|p| p.exists())
+        .map(crate::netns::NetNs::open)
+    {
+        match Netlink::connect(Some(&pod)) {
+            Ok(nl) => {
+                if let Err(e) = nl.del_link(&args.ifname).await {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Error::from_list(errors)
+}
+
+async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
+    let prev = conf
+        .prev_result()?
+        .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+    sc.ipam.check(args, conf).await?;
+    let pod = pod_netns(args)?;
+    let pod_nl = Netlink::connect(Some(&pod))?;
+    let link = pod_nl
+        .link(&args.ifname)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{} is missing from the pod", args.ifname)))?;
+    let want = sc.kind.name();
+    if link.kind.as_deref() != Some(want) {
+        return Err(Error::Internal(format!(
+            "{} is a {}, not a {want}",
+            args.ifname,
+            link.kind.as_deref().unwrap_or("plain device")
+        )));
+    }
+    let ok = match (&sc.kind, &link.info_data) {
+        (SubLinkKind::MacVlan(m), Some(InfoData::MacVlan(i))) => i.contains(&InfoMacVlan::Mode(*m)),
+        (SubLinkKind::IpVlan(m, _), Some(InfoData::IpVlan(i))) => i.contains(&InfoIpVlan::Mode(*m)),
+        (SubLinkKind::Vlan(id), Some(InfoData::Vlan(i))) => i.contains(&InfoVlan::Id(*id)),
+        _ => false,
+    };
+    if !ok {
+        return Err(Error::Internal(format!(
+            "{} does not have the configured {want} mode or id",
+            args.ifname
+        )));
+    }
+    if let Some(m) = sc.mtu
+        && link.mtu != m
+    {
+        return Err(Error::Internal(format!(
+            "{} has mtu {}, not {m}",
+            args.ifname, link.mtu
+        )));
+    }
+    // The master: in the node (the link's peer namespace) unless linkInContainer.
+    if let (Some(name), Some(idx)) = (&sc.master, link.link) {
+        let master_nl = if sc.link_in_container {
+            pod_nl.clone()
+        } else {
+            Netlink::connect(None)?
+        };
+        let m = master_nl.link_by_index(idx).await?;
+        if m.as_ref().map(|l| &l.name) != Some(name) {
+            return Err(Error::Internal(format!(
+                "{} is not on master {name}",
+                args.ifname
+            )));
+        }
+    }
+    super::check_iface(&pod_nl, &args.ifname, link.index, &prev, 0).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::skel::CniArgs;
+    use serde_json::json;
+
+    fn args() -> CmdArgs {
+        CmdArgs {
+            command: Command::Add,
+            container_id: "c1".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            args: CniArgs::parse("").unwrap(),
+            path: vec![],
+        }
+    }
+
+    fn sc(t: &str, extra: Value) -> Result<SubConf> {
+        let mut c = json!({"cniVersion":"1.0.0","name":"n","type":t,
+            "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        SubConf::new(t, &NetConf::from_value(c).unwrap(), &args())
+    }
+
+    #[test]
+    fn modes_and_defaults() {
+        assert_eq!(
+            sc("macvlan", json!({})).unwrap().kind,
+            SubLinkKind::MacVlan(MacVlanMode::Bridge)
+        );
+        assert_eq!(
+            sc("macvlan", json!({"mode":"passthru"})).unwrap().kind,
+            SubLinkKind::MacVlan(MacVlanMode::Passthrough)
+        );
+        assert_eq!(
+            sc("ipvlan", json!({})).unwrap().kind,
+            SubLinkKind::IpVlan(IpVlanMode::L2, None)
+        );
+        assert_eq!(
+            sc("ipvlan", json!({"mode":"l3s","flag":"private"}))
+                .unwrap()
+                .kind,
+            SubLinkKind::IpVlan(IpVlanMode::L3S, Some(IpVlanFlags::Private))
+        );
+        assert_eq!(
+            sc("vlan", json!({"master":"eth1","vlanId":100}))
+                .unwrap()
+                .kind,
+            SubLinkKind::Vlan(100)
+        );
+        // macvlan may be layer 2 only.
+        assert!(sc("macvlan", json!({"ipam":{}})).unwrap().ipam.is_none());
+        assert_eq!(
+            sc(
+                "macvlan",
+                json!({"runtimeConfig":{"mac":"0a:00:00:00:00:07"}})
+            )
+            .unwrap()
+            .mac,
+            Some([0x0a, 0, 0, 0, 0, 7])
+        );
+    }
+
+    #[test]
+    fn offending_values_are_code_7() {
+        for (t, extra, needle) in [
+            ("vlan", json!({"master":"eth1","vlanId":4095}), "4095"),
+            ("vlan", json!({"master":"eth1","vlanId":0}), "0"),
+            ("vlan", json!({"master":"eth1"}), "vlanId"),
+            ("vlan", json!({"vlanId":5}), "master"),
+            (
+                "vlan",
+                json!({"master":"eth1","vlanId":5,"ipam":{}}),
+                "ipam",
+            ),
+            ("macvlan", json!({"mode":"turbo"}), "turbo"),
+            ("ipvlan", json!({"mode":"l4"}), "l4"),
+            ("ipvlan", json!({"flag":"loud"}), "loud"),
+            ("macvlan", json!({"mtu":70000}), "70000"),
+            ("macvlan", json!({"master":"a/b"}), "master"),
+        ] {
+            let e = sc(t, extra.clone()).unwrap_err();
+            assert_eq!(e.cni_code(), 7, "{t} {extra}");
+            assert!(e.to_string().contains(needle), "{t} {extra}: {e}");
+        }
+    }
+}
