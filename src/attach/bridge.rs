@@ -585,6 +585,7 @@ impl AddCtx<'_> {
             enable_dad: bc.enable_dad,
             force_no_dad: bc.hairpin || bc.promisc,
             ndisc_notify: false,
+            arp_notify: true,
         };
         let layer3 = !bc.ipam.is_none();
         // The link's index (for addresses and routes) and the sysctls (by name) are independent.

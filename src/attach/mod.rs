@@ -135,6 +135,8 @@ pub struct IfaceOpts {
     pub force_no_dad: bool,
     /// Send unsolicited neighbour advertisements on IPv6 changes (macvlan/ipvlan).
     pub ndisc_notify: bool,
+    /// Send a gratuitous ARP when the link comes up (all but vlan, as the reference plugins do).
+    pub arp_notify: bool,
 }
 
 /// The pod-side sysctls of an attachment, set before its link comes up (so that the link coming up
@@ -147,9 +149,15 @@ pub async fn pod_sysctls(
 ) -> Result<()> {
     let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
     let i = ifname.to_string();
-    let (enable_dad, ndisc) = (opts.enable_dad && !opts.force_no_dad, opts.ndisc_notify);
+    let (enable_dad, ndisc, arp) = (
+        opts.enable_dad && !opts.force_no_dad,
+        opts.ndisc_notify,
+        opts.arp_notify,
+    );
     pod.run(move || -> Result<()> {
-        sysctl(&format!("net.ipv4.conf.{i}.arp_notify"), "1")?;
+        if arp {
+            sysctl(&format!("net.ipv4.conf.{i}.arp_notify"), "1")?;
+        }
         if has_v6 {
             sysctl("net.ipv6.conf.lo.disable_ipv6", "0")?;
             sysctl(&format!("net.ipv6.conf.{i}.disable_ipv6"), "0")?;

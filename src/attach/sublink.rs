@@ -315,7 +315,8 @@ async fn add_steps(
         let opts = IfaceOpts {
             enable_dad: false,
             force_no_dad: false,
-            ndisc_notify: true,
+            ndisc_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
+            arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
         };
         pod_sysctls(worker, &args.ifname, &result, &opts).await?;
         configure_iface(pod_nl, &args.ifname, link.index, &result).await?;
