@@ -39,6 +39,8 @@ fn meta_conf(node: &Node, kubeconfig: bool) -> Value {
         },
         "cacheDir": node.path("cache"),
         "confDir": node.path("net.d"),
+        "deviceCheckpoint": node.path("kubelet_internal_checkpoint"),
+        "deviceInfoDir": node.path("devinfo"),
         "logFile": node.path("attache.log"),
         "logLevel": "debug"
     });
@@ -54,7 +56,24 @@ fn k8s_args(ns: &str, name: &str) -> String {
     )
 }
 
+/// What the kubelet and a device plugin leave on a node for the pod's `example.com/blue-vf` device.
+fn device_plugin_state(node: &Node) {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/k8s/");
+    std::fs::copy(
+        format!("{fixtures}kubelet_internal_checkpoint"),
+        node.path("kubelet_internal_checkpoint"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(node.path("devinfo/dp")).unwrap();
+    std::fs::copy(
+        format!("{fixtures}devinfo-blue.json"),
+        node.path("devinfo/dp/example.com-blue-vf-0000:af:06.3-device.json"),
+    )
+    .unwrap();
+}
+
 fn start_api(node: &Node) -> ApiServer {
+    device_plugin_state(node);
     let api = ApiServer::start_in(&node.name);
     api.write_kubeconfig(&node.path("kubeconfig"));
     for nad in ["nad-red.json", "nad-blue.json", "nad-shared.json"] {
@@ -166,6 +185,15 @@ fn comma_form_attaches_in_order_and_reports_network_status() {
     );
     assert_eq!(st[2]["name"], "team-a/blue");
     assert_eq!(st[2]["interface"], "fast1");
+    // blue draws example.com/blue-vf devices: the pod's device is in its conf and its device-info here.
+    assert_eq!(st[2]["device-info"]["pci"]["pci-address"], "0000:af:06.3");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(node.path("cache/ctr1/eth0.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        record["attachments"][2]["conf"]["plugins"][0]["deviceID"],
+        "0000:af:06.3"
+    );
     // The pod object now carries it.
     let stored = api.object(&pod_path(POD_NS, POD_NAME)).unwrap();
     assert!(
@@ -257,6 +285,8 @@ fn refusals_attach_nothing() {
         ("infra/storage@st0,red", "namespaceIsolation"),
         ("red,nosuch", "team-a/nosuch not found"),
         ("red@net1,blue@net1", "used twice"),
+        // One example.com/blue-vf device was allocated to the pod: a second blue attachment has none.
+        ("blue,blue@b2", "needs a device"),
         ("Red_Net", "Red_Net"),
         (r#"[{"name":"blue","ips":["10.20.0.9"]}]"#, "capability"),
         (r#"[{"name":"red","interface":"eth0"}]"#, "used twice"),

@@ -204,7 +204,9 @@ fn link_in_container_uses_a_master_inside_the_pod() {
     let mut node = Node::new("mvlic");
     let pod = node.pod();
     for args in [
-        vec!["ip", "link", "add", "pm0", "type", "veth", "peer", "name", "pm1"],
+        vec![
+            "ip", "link", "add", "pm0", "type", "veth", "peer", "name", "pm1",
+        ],
         vec!["ip", "link", "set", "pm0", "up"],
         vec!["ip", "link", "set", "pm1", "up"],
     ] {
@@ -213,12 +215,18 @@ fn link_in_container_uses_a_master_inside_the_pod() {
     let c = json!({"cniVersion": "1.0.0", "name": "licnet", "type": "macvlan", "master": "pm0",
         "linkInContainer": true, "ipam": {"type": "static", "addresses": [{"address": "10.56.0.5/24"}]}});
     node.exec(&node.call("ADD", "l1", &pod, "net1"), &c).ok();
-    assert_eq!(node.addrs(Some(&pod), "net1"), vec!["10.56.0.5/24".to_string()]);
+    assert_eq!(
+        node.addrs(Some(&pod), "net1"),
+        vec!["10.56.0.5/24".to_string()]
+    );
     let l = node.ip(Some(&pod), &["-d", "link", "show", "net1"]);
     assert_eq!(l[0]["link"], "pm0", "{l}");
     // The node has nothing new.
     assert_eq!(node.links(None), vec!["lo".to_string()]);
     node.exec(&node.call("DEL", "l1", &pod, "net1"), &c).ok();
     let links = node.links(Some(&pod));
-    assert!(!links.contains(&"net1".to_string()) && links.contains(&"pm0".to_string()), "{links:?}");
+    assert!(
+        !links.contains(&"net1".to_string()) && links.contains(&"pm0".to_string()),
+        "{links:?}"
+    );
 }

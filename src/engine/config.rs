@@ -29,6 +29,8 @@ struct Raw {
     system_namespaces: Option<Names>,
     default_networks: Option<Names>,
     multus_namespace: Option<String>,
+    device_checkpoint: Option<PathBuf>,
+    device_info_dir: Option<PathBuf>,
 }
 
 /// A list of names, as a JSON list or (Multus' spelling) one comma-separated string.
@@ -82,6 +84,10 @@ pub struct AttacheConf {
     /// `namespace/name`.
     pub default_networks: Vec<String>,
     pub multus_namespace: String,
+    /// The kubelet's device-manager checkpoint (device IDs for definitions with a resourceName).
+    pub device_checkpoint: PathBuf,
+    /// Where device plugins write Device Information Spec files.
+    pub device_info_dir: PathBuf,
 }
 
 impl AttacheConf {
@@ -166,6 +172,12 @@ impl AttacheConf {
                 .unwrap_or_else(|| vec!["kube-system".into()]),
             default_networks,
             multus_namespace: raw.multus_namespace.unwrap_or_else(|| "kube-system".into()),
+            device_checkpoint: raw
+                .device_checkpoint
+                .unwrap_or_else(|| crate::k8s::devices::DEFAULT_CHECKPOINT.into()),
+            device_info_dir: raw
+                .device_info_dir
+                .unwrap_or_else(|| crate::k8s::devices::DEFAULT_DEVINFO_DIR.into()),
             cluster,
             conf_dir: raw.conf_dir.unwrap_or_else(|| DEFAULT_CONF_DIR.into()),
             bin_dir: raw.bin_dir,

@@ -166,7 +166,9 @@ pub fn network_status(rec: &PodRecord) -> Vec<NetworkStatus> {
         .enumerate()
         .map(|(i, a)| {
             let res = result_of(a).ok().flatten().unwrap_or_default();
-            status_of(&a.network, &a.ifname, i == 0, &res)
+            let mut st = status_of(&a.network, &a.ifname, i == 0, &res);
+            st.device_info = a.device_info.clone();
+            st
         })
         .collect()
 }

@@ -90,6 +90,8 @@ pub fn cluster(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Attac
         runtime_config: normalize_runtime_config(conf.runtime_config()),
         cni_args: args.args.to_env_string(),
         default_route: vec![],
+        device_id: None,
+        device_info: None,
         result: None,
     })
 }
@@ -324,6 +326,8 @@ async fn add_selections(
         .map(|p| format!("pod {}/{}", p.namespace, p.name))
         .unwrap_or_else(|| format!("container {}", args.container_id));
     let mut families_routed = [false, false];
+    // Device IDs the kubelet gave the pod, by resource, read once if a definition needs one.
+    let mut devices: Option<BTreeMap<String, Vec<String>>> = None;
     for (i, s) in selections.into_iter().enumerate() {
         let ns = s.namespace.clone().unwrap_or_else(|| pod_ns.to_string());
         let nad = resolver.nad(&ns, &s.name).await?;
@@ -377,6 +381,35 @@ async fn add_selections(
                 "{pod_name}: interface name {ifname} is used twice (network {qualified})"
             )));
         }
+        // A definition backed by a device-plugin resource gets the next device the pod was allocated,
+        // as top-level "deviceID" (what sriov-style plugins read) and the deviceID capability.
+        let (mut device_id, mut device_info) = (None, None);
+        if let Some(resource) = &nad.resource_name {
+            let uid = plan.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+            if devices.is_none() {
+                devices = Some(crate::k8s::devices::pod_devices(
+                    &ac.device_checkpoint,
+                    &uid,
+                )?);
+            }
+            let pool = devices.as_mut().and_then(|d| d.get_mut(resource.as_str()));
+            let id = match pool {
+                Some(p) if !p.is_empty() => p.remove(0),
+                _ => {
+                    return Err(Error::config(format!(
+                        "{pod_name}: network {qualified} needs a device of resource {resource}, and the pod has none left (does its spec request {resource}?)"
+                    )));
+                }
+            };
+            for p in &mut list.plugins {
+                p.insert("deviceID".into(), json!(id));
+            }
+            if declares_capability(&list, "deviceID") {
+                runtime.insert("deviceID".into(), json!(id));
+            }
+            device_info = crate::k8s::devices::device_info(&ac.device_info_dir, resource, &id);
+            device_id = Some(id);
+        }
         let default_route = s.default_route.clone().unwrap_or_default();
         for gw in &default_route {
             let fam = usize::from(gw.is_ipv6());
@@ -403,6 +436,8 @@ async fn add_selections(
             runtime_config: runtime,
             cni_args: args.args.to_env_string(),
             default_route,
+            device_id,
+            device_info,
             result: None,
         });
     }

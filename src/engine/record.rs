@@ -38,6 +38,15 @@ pub struct AttachmentRecord {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub default_route: Vec<std::net::IpAddr>,
+    /// The device-plugin device it was given (`resourceName` definitions), and its Device Information.
+    #[serde(default, rename = "deviceID", skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(
+        default,
+        rename = "deviceInfo",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_info: Option<Value>,
     /// Its ADD result (1.1.0 shape), once ADD succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
@@ -197,6 +206,8 @@ mod tests {
             runtime_config: Map::new(),
             cni_args: String::new(),
             default_route: vec![],
+            device_id: None,
+            device_info: None,
             result: None,
         });
         store.save(&r).unwrap();

@@ -4,6 +4,7 @@
 
 pub mod annotation;
 pub mod api;
+pub mod devices;
 pub mod nad;
 
 /// The runtime capability that carries the pod's annotations (containerd, CRI-O).
