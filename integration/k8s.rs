@@ -194,6 +194,24 @@ fn comma_form_attaches_in_order_and_reports_network_status() {
         record["attachments"][2]["conf"]["plugins"][0]["deviceID"],
         "0000:af:06.3"
     );
+    // One event per added interface, as `kubectl describe pod` shows them.
+    let events: Vec<Value> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| {
+            assert_eq!(r.path, format!("/api/v1/namespaces/{POD_NS}/events"));
+            serde_json::from_str(&r.body).unwrap()
+        })
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["reason"], "AddedInterface");
+    assert_eq!(events[0]["involvedObject"]["uid"], POD_UID);
+    let msg = events[0]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Add net1 [10.10.0.") && msg.ends_with("] from team-a/red"),
+        "{msg}"
+    );
     // The pod object now carries it.
     let stored = api.object(&pod_path(POD_NS, POD_NAME)).unwrap();
     assert!(

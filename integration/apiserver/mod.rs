@@ -92,6 +92,21 @@ fn handle(
             Some(v) => (200, v.clone()),
             None => not_found(path),
         },
+        "POST" if path.ends_with("/events") => {
+            let Ok(mut obj) = serde_json::from_str::<Value>(body) else {
+                return (
+                    400,
+                    json!({"kind":"Status","code":400,"message":"bad event"}),
+                );
+            };
+            let n = st.requests.len();
+            let prefix = obj["metadata"]["generateName"]
+                .as_str()
+                .unwrap_or("event.")
+                .to_string();
+            obj["metadata"]["name"] = json!(format!("{prefix}{n:x}"));
+            (201, obj)
+        }
         "PATCH" => {
             let Some(obj_path) = path.strip_suffix("/status") else {
                 return not_found(path);
@@ -157,7 +172,11 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             &String::from_utf8_lossy(&body),
         );
         let text = value.to_string();
-        let reason = if code == 200 { "OK" } else { "Error" };
+        let reason = match code {
+            200 => "OK",
+            201 => "Created",
+            _ => "Error",
+        };
         let resp = format!(
             "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
             text.len()

@@ -117,6 +117,17 @@ async fn add(
         if let Err(e) = api.set_network_status(pod, &status).await {
             tracing::warn!("could not write the network-status annotation: {e}");
         }
+        for st in status.iter().skip(1) {
+            let msg = format!(
+                "Add {} [{}] from {}",
+                st.interface,
+                st.ips.join(","),
+                st.name
+            );
+            if let Err(e) = api.event(pod, "AddedInterface", &msg).await {
+                tracing::warn!("could not record an event: {e}");
+            }
+        }
     }
     // The result is the cluster network's, as Multus returns it.
     let cluster = result_of(&rec.attachments[0])?.unwrap_or_default();

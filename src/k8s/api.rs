@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
@@ -93,6 +94,44 @@ impl KubeApi {
             v["kind"] = json!("NetworkAttachmentDefinition");
             Nad::from_object(&v)
         }))
+    }
+
+    /// Record a Kubernetes Event on the pod (`kubectl describe pod` shows it).
+    pub async fn event(&self, pod: &PodInfo, reason: &str, message: &str) -> Result<()> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let ev = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", pod.name)),
+                namespace: Some(pod.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name.clone()),
+                namespace: Some(pod.namespace.clone()),
+                uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some("Normal".into()),
+            source: Some(EventSource {
+                component: Some("attache".into()),
+                host: None,
+            }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            reporting_component: Some("attache".into()),
+            ..Default::default()
+        };
+        events
+            .create(&PostParams::default(), &ev)
+            .await
+            .map(|_| ())
+            .map_err(|e| api_err("create event", e))
     }
 
     /// Write the network-status annotation through `pods/status`, retrying on conflict. When `uid` is
