@@ -24,6 +24,19 @@ pub struct Invocation<'a> {
     pub path: &'a [PathBuf],
 }
 
+impl<'a> Invocation<'a> {
+    /// For the pod-less verbs (STATUS, GC): no container, netns or interface.
+    pub fn podless(path: &'a [PathBuf]) -> Invocation<'a> {
+        Invocation {
+            container_id: "",
+            netns: None,
+            ifname: "",
+            cni_args: String::new(),
+            path,
+        }
+    }
+}
+
 /// Find a plugin binary by type. A missing one names the type and every directory searched.
 pub fn find_plugin(plugin_type: &str, dirs: &[PathBuf]) -> Result<PathBuf> {
     conf::validate_plugin_type(plugin_type)?;

@@ -4,6 +4,20 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::cni::skel::{CmdArgs, CniArgs, Command};
+
+/// An ADD of container c1 / eth0 with the given CNI_ARGS.
+pub fn cmd_args(cni_args: &str) -> CmdArgs {
+    CmdArgs {
+        command: Command::Add,
+        container_id: "c1".into(),
+        netns: None,
+        ifname: "eth0".into(),
+        args: CniArgs::parse(cni_args).unwrap(),
+        path: vec![],
+    }
+}
+
 /// A fake plugin: a shell script that logs its command and echoes a canned result.
 pub fn fake_plugin(dir: &Path, name: &str, body: &str) {
     let p = dir.join(name);

@@ -25,7 +25,7 @@ use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Dns, Interface, Route};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::netlink::{Link, Netlink, format_mac, is_exists, parse_mac, random_mac};
+use crate::netlink::{Link, Netlink, format_mac, is_exists, random_mac};
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -163,22 +163,7 @@ impl BridgeConf {
                 "isGateway with vlan is not supported by attache's bridge yet: give the gateway address to a vlan interface on the node",
             ));
         }
-        // mac: runtimeConfig (capability) over args.cni over CNI_ARGS MAC=, as the reference reads them.
-        let mac_str = conf
-            .raw
-            .get("runtimeConfig")
-            .and_then(|r| r.get("mac"))
-            .and_then(Value::as_str)
-            .or_else(|| {
-                conf.raw
-                    .get("args")
-                    .and_then(|a| a.get("cni"))
-                    .and_then(|c| c.get("mac"))
-                    .and_then(Value::as_str)
-            })
-            .or(args.args.get("MAC"))
-            .filter(|m| !m.is_empty());
-        let mac = mac_str.map(parse_mac).transpose().map_err(Error::config)?;
+        let mac = super::requested_mac(conf, args)?;
         Ok(BridgeConf {
             network,
             bridge,
@@ -446,11 +431,7 @@ impl AddCtx<'_> {
             Interface {
                 name: args.ifname.clone(),
                 mac: format_mac(&pod_mac),
-                sandbox: args
-                    .netns
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
+                sandbox: super::sandbox(args),
                 ..Default::default()
             },
         ];
@@ -715,25 +696,7 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
 }
 
 fn gc(conf: &NetConf, bc: &BridgeConf) -> Result<()> {
-    let valid: Vec<(String, String)> = conf
-        .raw
-        .get("cni.dev/valid-attachments")
-        .or_else(|| conf.raw.get("cni.dev/attachments"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|v| {
-                    let s = |k| {
-                        v.get(k)
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string()
-                    };
-                    (s("containerID"), s("ifname"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let valid = crate::cni::conf::valid_attachments(conf)?;
     let released = bc.ipam.gc(&valid)?;
     if !released.is_empty() {
         tracing::info!(network = %bc.network, ?released, "GC released stale addresses");
@@ -744,18 +707,10 @@ fn gc(conf: &NetConf, bc: &BridgeConf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cni::skel::CniArgs;
     use serde_json::json;
 
     fn args(cni_args: &str) -> CmdArgs {
-        CmdArgs {
-            command: Command::Add,
-            container_id: "c1".into(),
-            netns: None,
-            ifname: "eth0".into(),
-            args: CniArgs::parse(cni_args).unwrap(),
-            path: vec![],
-        }
+        crate::testutil::cmd_args(cni_args)
     }
 
     fn bc(extra: Value, cni_args: &str) -> Result<BridgeConf> {

@@ -71,6 +71,33 @@ pub fn validate(t: &str, args: &CmdArgs, conf: &NetConf) -> Result<()> {
     }
 }
 
+/// The MAC a runtime or the configuration asks for: `runtimeConfig.mac` (capability), then
+/// `args.cni.mac`, then `CNI_ARGS MAC=`, as the reference plugins read them.
+pub fn requested_mac(conf: &NetConf, args: &CmdArgs) -> Result<Option<[u8; 6]>> {
+    let from_conf = |path: &[&str]| {
+        let mut v = conf.raw.get(path[0]);
+        for k in &path[1..] {
+            v = v.and_then(|x| x.get(k));
+        }
+        v.and_then(Value::as_str)
+    };
+    from_conf(&["runtimeConfig", "mac"])
+        .or_else(|| from_conf(&["args", "cni", "mac"]))
+        .or(args.args.get("MAC"))
+        .filter(|m| !m.is_empty())
+        .map(crate::netlink::parse_mac)
+        .transpose()
+        .map_err(Error::config)
+}
+
+/// The `sandbox` of a pod-side interface in a result: the netns path.
+pub fn sandbox(args: &CmdArgs) -> String {
+    args.netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 /// The host-side name of a pod's veth: stable for a `(containerID, ifname)` so DEL, CHECK and a retried
 /// ADD can find it without state, and `veth`-prefixed because NetworkManager leaves such devices alone.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {

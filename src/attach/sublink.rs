@@ -18,9 +18,7 @@ use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Dns, Interface};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::netlink::{
-    Link, Netlink, SubLinkKind, format_mac, is_exists, parse_mac, random_bytes, random_mac,
-};
+use crate::netlink::{Link, Netlink, SubLinkKind, format_mac, is_exists, random_bytes, random_mac};
 use rtnetlink::packet_route::link::{
     InfoData, InfoIpVlan, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode, MacVlanMode,
 };
@@ -126,22 +124,7 @@ impl SubConf {
         };
         // Only macvlan has its own MAC; the reference reads runtimeConfig over args.cni over CNI_ARGS.
         let mac = if t == "macvlan" {
-            conf.raw
-                .get("runtimeConfig")
-                .and_then(|r| r.get("mac"))
-                .and_then(Value::as_str)
-                .or_else(|| {
-                    conf.raw
-                        .get("args")
-                        .and_then(|a| a.get("cni"))
-                        .and_then(|c| c.get("mac"))
-                        .and_then(Value::as_str)
-                })
-                .or(args.args.get("MAC"))
-                .filter(|m| !m.is_empty())
-                .map(parse_mac)
-                .transpose()
-                .map_err(Error::config)?
+            super::requested_mac(conf, args)?
         } else {
             None
         };
@@ -324,11 +307,7 @@ async fn add_steps(
     result.interfaces = vec![Interface {
         name: args.ifname.clone(),
         mac: format_mac(&link.mac),
-        sandbox: args
-            .netns
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        sandbox: super::sandbox(args),
         ..Default::default()
     }];
     if let Some(d) = &sc.dns {
@@ -420,18 +399,10 @@ async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cni::skel::CniArgs;
     use serde_json::json;
 
     fn args() -> CmdArgs {
-        CmdArgs {
-            command: Command::Add,
-            container_id: "c1".into(),
-            netns: None,
-            ifname: "eth0".into(),
-            args: CniArgs::parse("").unwrap(),
-            path: vec![],
-        }
+        crate::testutil::cmd_args("")
     }
 
     fn sc(t: &str, extra: Value) -> Result<SubConf> {

@@ -215,6 +215,32 @@ pub fn normalize_runtime_config(mut rc: Map<String, Value>) -> Map<String, Value
     rc
 }
 
+/// GC's list of attachments still in use, `(containerID, ifname)`: `cni.dev/valid-attachments`, or
+/// the key's earlier spelling `cni.dev/attachments` (libcni sends both).
+pub fn valid_attachments(conf: &NetConf) -> Result<Vec<(String, String)>> {
+    let list = match conf
+        .raw
+        .get("cni.dev/valid-attachments")
+        .or_else(|| conf.raw.get("cni.dev/attachments"))
+    {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(Error::config("cni.dev/valid-attachments must be a list")),
+    };
+    Ok(list
+        .iter()
+        .map(|a| {
+            let s = |k| {
+                a.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (s("containerID"), s("ifname"))
+        })
+        .collect())
+}
+
 /// Intersect a runtime's capability arguments with the capabilities a plugin declares (SPEC §3).
 pub fn runtime_config_for(
     plugin: &Map<String, Value>,

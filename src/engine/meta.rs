@@ -296,40 +296,19 @@ async fn status(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<()> 
     std::fs::create_dir_all(&ac.cache_dir)
         .map_err(|e| Error::NotAvailable(format!("cacheDir {}: {e}", ac.cache_dir.display())))?;
     let path = ac.search_path(&args.path);
-    let inv = Invocation {
-        container_id: "",
-        netns: None,
-        ifname: "",
-        cni_args: String::new(),
-        path: &path,
-    };
+    let inv = Invocation::podless(&path);
     cluster.status(&inv).await
 }
 
 /// GC: every record whose `(containerID, ifname)` the runtime no longer lists is torn down, then GC is
 /// forwarded to the cluster network with the runtime's list.
 async fn gc(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStore) -> Result<()> {
-    let valid = conf
-        .raw
-        .get("cni.dev/valid-attachments")
-        .or_else(|| conf.raw.get("cni.dev/attachments"))
-        .cloned()
-        .unwrap_or(Value::Array(vec![]));
-    let Value::Array(list) = &valid else {
-        return Err(Error::config("cni.dev/valid-attachments must be a list"));
-    };
-    let keep: Vec<(String, String)> = list
-        .iter()
-        .map(|a| {
-            let s = |k| {
-                a.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            (s("containerID"), s("ifname"))
-        })
-        .collect();
+    let keep = crate::cni::conf::valid_attachments(conf)?;
+    let valid = Value::Array(
+        keep.iter()
+            .map(|(id, ifname)| serde_json::json!({"containerID": id, "ifname": ifname}))
+            .collect(),
+    );
     let mut errors = Vec::new();
     for rec in store.list() {
         if keep.contains(&(rec.container_id.clone(), rec.ifname.clone())) {
@@ -347,13 +326,7 @@ async fn gc(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStor
     match ac.cluster_network(&conf.cni_version) {
         Ok(cluster) => {
             let path = ac.search_path(&args.path);
-            let inv = Invocation {
-                container_id: "",
-                netns: None,
-                ifname: "",
-                cni_args: String::new(),
-                path: &path,
-            };
+            let inv = Invocation::podless(&path);
             if let Err(e) = cluster.gc(&inv, &valid).await {
                 errors.push(e);
             }

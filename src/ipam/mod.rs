@@ -561,19 +561,11 @@ pub fn parse_resolv_conf(path: &Path) -> Result<Dns> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cni::skel::CniArgs;
     use serde_json::json;
     use store::MemStore;
 
     fn args(cni_args: &str) -> CmdArgs {
-        CmdArgs {
-            command: Command::Add,
-            container_id: "c1".into(),
-            netns: None,
-            ifname: "eth0".into(),
-            args: CniArgs::parse(cni_args).unwrap(),
-            path: vec![],
-        }
+        crate::testutil::cmd_args(cni_args)
     }
 
     fn conf(ipam: Value) -> NetConf {

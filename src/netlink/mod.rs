@@ -99,6 +99,18 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     }
 }
 
+/// A request whose "already there" or "already gone" answer (`ok`) counts as success.
+fn tolerate(
+    r: std::result::Result<(), rtnetlink::Error>,
+    op: impl Into<String>,
+    ok: fn(&Error) -> bool,
+) -> Result<()> {
+    match r.map_err(nl(op)) {
+        Err(e) if !ok(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Whether an error is the kernel saying "already exists".
 pub fn is_exists(e: &Error) -> bool {
     e.errno() == Some(Errno::EEXIST)
@@ -128,6 +140,14 @@ impl Netlink {
         let (conn, handle, _) = rtnetlink::from_socket(sock);
         tokio::spawn(conn);
         Ok(Netlink { handle })
+    }
+
+    async fn add_link(&self, msg: LinkMessage, op: impl Into<String>) -> Result<()> {
+        self.handle.link().add(msg).execute().await.map_err(nl(op))
+    }
+
+    async fn set_link(&self, msg: LinkMessage, op: impl Into<String>) -> Result<()> {
+        self.handle.link().set(msg).execute().await.map_err(nl(op))
     }
 
     /// A link by name; `None` if there is none.
@@ -191,12 +211,8 @@ impl Netlink {
             // Bridge options must be given at creation (NewLink), not by SetLink.
             b = b.set_info_data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)]));
         }
-        self.handle
-            .link()
-            .add(b.build())
-            .execute()
+        self.add_link(b.build(), format!("create bridge {name}"))
             .await
-            .map_err(nl(format!("create bridge {name}")))
     }
 
     /// Create a veth pair in one request: `name` in this connection's namespace, `peer` in the namespace
@@ -241,12 +257,8 @@ impl Netlink {
         if let Some(m) = mtu {
             b = b.mtu(m);
         }
-        self.handle
-            .link()
-            .add(b.build())
-            .execute()
+        self.add_link(b.build(), format!("create veth {name} with peer {peer}"))
             .await
-            .map_err(nl(format!("create veth {name} with peer {peer}")))
     }
 
     /// Create a macvlan, ipvlan or vlan link on `master` (an index in this connection's namespace), born in
@@ -287,15 +299,11 @@ impl Netlink {
         if let Some(g) = group {
             msg.attributes.push(LinkAttribute::Group(g));
         }
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(nl(format!(
-                "create {} link {name} on {master}",
-                kind.name()
-            )))
+        self.add_link(
+            msg,
+            format!("create {} link {name} on {master}", kind.name()),
+        )
+        .await
     }
 
     /// Rename a link (by name; it must be down). A name already taken is EEXIST.
@@ -308,12 +316,7 @@ impl Netlink {
         let msg = LinkUnspec::new_with_index(index)
             .name(to.to_string())
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(nl(format!("rename {from} to {to}")))
+        self.set_link(msg, format!("rename {from} to {to}")).await
     }
 
     /// Put a link (by name) under a master, label it, and bring it up, in one request.
@@ -323,56 +326,32 @@ impl Netlink {
             .alias(alias)
             .up()
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, format!("attach {name} to its bridge"))
             .await
-            .map_err(nl(format!("attach {name} to its bridge")))
     }
 
     /// Bring a link (by name) up.
     pub async fn set_up(&self, name: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_name(name).up().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(nl(format!("set {name} up")))
+        self.set_link(msg, format!("set {name} up")).await
     }
 
     pub async fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).promiscuous(on).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(nl("set promiscuous mode"))
+        self.set_link(msg, "set promiscuous mode").await
     }
 
     pub async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
             .address(mac.to_vec())
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(nl("set MAC address"))
+        self.set_link(msg, "set MAC address").await
     }
 
     /// Set the link group of a link (by name), so that a pod's links can be deleted together.
     pub async fn set_group(&self, name: &str, group: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_name(name).link_group(group).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(nl(format!("set group of {name}")))
+        self.set_link(msg, format!("set group of {name}")).await
     }
 
     /// Set bridge-port options of a link (by name) that is already a bridge port.
@@ -400,12 +379,8 @@ impl Netlink {
             BridgeVlanInfoFlags::empty()
         };
         let msg = LinkBridgeVlan::new(port).vlan(vid, flags).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, format!("add vlan {vid} to bridge port {port}"))
             .await
-            .map_err(nl(format!("add vlan {vid} to bridge port {port}")))
     }
 
     /// Remove a VLAN from a bridge port. Not there is success.
@@ -413,25 +388,21 @@ impl Netlink {
         let msg = LinkBridgeVlan::new(port)
             .vlan(vid, BridgeVlanInfoFlags::empty())
             .build();
-        match self.handle.link().del_with_message(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = nl(format!("remove vlan {vid} from bridge port {port}"))(e);
-                if is_not_found(&e) { Ok(()) } else { Err(e) }
-            }
-        }
+        tolerate(
+            self.handle.link().del_with_message(msg).execute().await,
+            format!("remove vlan {vid} from bridge port {port}"),
+            is_not_found,
+        )
     }
 
     /// Delete a link by name. Already gone is success.
     pub async fn del_link(&self, name: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_name(name).build();
-        match self.handle.link().del_with_message(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = nl(format!("delete link {name}"))(e);
-                if is_not_found(&e) { Ok(()) } else { Err(e) }
-            }
-        }
+        tolerate(
+            self.handle.link().del_with_message(msg).execute().await,
+            format!("delete link {name}"),
+            is_not_found,
+        )
     }
 
     /// Delete every link of a group in one unregister. None left is success.
@@ -439,13 +410,11 @@ impl Netlink {
         let msg = LinkMessageBuilder::<LinkUnspec>::new()
             .link_group(group)
             .build();
-        match self.handle.link().del_with_message(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = nl(format!("delete link group {group}"))(e);
-                if is_not_found(&e) { Ok(()) } else { Err(e) }
-            }
-        }
+        tolerate(
+            self.handle.link().del_with_message(msg).execute().await,
+            format!("delete link group {group}"),
+            is_not_found,
+        )
     }
 
     /// Add an address to a link. Already there is success.
@@ -516,29 +485,25 @@ impl Netlink {
         if addr.addr().is_ipv6() {
             msg.attributes.push(AddressAttribute::Address(addr.addr()));
         }
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = nl(format!("delete address {addr}"))(e);
-                if is_not_found(&e) { Ok(()) } else { Err(e) }
-            }
-        }
+        tolerate(
+            self.handle.address().del(msg).execute().await,
+            format!("delete address {addr}"),
+            is_not_found,
+        )
     }
 
     /// Add a route. An identical one already present is success.
     pub async fn add_route(&self, r: &RouteSpec) -> Result<()> {
         let msg = route_message(r)?;
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = nl(format!(
-                    "add route {}{}",
-                    r.dst,
-                    r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
-                ))(e);
-                if is_exists(&e) { Ok(()) } else { Err(e) }
-            }
-        }
+        tolerate(
+            self.handle.route().add(msg).execute().await,
+            format!(
+                "add route {}{}",
+                r.dst,
+                r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
+            ),
+            is_exists,
+        )
     }
 
     /// Routes of one family in the main table (or `table`), as (dst, gw, oif) triples.
@@ -600,13 +565,11 @@ impl Netlink {
     /// Delete a route (dst, optional gateway, interface). Already gone is success.
     pub async fn del_route(&self, r: &RouteSpec) -> Result<()> {
         let msg = route_message(r)?;
-        match self.handle.route().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = nl(format!("delete route {}", r.dst))(e);
-                if is_not_found(&e) { Ok(()) } else { Err(e) }
-            }
-        }
+        tolerate(
+            self.handle.route().del(msg).execute().await,
+            format!("delete route {}", r.dst),
+            is_not_found,
+        )
     }
 }
 
