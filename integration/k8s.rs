@@ -437,3 +437,41 @@ fn add_with_the_api_server_down_is_try_again() {
     node.exec(&call, &conf).err(11);
     assert_nothing_attached(&node, &pod);
 }
+
+#[test]
+fn a_failure_midway_undoes_the_attachments_before_it() {
+    require_reference_plugins();
+    let mut node = Node::new("k8smid");
+    let pod = node.pod();
+    let dir = node.path("networks");
+    std::fs::create_dir_all(&dir).unwrap();
+    // "tiny" has one address, already held by someone else: its ADD fails after eth0 and net1 exist.
+    let ipam = node.path("ipam");
+    std::fs::write(
+        dir.join("nets.yaml"),
+        format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: ok\n  namespace: team-a\nspec:\n  config: '{{\"cniVersion\":\"1.0.0\",\"type\":\"bridge\",\"bridge\":\"br-ok\",\"ipam\":{{\"type\":\"host-local\",\"subnet\":\"10.11.0.0/24\",\"dataDir\":\"{d}\"}}}}'\n---\napiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: tiny\n  namespace: team-a\nspec:\n  config: '{{\"cniVersion\":\"1.0.0\",\"type\":\"bridge\",\"bridge\":\"br-tiny\",\"ipam\":{{\"type\":\"host-local\",\"subnet\":\"10.12.0.0/24\",\"rangeStart\":\"10.12.0.5\",\"rangeEnd\":\"10.12.0.5\",\"dataDir\":\"{d}\"}}}}'\n",
+            d = ipam.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(ipam.join("tiny")).unwrap();
+    std::fs::write(ipam.join("tiny/10.12.0.5"), "someone-else\r\neth0").unwrap();
+    let mut conf = meta_conf(&node, false);
+    conf["networksDir"] = json!(dir);
+    conf["runtimeConfig"] =
+        json!({"io.kubernetes.cri.pod-annotations": {"k8s.v1.cni.cncf.io/networks": "ok,tiny"}});
+    let args = k8s_args(POD_NS, POD_NAME);
+    let mut call = node.call("ADD", "mid1", &pod, "eth0");
+    call.args = &args;
+    let e = node.exec(&call, &conf).err(999);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("team-a/tiny") && msg.contains("no IP addresses available"),
+        "{msg}"
+    );
+    // eth0 and net1 were made, then undone: only the other holder's address is left.
+    assert_eq!(node.links(Some(&pod)), vec!["lo".to_string()]);
+    assert_eq!(leased(&node), vec!["tiny/10.12.0.5".to_string()]);
+    assert!(node.files("cache").is_empty());
+}
