@@ -29,8 +29,34 @@ pub fn sysctl(node: &Node, ns: Option<&str>, key: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// What a user would look at after ADD, with random parts normalised.
+/// What a user would look at after ADD, with random parts normalised — after the pod's links'
+/// operstates have settled: the kernel updates them asynchronously (linkwatch, rate-limited to once a
+/// second), so right after ADD a link that is up may still say UNKNOWN. Waits up to 3 s for that to pass;
+/// a link that stays UNKNOWN is reported as it is.
 pub fn snapshot(
+    node: &Node,
+    pod: &str,
+    ifname: &str,
+    compare_dad: bool,
+    compare_ndisc: bool,
+) -> Value {
+    let unsettled = |v: &Value| {
+        v["pod_links"]
+            .as_array()
+            .is_some_and(|ls| ls.iter().any(|l| l["operstate"] == "UNKNOWN"))
+    };
+    let mut snap = snapshot_once(node, pod, ifname, compare_dad, compare_ndisc);
+    for _ in 0..30 {
+        if !unsettled(&snap) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        snap = snapshot_once(node, pod, ifname, compare_dad, compare_ndisc);
+    }
+    snap
+}
+
+fn snapshot_once(
     node: &Node,
     pod: &str,
     ifname: &str,
