@@ -6,7 +6,7 @@ mod testbed;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use testbed::state::{leased, normalise_result, snapshot, strip_nulls};
+use testbed::state::{assert_same_as_reference, leased, strip_nulls};
 use testbed::{Node, REFERENCE_DIR, require_reference_plugins};
 
 fn node_with_master(tag: &str) -> Node {
@@ -79,36 +79,18 @@ fn differential_against_the_reference_macvlan() {
         ),
     ];
     for (what, extra) in cases {
-        let mut snaps = Vec::new();
-        for bin in [reference(), testbed::attache_bin()] {
-            let mut node = node_with_master("mvdif");
-            let pod = node.pod();
-            let c = conf(&node, extra.clone());
-            let mut call = node.call("ADD", "ctr1", &pod, "eth0");
-            call.bin = bin.clone();
-            let res = node.exec(&call, &c).ok();
-            let snap = snapshot(&node, &pod, "eth0", false, false);
-            if what == "mac" {
-                let mac = &node.ip(Some(&pod), &["link", "show", "eth0"])[0]["address"];
-                assert_eq!(mac, "0a:00:00:00:55:01", "{what}: {}", bin.display());
-            }
-            let mut del = c.clone();
-            del["prevResult"] = res.clone();
-            let mut call = node.call("DEL", "ctr1", &pod, "eth0");
-            call.bin = bin;
-            node.exec(&call, &del).ok();
-            let after = json!({"pod": node.links(Some(&pod)), "leased": leased(&node)});
-            snaps.push((normalise_result(res), snap, after));
-        }
-        assert_eq!(snaps[1].0, snaps[0].0, "{what}: result JSON differs");
-        assert_eq!(
-            snaps[1].1,
-            snaps[0].1,
-            "{what}: namespace state differs\nattache:   {}\nreference: {}",
-            serde_json::to_string_pretty(&snaps[1].1).unwrap(),
-            serde_json::to_string_pretty(&snaps[0].1).unwrap()
+        assert_same_as_reference(
+            what,
+            &reference(),
+            &|| node_with_master("mvdif"),
+            &|node| conf(node, extra.clone()),
+            &|node, pod| {
+                if what == "mac" {
+                    let mac = &node.ip(Some(pod), &["link", "show", "eth0"])[0]["address"];
+                    assert_eq!(mac, "0a:00:00:00:55:01", "{what}");
+                }
+            },
         );
-        assert_eq!(snaps[1].2, snaps[0].2, "{what}: state after DEL differs");
     }
 }
 

@@ -9,7 +9,7 @@ mod testbed;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use testbed::state::{leased, normalise_result, snapshot, strip_nulls};
+use testbed::state::{assert_same_as_reference, leased, strip_nulls};
 use testbed::{Node, REFERENCE_DIR, require_reference_plugins};
 
 fn ip(node: &Node, args: &[&str]) {
@@ -81,34 +81,12 @@ fn conf(node: &Node, t: &str, extra: Value) -> Value {
 
 fn differential(t: &str, cases: Vec<(&str, Value)>) {
     for (what, extra) in cases {
-        let mut snaps = Vec::new();
-        for bin in [PathBuf::from(REFERENCE_DIR).join(t), testbed::attache_bin()] {
-            let mut node = vm_node("vmdif");
-            let pod = node.pod();
-            let c = conf(&node, t, extra.clone());
-            let mut call = node.call("ADD", "ctr1", &pod, "eth0");
-            call.bin = bin.clone();
-            let res = node.exec(&call, &c).ok();
-            let snap = snapshot(&node, &pod, "eth0", false, false);
-            let mut del = c.clone();
-            del["prevResult"] = res.clone();
-            let mut call = node.call("DEL", "ctr1", &pod, "eth0");
-            call.bin = bin;
-            node.exec(&call, &del).ok();
-            let after = json!({"pod": node.links(Some(&pod)), "leased": leased(&node)});
-            snaps.push((normalise_result(res), snap, after));
-        }
-        assert_eq!(snaps[1].0, snaps[0].0, "{t} {what}: result JSON differs");
-        assert_eq!(
-            snaps[1].1,
-            snaps[0].1,
-            "{t} {what}: namespace state differs\nattache:   {}\nreference: {}",
-            serde_json::to_string_pretty(&snaps[1].1).unwrap(),
-            serde_json::to_string_pretty(&snaps[0].1).unwrap()
-        );
-        assert_eq!(
-            snaps[1].2, snaps[0].2,
-            "{t} {what}: state after DEL differs"
+        assert_same_as_reference(
+            &format!("{t} {what}"),
+            &PathBuf::from(REFERENCE_DIR).join(t),
+            &|| vm_node("vmdif"),
+            &|node| conf(node, t, extra.clone()),
+            &|_, _| {},
         );
     }
 }

@@ -45,11 +45,9 @@ pub fn snapshot(
             .as_array()
             .is_some_and(|ls| ls.iter().any(|l| l["operstate"] == "UNKNOWN"))
     };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     let mut snap = snapshot_once(node, pod, ifname, compare_dad, compare_ndisc);
-    for _ in 0..30 {
-        if !unsettled(&snap) {
-            break;
-        }
+    while unsettled(&snap) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
         snap = snapshot_once(node, pod, ifname, compare_dad, compare_ndisc);
     }
@@ -184,4 +182,43 @@ pub fn strip_nulls(v: &mut Value) {
             strip_nulls(x);
         }
     }
+}
+
+/// Run the same ADD and DEL with the reference plugin `reference` and with attache, each on a fresh node
+/// from `make_node`, and assert that the result JSON, the namespace state after ADD and the state after
+/// DEL are the same. `inspect` sees each node and pod after ADD (for case-specific checks).
+pub fn assert_same_as_reference(
+    what: &str,
+    reference: &std::path::Path,
+    make_node: &dyn Fn() -> Node,
+    conf: &dyn Fn(&Node) -> Value,
+    inspect: &dyn Fn(&Node, &str),
+) {
+    let mut snaps = Vec::new();
+    for bin in [reference.to_path_buf(), super::attache_bin()] {
+        let mut node = make_node();
+        let pod = node.pod();
+        let c = conf(&node);
+        let mut call = node.call("ADD", "ctr1", &pod, "eth0");
+        call.bin = bin.clone();
+        let res = node.exec(&call, &c).ok();
+        let snap = snapshot(&node, &pod, "eth0", false, false);
+        inspect(&node, &pod);
+        let mut del = c.clone();
+        del["prevResult"] = res.clone();
+        let mut call = node.call("DEL", "ctr1", &pod, "eth0");
+        call.bin = bin;
+        node.exec(&call, &del).ok();
+        let after = json!({"pod": node.links(Some(&pod)), "leased": leased(&node)});
+        snaps.push((normalise_result(res), snap, after));
+    }
+    assert_eq!(snaps[1].0, snaps[0].0, "{what}: result JSON differs");
+    assert_eq!(
+        snaps[1].1,
+        snaps[0].1,
+        "{what}: namespace state differs\nattache:   {}\nreference: {}",
+        serde_json::to_string_pretty(&snaps[1].1).unwrap(),
+        serde_json::to_string_pretty(&snaps[0].1).unwrap()
+    );
+    assert_eq!(snaps[1].2, snaps[0].2, "{what}: state after DEL differs");
 }
