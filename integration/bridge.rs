@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use testbed::state::{leased, normalise_result, snapshot, strip_nulls};
-use testbed::{Call, Node, REFERENCE_DIR, eventually, require_reference_plugins};
+use testbed::{Call, Node, REFERENCE_DIR, eventually, first_ip, require_reference_plugins};
 
 fn reference_bin(t: &str) -> PathBuf {
     PathBuf::from(REFERENCE_DIR).join(t)
@@ -134,25 +134,15 @@ fn two_pods_ping_each_other_and_the_gateway() {
     for id in ["pa", "pb"] {
         let pod = node.pod();
         let res = node.exec(&node.call("ADD", id, &pod, "eth0"), &c).ok();
-        addrs.push(
-            res["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string(),
-        );
+        addrs.push(first_ip(&res));
         pods.push(pod);
     }
-    let ping = |from: &str, to: &str| {
-        node.sh(Some(from), &["ping", "-c", "1", "-W", "2", to])
-            .status
-            .success()
-    };
-    assert!(ping(&pods[0], &addrs[1]), "pod a cannot reach pod b");
-    assert!(ping(&pods[1], &addrs[0]), "pod b cannot reach pod a");
-    assert!(ping(&pods[0], "10.66.0.1"), "the gateway does not answer");
+    assert!(node.pings(&pods[0], &addrs[1]), "pod a cannot reach pod b");
+    assert!(node.pings(&pods[1], &addrs[0]), "pod b cannot reach pod a");
+    assert!(
+        node.pings(&pods[0], "10.66.0.1"),
+        "the gateway does not answer"
+    );
     for (id, pod) in ["pa", "pb"].iter().zip(&pods) {
         node.exec(&node.call("DEL", id, pod, "eth0"), &c).ok();
     }
@@ -484,18 +474,8 @@ fn mac_spoof_check_rules_follow_the_attachment() {
     let c = conf(&node, json!({"macspoofchk": true}));
     let ra = node.exec(&node.call("ADD", "sp1", &pa, "eth0"), &c).ok();
     let rb = node.exec(&node.call("ADD", "sp2", &pb, "eth0"), &c).ok();
-    let b_addr = rb["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    assert!(
-        node.sh(Some(&pa), &["ping", "-c", "1", "-W", "2", &b_addr])
-            .status
-            .success()
-    );
+    let b_addr = first_ip(&rb);
+    assert!(node.pings(&pa, &b_addr));
     // Pod a forges another MAC: its frames are dropped at the bridge.
     assert!(
         node.sh(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use testbed::state::{assert_same_as_reference, leased, strip_nulls};
-use testbed::{Node, REFERENCE_DIR, require_reference_plugins};
+use testbed::{Node, REFERENCE_DIR, first_ip, require_reference_plugins};
 
 fn node_with_master(tag: &str) -> Node {
     let node = Node::new(tag);
@@ -102,18 +102,8 @@ fn two_pods_on_one_master_ping_each_other() {
     let (pa, pb) = (node.pod(), node.pod());
     node.exec(&node.call("ADD", "a", &pa, "eth0"), &c).ok();
     let rb = node.exec(&node.call("ADD", "b", &pb, "eth0"), &c).ok();
-    let b_addr = rb["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    assert!(
-        node.sh(Some(&pa), &["ping", "-c", "1", "-W", "2", &b_addr])
-            .status
-            .success()
-    );
+    let b_addr = first_ip(&rb);
+    assert!(node.pings(&pa, &b_addr));
     let mut with_prev = c.clone();
     with_prev["prevResult"] = rb;
     node.exec(&node.call("CHECK", "b", &pb, "eth0"), &with_prev)

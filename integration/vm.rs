@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use testbed::state::{assert_same_as_reference, leased, strip_nulls};
-use testbed::{Node, REFERENCE_DIR, require_reference_plugins};
+use testbed::{Node, REFERENCE_DIR, first_ip, require_reference_plugins};
 
 fn ip(node: &Node, args: &[&str]) {
     let ok = std::process::Command::new("ip")
@@ -152,14 +152,9 @@ fn same_vlan_pings_other_vlan_does_not() {
         &static_conf("m2", 20, "10.70.0.3/24"),
     )
     .ok();
-    let ping = |from: &str, to: &str| {
-        node.sh(Some(from), &["ping", "-c", "1", "-W", "2", to])
-            .status
-            .success()
-    };
-    assert!(ping(&pa, "10.70.0.2"), "same vlan id: no traffic");
+    assert!(node.pings(&pa, "10.70.0.2"), "same vlan id: no traffic");
     assert!(
-        !ping(&pa, "10.70.0.3"),
+        !node.pings(&pa, "10.70.0.3"),
         "different vlan ids reached each other"
     );
     let d = node.ip(Some(&pb), &["-d", "link", "show", "eth0"]);
@@ -184,18 +179,8 @@ fn ipvlan_pods_on_one_master_ping_each_other() {
     let (pa, pb) = (node.pod(), node.pod());
     node.exec(&node.call("ADD", "a", &pa, "eth0"), &c).ok();
     let rb = node.exec(&node.call("ADD", "b", &pb, "eth0"), &c).ok();
-    let b = rb["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    assert!(
-        node.sh(Some(&pa), &["ping", "-c", "1", "-W", "2", &b])
-            .status
-            .success()
-    );
+    let b = first_ip(&rb);
+    assert!(node.pings(&pa, &b));
     for (id, p) in [("a", &pa), ("b", &pb)] {
         node.exec(&node.call("DEL", id, p, "eth0"), &c).ok();
     }
@@ -260,23 +245,12 @@ fn bridge_vlans_isolate_and_trunk() {
             ),
         )
         .ok();
-    let addr = |r: &Value| {
-        r["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let ping = |from: &str, to: &str| {
-        node.sh(Some(from), &["ping", "-c", "1", "-W", "2", to])
-            .status
-            .success()
-    };
-    assert!(ping(&pa, &addr(&rb)), "same access vlan: no traffic");
     assert!(
-        !ping(&pa, &addr(&rc)),
+        node.pings(&pa, &first_ip(&rb)),
+        "same access vlan: no traffic"
+    );
+    assert!(
+        !node.pings(&pa, &first_ip(&rc)),
         "different access vlans reached each other"
     );
     let vlans = |port: &str| -> Vec<(u64, bool)> {

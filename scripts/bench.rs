@@ -204,32 +204,19 @@ fn compare(
         let id_r = format!("r{round}");
         let id_a = format!("a{round}");
         // Alternate who goes first, so neither always meets a warmer cache.
-        let (t_ra, t_aa) = if round % 2 == 0 {
-            let r = cni(&ref_bin, "ADD", &id_r, &rp, &ref_conf, &a.reference_dir);
-            (
-                r,
-                cni(&a.attache, "ADD", &id_a, &ap, &att_conf, &a.reference_dir),
-            )
-        } else {
-            let x = cni(&a.attache, "ADD", &id_a, &ap, &att_conf, &a.reference_dir);
-            (
-                cni(&ref_bin, "ADD", &id_r, &rp, &ref_conf, &a.reference_dir),
-                x,
-            )
+        let both = |cmd: &str| {
+            let r = || cni(&ref_bin, cmd, &id_r, &rp, &ref_conf, &a.reference_dir);
+            let x = || cni(&a.attache, cmd, &id_a, &ap, &att_conf, &a.reference_dir);
+            if round % 2 == 0 {
+                let t = r();
+                (t, x())
+            } else {
+                let t = x();
+                (r(), t)
+            }
         };
-        let (t_rd, t_ad) = if round % 2 == 0 {
-            let r = cni(&ref_bin, "DEL", &id_r, &rp, &ref_conf, &a.reference_dir);
-            (
-                r,
-                cni(&a.attache, "DEL", &id_a, &ap, &att_conf, &a.reference_dir),
-            )
-        } else {
-            let x = cni(&a.attache, "DEL", &id_a, &ap, &att_conf, &a.reference_dir);
-            (
-                cni(&ref_bin, "DEL", &id_r, &rp, &ref_conf, &a.reference_dir),
-                x,
-            )
-        };
+        let (t_ra, t_aa) = both("ADD");
+        let (t_rd, t_ad) = both("DEL");
         if round >= 2 {
             // The first rounds create the bridges and warm the page cache: not measured.
             ref_add.0.push(t_ra);
@@ -282,16 +269,11 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
             .await
             .unwrap();
         pod.set_up("eth0").await.unwrap();
-        pod.add_route(&RouteSpec {
-            dst: "0.0.0.0/0".parse().unwrap(),
-            gw: Some("10.203.0.1".parse::<IpAddr>().unwrap()),
-            oif: l.index,
-            metric: None,
-            table: None,
-            scope: None,
-            mtu: None,
-            advmss: None,
-        })
+        pod.add_route(&RouteSpec::via(
+            "0.0.0.0/0".parse().unwrap(),
+            Some("10.203.0.1".parse::<IpAddr>().unwrap()),
+            l.index,
+        ))
         .await
         .unwrap();
         add.0.push(t.elapsed());

@@ -62,6 +62,14 @@ fn must(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The first address of a CNI result, without its prefix length.
+pub fn first_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"]
+        .as_str()
+        .expect("the result has an address");
+    a.split('/').next().unwrap_or_default().to_string()
+}
+
 /// The outcome of one plugin invocation.
 #[derive(Debug)]
 pub struct CniOutput {
@@ -263,6 +271,13 @@ impl Node {
             }
         }
         out
+    }
+
+    /// Whether one ping from a netns to `addr` is answered within 2 s.
+    pub fn pings(&self, from: &str, addr: &str) -> bool {
+        self.sh(Some(from), &["ping", "-c", "1", "-W", "2", addr])
+            .status
+            .success()
     }
 
     /// Run a command inside a netns.

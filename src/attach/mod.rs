@@ -252,33 +252,15 @@ pub async fn move_default_route(netns: &std::path::Path, ifname: &str, gw: IpAdd
         .ok_or_else(|| Error::Internal(format!("{ifname} is not in the pod")))?;
     for (dst, g, oif) in nl.routes(gw.is_ipv4(), None).await? {
         if dst.prefix_len() == 0 && !(oif == Some(link.index) && g == Some(gw)) {
-            nl.del_route(&RouteSpec {
-                dst,
-                gw: g,
-                oif: oif.unwrap_or(0),
-                metric: None,
-                table: None,
-                scope: None,
-                mtu: None,
-                advmss: None,
-            })
-            .await?;
+            nl.del_route(&RouteSpec::via(dst, g, oif.unwrap_or(0)))
+                .await?;
         }
     }
     let default: IpNet = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
         .parse()
         .expect("literal");
-    nl.add_route(&RouteSpec {
-        dst: default,
-        gw: Some(gw),
-        oif: link.index,
-        metric: None,
-        table: None,
-        scope: None,
-        mtu: None,
-        advmss: None,
-    })
-    .await
+    nl.add_route(&RouteSpec::via(default, Some(gw), link.index))
+        .await
 }
 
 /// The first gateway of `like`'s family among the result's addresses.

@@ -232,7 +232,12 @@ async fn teardown(
     let grouped = rec
         .attachments
         .iter()
-        .filter(|a| a.conf.to_string().contains(crate::attach::LINK_GROUP_KEY))
+        .filter(|a| {
+            a.conf["plugins"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p.get(crate::attach::LINK_GROUP_KEY).is_some())
+            })
+        })
         .count();
     let netns = args
         .netns

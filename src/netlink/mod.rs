@@ -85,6 +85,22 @@ pub struct RouteSpec {
     pub advmss: Option<u32>,
 }
 
+impl RouteSpec {
+    /// A main-table route to `dst` (via `gw`, if any) out of `oif`, with no other attributes.
+    pub fn via(dst: IpNet, gw: Option<IpAddr>, oif: u32) -> RouteSpec {
+        RouteSpec {
+            dst,
+            gw,
+            oif,
+            metric: None,
+            table: None,
+            scope: None,
+            mtu: None,
+            advmss: None,
+        }
+    }
+}
+
 /// One connection to the kernel's routing subsystem inside one namespace.
 #[derive(Clone)]
 pub struct Netlink {
