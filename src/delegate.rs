@@ -65,6 +65,22 @@ pub fn find_plugin(plugin_type: &str, dirs: &[PathBuf]) -> Result<PathBuf> {
     })
 }
 
+static EXEC_DEPTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// How many attache processes stand above this one; children are told one more.
+pub fn set_exec_depth(depth: u32) {
+    EXEC_DEPTH.store(depth, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `bin` is the very file this process runs (through any symlink or hard link).
+fn is_self(bin: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(bin), std::fs::metadata("/proc/self/exe")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Run one plugin binary for one command. `Ok(None)` when it succeeded and printed nothing.
 pub async fn exec(
     command: Command,
@@ -73,6 +89,14 @@ pub async fn exec(
     inv: &Invocation<'_>,
 ) -> Result<Option<Value>> {
     let bin = find_plugin(plugin_type, inv.path)?;
+    // attache runs every type it implements in-process: a type that resolves to attache's own binary
+    // would only run attache again in a role it does not have — and, for an IPAM type, loop forever.
+    if is_self(&bin) {
+        return Err(Error::config(format!(
+            "plugin type {plugin_type:?} resolves to {}, which is attache itself; attache does not implement {plugin_type:?} and will not exec itself",
+            bin.display()
+        )));
+    }
     let path = inv
         .path
         .iter()
@@ -85,6 +109,10 @@ pub async fn exec(
         .env("CNI_IFNAME", inv.ifname)
         .env("CNI_ARGS", &inv.cni_args)
         .env("CNI_PATH", path)
+        .env(
+            "ATTACHE_EXEC_DEPTH",
+            (EXEC_DEPTH.load(std::sync::atomic::Ordering::Relaxed) + 1).to_string(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -47,6 +47,9 @@ pub enum Error {
     NetNs { path: PathBuf, reason: String },
     #[error("{0}")]
     NotAvailable(String),
+    /// attache lacks a capability the command needs (reported as code 5, before any side effect).
+    #[error("{0}")]
+    Privilege(String),
     /// Transient: the caller may retry (an API server that did not answer).
     #[error("{0}")]
     TryAgain(String),
@@ -114,7 +117,7 @@ impl Error {
             Error::IncompatibleVersion(_) => code::INCOMPATIBLE_VERSION,
             Error::UnsupportedField(_) => code::UNSUPPORTED_FIELD,
             Error::InvalidEnv(_) => code::INVALID_ENV,
-            Error::Io { .. } => code::IO,
+            Error::Io { .. } | Error::Privilege(_) => code::IO,
             Error::Decode { .. } => code::DECODE,
             Error::Config(_) => code::INVALID_CONFIG,
             Error::NetNs { .. } => code::INVALID_NETNS,

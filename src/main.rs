@@ -12,7 +12,11 @@ fn main() -> ExitCode {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "attache".into());
-    let engine = attache::engine::Engine::new(invoked_as);
+    let mut engine = attache::engine::Engine::new(invoked_as);
+    engine.depth = std::env::var("ATTACHE_EXEC_DEPTH")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
     let code = attache::cni::skel::run(
         &attache::cni::skel::ProcessEnv,
         &mut std::io::stdin().lock(),

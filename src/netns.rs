@@ -23,6 +23,22 @@ pub struct NetNs {
 
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
+// `NS_GET_NSTYPE` (linux/nsfs.h): `_IO(0xb7, 0x3)`, answers the CLONE_NEW* flag of the namespace.
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+
+fn ns_kind(flag: i32) -> &'static str {
+    use CloneFlags as F;
+    match CloneFlags::from_bits_truncate(flag) {
+        f if f == F::CLONE_NEWUTS => "UTS",
+        f if f == F::CLONE_NEWIPC => "IPC",
+        f if f == F::CLONE_NEWNS => "mount",
+        f if f == F::CLONE_NEWPID => "PID",
+        f if f == F::CLONE_NEWUSER => "user",
+        f if f == F::CLONE_NEWCGROUP => "cgroup",
+        _ => "non-network",
+    }
+}
+
 impl NetNs {
     /// Open a netns by path (`/run/netns/NAME`, `/proc/PID/ns/net`). Anything else is code 8.
     pub fn open(path: &Path) -> Result<NetNs> {
@@ -37,6 +53,20 @@ impl NetNs {
         if magic != NSFS_MAGIC && magic != 0x9fa0 {
             return Err(bad("not a network namespace file".into()));
         }
+        // nsfs holds every kind of namespace: ask the kernel which kind this one is (Linux 4.11+;
+        // an older kernel that does not know the request is taken at its word).
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which `file` keeps open.
+        match unsafe { ns_get_nstype(file.as_raw_fd()) } {
+            Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => {}
+            Ok(t) => {
+                return Err(bad(format!(
+                    "it is a {} namespace, not a network namespace",
+                    ns_kind(t)
+                )));
+            }
+            Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => {}
+            Err(e) => return Err(bad(format!("asking its namespace type: {}", e.desc()))),
+        }
         Ok(NetNs {
             file,
             path: path.to_path_buf(),
@@ -46,6 +76,16 @@ impl NetNs {
     /// The namespace this process runs in.
     pub fn current() -> Result<NetNs> {
         NetNs::open(Path::new("/proc/thread-self/ns/net"))
+    }
+
+    /// A second handle on the same namespace (for an undo list that must outlive a connection).
+    pub fn try_clone(&self) -> Result<NetNs> {
+        Ok(NetNs {
+            file: self.file.try_clone().map_err(|e| {
+                Error::io(format!("duplicating the fd of {}", self.path.display()), e)
+            })?,
+            path: self.path.clone(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -206,6 +246,9 @@ mod tests {
         assert_eq!(e.cni_code(), 8);
         let e = NetNs::open(Path::new("/nonexistent/netns")).unwrap_err();
         assert_eq!(e.cni_code(), 8);
+        let e = NetNs::open(Path::new("/proc/self/ns/uts")).unwrap_err();
+        assert_eq!(e.cni_code(), 8);
+        assert!(e.to_string().contains("UTS namespace"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub fn cmd_args(cni_args: &str) -> CmdArgs {
         command: Command::Add,
         container_id: "c1".into(),
         netns: None,
+        netns_ignored: None,
         ifname: "eth0".into(),
         args: CniArgs::parse(cni_args).unwrap(),
         path: vec![],

@@ -107,7 +107,9 @@ impl BridgeConf {
                 "cannot set hairpin mode and promiscuous mode at the same time",
             ));
         }
-        if let Some(m) = raw.mtu
+        // 0 means "the default", as in the reference plugin.
+        let mtu = raw.mtu.filter(|m| *m != 0);
+        if let Some(m) = mtu
             && !(68..=65535).contains(&m)
         {
             return Err(Error::config(format!(
@@ -171,7 +173,7 @@ impl BridgeConf {
             is_default_gw: raw.is_default_gateway,
             force_address: raw.force_address,
             ip_masq: raw.ip_masq,
-            mtu: raw.mtu,
+            mtu,
             hairpin: raw.hairpin_mode,
             promisc: raw.promisc_mode,
             vlan,
@@ -193,25 +195,62 @@ impl BridgeConf {
     }
 
     fn masq_chain(&self, args: &CmdArgs) -> String {
-        nft::chain_id("masq", &self.network, &args.container_id, &args.ifname)
+        masq_chain(&self.network, args)
     }
 
     fn spoof_chain(&self, args: &CmdArgs) -> String {
-        nft::chain_id("mac", &self.network, &args.container_id, &args.ifname)
+        spoof_chain(&self.network, args)
+    }
+}
+
+fn masq_chain(network: &str, args: &CmdArgs) -> String {
+    nft::chain_id("masq", network, &args.container_id, &args.ifname)
+}
+
+fn spoof_chain(network: &str, args: &CmdArgs) -> String {
+    nft::chain_id("mac", network, &args.container_id, &args.ifname)
+}
+
+/// What teardown needs of a bridge configuration, read leniently (DEL and GC must succeed for a
+/// configuration that ADD refused): the network name, which nftables state ADD may have made, and the
+/// IPAM to release. Nothing else is looked at.
+struct Teardown {
+    network: String,
+    ip_masq: bool,
+    macspoofchk: bool,
+    ipam: Ipam,
+}
+
+impl Teardown {
+    fn new(conf: &NetConf, args: &CmdArgs) -> Teardown {
+        let flag = |k: &str| conf.raw.get(k).and_then(Value::as_bool) == Some(true);
+        Teardown {
+            network: conf.name.clone(),
+            ip_masq: flag("ipMasq"),
+            macspoofchk: flag("macspoofchk"),
+            ipam: Ipam::for_teardown(conf, args),
+        }
     }
 }
 
 pub async fn run(args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
+    match args.command {
+        Command::Del => {
+            return del(args, conf, &Teardown::new(conf, args))
+                .await
+                .map(|_| None);
+        }
+        Command::Gc => return gc(conf, &Teardown::new(conf, args)).map(|_| None),
+        Command::Status => return Ok(None),
+        _ => {}
+    }
     let bc = BridgeConf::new(conf, args)?;
     match args.command {
         Command::Add => add(args, conf, &bc)
             .await
             .map(|r| Some(r.to_value(conf.version))),
-        Command::Del => del(args, conf, &bc).await.map(|_| None),
         Command::Check => check(args, conf, &bc).await.map(|_| None),
-        Command::Status => Ok(None),
-        Command::Gc => gc(conf, &bc).map(|_| None),
-        Command::Version => Err(Error::Internal("VERSION is answered by skel".into())),
+        _ => Err(Error::Internal("VERSION is answered by skel".into())),
     }
 }
 
@@ -391,7 +430,7 @@ impl AddCtx<'_> {
         let host_mac = random_mac();
         self.create_veth(&host, host_mac, pod_mac).await?;
         self.undo.borrow_mut().push(Undo::Link {
-            nl: self.node.clone(),
+            netns: None,
             name: host.clone(),
         });
 
@@ -563,9 +602,11 @@ impl AddCtx<'_> {
     async fn pod_side(&self, result: &CniResult) -> Result<()> {
         let (args, bc) = (self.args, self.bc);
         let opts = IfaceOpts {
-            enable_dad: bc.enable_dad,
-            force_no_dad: bc.hairpin || bc.promisc,
-            ndisc_notify: false,
+            dad: if bc.enable_dad && !(bc.hairpin || bc.promisc) {
+                super::Dad::On
+            } else {
+                super::Dad::Off
+            },
             arp_notify: true,
         };
         let layer3 = !bc.ipam.is_none();
@@ -590,10 +631,10 @@ impl AddCtx<'_> {
     }
 }
 
-async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
+async fn del(args: &CmdArgs, conf: &NetConf, td: &Teardown) -> Result<()> {
     let mut errors = Vec::new();
     // What the attachment holds, before the IPAM forgets it (masquerading is keyed by address).
-    let mut ips: Vec<IpAddr> = bc.ipam.held(args).unwrap_or_default();
+    let mut ips: Vec<IpAddr> = td.ipam.held(args).unwrap_or_default();
     if let Ok(Some(prev)) = conf.prev_result() {
         for ip in prev.ips {
             if !ips.contains(&ip.address.addr()) {
@@ -601,39 +642,40 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
             }
         }
     }
-    let node = Netlink::connect(None)?;
     let host = host_veth_name(&args.container_id, &args.ifname);
-    match args
-        .netns
-        .as_deref()
-        .filter(|p| p.exists())
-        .map(crate::netns::NetNs::open)
-    {
-        Some(Ok(pod)) => {
-            let pod_nl = Netlink::connect(Some(&pod))?;
-            // Deleting either end of a veth deletes both.
-            if let Err(e) = pod_nl.del_link(&args.ifname).await {
-                errors.push(e);
-            }
-        }
+    // The link goes first: an address is released only once no interface can hold it any more.
+    let link_gone = match args.netns.as_deref().map(crate::netns::NetNs::open) {
+        // Deleting either end of a veth deletes both.
+        Some(Ok(pod)) => Netlink::connect(Some(&pod))?.del_link(&args.ifname).await,
         // No netns (gone, or never given): the pod end went with it; a host end may be left.
-        _ => {
-            if let Err(e) = node.del_link(&host).await {
+        _ => Netlink::connect(None)?.del_link(&host).await,
+    };
+    match link_gone {
+        Ok(()) => {
+            if let Err(e) = td.ipam.del(args, conf).await {
                 errors.push(e);
             }
         }
+        Err(e) => {
+            errors.push(e.context(format!(
+                "deleting {}; its addresses stay reserved until a DEL succeeds",
+                args.ifname
+            )));
+        }
     }
-    if let Err(e) = bc.ipam.del(args, conf).await {
-        errors.push(e);
-    }
-    if bc.macspoofchk
-        && let Err(e) = nft::apply(&nft::spoofchk_del_script(&bc.spoof_chain(args), &host)).await
+    if td.macspoofchk
+        && let Err(e) = nft::apply(&nft::spoofchk_del_script(
+            &spoof_chain(&td.network, args),
+            &host,
+        ))
+        .await
     {
         errors.push(e);
     }
-    if bc.ip_masq
+    if td.ip_masq
         && !ips.is_empty()
-        && let Err(e) = nft::apply(&nft::masq_del_script(&bc.masq_chain(args), &ips)).await
+        && let Err(e) =
+            nft::apply(&nft::masq_del_script(&masq_chain(&td.network, args), &ips)).await
     {
         errors.push(e);
     }
@@ -695,11 +737,13 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
     .await
 }
 
-fn gc(conf: &NetConf, bc: &BridgeConf) -> Result<()> {
+/// GC: host-local's addresses of this network (its own folder, `<dataDir>/<name>`) that the runtime no
+/// longer lists are released; other networks' are never looked at.
+fn gc(conf: &NetConf, td: &Teardown) -> Result<()> {
     let valid = crate::cni::conf::valid_attachments(conf)?;
-    let released = bc.ipam.gc(&valid)?;
+    let released = td.ipam.gc(&valid)?;
     if !released.is_empty() {
-        tracing::info!(network = %bc.network, ?released, "GC released stale addresses");
+        tracing::info!(network = %td.network, ?released, "GC released stale addresses");
     }
     Ok(())
 }
@@ -738,6 +782,7 @@ mod tests {
             json!({"bridge": "a-very-long-bridge-name"}),
             json!({"bridge": "br/0"}),
             json!({"mtu": 20}),
+            json!({"mtu": -5}),
             json!({"vlan": 4095}),
             json!({"vlan": -1}),
             json!({"vlanTrunk": [{"id": 5000}]}),

@@ -105,9 +105,38 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("veth{:011x}", h & 0xfff_ffff_ffff)
 }
 
-/// The label put on host-side links (`ip link` shows it), naming their owner.
+/// The label put on host-side links (`ip link` shows it), naming their owner: `attache <containerID>
+/// <ifname>`. The kernel keeps at most 255 bytes of an alias, so a container ID longer than the
+/// runtimes' 64 characters is replaced by `h:` and its hash.
 pub fn owner_alias(container_id: &str, ifname: &str) -> String {
-    format!("attache {container_id} {ifname}")
+    format!("{}{ifname}", owner_alias_prefix(container_id))
+}
+
+/// The start of the alias of every host-side link of a container.
+pub fn owner_alias_prefix(container_id: &str) -> String {
+    if container_id.len() <= 64 {
+        format!("attache {container_id} ")
+    } else {
+        format!("attache h:{:016x} ", nft::fnv1a(&[container_id]))
+    }
+}
+
+/// Delete the node's links that carry a container's alias (what its attachments made there), whether
+/// or not any configuration still describes them. Returns the names deleted.
+pub async fn delete_owned_links(container_id: &str) -> Result<Vec<String>> {
+    let node = Netlink::connect(None)?;
+    let prefix = owner_alias_prefix(container_id);
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for l in node.links().await? {
+        if l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix)) {
+            match node.del_link(&l.name).await {
+                Ok(()) => deleted.push(l.name),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    Error::from_list(errors).map(|_| deleted)
 }
 
 /// Open the pod's netns named by `CNI_NETNS` (code 8 if it is not one).
@@ -121,21 +150,50 @@ pub fn pod_netns(args: &CmdArgs) -> Result<NetNs> {
 
 /// Things a failed ADD undoes, newest first.
 pub enum Undo {
-    Link { nl: Netlink, name: String },
+    /// A link, by name, in a namespace (`None`: the node's).
+    Link {
+        netns: Option<NetNs>,
+        name: String,
+    },
     Nft(String),
     Ipam,
 }
 
 /// Run an undo list in reverse; errors are logged, the ADD's own error is what the caller sees.
+///
+/// Links are deleted over a fresh netlink connection: the one the ADD used may be exactly what failed
+/// (a connection whose task died answers nothing). And an address reservation is released only when
+/// every link made before it is gone — a link left holding an address whose reservation is released
+/// would hand the next pod a duplicate; kept, the reservation goes with the runtime's DEL.
 pub async fn rollback(undo: Vec<Undo>, args: &CmdArgs, conf: &NetConf, ipam: &crate::ipam::Ipam) {
+    let mut link_left = false;
     for u in undo.into_iter().rev() {
-        let r = match &u {
-            Undo::Link { nl, name } => nl.del_link(name).await,
-            Undo::Nft(script) => nft::apply(script).await,
-            Undo::Ipam => ipam.del(args, conf).await,
+        let (what, r) = match &u {
+            Undo::Link { netns, name } => {
+                let r = match Netlink::connect(netns.as_ref()) {
+                    Ok(nl) => nl.del_link(name).await,
+                    Err(e) => Err(e),
+                };
+                link_left |= r.is_err();
+                (format!("delete link {name}"), r)
+            }
+            Undo::Nft(script) => (
+                "remove nftables state".to_string(),
+                nft::apply(script).await,
+            ),
+            Undo::Ipam if link_left => {
+                tracing::error!(
+                    container = %args.container_id,
+                    ifname = %args.ifname,
+                    "rollback: a link could not be deleted, so its addresses stay reserved until a DEL succeeds"
+                );
+                continue;
+            }
+            Undo::Ipam => ("release addresses".to_string(), ipam.del(args, conf).await),
         };
-        if let Err(e) = r {
-            tracing::warn!("rollback step failed: {e}");
+        match r {
+            Ok(()) => tracing::debug!(ifname = %args.ifname, "rollback: {what}"),
+            Err(e) => tracing::warn!(ifname = %args.ifname, "rollback: {what} failed: {e}"),
         }
     }
 }
@@ -154,14 +212,21 @@ pub fn sysctl_get(key: &str) -> Result<String> {
         .map_err(|e| Error::io(format!("reading {key}"), e))
 }
 
+/// What an attachment does with IPv6 duplicate address detection on its pod interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dad {
+    /// Leave the kernel's value: macvlan, ipvlan and vlan sit on a physical segment, where DAD is what
+    /// finds a duplicate address (the reference plugins never touch it there).
+    Kernel,
+    /// `accept_dad=0` (bridge without `enabledad`; hairpin and promiscuous bridges echo NS back).
+    Off,
+    /// `enabledad`: DAD with enhanced DAD.
+    On,
+}
+
 /// Options of [`configure_iface`].
 pub struct IfaceOpts {
-    /// Leave IPv6 duplicate address detection on (`enabledad`), with enhanced DAD.
-    pub enable_dad: bool,
-    /// Turn DAD off whatever `enable_dad` says (hairpin and promiscuous bridges echo NS packets back).
-    pub force_no_dad: bool,
-    /// Send unsolicited neighbour advertisements on IPv6 changes (macvlan/ipvlan).
-    pub ndisc_notify: bool,
+    pub dad: Dad,
     /// Send a gratuitous ARP when the link comes up (all but vlan, as the reference plugins do).
     pub arp_notify: bool,
 }
@@ -176,11 +241,7 @@ pub async fn pod_sysctls(
 ) -> Result<()> {
     let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
     let i = ifname.to_string();
-    let (enable_dad, ndisc, arp) = (
-        opts.enable_dad && !opts.force_no_dad,
-        opts.ndisc_notify,
-        opts.arp_notify,
-    );
+    let (dad, arp) = (opts.dad, opts.arp_notify);
     pod.run(move || -> Result<()> {
         if arp {
             sysctl(&format!("net.ipv4.conf.{i}.arp_notify"), "1")?;
@@ -191,14 +252,13 @@ pub async fn pod_sysctls(
         }
         // IPv6 may be off in the pod; then these keys do not exist and there is nothing to set.
         if std::path::Path::new(&format!("/proc/sys/net/ipv6/conf/{i}")).exists() {
-            if enable_dad {
-                sysctl(&format!("net.ipv6.conf.{i}.enhanced_dad"), "1")?;
-                sysctl(&format!("net.ipv6.conf.{i}.accept_dad"), "1")?;
-            } else {
-                sysctl(&format!("net.ipv6.conf.{i}.accept_dad"), "0")?;
-            }
-            if ndisc {
-                sysctl(&format!("net.ipv6.conf.{i}.ndisc_notify"), "1")?;
+            match dad {
+                Dad::Kernel => {}
+                Dad::Off => sysctl(&format!("net.ipv6.conf.{i}.accept_dad"), "0")?,
+                Dad::On => {
+                    sysctl(&format!("net.ipv6.conf.{i}.enhanced_dad"), "1")?;
+                    sysctl(&format!("net.ipv6.conf.{i}.accept_dad"), "1")?;
+                }
             }
         }
         Ok(())
@@ -318,6 +378,19 @@ pub fn result_nets(result: &CniResult) -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_fit_the_kernel() {
+        assert_eq!(owner_alias("c1", "net1"), "attache c1 net1");
+        let long = "a".repeat(255);
+        let a = owner_alias(&long, "net1");
+        assert!(
+            a.len() < 64 && a.starts_with("attache h:") && a.ends_with(" net1"),
+            "{a}"
+        );
+        assert_eq!(a, owner_alias(&long, "net1"));
+        assert!(a.starts_with(&owner_alias_prefix(&long)));
+    }
 
     #[test]
     fn host_veth_names() {

@@ -148,16 +148,28 @@ impl SubConf {
 }
 
 pub async fn run(t: &str, args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
+    match args.command {
+        // Teardown reads only what it needs: the interface name and the IPAM to release.
+        Command::Del => {
+            return del(args, conf, &Ipam::for_teardown(conf, args))
+                .await
+                .map(|_| None);
+        }
+        Command::Gc => {
+            let valid = crate::cni::conf::valid_attachments(conf)?;
+            Ipam::for_teardown(conf, args).gc(&valid)?;
+            return Ok(None);
+        }
+        Command::Status => return Ok(None),
+        _ => {}
+    }
     let sc = SubConf::new(t, conf, args)?;
     match args.command {
         Command::Add => add(args, conf, &sc)
             .await
             .map(|r| Some(r.to_value(conf.version))),
-        Command::Del => del(args, conf, &sc).await.map(|_| None),
         Command::Check => check(args, conf, &sc).await.map(|_| None),
-        Command::Status => Ok(None),
-        Command::Gc => Ok(None),
-        Command::Version => Err(Error::Internal("VERSION is answered by skel".into())),
+        _ => Err(Error::Internal("VERSION is answered by skel".into())),
     }
 }
 
@@ -268,7 +280,7 @@ async fn add_steps(
         }
     }
     undo.push(Undo::Link {
-        nl: pod_nl.clone(),
+        netns: Some(pod.try_clone()?),
         name: tmp.clone(),
     });
     if let Err(e) = pod_nl.rename(&tmp, &args.ifname).await {
@@ -282,7 +294,7 @@ async fn add_steps(
     }
     undo.pop();
     undo.push(Undo::Link {
-        nl: pod_nl.clone(),
+        netns: Some(pod.try_clone()?),
         name: args.ifname.clone(),
     });
     let link = pod_nl
@@ -296,9 +308,7 @@ async fn add_steps(
         pod_nl.set_up(&args.ifname).await?;
     } else {
         let opts = IfaceOpts {
-            enable_dad: false,
-            force_no_dad: false,
-            ndisc_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
+            dad: super::Dad::Kernel,
             arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
         };
         pod_sysctls(worker, &args.ifname, &result, &opts).await?;
@@ -316,27 +326,21 @@ async fn add_steps(
     Ok(result)
 }
 
-async fn del(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
-    let mut errors = Vec::new();
-    if let Err(e) = sc.ipam.del(args, conf).await {
-        errors.push(e);
+/// DEL: the link (if the pod is still there), then the addresses — only once no interface can hold
+/// them any more. It never needs the master.
+async fn del(args: &CmdArgs, conf: &NetConf, ipam: &Ipam) -> Result<()> {
+    if let Some(Ok(pod)) = args.netns.as_deref().map(crate::netns::NetNs::open) {
+        Netlink::connect(Some(&pod))?
+            .del_link(&args.ifname)
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "deleting {}; its addresses stay reserved until a DEL succeeds",
+                    args.ifname
+                ))
+            })?;
     }
-    if let Some(Ok(pod)) = args
-        .netns
-        .as_deref()
-        .filter(|p| p.exists())
-        .map(crate::netns::NetNs::open)
-    {
-        match Netlink::connect(Some(&pod)) {
-            Ok(nl) => {
-                if let Err(e) = nl.del_link(&args.ifname).await {
-                    errors.push(e);
-                }
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    Error::from_list(errors)
+    ipam.del(args, conf).await
 }
 
 async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {

@@ -153,8 +153,19 @@ pub fn check_ifname(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A container ID: `[A-Za-z0-9][A-Za-z0-9_.-]*`.
+/// The longest container ID accepted. Runtimes use 64 hex characters; 255 bytes is what a file name
+/// (the record's folder) can hold, and the kernel's 256-byte interface alias takes a hash of anything
+/// longer than 64 (see `attach::owner_alias`).
+pub const MAX_CONTAINER_ID: usize = 255;
+
+/// A container ID: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most [`MAX_CONTAINER_ID`] bytes.
 pub fn check_container_id(id: &str) -> std::result::Result<(), String> {
+    if id.len() > MAX_CONTAINER_ID {
+        return Err(format!(
+            "container ID is {} bytes long: at most {MAX_CONTAINER_ID} are accepted",
+            id.len()
+        ));
+    }
     let mut chars = id.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::cni::conf::{self, NetConf};
 use crate::cni::spec::{self, CURRENT_VERSION, Version};
 use crate::error::{Error, Result};
+use crate::netns::NetNs;
 
 /// Where `CNI_*` variables come from: the process environment, or a map in tests.
 pub trait Env {
@@ -150,8 +151,11 @@ impl CniArgs {
 pub struct CmdArgs {
     pub command: Command,
     pub container_id: String,
-    /// `None` when DEL (or a pod-less verb) was given no netns.
+    /// `None` when DEL (or a pod-less verb) was given no netns — or a DEL was given one that is not a
+    /// live network namespace any more ([`CmdArgs::netns_ignored`] says why).
     pub netns: Option<PathBuf>,
+    /// Why a DEL goes on without the `CNI_NETNS` it was given (for the log).
+    pub netns_ignored: Option<String>,
     pub ifname: String,
     pub args: CniArgs,
     /// `CNI_PATH` split on `:`.
@@ -196,6 +200,7 @@ impl CmdArgs {
             command,
             container_id,
             netns: get("CNI_NETNS").map(PathBuf::from),
+            netns_ignored: None,
             ifname,
             args,
             path,
@@ -211,6 +216,50 @@ impl CmdArgs {
             .join(":")
     }
 }
+
+/// Whether `CNI_NETNS_OVERRIDE` lifts the own-namespace guard (the reference skel's escape hatch).
+fn netns_override(env: &dyn Env) -> bool {
+    env.var("CNI_NETNS_OVERRIDE")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The namespace guard every command of every mode passes. ADD and CHECK need a live network namespace
+/// that is not attache's own (configuring the node by mistake is the worst thing a CNI plugin can do):
+/// anything else is code 8. DEL must be able to finish whatever happened to the namespace, so a path
+/// that is no live network namespace any more (an unmounted bind mount), one of another type, or
+/// attache's own namespace is dropped: DEL goes on without it, and so do the delegates it runs.
+pub fn check_netns(args: &mut CmdArgs, env: &dyn Env) -> Result<()> {
+    let Some(path) = args.netns.clone() else {
+        return Ok(());
+    };
+    let opened = NetNs::open(&path).and_then(|ns| {
+        if !netns_override(env) && ns.same_as(&NetNs::current()?) {
+            return Err(Error::NetNs {
+                path: path.clone(),
+                reason: "it is the namespace attache itself runs in, not a pod's (set CNI_NETNS_OVERRIDE=1 if that is meant)".into(),
+            });
+        }
+        Ok(ns)
+    });
+    match (args.command, opened) {
+        (_, Ok(_)) => Ok(()),
+        (Command::Add | Command::Check, Err(e)) => Err(e),
+        (Command::Del, Err(e)) => {
+            args.netns = None;
+            args.netns_ignored = Some(e.to_string());
+            Ok(())
+        }
+        // STATUS and GC concern no pod: a netns given to them is not used.
+        (_, Err(_)) => {
+            args.netns = None;
+            Ok(())
+        }
+    }
+}
+
+/// The largest configuration read from stdin. A conflist with a prevResult is a few KiB; anything near
+/// this is not a configuration.
+pub const MAX_STDIN: u64 = 4 << 20;
 
 /// The minimum config version of each command (reference skel's gates).
 fn check_version_gate(command: Command, conf: &NetConf) -> Result<()> {
@@ -285,8 +334,15 @@ fn dispatch(
     };
     let mut stdin = Vec::new();
     input
+        .take(MAX_STDIN + 1)
         .read_to_end(&mut stdin)
         .map_err(|e| Error::io("reading the network configuration from stdin", e))?;
+    if stdin.len() as u64 > MAX_STDIN {
+        return Err(Error::config(format!(
+            "the configuration on stdin is larger than {} MiB",
+            MAX_STDIN >> 20
+        )));
+    }
 
     if command == Command::Version {
         let asked = if stdin.iter().all(u8::is_ascii_whitespace) {
@@ -308,7 +364,8 @@ fn dispatch(
     *version = conf.cni_version.clone();
     Version::supported(&conf.cni_version)?;
     check_version_gate(command, &conf)?;
-    let args = CmdArgs::from_env(command, env)?;
+    let mut args = CmdArgs::from_env(command, env)?;
+    check_netns(&mut args, env)?;
     plugin.run(&args, conf)
 }
 
@@ -343,7 +400,8 @@ mod tests {
         env(&[
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", "c1"),
-            ("CNI_NETNS", "/run/netns/p"),
+            ("CNI_NETNS", "/proc/self/ns/net"),
+            ("CNI_NETNS_OVERRIDE", "1"),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/usr/lib/cni:/opt/cni/bin"),
         ])
@@ -435,6 +493,57 @@ mod tests {
             let msg = v["msg"].as_str().unwrap();
             assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn netns_guard_runs_for_every_mode() {
+        // attache's own namespace, without the override: code 8 for ADD and CHECK.
+        for cmd in ["ADD", "CHECK"] {
+            let mut e = full_env(cmd);
+            e.remove("CNI_NETNS_OVERRIDE");
+            let (_, v) = call(&e, r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#);
+            assert_eq!(v["code"], 8, "{cmd}: {v}");
+            assert!(v["msg"].as_str().unwrap().contains("attache itself"), "{v}");
+            e.insert("CNI_NETNS_OVERRIDE".into(), "true".into());
+            assert_eq!(call(&e, CONF).0, 0, "{cmd}");
+        }
+        // Another kind of namespace, and a path that is none: code 8.
+        for bad in ["/proc/self/ns/uts", "/nonexistent/ns"] {
+            let mut e = full_env("ADD");
+            e.insert("CNI_NETNS".into(), bad.into());
+            let (_, v) = call(&e, CONF);
+            assert_eq!(v["code"], 8, "{bad}: {v}");
+        }
+        // DEL goes on without a namespace it cannot use, and says why.
+        for bad in ["/proc/self/ns/uts", "/nonexistent/ns", "/proc/self/ns/net"] {
+            let mut e = full_env("DEL");
+            e.remove("CNI_NETNS_OVERRIDE");
+            e.insert("CNI_NETNS".into(), bad.into());
+            let mut args = CmdArgs::from_env(Command::Del, &e).unwrap();
+            check_netns(&mut args, &e).unwrap();
+            assert_eq!(args.netns, None, "{bad}");
+            assert!(args.netns_ignored.is_some(), "{bad}");
+            assert_eq!(call(&e, CONF).0, 0, "{bad}");
+        }
+    }
+
+    #[test]
+    fn container_id_and_stdin_are_bounded() {
+        let mut e = full_env("ADD");
+        e.insert("CNI_CONTAINERID".into(), "a".repeat(255));
+        assert_eq!(call(&e, CONF).0, 0);
+        for cmd in ["ADD", "DEL", "CHECK"] {
+            let mut e = full_env(cmd);
+            e.insert("CNI_CONTAINERID".into(), "a".repeat(256));
+            let (_, v) = call(&e, CONF);
+            assert_eq!(v["code"], 4, "{cmd}: {v}");
+            assert!(v["msg"].as_str().unwrap().contains("256 bytes"), "{v}");
+        }
+        let mut big = String::from(r#"{"cniVersion":"1.0.0","name":"n","type":"attache","x":""#);
+        big.push_str(&"y".repeat(MAX_STDIN as usize));
+        big.push_str("\"}");
+        let (code, v) = call(&full_env("ADD"), &big);
+        assert_eq!((code, v["code"].as_u64()), (1, Some(7)), "{}", v["msg"]);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub async fn run_plugin(
         command,
         container_id: inv.container_id.to_string(),
         netns: inv.netns.map(|p| p.to_path_buf()),
+        netns_ignored: None,
         ifname: inv.ifname.to_string(),
         args: CniArgs::parse(&inv.cni_args)?,
         path: inv.path.to_vec(),

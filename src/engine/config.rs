@@ -31,7 +31,17 @@ struct Raw {
     multus_namespace: Option<String>,
     device_checkpoint: Option<PathBuf>,
     device_info_dir: Option<PathBuf>,
+    max_attachments: Option<u64>,
+    api_timeout: Option<f64>,
 }
+
+/// How many networks one pod may select (defaultNetworks included) unless `maxAttachments` says
+/// otherwise; `MAX_ATTACHMENTS_LIMIT` is the most it may say.
+pub const DEFAULT_MAX_ATTACHMENTS: usize = 64;
+pub const MAX_ATTACHMENTS_LIMIT: u64 = 1024;
+/// How long one invocation's API phase (reading, then reporting) may take unless `apiTimeout` (seconds)
+/// says otherwise.
+pub const DEFAULT_API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A list of names, as a JSON list or (Multus' spelling) one comma-separated string.
 #[derive(Deserialize)]
@@ -61,6 +71,8 @@ pub enum ClusterRef {
     Inline(Value),
     /// A file name (or absolute path) in `confDir`, or the `name` of a network configured there.
     Named(String),
+    /// A DEL's configuration whose `clusterNetwork` is unusable: the record is all there is to go by.
+    Invalid(String),
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +100,10 @@ pub struct AttacheConf {
     pub device_checkpoint: PathBuf,
     /// Where device plugins write Device Information Spec files.
     pub device_info_dir: PathBuf,
+    /// The most networks one pod may select.
+    pub max_attachments: usize,
+    /// The deadline of each API phase of one invocation.
+    pub api_timeout: std::time::Duration,
 }
 
 impl AttacheConf {
@@ -158,7 +174,27 @@ impl AttacheConf {
                 )));
             }
         }
+        let max_attachments = match raw.max_attachments {
+            None => DEFAULT_MAX_ATTACHMENTS,
+            Some(n) if (1..=MAX_ATTACHMENTS_LIMIT).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(Error::config(format!(
+                    "maxAttachments {n} is out of range: it must be 1 to {MAX_ATTACHMENTS_LIMIT}"
+                )));
+            }
+        };
+        let api_timeout = match raw.api_timeout {
+            None => DEFAULT_API_TIMEOUT,
+            Some(t) if t > 0.0 && t <= 60.0 => std::time::Duration::from_secs_f64(t),
+            Some(t) => {
+                return Err(Error::config(format!(
+                    "apiTimeout {t} is out of range: it must be more than 0 and at most 60 seconds"
+                )));
+            }
+        };
         Ok(AttacheConf {
+            max_attachments,
+            api_timeout,
             kubeconfig: raw.kubeconfig,
             networks_dir: raw.networks_dir,
             namespace_isolation: raw.namespace_isolation.unwrap_or(true),
@@ -187,11 +223,54 @@ impl AttacheConf {
         })
     }
 
+    /// The configuration as DEL reads it: what teardown needs must never be refused because something
+    /// else in the configuration is wrong (a DEL that fails forever strands the pod's sandbox). Each key
+    /// that does not validate on its own is dropped with a warning and its default used; an unusable
+    /// `clusterNetwork` leaves only the record to go by.
+    pub fn for_teardown(conf: &NetConf) -> AttacheConf {
+        let err = match AttacheConf::from_conf(conf) {
+            Ok(ac) => return ac,
+            Err(e) => e,
+        };
+        const PLACEHOLDER: &str = "\0placeholder";
+        let mut kept = serde_json::Map::new();
+        let mut cluster_ok = false;
+        for (k, v) in &conf.raw {
+            let mut probe = serde_json::Map::new();
+            probe.insert("clusterNetwork".into(), Value::String(PLACEHOLDER.into()));
+            probe.insert(k.clone(), v.clone());
+            let probe_conf = NetConf {
+                raw: probe,
+                ..conf.clone()
+            };
+            if AttacheConf::from_conf(&probe_conf).is_ok() {
+                cluster_ok |= k == "clusterNetwork";
+                kept.insert(k.clone(), v.clone());
+            } else {
+                tracing::warn!("DEL ignores the configuration's {k:?}: {err}");
+            }
+        }
+        if !cluster_ok {
+            kept.insert("clusterNetwork".into(), Value::String(PLACEHOLDER.into()));
+        }
+        let filtered = NetConf {
+            raw: kept,
+            ..conf.clone()
+        };
+        let mut ac = AttacheConf::from_conf(&filtered)
+            .expect("every key kept validated on its own, and keys are independent");
+        if !cluster_ok {
+            ac.cluster = ClusterRef::Invalid(err.to_string());
+        }
+        ac
+    }
+
     /// Load the cluster network's configuration. `default_version` applies to a conf that names none.
     pub fn cluster_network(&self, default_version: &str) -> Result<NetworkList> {
         let list = match &self.cluster {
             ClusterRef::Inline(v) => NetworkList::from_value(v, default_version)?,
             ClusterRef::Named(name) => load_named(&self.conf_dir, name, default_version)?,
+            ClusterRef::Invalid(why) => return Err(Error::config(why.clone())),
         };
         if list.name.is_empty() {
             return Err(Error::config("clusterNetwork has no \"name\""));
@@ -213,6 +292,24 @@ impl AttacheConf {
     }
 }
 
+/// `logFile` and `logLevel` read straight from the raw keys, so that logging starts before (and
+/// whether or not) the rest of the configuration validates.
+pub fn logging_of(conf: &NetConf) -> (Option<PathBuf>, tracing::Level) {
+    let file = conf
+        .raw
+        .get("logFile")
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let level = conf
+        .raw
+        .get("logLevel")
+        .and_then(Value::as_str)
+        .and_then(|l| parse_level(l).ok())
+        .unwrap_or(tracing::Level::INFO);
+    (file, level)
+}
+
 fn parse_level(s: &str) -> Result<tracing::Level> {
     use tracing::Level;
     Ok(match s.to_ascii_lowercase().as_str() {
@@ -232,8 +329,8 @@ fn parse_level(s: &str) -> Result<tracing::Level> {
 /// Find a network by file name or by network name in `dir`, as runtimes and Multus do.
 pub fn load_named(dir: &Path, name: &str, default_version: &str) -> Result<NetworkList> {
     let read = |p: &Path| -> Result<NetworkList> {
-        let bytes =
-            std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+        let bytes = crate::engine::record::read_bounded(p, crate::cni::skel::MAX_STDIN)
+            .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
             what: p.display().to_string(),
             source,
@@ -313,6 +410,25 @@ mod tests {
     }
 
     #[test]
+    fn teardown_reads_what_it_can() {
+        let c = conf(json!({"cniVersion":"1.0.0","name":"a","type":"attache",
+            "clusterNetwork": 5, "cacheDir": "/var/lib/x", "logLevel": "loud",
+            "maxAttachments": 0, "networksDir": "relative"}));
+        assert!(AttacheConf::from_conf(&c).is_err());
+        let a = AttacheConf::for_teardown(&c);
+        assert_eq!(a.cache_dir, PathBuf::from("/var/lib/x"));
+        assert_eq!(a.log_level, tracing::Level::INFO);
+        assert_eq!(a.max_attachments, DEFAULT_MAX_ATTACHMENTS);
+        assert_eq!(a.networks_dir, None);
+        assert!(matches!(a.cluster, ClusterRef::Invalid(_)));
+        assert_eq!(a.cluster_network("1.0.0").unwrap_err().cni_code(), 7);
+        let c = conf(json!({"cniVersion":"1.0.0","name":"a","type":"attache",
+            "clusterNetwork": "net", "logLevel": "loud"}));
+        let a = AttacheConf::for_teardown(&c);
+        assert_eq!(a.cluster, ClusterRef::Named("net".into()));
+    }
+
+    #[test]
     fn kubernetes_keys() {
         let c =
             conf(json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"net"}));
@@ -333,6 +449,10 @@ mod tests {
             json!({"defaultNetworks": ["Bad_Name"]}),
             json!({"networksDir": "rel"}),
             json!({"kubeconfig": 5}),
+            json!({"maxAttachments": 0}),
+            json!({"maxAttachments": 5000}),
+            json!({"apiTimeout": 0}),
+            json!({"apiTimeout": "2s"}),
         ] {
             let mut v =
                 json!({"cniVersion":"1.0.0","name":"a","type":"attache","clusterNetwork":"net"});

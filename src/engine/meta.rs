@@ -1,7 +1,10 @@
 //! The meta-plugin's commands. ADD: plan and validate everything ([`plan`]), write the record, then attach
 //! the cluster network as `CNI_IFNAME` and the pod's other networks in order, move the default route
-//! where `default-route` asks, report network-status — undoing all of it in reverse if any step fails. DEL: tear down from the record — no API, no config, no netns needed — and forget the
-//! record only when everything is gone. CHECK, STATUS and GC follow the same records.
+//! where `default-route` asks, report network-status (under one API deadline) — undoing all of it in
+//! reverse if any step fails. DEL: tear down from the record — no API, no config, no netns needed; with
+//! no readable record, from a teardown plan of the configuration and the pod's annotations, plus every
+//! node link labelled as the container's — and forget the record only when everything is gone. CHECK,
+//! STATUS and GC follow the same records; GC only its own network's.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -14,48 +17,80 @@ use crate::cni::spec::{CniResult, Route, Version};
 use crate::delegate::Invocation;
 use crate::engine::chain::NetworkList;
 use crate::engine::config::AttacheConf;
-use crate::engine::plan;
+use crate::engine::plan::{self, Purpose};
 use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
 use crate::error::{Error, Result};
 use crate::k8s::annotation::{NetworkStatus, status_of};
+use crate::k8s::api::StatusWrite;
 use crate::netns::NetNs;
 
 pub async fn run(args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
-    let ac = AttacheConf::from_conf(&conf)?;
-    super::init_logging(ac.log_file.as_deref(), ac.log_level);
-    tracing::info!(
-        command = args.command.as_str(),
-        container = %args.container_id,
-        ifname = %args.ifname,
-        "attache"
-    );
+    let started = std::time::Instant::now();
+    // Logging first, from the raw keys: a DEL of a configuration that does not validate still logs.
+    let (log_file, log_level) = super::config::logging_of(&conf);
+    super::init_logging(log_file.as_deref(), log_level);
+    let ac = match args.command {
+        // DEL reads what teardown needs and ignores the rest (see AttacheConf::for_teardown).
+        Command::Del => AttacheConf::for_teardown(&conf),
+        _ => AttacheConf::from_conf(&conf)?,
+    };
+    if let Some(why) = &args.netns_ignored {
+        tracing::warn!("DEL goes on without CNI_NETNS: {why}");
+    }
     let store = RecordStore::new(&ac.cache_dir);
-    match args.command {
+    let r = match args.command {
         Command::Add => add(args, &conf, &ac, &store).await.map(Some),
         Command::Del => del(args, &conf, &ac, &store).await.map(|_| None),
         Command::Check => check(args, &conf, &ac, &store).await.map(|_| None),
         Command::Status => status(args, &conf, &ac).await.map(|_| None),
         Command::Gc => gc(args, &conf, &ac, &store).await.map(|_| None),
         Command::Version => Err(Error::Internal("VERSION is answered by skel".into())),
+    };
+    let ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0);
+    match &r {
+        Ok(_) => tracing::info!(
+            command = args.command.as_str(),
+            container = %args.container_id,
+            ifname = %args.ifname,
+            network = %conf.name,
+            ms,
+            "ok"
+        ),
+        Err(e) => tracing::info!(
+            command = args.command.as_str(),
+            container = %args.container_id,
+            ifname = %args.ifname,
+            network = %conf.name,
+            ms,
+            code = e.cni_code(),
+            "failed: {e}"
+        ),
     }
+    r
 }
 
-/// ADD and CHECK need a real netns that is not attache's own (the reference skel's guard against
-/// configuring the host by mistake; `CNI_NETNS_OVERRIDE=1` lifts it).
+/// The pod's netns for ADD and CHECK (skel has checked that it is a live one, and not attache's own).
 fn open_pod_netns(args: &CmdArgs) -> Result<NetNs> {
     let path = args
         .netns
         .as_deref()
         .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is required".into()))?;
-    let ns = NetNs::open(path)?;
-    let overridden = std::env::var("CNI_NETNS_OVERRIDE").is_ok_and(|v| v == "1" || v == "true");
-    if !overridden && ns.same_as(&NetNs::current()?) {
-        return Err(Error::NetNs {
-            path: path.to_path_buf(),
-            reason: "it is the namespace attache itself runs in, not a pod's".into(),
-        });
-    }
-    Ok(ns)
+    NetNs::open(path)
+}
+
+/// The pod's netns for teardown: the runtime's (skel dropped it if it is no live netns), else the one the
+/// record names if that is still a live one — unless the runtime's was dropped, which names the same.
+fn live_netns<'a>(args: &'a CmdArgs, rec: &'a PodRecord) -> Option<&'a Path> {
+    args.netns.as_deref().or_else(|| {
+        rec.netns
+            .as_deref()
+            .filter(|_| args.netns_ignored.is_none())
+            .filter(|p| NetNs::open(p).is_ok())
+    })
+}
+
+fn elapsed_ms(t: std::time::Instant) -> String {
+    format!("{:.1}", t.elapsed().as_secs_f64() * 1000.0)
 }
 
 async fn add(
@@ -64,7 +99,7 @@ async fn add(
     ac: &AttacheConf,
     store: &RecordStore,
 ) -> Result<Value> {
-    let _netns = open_pod_netns(args)?;
+    let netns = open_pod_netns(args)?;
     if let Some(old) = store.load(&args.container_id, &args.ifname)? {
         if old.complete {
             return Err(Error::Internal(format!(
@@ -76,15 +111,31 @@ async fn add(
         tracing::warn!("found an incomplete record from an interrupted ADD; tearing it down first");
         teardown(args, ac, store, &old).await?;
     }
-    let planned = plan::plan(args, conf, ac).await?;
+    let t = std::time::Instant::now();
+    let planned = plan::plan(args, conf, ac, Purpose::Add).await?;
+    plan::check_pod_ifnames(&netns, &planned).await?;
+    tracing::debug!(
+        attachments = planned.attachments.len(),
+        ms = elapsed_ms(t),
+        "planned"
+    );
     let mut rec = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
+    rec.network = conf.name.clone();
     rec.pod = planned.pod_ref();
     rec.attachments = planned.attachments;
     store.save(&rec)?;
 
     for i in 0..rec.attachments.len() {
+        let t = std::time::Instant::now();
         match attach_add(args, ac, &rec.attachments[i]).await {
             Ok(res) => {
+                tracing::debug!(
+                    network = %rec.attachments[i].network,
+                    ifname = %rec.attachments[i].ifname,
+                    ips = ?res.ips.iter().map(|ip| ip.address.to_string()).collect::<Vec<_>>(),
+                    ms = elapsed_ms(t),
+                    "attached"
+                );
                 rec.attachments[i].result = Some(res.to_value(Version::V1_1_0));
                 store.save(&rec)?;
             }
@@ -93,45 +144,70 @@ async fn add(
                     "attaching network {:?}",
                     rec.attachments[i].network
                 ));
+                tracing::debug!(ms = elapsed_ms(t), "{err}");
                 // The failed attachment has already undone itself; undo the ones before it, newest first.
                 // If that fails too, the record stays so that the runtime's DEL can finish the job.
                 rec.attachments.truncate(i);
-                if let Err(undo) = teardown(args, ac, store, &rec).await {
-                    tracing::error!("rollback after failed ADD left something behind: {undo}");
-                }
+                rollback(args, ac, store, &rec).await;
                 return Err(err);
             }
         }
     }
     if let Err(e) = apply_default_routes(args, &mut rec).await {
         let err = e.context("moving the default route");
-        if let Err(undo) = teardown(args, ac, store, &rec).await {
-            tracing::error!("rollback after failed ADD left something behind: {undo}");
-        }
+        rollback(args, ac, store, &rec).await;
         return Err(err);
     }
     rec.complete = true;
     store.save(&rec)?;
     if let (Some(api), Some(pod)) = (&planned.api, &planned.pod) {
-        let status = network_status(&rec);
-        if let Err(e) = api.set_network_status(pod, &status).await {
-            tracing::warn!("could not write the network-status annotation: {e}");
-        }
-        for st in status.iter().skip(1) {
-            let msg = format!(
-                "Add {} [{}] from {}",
-                st.interface,
-                st.ips.join(","),
-                st.name
-            );
-            if let Err(e) = api.event(pod, "AddedInterface", &msg).await {
-                tracing::warn!("could not record an event: {e}");
-            }
-        }
+        // The pod's networking is done: reporting it may not hold the result longer than one API
+        // deadline, and stops at the first thing that fails.
+        let t = std::time::Instant::now();
+        report(&api.renewed(), pod, &rec).await;
+        tracing::debug!(ms = elapsed_ms(t), "reported to the Kubernetes API");
     }
     // The result is the cluster network's, as Multus returns it.
     let cluster = result_of(&rec.attachments[0])?.unwrap_or_default();
     Ok(cluster.to_value(conf.version))
+}
+
+/// Undo a failed ADD's attachments, newest first, logging what was undone.
+async fn rollback(args: &CmdArgs, ac: &AttacheConf, store: &RecordStore, rec: &PodRecord) {
+    let undone: Vec<String> = rec
+        .attachments
+        .iter()
+        .map(|a| format!("{} ({})", a.network, a.ifname))
+        .collect();
+    match teardown(args, ac, store, rec).await {
+        Ok(()) => tracing::debug!(?undone, "rollback after failed ADD: undone"),
+        Err(e) => tracing::error!("rollback after failed ADD left something behind: {e}"),
+    }
+}
+
+/// The network-status annotation, then one Event per secondary interface, under the API deadline.
+async fn report(api: &crate::k8s::api::KubeApi, pod: &crate::k8s::api::PodInfo, rec: &PodRecord) {
+    let status = network_status(rec);
+    match api.set_network_status(pod, &status).await {
+        Ok(StatusWrite::Written) => {}
+        Ok(StatusWrite::PodGone) => return,
+        Err(e) => {
+            tracing::warn!("could not write the network-status annotation: {e}");
+            return;
+        }
+    }
+    for st in status.iter().skip(1) {
+        let msg = format!(
+            "Add {} [{}] from {}",
+            st.interface,
+            st.ips.join(","),
+            st.name
+        );
+        if let Err(e) = api.event(pod, "AddedInterface", &msg).await {
+            tracing::warn!("could not record an event (no more are sent): {e}");
+            return;
+        }
+    }
 }
 
 /// `default-route`: the pod's default route of a family goes to the selected attachment's gateway, off
@@ -185,38 +261,62 @@ pub fn network_status(rec: &PodRecord) -> Vec<NetworkStatus> {
 }
 
 async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStore) -> Result<()> {
+    for t in store.remove_temporaries(&args.container_id, Some(&args.ifname)) {
+        tracing::debug!("removed a killed writer's temporary {}", t.display());
+    }
     let rec = match store.load(&args.container_id, &args.ifname) {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            // No record (ADD never ran, or its DEL already finished): fall back to the configuration and the
-            // runtime's prevResult. If even that cannot be had, there is nothing of ours to delete.
-            match plan::cluster(args, conf, ac) {
-                Ok(mut cluster) => {
-                    if let Some(prev) = conf.prev_result()? {
-                        cluster.result = Some(prev.to_value(Version::V1_1_0));
-                    }
-                    let mut r =
-                        PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
-                    r.attachments = vec![cluster];
-                    r
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "DEL without a record and without a usable config ({e}); nothing to do"
-                    );
-                    return Ok(());
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!("unreadable record ({e}); falling back to the configuration");
-            store.remove(&args.container_id, &args.ifname)?;
-            let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
-            r.attachments = vec![plan::cluster(args, conf, ac)?];
+        Ok(Some(r)) => {
+            tracing::debug!(
+                attachments = r.attachments.len(),
+                "DEL tears down what the record names"
+            );
             r
         }
+        // No record: ADD never got to write one, its DEL already finished, or it was lost. Either way
+        // the configuration and the pod's annotations say what could be there: tear that down.
+        Ok(None) => replan(args, conf, ac, "no record").await,
+        Err(e) => replan(args, conf, ac, &format!("unreadable record ({e})")).await,
     };
-    teardown(args, ac, store, &rec).await
+    let mut errors = Vec::new();
+    if let Err(e) = teardown(args, ac, store, &rec).await {
+        errors.push(e);
+    }
+    // What is labelled as the container's on the node goes too, whatever describes it.
+    match crate::attach::delete_owned_links(&args.container_id).await {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(
+                ?gone,
+                "deleted the container's leftover node links by their alias"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => errors.push(e.context("deleting the container's node links by alias")),
+    }
+    Error::from_list(errors)
+}
+
+/// DEL without a usable record: plan the pod again from the configuration and its annotations, as
+/// Multus does, taking what can be resolved (the runtime's prevResult is the cluster network's result).
+async fn replan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, why: &str) -> PodRecord {
+    tracing::info!("DEL with {why}: tearing down what the configuration and annotations describe");
+    let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
+    r.network = conf.name.clone();
+    match plan::plan(args, conf, ac, Purpose::Teardown).await {
+        Ok(p) => r.attachments = p.attachments,
+        Err(e) => {
+            tracing::warn!("DEL could not plan the pod ({e}): nothing from the configuration")
+        }
+    }
+    if let Some(first) = r.attachments.first_mut()
+        && first.ifname == args.ifname
+    {
+        match conf.prev_result() {
+            Ok(Some(prev)) => first.result = Some(prev.to_value(Version::V1_1_0)),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("DEL ignores an unreadable prevResult: {e}"),
+        }
+    }
+    r
 }
 
 /// Tear down every attachment of a record, newest first, collecting errors; the record goes only when all
@@ -239,11 +339,10 @@ async fn teardown(
             })
         })
         .count();
-    let netns = args
-        .netns
-        .as_deref()
-        .or(rec.netns.as_deref())
-        .filter(|p| p.exists());
+    let netns = live_netns(args, rec);
+    if netns.is_none() {
+        tracing::debug!("DEL has no live pod netns: pod-side links went with it");
+    }
     if let Some(ns) = netns
         && grouped >= 2
         && let Err(e) =
@@ -253,12 +352,25 @@ async fn teardown(
         tracing::warn!("deleting the pod's interfaces as a group: {e}; deleting them one by one");
     }
     for a in rec.attachments.iter().rev() {
-        if let Err(e) = attach_del(args, ac, rec, a).await {
-            errors.push(e.context(format!("detaching network {:?}", a.network)));
+        let t = std::time::Instant::now();
+        match attach_del(args, ac, rec, a).await {
+            Ok(()) => tracing::debug!(
+                network = %a.network,
+                ifname = %a.ifname,
+                ms = elapsed_ms(t),
+                "detached"
+            ),
+            Err(e) => {
+                let e = e.context(format!("detaching network {:?}", a.network));
+                tracing::debug!(ms = elapsed_ms(t), "{e}");
+                errors.push(e);
+            }
         }
     }
     if errors.is_empty() {
         store.remove(&rec.container_id, &rec.ifname)?;
+    } else {
+        tracing::warn!("DEL keeps the record: something is left for a retried DEL");
     }
     Error::from_list(errors)
 }
@@ -276,7 +388,7 @@ async fn check(
             let prev = conf.prev_result()?.ok_or_else(|| {
                 Error::config("CHECK needs prevResult: attache has no record of this attachment")
             })?;
-            let mut cluster = plan::cluster(args, conf, ac)?;
+            let mut cluster = plan::cluster(args, conf, ac, Purpose::Add)?;
             cluster.result = Some(prev.to_value(Version::V1_1_0));
             let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
             r.attachments = vec![cluster];
@@ -305,8 +417,10 @@ async fn status(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<()> 
     cluster.status(&inv).await
 }
 
-/// GC: every record whose `(containerID, ifname)` the runtime no longer lists is torn down, then GC is
-/// forwarded to the cluster network with the runtime's list.
+/// GC: every record of this network (the meta configuration's `name`; libcni scopes the valid list per
+/// network) whose `(containerID, ifname)` the runtime no longer lists is torn down — other networks'
+/// records are never touched — then GC is forwarded to the cluster network with the runtime's list.
+/// Temporaries of killed writers go too.
 async fn gc(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStore) -> Result<()> {
     let keep = crate::cni::conf::valid_attachments(conf)?;
     let valid = Value::Array(
@@ -316,6 +430,11 @@ async fn gc(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStor
     );
     let mut errors = Vec::new();
     for rec in store.list() {
+        if rec.network != conf.name {
+            tracing::debug!(container = %rec.container_id, ifname = %rec.ifname, network = %rec.network,
+                "GC of {:?} leaves another network's record alone", conf.name);
+            continue;
+        }
         if keep.contains(&(rec.container_id.clone(), rec.ifname.clone())) {
             continue;
         }
@@ -323,10 +442,16 @@ async fn gc(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStor
         let mut stale = args.clone();
         stale.container_id = rec.container_id.clone();
         stale.ifname = rec.ifname.clone();
-        stale.netns = rec.netns.clone().filter(|p| p.exists());
+        stale.netns = rec.netns.clone().filter(|p| {
+            NetNs::open(p).is_ok_and(|ns| NetNs::current().is_ok_and(|me| !ns.same_as(&me)))
+        });
         if let Err(e) = teardown(&stale, ac, store, &rec).await {
             errors.push(e);
         }
+    }
+    for c in store.containers() {
+        store.remove_temporaries(&c, None);
+        let _ = std::fs::remove_dir(store.dir().join(&c));
     }
     match ac.cluster_network(&conf.cni_version) {
         Ok(cluster) => {
@@ -384,12 +509,8 @@ async fn attach_del(
     a: &AttachmentRecord,
 ) -> Result<()> {
     let path = ac.search_path(&args.path);
-    // The runtime's netns if it gave one that still exists, else none: delegates must cope (SPEC DEL).
-    let netns = args
-        .netns
-        .as_deref()
-        .or(rec.netns.as_deref())
-        .filter(|p| p.exists());
+    // The pod's netns if it is still a live one, else none: delegates must cope (SPEC DEL).
+    let netns = live_netns(args, rec);
     let inv = invocation(args, a, netns, &path);
     let prev = result_of(a)?;
     match a.driver.as_str() {

@@ -11,49 +11,103 @@ pub mod record;
 use serde_json::Value;
 
 use crate::cni::conf::NetConf;
-use crate::cni::skel::{CmdArgs, Plugin};
+use crate::cni::skel::{CmdArgs, Command, Plugin};
 use crate::error::{Error, Result};
 
 /// The plugin behind the real binary. `invoked_as` is the binary's file name: installed as `bridge`
-/// (a symlink), attache behaves as that plugin whatever `type` says, as the reference plugin would.
+/// (a symlink), attache behaves as that plugin whatever `type` says, as the reference plugin would;
+/// installed as `attache` it runs what `type` names (the meta-plugin or a native type); under any other
+/// name it refuses to run, so that no configuration can make it exec itself in a role it does not have.
 pub struct Engine {
     pub invoked_as: String,
+    /// How many attache processes exec'd this one (`ATTACHE_EXEC_DEPTH`).
+    pub depth: u32,
 }
+
+/// The name that runs whatever `type` says.
+pub const META_NAME: &str = "attache";
+
+/// How deep attache may find itself in a chain of execs of attache before it refuses to go on: a loop
+/// through a copy of the binary (which `delegate`'s same-file check cannot see) ends here.
+pub const MAX_EXEC_DEPTH: u32 = 4;
 
 impl Engine {
     pub fn new(invoked_as: impl Into<String>) -> Engine {
         Engine {
             invoked_as: invoked_as.into(),
+            depth: 0,
         }
     }
 
-    /// The plugin type this invocation runs as.
-    fn effective_type<'a>(&'a self, conf: &'a NetConf) -> &'a str {
+    /// The plugin type this invocation runs as, decided by the name it was invoked under.
+    pub fn role<'a>(&'a self, conf: &'a NetConf) -> Result<&'a str> {
         if crate::attach::is_native(&self.invoked_as) {
-            &self.invoked_as
-        } else {
-            &conf.plugin_type
+            return Ok(&self.invoked_as);
+        }
+        if self.invoked_as != META_NAME {
+            return Err(Error::config(format!(
+                "attache was invoked as {:?}, a name it does not answer to: install it as {META_NAME:?} (the meta-plugin) or under the name of a type it implements ({})",
+                self.invoked_as,
+                crate::attach::NATIVE_TYPES.join(", ")
+            )));
+        }
+        match conf.plugin_type.as_str() {
+            t if t == META_NAME || crate::attach::is_native(t) => Ok(t),
+            t => Err(Error::config(format!(
+                "attache does not implement plugin type {t:?}; it runs \"attache\" (the meta-plugin){}",
+                crate::attach::native_list_suffix()
+            ))),
         }
     }
 }
 
+/// The capabilities a command needs, checked before anything is touched: links and nftables need
+/// CAP_NET_ADMIN, entering a pod's namespace CAP_SYS_ADMIN. Without them the kernel's bare EPERM would
+/// surface from deep inside, possibly half-way through.
+pub fn require_capabilities(command: Command) -> Result<()> {
+    use caps::{CapSet, Capability};
+    if !matches!(
+        command,
+        Command::Add | Command::Del | Command::Check | Command::Gc
+    ) {
+        return Ok(());
+    }
+    let missing: Vec<String> = [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN]
+        .into_iter()
+        .filter(|c| !caps::has_cap(None, CapSet::Effective, *c).unwrap_or(true))
+        .map(|c| c.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Privilege(format!(
+        "attache needs {} for {} (it creates links and nftables rules and enters pod network namespaces), and its process does not have {}",
+        missing.join(" and "),
+        command.as_str(),
+        if missing.len() == 1 { "it" } else { "them" }
+    )))
+}
+
 impl Plugin for Engine {
     fn run(&self, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
+        let kind = self.role(&conf)?.to_string();
+        if self.depth >= MAX_EXEC_DEPTH {
+            return Err(Error::config(format!(
+                "attache found itself {} execs deep (ATTACHE_EXEC_DEPTH): a configuration makes it run itself in a loop",
+                self.depth
+            )));
+        }
+        require_capabilities(args.command)?;
+        crate::delegate::set_exec_depth(self.depth);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
             .map_err(|e| Error::io("starting the async runtime", e))?;
-        let kind = self.effective_type(&conf).to_string();
-        match kind.as_str() {
-            "attache" => rt.block_on(meta::run(args, conf)),
-            t if crate::attach::is_native(t) => {
-                rt.block_on(crate::attach::run_standalone(t, args, conf))
-            }
-            t => Err(Error::config(format!(
-                "attache does not implement plugin type {t:?}; it runs \"attache\" (the meta-plugin){}",
-                crate::attach::native_list_suffix()
-            ))),
+        if kind == META_NAME {
+            rt.block_on(meta::run(args, conf))
+        } else {
+            rt.block_on(crate::attach::run_standalone(&kind, args, conf))
         }
     }
 }

@@ -20,12 +20,32 @@ use crate::k8s::annotation::{NETWORKS, Selection, parse_networks};
 use crate::k8s::api::{KubeApi, PodInfo};
 use crate::k8s::nad::{Nad, load_folder};
 
+/// What a plan is for. ADD refuses anything wrong before touching anything; a teardown (DEL without a
+/// readable record) takes whatever it can still resolve and skips the rest, saying why in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Add,
+    Teardown,
+}
+
 /// The outcome of planning.
 pub struct Plan {
     pub attachments: Vec<AttachmentRecord>,
     pub pod: Option<PodInfo>,
     /// A connected API client, when a kubeconfig is configured (for the network-status annotation).
     pub api: Option<KubeApi>,
+}
+
+/// In a teardown plan, an error skips one item instead of failing the plan.
+fn skip_or_fail<T>(purpose: Purpose, what: &str, r: Result<T>) -> Result<Option<T>> {
+    match (r, purpose) {
+        (Ok(v), _) => Ok(Some(v)),
+        (Err(e), Purpose::Add) => Err(e),
+        (Err(e), Purpose::Teardown) => {
+            tracing::info!("DEL skips {what}: {e}");
+            Ok(None)
+        }
+    }
 }
 
 impl Plan {
@@ -38,16 +58,27 @@ impl Plan {
     }
 }
 
-/// Check that every plugin of a chain can run: native configurations validate, other binaries exist.
-fn check_runnable(list: &NetworkList, args: &CmdArgs, ac: &AttacheConf, what: &str) -> Result<()> {
+/// Check that every plugin of a chain can run: native configurations validate (for ADD; teardown reads
+/// them leniently), other binaries exist. Logs how each plugin will run.
+fn check_runnable(
+    list: &NetworkList,
+    args: &CmdArgs,
+    ac: &AttacheConf,
+    what: &str,
+    purpose: Purpose,
+) -> Result<()> {
     let path = ac.search_path(&args.path);
     for i in 0..list.plugins.len() {
         let t = list.plugin_type(i);
         if crate::attach::is_native(t) {
-            let pc = NetConf::from_value(list.plugin_conf(i, &Map::new(), None))?;
-            crate::attach::validate(t, args, &pc).map_err(|e| e.context(what))?;
+            if purpose == Purpose::Add {
+                let pc = NetConf::from_value(list.plugin_conf(i, &Map::new(), None))?;
+                crate::attach::validate(t, args, &pc).map_err(|e| e.context(what))?;
+            }
+            tracing::debug!("{what}: plugin {i} {t:?} runs natively, in-process");
         } else {
-            crate::delegate::find_plugin(t, &path)?;
+            let bin = crate::delegate::find_plugin(t, &path)?;
+            tracing::debug!("{what}: plugin {i} {t:?} runs by exec of {}", bin.display());
         }
     }
     Ok(())
@@ -72,14 +103,20 @@ fn tag_native(list: &mut NetworkList, group: u32) {
     }
 }
 
-/// The cluster network alone (also what DEL and CHECK fall back to without a record).
-pub fn cluster(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<AttachmentRecord> {
+/// The cluster network alone (also what CHECK falls back to without a record).
+pub fn cluster(
+    args: &CmdArgs,
+    conf: &NetConf,
+    ac: &AttacheConf,
+    purpose: Purpose,
+) -> Result<AttachmentRecord> {
     let mut cluster = ac.cluster_network(&conf.cni_version)?;
     check_runnable(
         &cluster,
         args,
         ac,
-        &format!("clusterNetwork {:?}", cluster.name),
+        &format!("clusterNetwork {:?} as {}", cluster.name, args.ifname),
+        purpose,
     )?;
     tag_native(&mut cluster, link_group(&args.container_id, &args.ifname));
     Ok(AttachmentRecord {
@@ -96,9 +133,26 @@ pub fn cluster(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Attac
     })
 }
 
-/// Everything ADD will attach, in order.
-pub async fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Plan> {
-    let mut attachments = vec![cluster(args, conf, ac)?];
+/// Everything ADD will attach — or, for a teardown, everything the configuration and the pod's
+/// annotations say could have been attached — in order.
+pub async fn plan(
+    args: &CmdArgs,
+    conf: &NetConf,
+    ac: &AttacheConf,
+    purpose: Purpose,
+) -> Result<Plan> {
+    let mut plan = Plan {
+        attachments: Vec::new(),
+        pod: None,
+        api: None,
+    };
+    if let Some(c) = skip_or_fail(
+        purpose,
+        "the cluster network",
+        cluster(args, conf, ac, purpose),
+    )? {
+        plan.attachments.push(c);
+    }
     let (ns, name) = match (
         args.args.get("K8S_POD_NAMESPACE"),
         args.args.get("K8S_POD_NAME"),
@@ -106,12 +160,11 @@ pub async fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Pl
         (Some(ns), Some(n)) if !ns.is_empty() && !n.is_empty() => (ns.to_string(), n.to_string()),
         // A plain runtime: no pod, so the cluster network and defaultNetworks only.
         _ => {
-            let mut plan = Plan {
-                attachments,
-                pod: None,
-                api: None,
-            };
+            tracing::debug!(
+                "no Kubernetes pod in CNI_ARGS: the cluster network and defaultNetworks"
+            );
             let defaults = default_selections(ac);
+            let mut resolver = Resolver::new(ac, None);
             add_selections(
                 &mut plan,
                 args,
@@ -119,23 +172,17 @@ pub async fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Pl
                 ac,
                 "default",
                 defaults,
-                &mut Resolver::new(ac, None),
+                &mut resolver,
+                purpose,
             )
             .await?;
             return Ok(plan);
         }
     };
     if ac.system_namespaces.contains(&ns) {
-        return Ok(Plan {
-            attachments,
-            pod: None,
-            api: None,
-        });
+        tracing::debug!("pod {ns}/{name} is in a system namespace: the cluster network only");
+        return Ok(plan);
     }
-    let api = match &ac.kubeconfig {
-        Some(p) => Some(KubeApi::connect(Some(p)).await?),
-        None => None,
-    };
     let uid = args.args.get("K8S_POD_UID").unwrap_or_default().to_string();
     // The pod's annotations: from the runtime when it passes them (no API call), else from the API.
     let from_runtime = conf
@@ -148,57 +195,79 @@ pub async fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Pl
                 .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
                 .collect::<BTreeMap<_, _>>()
         });
-    let pod = match (from_runtime, &api) {
-        (Some(annotations), _) => Some(PodInfo {
-            namespace: ns.clone(),
-            name: name.clone(),
-            uid,
-            annotations,
-        }),
-        (None, Some(api)) => match api.pod(&ns, &name).await? {
-            Some(mut p) => {
-                if !uid.is_empty() && !p.uid.is_empty() && p.uid != uid {
-                    return Err(Error::TryAgain(format!(
-                        "pod {ns}/{name} has UID {} in the API, not {uid}: it was replaced",
-                        p.uid
-                    )));
-                }
-                if p.uid.is_empty() {
-                    p.uid = uid;
-                }
-                Some(p)
-            }
-            None => {
-                tracing::warn!(pod = %format!("{ns}/{name}"), "pod not found in the API: cluster network only");
-                None
-            }
-        },
-        (None, None) => Some(PodInfo {
-            namespace: ns.clone(),
-            name: name.clone(),
-            uid,
-            annotations: BTreeMap::new(),
-        }),
+    // The API client: needed to read the pod, to find definitions not in networksDir, and (ADD) to
+    // report network-status. Its calls in planning share one deadline.
+    plan.api = match &ac.kubeconfig {
+        Some(p) => skip_or_fail(
+            purpose,
+            "the Kubernetes API",
+            KubeApi::connect(Some(p), ac.api_timeout).await,
+        )?,
+        None => None,
     };
-    let mut plan = Plan {
-        attachments: std::mem::take(&mut attachments),
-        pod,
-        api,
+    let pod = match (from_runtime, &plan.api) {
+        (Some(annotations), _) => {
+            tracing::debug!(
+                "pod {ns}/{name}: annotations from the runtime ({POD_ANNOTATIONS_CAPABILITY})"
+            );
+            Some(PodInfo {
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid,
+                annotations,
+            })
+        }
+        (None, Some(api)) => {
+            tracing::debug!("pod {ns}/{name}: annotations from the Kubernetes API");
+            let got = api.pod(&ns, &name).await.and_then(|p| match p {
+                Some(mut p) => {
+                    if !uid.is_empty() && !p.uid.is_empty() && p.uid != uid {
+                        return Err(Error::TryAgain(format!(
+                            "pod {ns}/{name} has UID {} in the API, not {uid}: it was replaced",
+                            p.uid
+                        )));
+                    }
+                    if p.uid.is_empty() {
+                        p.uid = uid.clone();
+                    }
+                    Ok(Some(p))
+                }
+                None => {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), "pod not found in the API: cluster network only");
+                    Ok(None)
+                }
+            });
+            skip_or_fail(purpose, "the pod's networks", got)?.flatten()
+        }
+        (None, None) => {
+            tracing::debug!(
+                "pod {ns}/{name}: no annotations from the runtime and no kubeconfig: defaultNetworks only"
+            );
+            Some(PodInfo {
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid,
+                annotations: BTreeMap::new(),
+            })
+        }
     };
+    plan.pod = pod;
     let Some(pod) = plan.pod.clone() else {
         return Ok(plan);
     };
     let mut selections = default_selections(ac);
     if let Some(value) = pod.annotations.get(NETWORKS) {
-        let parsed = parse_networks(value)
-            .map_err(|m| Error::config(format!("pod {ns}/{name}: annotation {NETWORKS}: {m}")))?;
-        for s in &parsed {
+        let room = ac.max_attachments.saturating_sub(selections.len());
+        let parsed = parse_networks(value, room)
+            .map_err(|m| Error::config(format!("pod {ns}/{name}: annotation {NETWORKS}: {m}")));
+        let parsed = skip_or_fail(purpose, "the networks annotation", parsed)?.unwrap_or_default();
+        for s in parsed {
             let target = s.namespace.as_deref().unwrap_or(&ns);
             if ac.namespace_isolation
                 && target != ns
                 && !ac.global_namespaces.iter().any(|g| g == target)
             {
-                return Err(Error::config(format!(
+                let e = Error::config(format!(
                     "pod {ns}/{name} may not use network {}: namespaceIsolation allows only its own namespace{}",
                     s.qualified(&ns),
                     if ac.global_namespaces.is_empty() {
@@ -206,14 +275,43 @@ pub async fn plan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<Pl
                     } else {
                         format!(" and {}", ac.global_namespaces.join(", "))
                     }
-                )));
+                ));
+                skip_or_fail::<()>(purpose, &format!("network {}", s.qualified(&ns)), Err(e))?;
+                continue;
             }
+            selections.push(s);
         }
-        selections.extend(parsed);
     }
     let mut resolver = Resolver::new(ac, plan.api.clone());
-    add_selections(&mut plan, args, conf, ac, &ns, selections, &mut resolver).await?;
+    add_selections(
+        &mut plan,
+        args,
+        conf,
+        ac,
+        &ns,
+        selections,
+        &mut resolver,
+        purpose,
+    )
+    .await?;
     Ok(plan)
+}
+
+/// ADD refuses interface names the pod already has (`lo`, or anything a runtime made), before any side
+/// effect — the kernel would refuse them half-way through.
+pub async fn check_pod_ifnames(netns: &crate::netns::NetNs, plan: &Plan) -> Result<()> {
+    let nl = crate::netlink::Netlink::connect(Some(netns))?;
+    let present: std::collections::HashSet<String> =
+        nl.links().await?.into_iter().map(|l| l.name).collect();
+    for a in &plan.attachments {
+        if present.contains(&a.ifname) {
+            return Err(Error::config(format!(
+                "interface {} (network {:?}) already exists in the pod",
+                a.ifname, a.network
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn default_selections(ac: &AttacheConf) -> Vec<Selection> {
@@ -311,6 +409,7 @@ fn declares_capability(list: &NetworkList, cap: &str) -> bool {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn add_selections(
     plan: &mut Plan,
     args: &CmdArgs,
@@ -319,16 +418,70 @@ async fn add_selections(
     pod_ns: &str,
     selections: Vec<Selection>,
     resolver: &mut Resolver<'_>,
+    purpose: Purpose,
 ) -> Result<()> {
+    if selections.len() > ac.max_attachments {
+        let e = Error::config(format!(
+            "{} networks are selected: at most {} are allowed (maxAttachments)",
+            selections.len(),
+            ac.max_attachments
+        ));
+        skip_or_fail::<()>(purpose, "the selected networks", Err(e))?;
+        return Ok(());
+    }
     let pod_name = plan
         .pod
         .as_ref()
         .map(|p| format!("pod {}/{}", p.namespace, p.name))
         .unwrap_or_else(|| format!("container {}", args.container_id));
-    let mut families_routed = [false, false];
-    // Device IDs the kubelet gave the pod, by resource, read once if a definition needs one.
-    let mut devices: Option<BTreeMap<String, Vec<String>>> = None;
+    let mut ctx = SelectionCtx {
+        families_routed: [false, false],
+        devices: None,
+        ifnames: plan.attachments.iter().map(|a| a.ifname.clone()).collect(),
+    };
     for (i, s) in selections.into_iter().enumerate() {
+        let what = format!("network {}", s.qualified(pod_ns));
+        let r = attachment_for(
+            plan, args, conf, ac, pod_ns, &pod_name, i, s, resolver, &mut ctx, purpose,
+        )
+        .await;
+        if let Some(a) = skip_or_fail(purpose, &what, r)? {
+            tracing::debug!(
+                network = %a.network,
+                ifname = %a.ifname,
+                "planned"
+            );
+            plan.attachments.push(a);
+        }
+    }
+    Ok(())
+}
+
+/// What the selections of one pod share while they are planned.
+struct SelectionCtx {
+    families_routed: [bool; 2],
+    /// Device IDs the kubelet gave the pod, by resource, read once if a definition needs one.
+    devices: Option<BTreeMap<String, Vec<String>>>,
+    /// Interface names taken so far (a set: planning stays linear in the number of selections).
+    ifnames: std::collections::HashSet<String>,
+}
+
+/// One selection, resolved to the attachment it makes.
+#[allow(clippy::too_many_arguments)]
+async fn attachment_for(
+    plan: &Plan,
+    args: &CmdArgs,
+    conf: &NetConf,
+    ac: &AttacheConf,
+    pod_ns: &str,
+    pod_name: &str,
+    i: usize,
+    s: Selection,
+    resolver: &mut Resolver<'_>,
+    ctx: &mut SelectionCtx,
+    purpose: Purpose,
+) -> Result<AttachmentRecord> {
+    {
         let ns = s.namespace.clone().unwrap_or_else(|| pod_ns.to_string());
         let nad = resolver.nad(&ns, &s.name).await?;
         let qualified = nad.qualified();
@@ -376,7 +529,7 @@ async fn add_selections(
             Some(n) => n.clone(),
             None => format!("net{}", i + 1),
         };
-        if plan.attachments.iter().any(|a| a.ifname == ifname) {
+        if !ctx.ifnames.insert(ifname.clone()) {
             return Err(Error::config(format!(
                 "{pod_name}: interface name {ifname} is used twice (network {qualified})"
             )));
@@ -386,13 +539,16 @@ async fn add_selections(
         let (mut device_id, mut device_info) = (None, None);
         if let Some(resource) = &nad.resource_name {
             let uid = plan.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
-            if devices.is_none() {
-                devices = Some(crate::k8s::devices::pod_devices(
+            if ctx.devices.is_none() {
+                ctx.devices = Some(crate::k8s::devices::pod_devices(
                     &ac.device_checkpoint,
                     &uid,
                 )?);
             }
-            let pool = devices.as_mut().and_then(|d| d.get_mut(resource.as_str()));
+            let pool = ctx
+                .devices
+                .as_mut()
+                .and_then(|d| d.get_mut(resource.as_str()));
             let id = match pool {
                 Some(p) if !p.is_empty() => p.remove(0),
                 _ => {
@@ -413,22 +569,28 @@ async fn add_selections(
         let default_route = s.default_route.clone().unwrap_or_default();
         for gw in &default_route {
             let fam = usize::from(gw.is_ipv6());
-            if families_routed[fam] {
+            if ctx.families_routed[fam] {
                 return Err(Error::config(format!(
                     "{pod_name}: more than one default-route gateway for IPv{} (ECMP default routes are not supported)",
                     if fam == 0 { 4 } else { 6 }
                 )));
             }
-            families_routed[fam] = true;
+            ctx.families_routed[fam] = true;
         }
-        check_runnable(&list, args, ac, &format!("network {qualified}"))?;
+        check_runnable(
+            &list,
+            args,
+            ac,
+            &format!("network {qualified} as {ifname}"),
+            purpose,
+        )?;
         tag_native(&mut list, link_group(&args.container_id, &args.ifname));
         list.name = if list.name.is_empty() {
             nad.name.clone()
         } else {
             list.name
         };
-        plan.attachments.push(AttachmentRecord {
+        Ok(AttachmentRecord {
             network: qualified,
             ifname,
             driver: "chain".into(),
@@ -439,9 +601,8 @@ async fn add_selections(
             device_id,
             device_info,
             result: None,
-        });
+        })
     }
-    Ok(())
 }
 
 /// The gateways of a selection's default route, by family.

@@ -5,8 +5,11 @@
 //!
 //! Layout: `<cacheDir>/<containerID>/<ifname>.json`, written atomically (temporary file + rename).
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::libc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -56,6 +59,10 @@ pub struct AttachmentRecord {
 #[serde(rename_all = "camelCase")]
 pub struct PodRecord {
     pub kind: String,
+    /// The name of the attache network that made it (the meta configuration's `name`): GC of one
+    /// network touches only its own records. Empty in records written before attache kept it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
     pub container_id: String,
     pub ifname: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +87,7 @@ impl PodRecord {
     pub fn new(container_id: &str, ifname: &str, netns: Option<&Path>) -> PodRecord {
         PodRecord {
             kind: RECORD_KIND.into(),
+            network: String::new(),
             container_id: container_id.into(),
             ifname: ifname.into(),
             netns: netns.map(Path::to_path_buf),
@@ -96,6 +104,64 @@ pub struct RecordStore {
     dir: PathBuf,
 }
 
+/// The largest record read back (one with 64 attachments and their results is well under 1 MiB).
+pub const MAX_RECORD: u64 = 4 << 20;
+
+/// Open a state file for reading without following a symlink, and read at most `max` bytes of it.
+pub fn read_bounded(p: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)?;
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Create `dir` (and its parents) and make sure it is a real directory: a symlink planted where
+/// attache keeps state would send its writes elsewhere.
+pub fn ensure_real_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let md = std::fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("inspecting {}", dir.display()), e))?;
+    if !md.is_dir() {
+        return Err(Error::io(
+            format!(
+                "{} is not a directory (a symlink?): attache keeps no state through one",
+                dir.display()
+            ),
+            std::io::Error::from_raw_os_error(libc::ELOOP),
+        ));
+    }
+    Ok(())
+}
+
+/// A temporary of `ifname`'s record, and the pid that wrote it (`None`: an old-style name).
+fn temp_owner(file_name: &str, ifname: Option<&str>) -> Option<Option<i32>> {
+    let rest = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (name, pid) = match rest.split_once('.') {
+        Some((n, tail)) => (n, tail.split('.').next().and_then(|p| p.parse().ok())),
+        None => (rest, None),
+    };
+    if ifname.is_some_and(|i| i != name) {
+        return None;
+    }
+    Some(pid)
+}
+
+fn pid_alive(pid: i32) -> bool {
+    pid == std::process::id() as i32
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
 impl RecordStore {
     pub fn new(dir: impl Into<PathBuf>) -> RecordStore {
         RecordStore { dir: dir.into() }
@@ -109,10 +175,11 @@ impl RecordStore {
         self.dir.join(container_id).join(format!("{ifname}.json"))
     }
 
-    /// Load a record; `None` if there is none. An unreadable record is an error, not silently ignored.
+    /// Load a record; `None` if there is none. An unreadable record (truncated, not a file, too large)
+    /// is an error, not silently ignored. Symlinks are not followed.
     pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<PodRecord>> {
         let p = self.path(container_id, ifname);
-        let bytes = match std::fs::read(&p) {
+        let bytes = match read_bounded(&p, MAX_RECORD) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading record {}", p.display()), e)),
@@ -125,48 +192,102 @@ impl RecordStore {
             })
     }
 
-    /// Write a record atomically: a reader sees the old or the new one, never half of one.
+    /// Write a record atomically: a reader sees the old or the new one, never half of one. The
+    /// temporary is unique to this process and created exclusively (no symlink is followed, no other
+    /// writer's file reused), mode 0600.
     pub fn save(&self, rec: &PodRecord) -> Result<()> {
         let p = self.path(&rec.container_id, &rec.ifname);
         let dir = p.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let tmp = dir.join(format!(".{}.tmp", rec.ifname));
+        ensure_real_dir(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.{}.{}.tmp",
+            rec.ifname,
+            std::process::id(),
+            TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let bytes = serde_json::to_vec_pretty(rec).map_err(|e| Error::Internal(e.to_string()))?;
-        write_tmp(&tmp, &bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| Error::io(format!("renaming {}", p.display()), e))
+        if let Err(e) = write_tmp(&tmp, &bytes) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(format!("writing {}", tmp.display()), e));
+        }
+        // A directory planted where the record goes would make every rename fail: it is not ours.
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+        std::fs::rename(&tmp, &p).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("renaming {}", p.display()), e)
+        })
     }
 
-    /// Remove a record (and its container folder once empty). Already gone is success.
+    /// Remove a record, its leftover temporaries, and its container folder once empty. Already gone
+    /// is success; whatever sits where the record should be (a directory, a symlink) goes too, so that
+    /// nothing there can make DEL fail forever.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<()> {
         let p = self.path(container_id, ifname);
-        match std::fs::remove_file(&p) {
+        let r = match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+            Ok(_) => std::fs::remove_file(&p),
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("removing {}", p.display()), e)),
         }
+        self.remove_temporaries(container_id, Some(ifname));
         if let Some(dir) = p.parent() {
             let _ = std::fs::remove_dir(dir); // fails while other interfaces' records remain: fine
         }
         Ok(())
     }
 
-    /// Every record in the store (for GC). Unreadable entries are skipped with a warning.
+    /// Remove the temporaries a killed writer left in a container's folder (of one interface's
+    /// record, or all), except those of a writer that is still running.
+    pub fn remove_temporaries(&self, container_id: &str, ifname: Option<&str>) -> Vec<PathBuf> {
+        let dir = self.dir.join(container_id);
+        let mut removed = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return removed;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(owner) = name.to_str().and_then(|n| temp_owner(n, ifname)) else {
+                continue;
+            };
+            if owner.is_some_and(pid_alive) {
+                continue;
+            }
+            if std::fs::remove_file(e.path()).is_ok() {
+                removed.push(e.path());
+            }
+        }
+        removed
+    }
+
+    /// Every record in the store (for GC), and the folders of containers whose only content is
+    /// leftovers. Unreadable entries are skipped with a warning; symlinks are not followed.
     pub fn list(&self) -> Vec<PodRecord> {
         let mut out = Vec::new();
         let Ok(containers) = std::fs::read_dir(&self.dir) else {
             return out;
         };
         for c in containers.flatten() {
+            if !c.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             let Ok(files) = std::fs::read_dir(c.path()) else {
                 continue;
             };
             for f in files.flatten() {
                 let p = f.path();
-                if p.extension().is_none_or(|e| e != "json") {
+                if p.extension().is_none_or(|e| e != "json")
+                    || p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                {
                     continue;
                 }
-                match std::fs::read(&p)
+                match read_bounded(&p, MAX_RECORD)
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
                 {
@@ -177,13 +298,35 @@ impl RecordStore {
         }
         out
     }
+
+    /// The container folders in the store (for GC's sweep of temporaries).
+    pub fn containers(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
-/// Write the temporary file of an atomic replace. No fsync: the rename makes the record atomic against
-/// attache dying at any point; a power loss takes every network namespace with it anyway (and the
-/// reference IPAM files it sits beside are not synced either). Syncing cost ~1 ms per save here.
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Write the temporary file of an atomic replace: created exclusively, never through a symlink, 0600.
+/// No fsync: the rename makes the record atomic against attache dying at any point; a power loss takes
+/// every network namespace with it anyway (and the reference IPAM files it sits beside are not synced
+/// either). Syncing cost ~1 ms per save here.
 fn write_tmp(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
+    use std::io::Write;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 #[cfg(test)]
@@ -223,6 +366,60 @@ mod tests {
         assert_eq!(store.list().len(), 1);
         std::fs::write(d.join("c2").join("eth0.json"), "{").unwrap();
         assert_eq!(store.load("c2", "eth0").unwrap_err().cni_code(), 6);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn temporaries_symlinks_and_directories() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let d = std::env::temp_dir().join(format!("attache-records-tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let store = RecordStore::new(&d);
+        let rec = PodRecord::new("c1", "eth0", None);
+        store.save(&rec).unwrap();
+        let mode = std::fs::metadata(d.join("c1/eth0.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // What a killed ADD leaves: an old-style temporary, and one of a dead process.
+        std::fs::write(d.join("c1/.eth0.tmp"), "{").unwrap();
+        std::fs::write(d.join("c1/.eth0.999999999.0.tmp"), "{").unwrap();
+        std::fs::write(d.join("c1/.net1.999999999.0.tmp"), "{").unwrap();
+        let mine = format!(".eth0.{}.7.tmp", std::process::id());
+        std::fs::write(d.join("c1").join(&mine), "{").unwrap();
+        assert_eq!(store.list().len(), 1, "temporaries are not records");
+        store.remove("c1", "eth0").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(d.join("c1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![mine, ".net1.999999999.0.tmp".to_string()]);
+        // A symlink where a record goes is neither read through nor written through.
+        let target = d.join("target");
+        std::fs::write(&target, "precious").unwrap();
+        symlink(&target, d.join("c1/eth0.json")).unwrap();
+        assert!(store.load("c1", "eth0").is_err());
+        store.save(&rec).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        assert!(store.load("c1", "eth0").unwrap().is_some());
+        // A directory where a record goes does not make removal fail.
+        store.remove("c1", "eth0").unwrap();
+        std::fs::create_dir_all(d.join("c3/eth0.json/x")).unwrap();
+        assert!(store.load("c3", "eth0").is_err());
+        store.remove("c3", "eth0").unwrap();
+        assert!(!d.join("c3").exists());
+        // A container folder that is a symlink is refused.
+        symlink(&target, d.join("c4")).unwrap();
+        assert_eq!(
+            store
+                .save(&PodRecord::new("c4", "eth0", None))
+                .unwrap_err()
+                .cni_code(),
+            5
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

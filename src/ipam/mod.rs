@@ -165,6 +165,79 @@ impl Ipam {
         }
     }
 
+    /// What DEL and GC need of the `ipam` section, read leniently: a configuration that ADD refused
+    /// must still be torn down. host-local needs only the network name and `dataDir` (addresses are
+    /// released by container and interface), static the addresses it can parse (for address-keyed
+    /// state such as masquerading), any other type its name. What cannot be used is logged and skipped:
+    /// ADD never made anything with it.
+    pub fn for_teardown(conf: &NetConf, args: &CmdArgs) -> Ipam {
+        let Some(Value::Object(section)) = conf.raw.get("ipam") else {
+            return Ipam::None;
+        };
+        match section.get("type").and_then(Value::as_str) {
+            None | Some("") => Ipam::None,
+            Some("host-local") => {
+                let data_dir = match section.get("dataDir") {
+                    None | Some(Value::Null) => PathBuf::from(DEFAULT_DATA_DIR),
+                    Some(Value::String(d)) if Path::new(d).is_absolute() => PathBuf::from(d),
+                    Some(other) => {
+                        tracing::warn!(
+                            "ipam dataDir {other} is not an absolute path: no address was ever reserved there"
+                        );
+                        return Ipam::None;
+                    }
+                };
+                if crate::cni::conf::validate_network_name(&conf.name).is_err() {
+                    tracing::warn!("no usable network name: host-local holds nothing for it");
+                    return Ipam::None;
+                }
+                Ipam::HostLocal(HostLocal {
+                    network: conf.name.clone(),
+                    data_dir,
+                    range_sets: vec![],
+                    requested: vec![],
+                    routes: vec![],
+                    dns: Dns::default(),
+                })
+            }
+            Some("static") => {
+                let mut addresses: Vec<IpConfig> = section
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.get("address")?.as_str()?.trim().parse::<IpNet>().ok())
+                    .map(|address| IpConfig {
+                        interface: None,
+                        address,
+                        gateway: None,
+                    })
+                    .collect();
+                for part in args.args.get("IP").unwrap_or_default().split(',') {
+                    if let Ok(address) = part.trim().parse::<IpNet>() {
+                        addresses.push(IpConfig {
+                            interface: None,
+                            address,
+                            gateway: None,
+                        });
+                    }
+                }
+                Ipam::Static(Static {
+                    addresses,
+                    routes: vec![],
+                    dns: Dns::default(),
+                })
+            }
+            Some(t) if crate::cni::conf::validate_plugin_type(t).is_ok() => {
+                Ipam::External(t.to_string())
+            }
+            Some(t) => {
+                tracing::warn!("ipam type {t:?} names no plugin: nothing to release");
+                Ipam::None
+            }
+        }
+    }
+
     pub fn is_none(&self) -> bool {
         matches!(self, Ipam::None)
     }
@@ -315,6 +388,14 @@ impl HostLocal {
             Some(p) => parse_resolv_conf(p)?,
             None => Dns::default(),
         };
+        if let Some(d) = &raw.data_dir
+            && !d.is_absolute()
+        {
+            return Err(Error::config(format!(
+                "ipam (host-local): dataDir must be an absolute path, got {}",
+                d.display()
+            )));
+        }
         Ok(HostLocal {
             network,
             data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -602,6 +683,7 @@ mod tests {
         for bad in [
             json!({"type":"host-local"}),
             json!({"type":"host-local","subnet":"10.0.0.0/33"}),
+            json!({"type":"host-local","subnet":"10.0.0.0/24","dataDir":"relative/dir"}),
             json!({"type":"host-local","ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"10.0.0.0/25"}]]}),
             json!({"type":"static","addresses":[{"address":"10.0.0.1"}]}),
             json!({"type":"../bin/sh"}),

@@ -18,11 +18,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+use nix::libc;
 
 use crate::error::{Error, Result};
 
 const LAST_PREFIX: &str = "last_reserved_ip.";
 const LINE_BREAK: &str = "\r\n";
+/// An IP file holds a container ID (at most 255 bytes) and an interface name.
+const MAX_STATE_FILE: u64 = 4096;
 
 pub trait Store {
     /// Reserve `ip` for `(id, ifname)`; `false` if someone holds it already.
@@ -63,14 +66,14 @@ impl DiskStore {
     pub fn open(data_dir: &Path, network: &str) -> Result<DiskStore> {
         crate::cni::conf::validate_network_name(network)?;
         let dir = data_dir.join(network);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        crate::engine::record::ensure_real_dir(&dir)?;
         let lock_path = dir.join("lock");
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&lock_path)
             .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
@@ -91,6 +94,7 @@ impl Store for DiskStore {
         let mut f = match OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&p)
         {
@@ -112,8 +116,8 @@ impl Store for DiskStore {
 
     fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>> {
         let p = self.dir.join(format!("{LAST_PREFIX}{range_set}"));
-        match std::fs::read_to_string(&p) {
-            Ok(s) => Ok(s.trim().parse().ok()),
+        match crate::engine::record::read_bounded(&p, MAX_STATE_FILE) {
+            Ok(s) => Ok(String::from_utf8_lossy(&s).trim().parse().ok()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
         }
@@ -128,9 +132,11 @@ impl Store for DiskStore {
             let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
                 continue; // lock, last_reserved_ip.N, anything else
             };
-            let Ok(content) = std::fs::read_to_string(entry.path()) else {
+            let Ok(content) = crate::engine::record::read_bounded(&entry.path(), MAX_STATE_FILE)
+            else {
                 continue;
             };
+            let content = String::from_utf8_lossy(&content);
             // Current format "id\r\nifname"; older reference versions wrote only the id.
             let content = content.trim();
             let (id, ifname) = match content.split_once(LINE_BREAK) {
@@ -164,6 +170,7 @@ fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(path)?;
     f.write_all_at(bytes, 0)?;
@@ -237,6 +244,23 @@ mod tests {
         assert_eq!(s.last_reserved(0).unwrap(), Some(ip));
         drop(s);
         assert!(DiskStore::open(&d, "../escape").is_err());
+        // Planted symlinks: last_reserved_ip's target is not truncated, a network folder that is a
+        // symlink is refused.
+        use std::os::unix::fs::symlink;
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::remove_file(d.join("net1/last_reserved_ip.0")).unwrap();
+        symlink(&victim, d.join("net1/last_reserved_ip.0")).unwrap();
+        let mut s = DiskStore::open(&d, "net1").unwrap();
+        assert!(s.reserve("ctr3", "eth0", ip, 0).is_err());
+        assert!(
+            !d.join("net1/10.0.0.2").exists(),
+            "the reservation was undone"
+        );
+        drop(s);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        symlink(d.join("net1"), d.join("net2")).unwrap();
+        assert_eq!(DiskStore::open(&d, "net2").err().unwrap().cni_code(), 5);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

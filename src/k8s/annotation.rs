@@ -86,12 +86,25 @@ fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
-/// Parse the networks annotation. An error names the bad element.
-pub fn parse_networks(value: &str) -> Result<Vec<Selection>, String> {
+/// The API server keeps at most 256 KiB of annotations per object: a longer value did not come from it.
+pub const MAX_ANNOTATION: usize = 256 << 10;
+
+/// Parse the networks annotation, refusing more than `max` elements before looking at any of them (the
+/// count is taken in one linear pass). An error names the bad element.
+pub fn parse_networks(value: &str, max: usize) -> Result<Vec<Selection>, String> {
+    if value.len() > MAX_ANNOTATION {
+        return Err(format!(
+            "is {} bytes long: more than the API server's {} KiB",
+            value.len(),
+            MAX_ANNOTATION >> 10
+        ));
+    }
     let value = value.trim();
     if value.is_empty() {
         return Ok(vec![]);
     }
+    let too_many =
+        |n: usize| format!("selects {n} networks: at most {max} are allowed (maxAttachments)");
     let list: Vec<Selection> = if value.contains(['[', '{', '"']) {
         let v: Value = serde_json::from_str(value).map_err(|e| format!("not valid JSON: {e}"))?;
         let items = match v {
@@ -99,6 +112,9 @@ pub fn parse_networks(value: &str) -> Result<Vec<Selection>, String> {
             o @ Value::Object(_) => vec![o],
             _ => return Err("must be a JSON list of network selection elements".into()),
         };
+        if items.len() > max {
+            return Err(too_many(items.len()));
+        }
         items
             .into_iter()
             .enumerate()
@@ -108,6 +124,10 @@ pub fn parse_networks(value: &str) -> Result<Vec<Selection>, String> {
             })
             .collect::<Result<_, _>>()?
     } else {
+        let n = value.bytes().filter(|b| *b == b',').count() + 1;
+        if n > max {
+            return Err(too_many(n));
+        }
         value
             .split(',')
             .map(|item| parse_short(item.trim()))
@@ -245,7 +265,7 @@ mod tests {
 
     #[test]
     fn comma_form() {
-        let l = parse_networks("net-a, other/net-b,ns1/net-c@eth9 ,net-d@fast0").unwrap();
+        let l = parse_networks("net-a, other/net-b,ns1/net-c@eth9 ,net-d@fast0", 64).unwrap();
         assert_eq!(l.len(), 4);
         assert_eq!(
             (
@@ -258,7 +278,35 @@ mod tests {
         assert_eq!(l[1].qualified("pods"), "other/net-b");
         assert_eq!(l[2].interface.as_deref(), Some("eth9"));
         assert_eq!(l[3].qualified("pods"), "pods/net-d");
-        assert!(parse_networks("").unwrap().is_empty());
+        assert!(parse_networks("", 64).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bounded_before_parsing() {
+        let many = vec!["net-a"; 65].join(",");
+        assert!(
+            parse_networks(&many, 64)
+                .unwrap_err()
+                .contains("65 networks")
+        );
+        assert_eq!(parse_networks(&many, 65).unwrap().len(), 65);
+        // Near the API server's limit: refused after one linear pass, not planned element by element.
+        let t = std::time::Instant::now();
+        let comma = vec!["net-a"; 36_000].join(",");
+        assert!(
+            parse_networks(&comma, 64)
+                .unwrap_err()
+                .contains("36000 networks")
+        );
+        let json = format!("[{}]", vec![r#"{"name":"x"}"#; 18_000].join(","));
+        assert!(
+            parse_networks(&json, 64)
+                .unwrap_err()
+                .contains("18000 networks")
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
+        let huge = "a,".repeat(200 << 10);
+        assert!(parse_networks(&huge, 64).unwrap_err().contains("256 KiB"));
     }
 
     #[test]
@@ -268,6 +316,7 @@ mod tests {
                 "default-route":["10.9.0.1"],"cni-args":{"k":"v"},"portMappings":[{"hostPort":80,"containerPort":8080}],
                 "bandwidth":{"ingressRate":1000}},
                {"name":"net-b","namespace":"other"}]"#,
+            64,
         )
         .unwrap();
         assert_eq!(l[0].ips, vec!["10.9.0.5/24".to_string()]);
@@ -303,7 +352,7 @@ mod tests {
                 "combined",
             ),
         ] {
-            let e = parse_networks(bad).unwrap_err();
+            let e = parse_networks(bad, 64).unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");
         }
     }

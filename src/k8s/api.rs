@@ -27,19 +27,70 @@ pub struct PodInfo {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// A connected API client.
+/// A connected API client. Every call it makes ends by its deadline: the whole phase of an invocation
+/// that uses it (planning, or reporting) shares one.
 #[derive(Clone)]
 pub struct KubeApi {
     client: Client,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
 }
 
 fn api_err(what: &str, e: kube::Error) -> Error {
     Error::TryAgain(format!("Kubernetes API: {what}: {e}"))
 }
 
+/// What became of a network-status write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StatusWrite {
+    Written,
+    /// The pod is gone, or was replaced by one with another UID: nothing was written.
+    PodGone,
+}
+
 impl KubeApi {
-    /// A client from a kubeconfig file, or (without one) the in-cluster service account / `$KUBECONFIG`.
-    pub async fn connect(kubeconfig: Option<&Path>) -> Result<KubeApi> {
+    /// A client from a kubeconfig file, or (without one) the in-cluster service account / `$KUBECONFIG`,
+    /// whose calls share one deadline `timeout` from now.
+    pub async fn connect(kubeconfig: Option<&Path>, timeout: Duration) -> Result<KubeApi> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::time::timeout_at(deadline, Self::connect_inner(kubeconfig, timeout))
+            .await
+            .map_err(|_| {
+                Error::TryAgain(format!(
+                    "Kubernetes API: loading the client configuration took more than {timeout:?}"
+                ))
+            })?
+            .map(|client| KubeApi {
+                client,
+                timeout,
+                deadline,
+            })
+    }
+
+    /// The same client with a fresh deadline (for the next phase of the invocation).
+    pub fn renewed(&self) -> KubeApi {
+        KubeApi {
+            deadline: tokio::time::Instant::now() + self.timeout,
+            ..self.clone()
+        }
+    }
+
+    /// Run one call under the phase's deadline.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout_at(self.deadline, fut).await {
+            Ok(r) => r.map_err(|e| api_err(what, e)),
+            Err(_) => Err(Error::TryAgain(format!(
+                "Kubernetes API: {what}: no answer within the API deadline ({:?}, apiTimeout)",
+                self.timeout
+            ))),
+        }
+    }
+
+    async fn connect_inner(kubeconfig: Option<&Path>, timeout: Duration) -> Result<Client> {
         let mut config = match kubeconfig {
             Some(p) => {
                 let kc = Kubeconfig::read_from(p)
@@ -54,21 +105,18 @@ impl KubeApi {
                 ))
             })?,
         };
-        config.connect_timeout = Some(Duration::from_secs(5));
-        config.read_timeout = Some(Duration::from_secs(10));
-        config.write_timeout = Some(Duration::from_secs(10));
-        let client = Client::try_from(config)
-            .map_err(|e| Error::config(format!("Kubernetes client: {e}")))?;
-        Ok(KubeApi { client })
+        config.connect_timeout = Some(timeout);
+        config.read_timeout = Some(timeout);
+        config.write_timeout = Some(timeout);
+        Client::try_from(config).map_err(|e| Error::config(format!("Kubernetes client: {e}")))
     }
 
     /// The pod, or `None` if the API says it does not exist.
     pub async fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let pod = pods
-            .get_opt(name)
-            .await
-            .map_err(|e| api_err(&format!("get pod {namespace}/{name}"), e))?;
+        let pod = self
+            .bounded(&format!("get pod {namespace}/{name}"), pods.get_opt(name))
+            .await?;
         Ok(pod.map(|p| PodInfo {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -83,12 +131,12 @@ impl KubeApi {
         let gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
         let ar = ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions");
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
-        let obj = api.get_opt(name).await.map_err(|e| {
-            api_err(
+        let obj = self
+            .bounded(
                 &format!("get NetworkAttachmentDefinition {namespace}/{name}"),
-                e,
+                api.get_opt(name),
             )
-        })?;
+            .await?;
         Ok(obj.and_then(|o| {
             let mut v = serde_json::to_value(&o).ok()?;
             v["kind"] = json!("NetworkAttachmentDefinition");
@@ -127,43 +175,43 @@ impl KubeApi {
             reporting_component: Some("attache".into()),
             ..Default::default()
         };
-        events
-            .create(&PostParams::default(), &ev)
+        self.bounded("create event", events.create(&PostParams::default(), &ev))
             .await
             .map(|_| ())
-            .map_err(|e| api_err("create event", e))
     }
 
-    /// Write the network-status annotation through `pods/status`, retrying on conflict. When `uid` is
-    /// given and the pod now has another UID (it was replaced), nothing is written.
-    pub async fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
+    /// Write the network-status annotation through `pods/status`: one merge patch, no read first. The
+    /// pod's UID rides in the patch as a precondition — the API server refuses to change a UID, so a
+    /// patch aimed at a pod that was replaced (same name, new UID) is refused instead of written.
+    pub async fn set_network_status(
+        &self,
+        pod: &PodInfo,
+        status: &[NetworkStatus],
+    ) -> Result<StatusWrite> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let value =
             serde_json::to_string_pretty(status).map_err(|e| Error::Internal(e.to_string()))?;
-        let patch = json!({"metadata": {"annotations": {NETWORK_STATUS: value}}});
-        for attempt in 0..5 {
-            if !pod.uid.is_empty() {
-                let current = pods
-                    .get_opt(&pod.name)
-                    .await
-                    .map_err(|e| api_err("get pod for network-status", e))?;
-                match current.and_then(|p| p.metadata.uid) {
-                    Some(uid) if uid == pod.uid => {}
-                    _ => {
-                        tracing::warn!(pod = %pod.name, "pod gone or replaced: network-status not written");
-                        return Ok(());
-                    }
-                }
-            }
-            match pods
-                .patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 && attempt < 4 => continue,
-                Err(e) => return Err(api_err("patch pods/status", e)),
-            }
+        let mut patch = json!({"metadata": {"annotations": {NETWORK_STATUS: value}}});
+        if !pod.uid.is_empty() {
+            patch["metadata"]["uid"] = json!(pod.uid);
         }
-        Ok(())
+        let sent = tokio::time::timeout_at(
+            self.deadline,
+            pods.patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => Ok(StatusWrite::Written),
+            // 404: gone; 409 (precondition) or 422 (immutable uid): replaced by another pod.
+            Ok(Err(kube::Error::Api(s))) if matches!(s.code, 404 | 409 | 422) => {
+                tracing::warn!(pod = %pod.name, code = s.code, "pod gone or replaced: network-status not written ({})", s.message);
+                Ok(StatusWrite::PodGone)
+            }
+            Ok(Err(e)) => Err(api_err("patch pods/status", e)),
+            Err(_) => Err(Error::TryAgain(format!(
+                "Kubernetes API: patch pods/status: no answer within the API deadline ({:?}, apiTimeout)",
+                self.timeout
+            ))),
+        }
     }
 }

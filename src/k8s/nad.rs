@@ -86,19 +86,44 @@ impl Nad {
 
 /// Every NAD in a folder of manifests (`*.yaml`, `*.yml`, `*.json`; several documents per file and
 /// `List` objects allowed), by `namespace/name`. A file that does not parse is an error naming it.
+/// Bounds on a `networksDir`: its manifest files, each file, and the definitions in all of them.
+pub const MAX_FOLDER_FILES: usize = 1000;
+pub const MAX_MANIFEST: u64 = 1 << 20;
+pub const MAX_FOLDER_NADS: usize = 10_000;
+
 pub fn load_folder(dir: &Path) -> Result<BTreeMap<String, Nad>> {
     let mut out = BTreeMap::new();
     let rd = std::fs::read_dir(dir)
         .map_err(|e| Error::io(format!("reading networksDir {}", dir.display()), e))?;
-    let mut files: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            matches!(ext, "yaml" | "yml" | "json")
+        })
+        .take(MAX_FOLDER_FILES + 1)
+        .collect();
+    if files.len() > MAX_FOLDER_FILES {
+        return Err(Error::config(format!(
+            "networksDir {} holds more than {MAX_FOLDER_FILES} manifests",
+            dir.display()
+        )));
+    }
     files.sort();
     for p in files {
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or_default();
-        if !matches!(ext, "yaml" | "yml" | "json") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&p)
-            .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+        let bytes = crate::engine::record::read_bounded(&p, MAX_MANIFEST).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading {} (a manifest may be at most {} MiB)",
+                    p.display(),
+                    MAX_MANIFEST >> 20
+                ),
+                e,
+            )
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
         let docs: Vec<Value> = if ext == "json" {
             vec![
                 serde_json::from_str(&text)
@@ -117,6 +142,12 @@ pub fn load_folder(dir: &Path) -> Result<BTreeMap<String, Nad>> {
                 if let Some(nad) = Nad::from_object(&item) {
                     out.insert(nad.qualified(), nad);
                 }
+            }
+            if out.len() > MAX_FOLDER_NADS {
+                return Err(Error::config(format!(
+                    "networksDir {} defines more than {MAX_FOLDER_NADS} networks",
+                    dir.display()
+                )));
             }
         }
     }

@@ -48,6 +48,8 @@ pub struct Link {
     pub oper_up: bool,
     pub promisc: bool,
     pub group: u32,
+    /// `IFLA_IFALIAS`: attache labels the node-side links it makes with their owner.
+    pub alias: Option<String>,
     /// Kind-specific data (bridge vlan filtering, macvlan mode, vlan id, ...).
     pub info_data: Option<InfoData>,
     /// Bridge-port data when the link is a bridge port.
@@ -653,6 +655,7 @@ fn parse_link(m: LinkMessage) -> Link {
         oper_up: false,
         promisc: m.header.flags.contains(LinkFlags::Promisc),
         group: 0,
+        alias: None,
         info_data: None,
         port_data: Vec::new(),
     };
@@ -666,6 +669,7 @@ fn parse_link(m: LinkMessage) -> Link {
             LinkAttribute::LinkNetNsId(i) => l.link_netns_id = Some(i),
             LinkAttribute::OperState(s) => l.oper_up = s == State::Up,
             LinkAttribute::Group(g) => l.group = g,
+            LinkAttribute::IfAlias(a) => l.alias = Some(a),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
