@@ -607,6 +607,7 @@ impl AddCtx<'_> {
             } else {
                 super::Dad::Off
             },
+            ndisc_notify: false,
             arp_notify: true,
         };
         let layer3 = !bc.ipam.is_none();

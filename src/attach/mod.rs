@@ -227,6 +227,8 @@ pub enum Dad {
 /// Options of [`configure_iface`].
 pub struct IfaceOpts {
     pub dad: Dad,
+    /// Send unsolicited neighbour advertisements on IPv6 changes (macvlan/ipvlan, as reference v1.4+).
+    pub ndisc_notify: bool,
     /// Send a gratuitous ARP when the link comes up (all but vlan, as the reference plugins do).
     pub arp_notify: bool,
 }
@@ -241,7 +243,7 @@ pub async fn pod_sysctls(
 ) -> Result<()> {
     let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
     let i = ifname.to_string();
-    let (dad, arp) = (opts.dad, opts.arp_notify);
+    let (dad, arp, ndisc) = (opts.dad, opts.arp_notify, opts.ndisc_notify);
     pod.run(move || -> Result<()> {
         if arp {
             sysctl(&format!("net.ipv4.conf.{i}.arp_notify"), "1")?;
@@ -259,6 +261,9 @@ pub async fn pod_sysctls(
                     sysctl(&format!("net.ipv6.conf.{i}.enhanced_dad"), "1")?;
                     sysctl(&format!("net.ipv6.conf.{i}.accept_dad"), "1")?;
                 }
+            }
+            if ndisc {
+                sysctl(&format!("net.ipv6.conf.{i}.ndisc_notify"), "1")?;
             }
         }
         Ok(())
@@ -378,6 +383,82 @@ pub fn result_nets(result: &CniResult) -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A named netns for one unit test, removed on drop.
+    struct TestNs(String);
+
+    impl TestNs {
+        fn new(tag: &str) -> TestNs {
+            let name = format!("att-unit-{tag}-{}", std::process::id());
+            let ok = std::process::Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "ip netns add (the unit tests run as root)");
+            TestNs(name)
+        }
+
+        fn path(&self) -> std::path::PathBuf {
+            std::path::PathBuf::from(format!("/run/netns/{}", self.0))
+        }
+
+        fn links(&self) -> String {
+            let o = std::process::Command::new("ip")
+                .args(["-n", &self.0, "-o", "link", "show"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        }
+    }
+
+    impl Drop for TestNs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+
+    #[test]
+    fn rollback_reconnects_and_keeps_reservations_while_a_link_remains() {
+        let ns = TestNs::new("rollback");
+        let data = crate::testutil::tempdir("rollback");
+        let conf = NetConf::from_value(serde_json::json!({"cniVersion":"1.0.0","name":"rb",
+            "type":"bridge","ipam":{"type":"host-local","subnet":"10.3.0.0/24","dataDir":data}}))
+        .unwrap();
+        let args = crate::testutil::cmd_args("");
+        let ipam = crate::ipam::Ipam::from_conf(&conf, &args).unwrap();
+        let held = || ipam.held(&args).unwrap().len();
+        let ok = std::process::Command::new("ip")
+            .args([
+                "-n", &ns.0, "link", "add", "rb0", "type", "veth", "peer", "name", "rb1",
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        // The ADD's own runtime (and every connection on it) is gone by the time the rollback runs.
+        crate::testutil::rt()
+            .block_on(ipam.add(&args, &conf))
+            .unwrap();
+        assert_eq!(held(), 1);
+        let undo = |name: &str| {
+            vec![
+                Undo::Ipam,
+                Undo::Link {
+                    netns: Some(NetNs::open(&ns.path()).unwrap()),
+                    name: name.into(),
+                },
+            ]
+        };
+        // A link that cannot be deleted (lo): the address stays reserved.
+        crate::testutil::rt().block_on(rollback(undo("lo"), &args, &conf, &ipam));
+        assert_eq!(held(), 1, "released while a link may still hold it");
+        // A link that can: it goes over a fresh connection, then the address.
+        crate::testutil::rt().block_on(rollback(undo("rb0"), &args, &conf, &ipam));
+        assert!(!ns.links().contains("rb0"), "{}", ns.links());
+        assert_eq!(held(), 0);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
 
     #[test]
     fn aliases_fit_the_kernel() {

@@ -309,6 +309,7 @@ async fn add_steps(
     } else {
         let opts = IfaceOpts {
             dad: super::Dad::Kernel,
+            ndisc_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
             arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
         };
         pod_sysctls(worker, &args.ifname, &result, &opts).await?;

@@ -423,13 +423,23 @@ async fn status(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<()> 
 /// Temporaries of killed writers go too.
 async fn gc(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStore) -> Result<()> {
     let keep = crate::cni::conf::valid_attachments(conf)?;
+    let records = store.list();
+    // The cluster network may be shared with another attache network in this cacheDir: its GC keeps
+    // the attachments that network recorded too, which the runtime's list for this one cannot name.
     let valid = Value::Array(
         keep.iter()
+            .cloned()
+            .chain(
+                records
+                    .iter()
+                    .filter(|r| r.network != conf.name)
+                    .map(|r| (r.container_id.clone(), r.ifname.clone())),
+            )
             .map(|(id, ifname)| serde_json::json!({"containerID": id, "ifname": ifname}))
             .collect(),
     );
     let mut errors = Vec::new();
-    for rec in store.list() {
+    for rec in records {
         if rec.network != conf.name {
             tracing::debug!(container = %rec.container_id, ifname = %rec.ifname, network = %rec.network,
                 "GC of {:?} leaves another network's record alone", conf.name);
