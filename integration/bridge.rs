@@ -98,9 +98,7 @@ fn differential_against_the_reference_bridge() {
             let mut call = with_bin(node.call("ADD", "ctr1", &pod, "eth0"), bin.clone());
             call.args = cni_args;
             let res = node.exec(&call, &c).ok();
-            let hairpin_or_promisc =
-                extra.get("hairpinMode").is_some() || extra.get("promiscMode").is_some();
-            let snap = snapshot(&node, &pod, "eth0", hairpin_or_promisc, false);
+            let snap = snapshot(&node, &pod, "eth0");
             // DEL cleans up the same way too.
             let mut del = c.clone();
             del["prevResult"] = res.clone();

@@ -37,6 +37,17 @@ pub struct ApiServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The bearer token in the fixture's kubeconfigs: it must never appear in a log.
+pub const TOKEN: &str = "fixture-bearer-token-5ecret";
+
+/// A kubeconfig pointing at `port` on 127.0.0.1, with a bearer token.
+pub fn kubeconfig_for(port: u16, token: &str, path: &Path) {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fixture\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: attache\n  user:\n    token: {token}\ncontexts:\n- name: fixture\n  context:\n    cluster: fixture\n    user: attache\ncurrent-context: fixture\n"
+    );
+    std::fs::write(path, text).unwrap();
+}
+
 pub fn pod_path(ns: &str, name: &str) -> String {
     format!("/api/v1/namespaces/{ns}/pods/{name}")
 }
@@ -118,6 +129,20 @@ fn handle(
                 );
             };
             match st.objects.get_mut(obj_path) {
+                // As kube-apiserver does: a patch may not change a UID (BeforeUpdate validates
+                // metadata.uid as immutable), so a UID in the patch acts as a precondition.
+                Some(obj)
+                    if patch["metadata"]["uid"]
+                        .as_str()
+                        .is_some_and(|u| obj["metadata"]["uid"].as_str() != Some(u)) =>
+                {
+                    (
+                        422,
+                        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                            "message": "metadata.uid: Invalid value: field is immutable",
+                            "reason":"Invalid","code":422}),
+                    )
+                }
                 Some(obj) => {
                     merge(obj, &patch);
                     (200, obj.clone())
@@ -255,11 +280,20 @@ impl ApiServer {
 
     /// A kubeconfig pointing at this server.
     pub fn write_kubeconfig(&self, path: &Path) {
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fixture\n  cluster:\n    server: http://127.0.0.1:{}\nusers:\n- name: attache\n  user: {{}}\ncontexts:\n- name: fixture\n  context:\n    cluster: fixture\n    user: attache\ncurrent-context: fixture\n",
-            self.port
-        );
-        std::fs::write(path, text).unwrap();
+        kubeconfig_for(self.port, TOKEN, path);
+    }
+
+    /// A listener in `netns` that takes connections (the kernel completes the handshake) and never
+    /// answers: an API server that hangs. Returns the port; the listener lives as long as the value.
+    pub fn hanging_in(netns: &str) -> TcpListener {
+        let path = format!("/run/netns/{netns}");
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            TcpListener::bind("127.0.0.1:0").unwrap()
+        })
+        .join()
+        .unwrap()
     }
 
     /// Stop accepting connections; afterwards the port refuses them.
