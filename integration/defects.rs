@@ -128,26 +128,6 @@ fn gc(node: &Node, conf: &Value, valid: Value) -> CniOutput {
     node.exec(&call, &c)
 }
 
-/// A node with `nic0`, one end of a veth pair, standing in for a NIC (a macvlan master).
-fn node_with_nic(tag: &str) -> Node {
-    let node = Node::new(tag);
-    for args in [
-        vec![
-            "link", "add", "nic0", "type", "veth", "peer", "name", "nicpeer",
-        ],
-        vec!["link", "set", "nic0", "up"],
-    ] {
-        let ok = std::process::Command::new("ip")
-            .arg("-n")
-            .arg(&node.name)
-            .args(&args)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "{args:?}");
-    }
-    node
-}
-
 fn bridge_conf(node: &Node, name: &str, extra: Value) -> Value {
     let mut c = json!({
         "cniVersion": "1.1.0", "name": name, "type": "bridge", "bridge": "br0",
@@ -205,7 +185,7 @@ fn gc_touches_only_its_own_network() {
 #[test]
 fn drop_in_del_succeeds_for_configurations_add_refused() {
     require_reference_plugins();
-    let mut node = node_with_nic("deldrop");
+    let mut node = Node::with_nic("deldrop");
     let pod = node.pod();
     let refused = [
         bridge_conf(
@@ -395,7 +375,7 @@ fn del_and_gc_remove_temporaries_of_killed_writers() {
 #[test]
 fn foreign_names_refuse_and_attache_never_execs_itself() {
     require_reference_plugins();
-    let mut node = node_with_nic("selfexec");
+    let mut node = Node::with_nic("selfexec");
     let pod = node.pod();
     let bin = node.path("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -524,7 +504,7 @@ fn huge_networks_annotation_is_refused_fast() {
 #[test]
 fn own_netns_is_refused_in_every_mode() {
     require_reference_plugins();
-    let node = node_with_nic("ownns");
+    let node = Node::with_nic("ownns");
     let conf = bridge_conf(&node, "n", json!({}));
     let mac = json!({"cniVersion": "1.0.0", "name": "m", "type": "macvlan", "master": "nic0",
                      "ipam": {"type": "host-local", "subnet": "10.67.0.0/24", "dataDir": node.path("ipam")}});

@@ -10,23 +10,7 @@ use testbed::state::{assert_same_as_reference, leased, strip_nulls};
 use testbed::{Node, REFERENCE_DIR, first_ip, require_reference_plugins};
 
 fn node_with_master(tag: &str) -> Node {
-    let node = Node::new(tag);
-    for args in [
-        vec![
-            "link", "add", "nic0", "mtu", "1500", "type", "veth", "peer", "name", "nicpeer",
-        ],
-        vec!["link", "set", "nic0", "up"],
-        vec!["link", "set", "nicpeer", "up"],
-    ] {
-        let ok = std::process::Command::new("ip")
-            .arg("-n")
-            .arg(&node.name)
-            .args(&args)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "{args:?}");
-    }
-    node
+    Node::with_nic(tag)
 }
 
 fn conf(node: &Node, extra: Value) -> Value {

@@ -13,13 +13,7 @@ use testbed::state::{assert_same_as_reference, leased, strip_nulls};
 use testbed::{Node, REFERENCE_DIR, first_ip, require_reference_plugins};
 
 fn ip(node: &Node, args: &[&str]) {
-    let ok = std::process::Command::new("ip")
-        .arg("-n")
-        .arg(&node.name)
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "ip -n {} {args:?}", node.name);
+    assert!(node.ip_do(args), "ip -n {} {args:?}", node.name);
 }
 
 /// A node with a dummy NIC `eth1` (the vlan/ipvlan master), after checking the kernel has what we need.
@@ -41,14 +35,8 @@ fn vm_node(tag: &str) -> Node {
             ],
         ),
     ] {
-        let ok = std::process::Command::new("ip")
-            .arg("-n")
-            .arg(&node.name)
-            .args(&args)
-            .status()
-            .unwrap();
         assert!(
-            ok.success(),
+            node.ip_do(&args),
             "this kernel has no {what}: run these tests with scripts/vm-test"
         );
     }

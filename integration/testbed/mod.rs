@@ -151,6 +151,29 @@ impl Node {
         node
     }
 
+    /// A fresh node with `nic0`, one end of a veth pair (mtu 1500, both ends up), standing in for the
+    /// node's NIC (a macvlan master).
+    pub fn with_nic(tag: &str) -> Node {
+        let node = Node::new(tag);
+        for args in [
+            &[
+                "link", "add", "nic0", "mtu", "1500", "type", "veth", "peer", "name", "nicpeer",
+            ][..],
+            &["link", "set", "nic0", "up"],
+            &["link", "set", "nicpeer", "up"],
+        ] {
+            assert!(node.ip_do(args), "ip {args:?}");
+        }
+        node
+    }
+
+    /// Run `ip -n <node> ARGS`; whether it succeeded.
+    pub fn ip_do(&self, args: &[&str]) -> bool {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+            .status
+            .success()
+    }
+
     /// A new pod netns; returns its path.
     pub fn pod(&mut self) -> String {
         let name = format!("{}-p{}", self.name, self.pods.len());

@@ -46,26 +46,19 @@ pub async fn run(args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
         Command::Gc => gc(args, &conf, &ac, &store).await.map(|_| None),
         Command::Version => Err(Error::Internal("VERSION is answered by skel".into())),
     };
-    let ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0);
-    match &r {
-        Ok(_) => tracing::info!(
-            command = args.command.as_str(),
-            container = %args.container_id,
-            ifname = %args.ifname,
-            network = %conf.name,
-            ms,
-            "ok"
-        ),
-        Err(e) => tracing::info!(
-            command = args.command.as_str(),
-            container = %args.container_id,
-            ifname = %args.ifname,
-            network = %conf.name,
-            ms,
-            code = e.cni_code(),
-            "failed: {e}"
-        ),
-    }
+    let (code, outcome) = match &r {
+        Ok(_) => (0, "ok".to_string()),
+        Err(e) => (e.cni_code(), format!("failed: {e}")),
+    };
+    tracing::info!(
+        command = args.command.as_str(),
+        container = %args.container_id,
+        ifname = %args.ifname,
+        network = %conf.name,
+        ms = elapsed_ms(started),
+        code,
+        "{outcome}"
+    );
     r
 }
 
