@@ -89,6 +89,7 @@ pub async fn exec(
     inv: &Invocation<'_>,
 ) -> Result<Option<Value>> {
     let bin = find_plugin(plugin_type, inv.path)?;
+    crate::fail::point("delegate.exec")?;
     // attache runs every type it implements in-process: a type that resolves to attache's own binary
     // would only run attache again in a role it does not have — and, for an IPAM type, loop forever.
     if is_self(&bin) {
@@ -117,6 +118,15 @@ pub async fn exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    // The plugin dies with attache: a runtime that kills attache at its timeout must not leave a
+    // delegate finishing an ADD behind it while the DEL that follows runs.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     match inv.netns {
         Some(ns) => cmd.env("CNI_NETNS", ns),
         None => cmd.env_remove("CNI_NETNS"),

@@ -20,6 +20,7 @@ pub mod cni;
 pub mod delegate;
 pub mod engine;
 pub mod error;
+pub mod fail;
 pub mod ipam;
 pub mod k8s;
 pub mod netlink;

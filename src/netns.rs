@@ -173,15 +173,17 @@ impl NsWorker {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
         let (otx, orx) = futures::channel::oneshot::channel();
+        // A panic inside is caught there (the worker lives on) and becomes the caller's error.
         let job: Job = Box::new(move || {
-            let _ = otx.send(f());
+            let _ = otx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
         });
         self.tx
             .as_ref()
             .and_then(|tx| tx.send(job).ok())
             .ok_or_else(|| Error::Internal("the netns worker is gone".into()))?;
         orx.await
-            .map_err(|_| Error::Internal("a closure inside a netns panicked".into()))
+            .map_err(|_| Error::Internal("the netns worker is gone".into()))?
+            .map_err(crate::fail::panic_error)
     }
 
     /// A route socket inside the worker's namespace (see [`route_socket`]).

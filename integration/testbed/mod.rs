@@ -33,6 +33,21 @@ pub fn require_reference_plugins() {
     }
 }
 
+/// Record a reliability figure (failpoints exercised, kill trials, duplicates ...): printed, and appended
+/// to `<target tmpdir>/reliability-figures.txt`, which scripts/test shows at the end of a run.
+pub fn figure(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 /// Poll `f` until it holds or `secs` pass (the kernel tears a netns down asynchronously).
 pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -391,7 +391,8 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
         br: &br,
         undo: &undo,
     };
-    match ctx.run().await {
+    // A panic half-way is undone like an error.
+    match crate::fail::guarded(ctx.run()).await {
         Ok(r) => Ok(r),
         Err(e) => {
             rollback(undo.into_inner(), args, conf, &bc.ipam).await;
@@ -665,18 +666,21 @@ async fn del(args: &CmdArgs, conf: &NetConf, td: &Teardown) -> Result<()> {
         }
     }
     if td.macspoofchk
-        && let Err(e) = nft::apply(&nft::spoofchk_del_script(
-            &spoof_chain(&td.network, args),
-            &host,
-        ))
+        && let Err(e) = nft::remove(
+            nft::SPOOF_TABLE,
+            &nft::spoofchk_del_script(&spoof_chain(&td.network, args), &host),
+        )
         .await
     {
         errors.push(e);
     }
     if td.ip_masq
         && !ips.is_empty()
-        && let Err(e) =
-            nft::apply(&nft::masq_del_script(&masq_chain(&td.network, args), &ips)).await
+        && let Err(e) = nft::remove(
+            nft::MASQ_TABLE,
+            &nft::masq_del_script(&masq_chain(&td.network, args), &ips),
+        )
+        .await
     {
         errors.push(e);
     }

@@ -200,6 +200,7 @@ pub async fn rollback(undo: Vec<Undo>, args: &CmdArgs, conf: &NetConf, ipam: &cr
 
 /// Write a sysctl under `/proc/sys` of the calling thread's namespace.
 pub fn sysctl(key: &str, value: &str) -> Result<()> {
+    crate::fail::point("sysctl")?;
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     std::fs::write(&path, value).map_err(|e| Error::io(format!("setting {key}"), e))
 }

@@ -111,8 +111,45 @@ pub fn spoofchk_del_script(chain: &str, port: &str) -> String {
     s
 }
 
+/// Remove an attachment's state with one of the `*_del_script`s (idempotent: they re-declare the base they
+/// rely on) without ever creating what was not there. First only its `delete`s run — the usual case, one
+/// `nft` run; if that fails because something is already gone, the table is looked for: absent, there is
+/// nothing to remove (and no empty base table is made just to be emptied); present, the idempotent script
+/// runs.
+pub async fn remove(table: &str, script: &str) -> Result<()> {
+    let strict: String = script
+        .lines()
+        .filter(|l| {
+            l.starts_with("delete ")
+                || (l.starts_with("flush chain")
+                    && !l.ends_with(" postrouting")
+                    && !l.ends_with(" prerouting"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if apply(&strict).await.is_ok() {
+        return Ok(());
+    }
+    let listed = tokio::process::Command::new("nft")
+        .args(["list", "table"])
+        .args(table.split(' '))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(|e| Error::io("running nft", e))?;
+    if !listed.success() {
+        return Ok(());
+    }
+    apply(script).await
+}
+
+pub const MASQ_TABLE: &str = "inet attache";
+pub const SPOOF_TABLE: &str = "bridge attache";
+
 /// Apply a script in the current network namespace.
 pub async fn apply(script: &str) -> Result<()> {
+    crate::fail::point("nft.apply")?;
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())

@@ -226,9 +226,10 @@ async fn add(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<CniResult> 
         )));
     }
     let mut undo = Vec::new();
-    let r = add_steps(
+    // A panic half-way is undone like an error.
+    let r = crate::fail::guarded(add_steps(
         args, conf, sc, &pod, &worker, &node, &pod_nl, &master, &mut undo,
-    )
+    ))
     .await;
     if r.is_err() {
         rollback(undo, args, conf, &sc.ipam).await;

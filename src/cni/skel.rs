@@ -291,16 +291,7 @@ pub fn run(env: &dyn Env, input: &mut dyn Read, out: &mut dyn Write, plugin: &dy
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         dispatch(env, input, plugin, &mut version)
     }))
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(Error::Internal(format!(
-            "internal error (a bug in attache): {what}"
-        )))
-    });
+    .unwrap_or_else(|panic| Err(crate::fail::panic_error(panic)));
     let (doc, code) = match result {
         Ok(Some(v)) => (Some(v), 0),
         Ok(None) => (None, 0),

@@ -20,6 +20,7 @@ use crate::engine::config::AttacheConf;
 use crate::engine::plan::{self, Purpose};
 use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
 use crate::error::{Error, Result};
+use crate::fail::{guarded, guarded_now};
 use crate::k8s::annotation::{NetworkStatus, status_of};
 use crate::k8s::api::StatusWrite;
 use crate::netns::NetNs;
@@ -120,44 +121,55 @@ async fn add(
 
     for i in 0..rec.attachments.len() {
         let t = std::time::Instant::now();
-        match attach_add(args, ac, &rec.attachments[i]).await {
-            Ok(res) => {
-                tracing::debug!(
-                    network = %rec.attachments[i].network,
-                    ifname = %rec.attachments[i].ifname,
-                    ips = ?res.ips.iter().map(|ip| ip.address.to_string()).collect::<Vec<_>>(),
-                    ms = elapsed_ms(t),
-                    "attached"
-                );
-                rec.attachments[i].result = Some(res.to_value(Version::V1_1_0));
-                store.save(&rec)?;
-            }
-            Err(e) => {
-                let err = e.context(format!(
-                    "attaching network {:?}",
-                    rec.attachments[i].network
-                ));
-                tracing::debug!(ms = elapsed_ms(t), "{err}");
-                // The failed attachment has already undone itself; undo the ones before it, newest first.
-                // If that fails too, the record stays so that the runtime's DEL can finish the job.
-                rec.attachments.truncate(i);
-                rollback(args, ac, store, &rec).await;
-                return Err(err);
-            }
+        // A panic is an error like any other here: what was attached before is undone.
+        let attached = guarded(attach_add(args, ac, &rec.attachments[i])).await;
+        let saved = attached.and_then(|res| {
+            tracing::debug!(
+                network = %rec.attachments[i].network,
+                ifname = %rec.attachments[i].ifname,
+                ips = ?res.ips.iter().map(|ip| ip.address.to_string()).collect::<Vec<_>>(),
+                ms = elapsed_ms(t),
+                "attached"
+            );
+            rec.attachments[i].result = Some(res.to_value(Version::V1_1_0));
+            guarded_now(|| store.save(&rec))
+        });
+        if let Err(e) = saved {
+            let err = e.context(format!(
+                "attaching network {:?}",
+                rec.attachments[i].network
+            ));
+            tracing::debug!(ms = elapsed_ms(t), "{err}");
+            // Undo this attachment (whatever it left half-made; DEL is idempotent) and the ones before
+            // it, newest first. If that fails too, the record stays so that the runtime's DEL can finish.
+            rec.attachments.truncate(i + 1);
+            rollback(args, ac, store, &rec).await;
+            return Err(err);
         }
     }
-    if let Err(e) = apply_default_routes(args, &mut rec).await {
-        let err = e.context("moving the default route");
+    let finished = match guarded(apply_default_routes(args, &mut rec)).await {
+        Ok(()) => {
+            rec.complete = true;
+            guarded_now(|| store.save(&rec))
+        }
+        Err(e) => Err(e.context("moving the default route")),
+    };
+    if let Err(err) = finished {
         rollback(args, ac, store, &rec).await;
         return Err(err);
     }
-    rec.complete = true;
-    store.save(&rec)?;
     if let (Some(api), Some(pod)) = (&planned.api, &planned.pod) {
         // The pod's networking is done: reporting it may not hold the result longer than one API
         // deadline, and stops at the first thing that fails.
         let t = std::time::Instant::now();
-        report(&api.renewed(), pod, &rec).await;
+        let reported = guarded(async {
+            report(&api.renewed(), pod, &rec).await;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = reported {
+            tracing::error!("reporting to the Kubernetes API: {e}");
+        }
         tracing::debug!(ms = elapsed_ms(t), "reported to the Kubernetes API");
     }
     // The result is the cluster network's, as Multus returns it.

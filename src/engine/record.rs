@@ -196,6 +196,7 @@ impl RecordStore {
     /// temporary is unique to this process and created exclusively (no symlink is followed, no other
     /// writer's file reused), mode 0600.
     pub fn save(&self, rec: &PodRecord) -> Result<()> {
+        crate::fail::point("record.save")?;
         let p = self.path(&rec.container_id, &rec.ifname);
         let dir = p.parent().unwrap_or(&self.dir);
         ensure_real_dir(dir)?;
@@ -224,6 +225,7 @@ impl RecordStore {
     /// is success; whatever sits where the record should be (a directory, a symlink) goes too, so that
     /// nothing there can make DEL fail forever.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<()> {
+        crate::fail::point("record.remove")?;
         let p = self.path(container_id, ifname);
         let r = match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),

@@ -91,6 +91,7 @@ impl DiskStore {
 impl Store for DiskStore {
     fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool> {
         let p = self.ip_path(ip);
+        crate::fail::point("ipam.reserve")?;
         let mut f = match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -151,6 +152,7 @@ impl Store for DiskStore {
 
     fn release(&mut self, ip: IpAddr) -> Result<()> {
         let p = self.ip_path(ip);
+        crate::fail::point("ipam.release")?;
         match std::fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

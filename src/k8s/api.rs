@@ -146,6 +146,7 @@ impl KubeApi {
 
     /// Record a Kubernetes Event on the pod (`kubectl describe pod` shows it).
     pub async fn event(&self, pod: &PodInfo, reason: &str, message: &str) -> Result<()> {
+        crate::fail::point("k8s.event")?;
         let events: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let ev = Event {
@@ -188,6 +189,7 @@ impl KubeApi {
         pod: &PodInfo,
         status: &[NetworkStatus],
     ) -> Result<StatusWrite> {
+        crate::fail::point("k8s.patch_status")?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let value =
             serde_json::to_string_pretty(status).map_err(|e| Error::Internal(e.to_string()))?;

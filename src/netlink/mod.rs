@@ -218,6 +218,7 @@ impl Netlink {
         mac: [u8; 6],
         vlan_filtering: bool,
     ) -> Result<()> {
+        crate::fail::point("netlink.create_bridge")?;
         let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Bridge)
             .name(name.to_string())
             .address(mac.to_vec())
@@ -249,6 +250,7 @@ impl Netlink {
         mtu: Option<u32>,
         peer_group: Option<u32>,
     ) -> Result<()> {
+        crate::fail::point("netlink.create_veth")?;
         // txqueuelen 0 on both ends, as the reference plugins create them (a veth has no queue anyway).
         let mut pb = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
@@ -292,6 +294,7 @@ impl Netlink {
         mac: Option<[u8; 6]>,
         group: Option<u32>,
     ) -> Result<()> {
+        crate::fail::point("netlink.create_sublink")?;
         let mut msg = match kind {
             SubLinkKind::MacVlan(mode) => rtnetlink::LinkMacVlan::new(name, master, *mode).build(),
             SubLinkKind::IpVlan(mode, flags) => {
@@ -326,6 +329,7 @@ impl Netlink {
 
     /// Rename a link (by name; it must be down). A name already taken is EEXIST.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        crate::fail::point("netlink.rename")?;
         let index = self
             .link(from)
             .await?
@@ -339,6 +343,7 @@ impl Netlink {
 
     /// Put a link (by name) under a master, label it, and bring it up, in one request.
     pub async fn set_master_up(&self, name: &str, master: u32, alias: &str) -> Result<()> {
+        crate::fail::point("netlink.set_master_up")?;
         let msg = LinkUnspec::new_with_name(name)
             .controller(master)
             .alias(alias)
@@ -350,16 +355,19 @@ impl Netlink {
 
     /// Bring a link (by name) up.
     pub async fn set_up(&self, name: &str) -> Result<()> {
+        crate::fail::point("netlink.set_up")?;
         let msg = LinkUnspec::new_with_name(name).up().build();
         self.set_link(msg, format!("set {name} up")).await
     }
 
     pub async fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
+        crate::fail::point("netlink.set_promisc")?;
         let msg = LinkUnspec::new_with_index(index).promiscuous(on).build();
         self.set_link(msg, "set promiscuous mode").await
     }
 
     pub async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<()> {
+        crate::fail::point("netlink.set_mac")?;
         let msg = LinkUnspec::new_with_index(index)
             .address(mac.to_vec())
             .build();
@@ -374,6 +382,7 @@ impl Netlink {
 
     /// Set bridge-port options of a link (by name) that is already a bridge port.
     pub async fn set_bridge_port(&self, name: &str, opts: Vec<InfoBridgePort>) -> Result<()> {
+        crate::fail::point("netlink.set_bridge_port")?;
         if opts.is_empty() {
             return Ok(());
         }
@@ -415,6 +424,7 @@ impl Netlink {
 
     /// Delete a link by name. Already gone is success.
     pub async fn del_link(&self, name: &str) -> Result<()> {
+        crate::fail::point("netlink.del_link")?;
         let msg = LinkUnspec::new_with_name(name).build();
         tolerate(
             self.handle.link().del_with_message(msg).execute().await,
@@ -425,6 +435,7 @@ impl Netlink {
 
     /// Delete every link of a group in one unregister. None left is success.
     pub async fn del_group(&self, group: u32) -> Result<()> {
+        crate::fail::point("netlink.del_group")?;
         let msg = LinkMessageBuilder::<LinkUnspec>::new()
             .link_group(group)
             .build();
@@ -437,6 +448,7 @@ impl Netlink {
 
     /// Add an address to a link. Already there is success.
     pub async fn add_addr(&self, index: u32, addr: IpNet) -> Result<()> {
+        crate::fail::point("netlink.add_addr")?;
         match self
             .handle
             .address()
@@ -512,6 +524,7 @@ impl Netlink {
 
     /// Add a route. An identical one already present is success.
     pub async fn add_route(&self, r: &RouteSpec) -> Result<()> {
+        crate::fail::point("netlink.add_route")?;
         let msg = route_message(r)?;
         tolerate(
             self.handle.route().add(msg).execute().await,
@@ -582,6 +595,7 @@ impl Netlink {
 
     /// Delete a route (dst, optional gateway, interface). Already gone is success.
     pub async fn del_route(&self, r: &RouteSpec) -> Result<()> {
+        crate::fail::point("netlink.del_route")?;
         let msg = route_message(r)?;
         tolerate(
             self.handle.route().del(msg).execute().await,

@@ -1,0 +1,325 @@
+//! Fault injection: every failpoint (src/fail.rs) that a pod's ADD or DEL reaches is made to fail in turn
+//! — with an error, and separately with a panic — and after each the node, the pod, the IPAM folders, the
+//! nftables ruleset and `cacheDir` must be exactly as before (ADD), or a retried DEL must finish the job
+//! (DEL). Built only with `--features failpoints` (scripts/test does).
+//!
+//! The pod: a delegated cluster network (Debian's ptp), a native bridge with isGateway, ipMasq,
+//! macspoofchk and promiscMode, a native macvlan that takes the default route, and a macvlan with static
+//! IPAM; its annotations come from the runtime and network-status goes to the API fixture.
+
+mod apiserver;
+mod testbed;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use testbed::{CniOutput, Node, require_reference_plugins};
+
+const NS: &str = "team-a";
+const POD: &str = "faulty-0";
+const UID: &str = "6d1f0000-0000-4000-8000-00000000fa17";
+
+struct Bed {
+    node: Node,
+    pod: String,
+    conf: Value,
+    _api: apiserver::ApiServer,
+}
+
+fn new_bed(tag: &str) -> Bed {
+    require_reference_plugins();
+    let mut node = Node::with_nic(tag);
+    let pod = node.pod();
+    let api = apiserver::ApiServer::start_in(&node.name);
+    api.write_kubeconfig(&node.path("kubeconfig"));
+    api.put(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": POD, "namespace": NS, "uid": UID, "annotations": {}}}));
+    let ipam = node.path("ipam").display().to_string();
+    let nad = |n: &str, config: Value| {
+        format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {n}\n  namespace: {NS}\nspec:\n  config: '{config}'\n---\n"
+        )
+    };
+    let dir = node.path("networks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = nad(
+        "blue",
+        json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-blue", "isGateway": true,
+               "ipMasq": true, "macspoofchk": true, "promiscMode": true,
+               "ipam": {"type": "host-local", "subnet": "10.21.0.0/24", "dataDir": ipam,
+                        "routes": [{"dst": "192.0.2.0/24"}]}}),
+    ) + &nad(
+        "mac",
+        json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
+               "ipam": {"type": "host-local", "subnet": "10.23.0.0/24", "dataDir": ipam}}),
+    ) + &nad(
+        "fixed",
+        json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
+               "ipam": {"type": "static", "addresses": [{"address": "10.24.0.5/24"}]}}),
+    );
+    std::fs::write(dir.join("nets.yaml"), yaml).unwrap();
+    let networks =
+        r#"[{"name":"blue"},{"name":"mac","default-route":["10.23.0.1"]},{"name":"fixed"}]"#;
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "attache", "type": "attache",
+        "clusterNetwork": {"cniVersion": "1.0.0", "name": "cluster", "type": "ptp",
+            "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": ipam,
+                     "routes": [{"dst": "0.0.0.0/0"}]}},
+        "cacheDir": node.path("cache"),
+        "networksDir": dir,
+        "kubeconfig": node.path("kubeconfig"),
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"k8s.v1.cni.cncf.io/networks": networks}}
+    });
+    Bed {
+        node,
+        pod,
+        conf,
+        _api: api,
+    }
+}
+
+impl Bed {
+    fn run(&self, cmd: &str, id: &str, failpoint: Option<&str>, log: Option<&str>) -> CniOutput {
+        let args =
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={POD};K8S_POD_UID={UID}");
+        let mut call = self.node.call(cmd, id, &self.pod, "eth0");
+        call.args = &args;
+        if let Some(f) = failpoint {
+            call.extra_env
+                .push(("ATTACHE_FAILPOINT".into(), f.to_string()));
+        }
+        if let Some(l) = log {
+            let _ = std::fs::remove_file(self.node.path(l));
+            call.extra_env.push((
+                "ATTACHE_FAILPOINT_LOG".into(),
+                self.node.path(l).display().to_string(),
+            ));
+        }
+        self.node.exec(&call, &self.conf)
+    }
+
+    /// The failpoints a run reached, in order (from its log).
+    fn reached(&self, log: &str) -> Vec<String> {
+        std::fs::read_to_string(self.node.path(log))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Everything a user would look at: links (kind, master, addresses) and routes of node and pod, the
+    /// IPAM files (last_reserved_ip excluded: round-robin moves it on by design), the nftables ruleset,
+    /// the records. `keep_bridges`: false to leave out bridges, which a failed ADD may leave as the
+    /// reference plugin does.
+    fn state(&self, keep_bridges: bool) -> Value {
+        let node = &self.node;
+        let links = |ns: Option<&str>| -> Vec<Value> {
+            node.ip(ns, &["-d", "addr", "show"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| keep_bridges || l["linkinfo"]["info_kind"] != "bridge")
+                .map(|l| {
+                    let addrs: Vec<&Value> = l["addr_info"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|a| a["scope"] != "link")
+                        .map(|a| &a["local"])
+                        .collect();
+                    // Administrative flags only: carrier follows ports asynchronously.
+                    let flags: Vec<&Value> = l["flags"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|f| *f == "UP" || *f == "PROMISC")
+                        .collect();
+                    json!([
+                        l["ifname"],
+                        l["linkinfo"]["info_kind"],
+                        l["master"],
+                        addrs,
+                        flags
+                    ])
+                })
+                .collect()
+        };
+        let routes = |ns: Option<&str>| -> Vec<Value> {
+            let mut v = node.ip(ns, &["route", "show"]);
+            for r in v.as_array_mut().unwrap() {
+                r.as_object_mut().unwrap().remove("flags"); // linkdown follows carrier
+            }
+            v.as_array().unwrap().clone()
+        };
+        let ipam: Vec<(String, String)> = node
+            .files("ipam")
+            .into_iter()
+            .filter(|f| !f.ends_with("/lock") && !f.contains("last_reserved_ip"))
+            .map(|f| {
+                let c = std::fs::read_to_string(node.path("ipam").join(&f)).unwrap();
+                (f, c)
+            })
+            .collect();
+        let nft = String::from_utf8_lossy(&node.sh(None, &["nft", "list", "ruleset"]).stdout)
+            .into_owned();
+        json!({
+            "node_links": links(None), "node_routes": routes(None),
+            "pod_links": links(Some(&self.pod)), "pod_routes": routes(Some(&self.pod)),
+            "ipam": ipam, "nft": nft, "cache": node.files("cache"),
+        })
+    }
+}
+
+/// Each (name, n) for the n-th time a run reached `name`.
+fn occurrences(points: &[String]) -> Vec<(String, usize)> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    points
+        .iter()
+        .map(|p| {
+            let n = seen.entry(p).or_default();
+            *n += 1;
+            (p.clone(), *n)
+        })
+        .collect()
+}
+
+/// Failpoints after which ADD still succeeds: reporting to the API is not part of the pod's networking.
+fn non_fatal(name: &str) -> bool {
+    name.starts_with("k8s.")
+}
+
+fn diff(a: &Value, b: &Value) -> String {
+    let mut out = String::new();
+    for k in a.as_object().unwrap().keys() {
+        if a[k] != b[k] {
+            out += &format!(
+                "{k}:\n  before: {}\n  after:  {}\n",
+                serde_json::to_string(&a[k]).unwrap(),
+                serde_json::to_string(&b[k]).unwrap()
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn every_failpoint_of_add_and_del_leaves_nothing() {
+    let bed = new_bed("faults");
+    // Warm the node: the bridge, nftables base chains and forwarding exist from an earlier pod.
+    bed.run("ADD", "warm", None, None).ok();
+    bed.run("DEL", "warm", None, None).ok();
+    let before = bed.state(true);
+
+    // Enumerate: one clean ADD and DEL, each logging the failpoints it reaches.
+    bed.run("ADD", "enum", None, Some("add.log")).ok();
+    let add_points = bed.reached("add.log");
+    bed.run("DEL", "enum", None, Some("del.log")).ok();
+    let del_points = bed.reached("del.log");
+    assert_eq!(bed.state(true), before, "a clean ADD + DEL leaves nothing");
+
+    let mut trials = 0;
+    for (name, n) in occurrences(&add_points) {
+        for mode in ["error", "panic"] {
+            let spec = format!("{name}@{n}:{mode}");
+            let out = bed.run("ADD", "f1", Some(&spec), Some("trial.log"));
+            let reached = bed
+                .reached("trial.log")
+                .iter()
+                .filter(|p| **p == name)
+                .count();
+            assert!(reached >= n, "{spec} was never reached");
+            if out.exit == 0 {
+                assert!(
+                    non_fatal(&name),
+                    "{spec}: ADD succeeded despite the failure"
+                );
+                bed.run("DEL", "f1", None, None).ok();
+            } else {
+                let v = out.err(999);
+                assert!(
+                    v["msg"].as_str().unwrap().contains(&format!("{name}@{n}")),
+                    "{spec}: the error does not say what failed: {v}"
+                );
+            }
+            let after = bed.state(true);
+            assert!(
+                after == before,
+                "{spec} left something:\n{}",
+                diff(&before, &after)
+            );
+            trials += 1;
+        }
+    }
+    let add_trials = trials;
+    for (name, n) in occurrences(&del_points) {
+        for mode in ["error", "panic"] {
+            let spec = format!("{name}@{n}:{mode}");
+            bed.run("ADD", "f2", None, None).ok();
+            let _ = bed.run("DEL", "f2", Some(&spec), Some("trial.log"));
+            let reached = bed
+                .reached("trial.log")
+                .iter()
+                .filter(|p| **p == name)
+                .count();
+            assert!(reached >= n, "{spec} was never reached");
+            // Whatever the failed DEL left, a retried DEL finishes.
+            bed.run("DEL", "f2", None, None).ok();
+            let after = bed.state(true);
+            assert!(
+                after == before,
+                "{spec}, then DEL, left something:\n{}",
+                diff(&before, &after)
+            );
+            trials += 1;
+        }
+    }
+
+    // The points only a node's first pod reaches (the bridge is made then): on a cold node each time.
+    let mut cold_points = Vec::new();
+    {
+        let cold = new_bed("cold-enum");
+        cold.run("ADD", "c0", None, Some("cold.log")).ok();
+        for p in cold.reached("cold.log") {
+            if !add_points.contains(&p) && !cold_points.contains(&p) {
+                cold_points.push(p);
+            }
+        }
+    }
+    for name in &cold_points {
+        for mode in ["error", "panic"] {
+            let cold = new_bed("cold");
+            let before = cold.state(false);
+            let spec = format!("{name}@1:{mode}");
+            cold.run("ADD", "c1", Some(&spec), None).err(999);
+            let after = cold.state(false);
+            assert!(
+                after == before,
+                "{spec} left something:\n{}",
+                diff(&before, &after)
+            );
+            trials += 1;
+        }
+    }
+
+    // Every failpoint there is was reached by one of these runs.
+    let all_reached: Vec<&String> = add_points
+        .iter()
+        .chain(&del_points)
+        .chain(&cold_points)
+        .collect();
+    let unreached: Vec<&&str> = attache::fail::ALL
+        .iter()
+        .filter(|p| !all_reached.iter().any(|r| r == *p))
+        .collect();
+    assert!(
+        unreached.is_empty(),
+        "failpoints no test reaches: {unreached:?}"
+    );
+    testbed::figure(&format!(
+        "fault injection: {} failpoints, {} reached by ADD and {} by DEL ({} only on a cold node); {trials} trials ({add_trials} ADD), 0 leftovers",
+        attache::fail::ALL.len(),
+        occurrences(&add_points).len(),
+        occurrences(&del_points).len(),
+        cold_points.len()
+    ));
+}
