@@ -195,17 +195,25 @@ fn del_without_a_record_uses_prev_result() {
 }
 
 #[test]
-fn second_add_is_refused_without_touching_the_first() {
+fn second_add_answers_again_or_is_refused_without_touching_the_first() {
     require_reference_plugins();
     let mut node = Node::new("twice");
     let pod = node.pod();
+    let other = node.pod();
     let conf = attache_conf(&node, "1.0.0", cluster(&node, "1.0.0"));
     let res = node
         .exec(&node.call("ADD", "tw1", &pod, "eth0"), &conf)
         .ok();
     let addr = res["ips"][0]["address"].as_str().unwrap().to_string();
-    node.exec(&node.call("ADD", "tw1", &pod, "eth0"), &conf)
+    // The same pod again (a runtime that never got the first answer): the same answer, nothing redone.
+    let again = node
+        .exec(&node.call("ADD", "tw1", &pod, "eth0"), &conf)
+        .ok();
+    assert_eq!(again, res);
+    // Another netns under the same container ID and interface: refused.
+    node.exec(&node.call("ADD", "tw1", &other, "eth0"), &conf)
         .err(999);
+    assert_eq!(node.links(Some(&other)), vec!["lo".to_string()]);
     assert_eq!(node.addrs(Some(&pod), "eth0"), vec![addr]);
     assert_eq!(leased(&node).len(), 1);
 }

@@ -34,25 +34,23 @@ fn cluster(node: &Node, name: &str) -> Value {
 /// A meta configuration named `name`, its cluster network `cluster`, two native bridge networks
 /// (`blue` with isGateway and ipMasq, `red` with macspoofchk) in its networksDir.
 fn meta(node: &Node, name: &str) -> Value {
-    let dir = node.path("networks");
-    std::fs::create_dir_all(&dir).unwrap();
     let ipam = node.path("ipam").display().to_string();
-    let nad = |n: &str, config: Value| {
-        format!(
-            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {n}\n  namespace: {POD_NS}\nspec:\n  config: '{config}'\n"
-        )
-    };
-    let blue = nad(
-        "blue",
-        json!({"cniVersion":"1.0.0","type":"bridge","bridge":"br-blue","isGateway":true,"ipMasq":true,
-               "ipam":{"type":"host-local","subnet":"10.21.0.0/24","dataDir":ipam}}),
+    let dir = testbed::write_nads(
+        node,
+        POD_NS,
+        &[
+            (
+                "blue",
+                json!({"cniVersion":"1.0.0","type":"bridge","bridge":"br-blue","isGateway":true,"ipMasq":true,
+                       "ipam":{"type":"host-local","subnet":"10.21.0.0/24","dataDir":ipam}}),
+            ),
+            (
+                "red",
+                json!({"cniVersion":"1.0.0","type":"bridge","bridge":"br-red","macspoofchk":true,
+                       "ipam":{"type":"host-local","subnet":"10.22.0.0/24","dataDir":ipam}}),
+            ),
+        ],
     );
-    let red = nad(
-        "red",
-        json!({"cniVersion":"1.0.0","type":"bridge","bridge":"br-red","macspoofchk":true,
-               "ipam":{"type":"host-local","subnet":"10.22.0.0/24","dataDir":ipam}}),
-    );
-    std::fs::write(dir.join("nets.yaml"), format!("{blue}---\n{red}")).unwrap();
     json!({
         "cniVersion": "1.1.0",
         "name": name,

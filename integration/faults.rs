@@ -35,29 +35,29 @@ fn new_bed(tag: &str) -> Bed {
     api.put(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": POD, "namespace": NS, "uid": UID, "annotations": {}}}));
     let ipam = node.path("ipam").display().to_string();
-    let nad = |n: &str, config: Value| {
-        format!(
-            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {n}\n  namespace: {NS}\nspec:\n  config: '{config}'\n---\n"
-        )
-    };
-    let dir = node.path("networks");
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = nad(
-        "blue",
-        json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-blue", "isGateway": true,
-               "ipMasq": true, "macspoofchk": true, "promiscMode": true,
-               "ipam": {"type": "host-local", "subnet": "10.21.0.0/24", "dataDir": ipam,
-                        "routes": [{"dst": "192.0.2.0/24"}]}}),
-    ) + &nad(
-        "mac",
-        json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
-               "ipam": {"type": "host-local", "subnet": "10.23.0.0/24", "dataDir": ipam}}),
-    ) + &nad(
-        "fixed",
-        json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
-               "ipam": {"type": "static", "addresses": [{"address": "10.24.0.5/24"}]}}),
+    let dir = testbed::write_nads(
+        &node,
+        NS,
+        &[
+            (
+                "blue",
+                json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-blue", "isGateway": true,
+                       "ipMasq": true, "macspoofchk": true, "promiscMode": true,
+                       "ipam": {"type": "host-local", "subnet": "10.21.0.0/24", "dataDir": ipam,
+                                "routes": [{"dst": "192.0.2.0/24"}]}}),
+            ),
+            (
+                "mac",
+                json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
+                       "ipam": {"type": "host-local", "subnet": "10.23.0.0/24", "dataDir": ipam}}),
+            ),
+            (
+                "fixed",
+                json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
+                       "ipam": {"type": "static", "addresses": [{"address": "10.24.0.5/24"}]}}),
+            ),
+        ],
     );
-    std::fs::write(dir.join("nets.yaml"), yaml).unwrap();
     let networks =
         r#"[{"name":"blue"},{"name":"mac","default-route":["10.23.0.1"]},{"name":"fixed"}]"#;
     let conf = json!({
@@ -107,66 +107,8 @@ impl Bed {
             .collect()
     }
 
-    /// Everything a user would look at: links (kind, master, addresses) and routes of node and pod, the
-    /// IPAM files (last_reserved_ip excluded: round-robin moves it on by design), the nftables ruleset,
-    /// the records. `keep_bridges`: false to leave out bridges, which a failed ADD may leave as the
-    /// reference plugin does.
     fn state(&self, keep_bridges: bool) -> Value {
-        let node = &self.node;
-        let links = |ns: Option<&str>| -> Vec<Value> {
-            node.ip(ns, &["-d", "addr", "show"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|l| keep_bridges || l["linkinfo"]["info_kind"] != "bridge")
-                .map(|l| {
-                    let addrs: Vec<&Value> = l["addr_info"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .filter(|a| a["scope"] != "link")
-                        .map(|a| &a["local"])
-                        .collect();
-                    // Administrative flags only: carrier follows ports asynchronously.
-                    let flags: Vec<&Value> = l["flags"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .filter(|f| *f == "UP" || *f == "PROMISC")
-                        .collect();
-                    json!([
-                        l["ifname"],
-                        l["linkinfo"]["info_kind"],
-                        l["master"],
-                        addrs,
-                        flags
-                    ])
-                })
-                .collect()
-        };
-        let routes = |ns: Option<&str>| -> Vec<Value> {
-            let mut v = node.ip(ns, &["route", "show"]);
-            for r in v.as_array_mut().unwrap() {
-                r.as_object_mut().unwrap().remove("flags"); // linkdown follows carrier
-            }
-            v.as_array().unwrap().clone()
-        };
-        let ipam: Vec<(String, String)> = node
-            .files("ipam")
-            .into_iter()
-            .filter(|f| !f.ends_with("/lock") && !f.contains("last_reserved_ip"))
-            .map(|f| {
-                let c = std::fs::read_to_string(node.path("ipam").join(&f)).unwrap();
-                (f, c)
-            })
-            .collect();
-        let nft = String::from_utf8_lossy(&node.sh(None, &["nft", "list", "ruleset"]).stdout)
-            .into_owned();
-        json!({
-            "node_links": links(None), "node_routes": routes(None),
-            "pod_links": links(Some(&self.pod)), "pod_routes": routes(Some(&self.pod)),
-            "ipam": ipam, "nft": nft, "cache": node.files("cache"),
-        })
+        testbed::state::full_state(&self.node, &self.pod, keep_bridges)
     }
 }
 
@@ -186,20 +128,6 @@ fn occurrences(points: &[String]) -> Vec<(String, usize)> {
 /// Failpoints after which ADD still succeeds: reporting to the API is not part of the pod's networking.
 fn non_fatal(name: &str) -> bool {
     name.starts_with("k8s.")
-}
-
-fn diff(a: &Value, b: &Value) -> String {
-    let mut out = String::new();
-    for k in a.as_object().unwrap().keys() {
-        if a[k] != b[k] {
-            out += &format!(
-                "{k}:\n  before: {}\n  after:  {}\n",
-                serde_json::to_string(&a[k]).unwrap(),
-                serde_json::to_string(&b[k]).unwrap()
-            );
-        }
-    }
-    out
 }
 
 #[test]
@@ -245,7 +173,7 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
             assert!(
                 after == before,
                 "{spec} left something:\n{}",
-                diff(&before, &after)
+                testbed::state::diff(&before, &after)
             );
             trials += 1;
         }
@@ -268,7 +196,7 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
             assert!(
                 after == before,
                 "{spec}, then DEL, left something:\n{}",
-                diff(&before, &after)
+                testbed::state::diff(&before, &after)
             );
             trials += 1;
         }
@@ -295,7 +223,7 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
             assert!(
                 after == before,
                 "{spec} left something:\n{}",
-                diff(&before, &after)
+                testbed::state::diff(&before, &after)
             );
             trials += 1;
         }

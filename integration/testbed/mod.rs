@@ -48,6 +48,23 @@ pub fn figure(line: &str) {
     }
 }
 
+/// Write NetworkAttachmentDefinitions of namespace `ns` (name, spec.config) into `<node>/networks`, the
+/// folder a meta configuration names as `networksDir`; returns it.
+pub fn write_nads(node: &Node, ns: &str, nads: &[(&str, Value)]) -> PathBuf {
+    let dir = node.path("networks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml: String = nads
+        .iter()
+        .map(|(n, config)| {
+            format!(
+                "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {n}\n  namespace: {ns}\nspec:\n  config: '{config}'\n---\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("nets.yaml"), yaml).unwrap();
+    dir
+}
+
 /// Poll `f` until it holds or `secs` pass (the kernel tears a netns down asynchronously).
 pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -235,6 +252,17 @@ impl Node {
     }
 
     pub fn exec_raw(&self, call: &Call<'_>, stdin: &[u8]) -> CniOutput {
+        let out = self.spawn(call, stdin).wait_with_output().unwrap();
+        CniOutput {
+            exit: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Start a plugin as [`Node::exec`] does, its configuration written, without waiting for it. The
+    /// child's pid is the plugin's (`ip netns exec` execs it).
+    pub fn spawn(&self, call: &Call<'_>, stdin: &[u8]) -> std::process::Child {
         use std::io::Write;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name])
@@ -261,13 +289,9 @@ impl Node {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn plugin");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        CniOutput {
-            exit: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        // A plugin killed early may not read it all: that is its business.
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        child
     }
 
     /// `ip -j ARGS` inside a netns (`None` = the node).

@@ -229,3 +229,79 @@ pub fn assert_same_as_reference(
     );
     assert_eq!(snaps[1].2, snaps[0].2, "{what}: state after DEL differs");
 }
+
+/// Everything a user would look at: links (kind, master, addresses) and routes of node and pod, the
+/// IPAM files (last_reserved_ip excluded: round-robin moves it on by design), the nftables ruleset,
+/// the records. `keep_bridges`: false to leave out bridges, which a failed ADD may leave as the
+/// reference plugin does.
+pub fn full_state(node: &Node, pod: &str, keep_bridges: bool) -> Value {
+    let links = |ns: Option<&str>| -> Vec<Value> {
+        node.ip(ns, &["-d", "addr", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| keep_bridges || l["linkinfo"]["info_kind"] != "bridge")
+            .map(|l| {
+                let addrs: Vec<&Value> = l["addr_info"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|a| a["scope"] != "link")
+                    .map(|a| &a["local"])
+                    .collect();
+                // Administrative flags only: carrier follows ports asynchronously.
+                let flags: Vec<&Value> = l["flags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|f| *f == "UP" || *f == "PROMISC")
+                    .collect();
+                json!([
+                    l["ifname"],
+                    l["linkinfo"]["info_kind"],
+                    l["master"],
+                    addrs,
+                    flags
+                ])
+            })
+            .collect()
+    };
+    let routes = |ns: Option<&str>| -> Vec<Value> {
+        let mut v = node.ip(ns, &["route", "show"]);
+        for r in v.as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("flags"); // linkdown follows carrier
+        }
+        v.as_array().unwrap().clone()
+    };
+    let ipam: Vec<(String, String)> = node
+        .files("ipam")
+        .into_iter()
+        .filter(|f| !f.ends_with("/lock") && !f.contains("last_reserved_ip"))
+        .map(|f| {
+            let c = std::fs::read_to_string(node.path("ipam").join(&f)).unwrap();
+            (f, c)
+        })
+        .collect();
+    let nft =
+        String::from_utf8_lossy(&node.sh(None, &["nft", "list", "ruleset"]).stdout).into_owned();
+    json!({
+        "node_links": links(None), "node_routes": routes(None),
+        "pod_links": links(Some(pod)), "pod_routes": routes(Some(pod)),
+        "ipam": ipam, "nft": nft, "cache": node.files("cache"),
+    })
+}
+
+/// The keys in which two [`full_state`]s differ, both sides shown.
+pub fn diff(a: &Value, b: &Value) -> String {
+    let mut out = String::new();
+    for k in a.as_object().unwrap().keys() {
+        if a[k] != b[k] {
+            out += &format!(
+                "{k}:\n  before: {}\n  after:  {}\n",
+                serde_json::to_string(&a[k]).unwrap(),
+                serde_json::to_string(&b[k]).unwrap()
+            );
+        }
+    }
+    out
+}

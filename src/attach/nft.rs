@@ -150,7 +150,16 @@ pub const SPOOF_TABLE: &str = "bridge attache";
 /// Apply a script in the current network namespace.
 pub async fn apply(script: &str) -> Result<()> {
     crate::fail::point("nft.apply")?;
-    let mut child = tokio::process::Command::new("nft")
+    let mut cmd = tokio::process::Command::new("nft");
+    // nft dies with attache (see delegate::exec).
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

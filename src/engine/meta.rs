@@ -96,8 +96,17 @@ async fn add(
     let netns = open_pod_netns(args)?;
     if let Some(old) = store.load(&args.container_id, &args.ifname)? {
         if old.complete {
+            // The same pod asking again: its first ADD finished but the runtime never got the answer
+            // (it was killed, or timed out). The recorded result is that answer; nothing is redone.
+            if old.netns == args.netns && !old.attachments.is_empty() {
+                tracing::info!(
+                    "ADD of an attachment already made: answering with its recorded result"
+                );
+                let cluster = result_of(&old.attachments[0])?.unwrap_or_default();
+                return Ok(cluster.to_value(conf.version));
+            }
             return Err(Error::Internal(format!(
-                "container {} already has an attachment {}; DEL it before adding it again",
+                "container {} already has an attachment {} in another netns; DEL it before adding it again",
                 args.container_id, args.ifname
             )));
         }

@@ -157,7 +157,8 @@ fn temp_owner(file_name: &str, ifname: Option<&str>) -> Option<Option<i32>> {
     Some(pid)
 }
 
-fn pid_alive(pid: i32) -> bool {
+/// Whether the process that wrote a temporary still runs.
+pub fn pid_alive(pid: i32) -> bool {
     pid == std::process::id() as i32
         || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }

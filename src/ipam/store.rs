@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 
 const LAST_PREFIX: &str = "last_reserved_ip.";
 const LINE_BREAK: &str = "\r\n";
+/// Temporaries of reservations being written: `.reserve.<pid>.<n>`.
+const TEMP_PREFIX: &str = ".reserve.";
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// An IP file holds a container ID (at most 255 bytes) and an interface name.
 const MAX_STATE_FILE: u64 = 4096;
 
@@ -92,20 +95,36 @@ impl Store for DiskStore {
     fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool> {
         let p = self.ip_path(ip);
         crate::fail::point("ipam.reserve")?;
-        let mut f = match OpenOptions::new()
+        // Held already (the usual answer while scanning a busy range): no file is made to find out.
+        if std::fs::symlink_metadata(&p).is_ok() {
+            return Ok(false);
+        }
+        // The reservation appears whole or not at all: its content goes into a temporary that is then
+        // hard-linked into place (link fails if the name exists, as O_EXCL does). A process killed in
+        // between leaves a temporary — which `all` removes once its writer is dead — never an empty
+        // reservation that no container's DEL could recognise as its own.
+        let tmp = self.dir.join(format!(
+            "{TEMP_PREFIX}{}.{}",
+            std::process::id(),
+            TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let written = OpenOptions::new()
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
-            .open(&p)
-        {
-            Ok(f) => f,
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(format!("{id}{LINE_BREAK}{ifname}").as_bytes()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(format!("writing {}", tmp.display()), e));
+        }
+        let linked = std::fs::hard_link(&tmp, &p);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(Error::io(format!("reserving {}", p.display()), e)),
-        };
-        if let Err(e) = f.write_all(format!("{id}{LINE_BREAK}{ifname}").as_bytes()) {
-            let _ = std::fs::remove_file(&p);
-            return Err(Error::io(format!("writing {}", p.display()), e));
         }
         let last = self.dir.join(format!("{LAST_PREFIX}{range_set}"));
         if let Err(e) = write_in_place(&last, ip.to_string().as_bytes()) {
@@ -130,7 +149,17 @@ impl Store for DiskStore {
         let mut out = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name();
-            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+            let name = name.to_str().unwrap_or_default();
+            if let Some(pid) = name
+                .strip_prefix(TEMP_PREFIX)
+                .and_then(|r| r.split('.').next())
+                .and_then(|p| p.parse::<i32>().ok())
+                && !crate::engine::record::pid_alive(pid)
+            {
+                let _ = std::fs::remove_file(entry.path()); // a killed writer's temporary
+                continue;
+            }
+            let Ok(ip) = name.parse::<IpAddr>() else {
                 continue; // lock, last_reserved_ip.N, anything else
             };
             let Ok(content) = crate::engine::record::read_bounded(&entry.path(), MAX_STATE_FILE)
