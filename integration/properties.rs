@@ -255,10 +255,10 @@ proptest! {
             Ok(conf) => {
                 for cmd in [Command::Add, Command::Del] {
                     let args = cmd_args(cmd, "");
-                    if t != "attache" {
-                        if let Err(e) = attache::attach::validate(t, &args, &conf) {
-                            prop_assert!(ok_code(e.cni_code()), "{t}: {e}");
-                        }
+                    if t != "attache"
+                        && let Err(e) = attache::attach::validate(t, &args, &conf)
+                    {
+                        prop_assert!(ok_code(e.cni_code()), "{t}: {e}");
                     }
                     if let Err(e) = attache::ipam::Ipam::from_conf(&conf, &args) {
                         prop_assert!(ok_code(e.cni_code()), "ipam: {e}");
