@@ -24,6 +24,7 @@ use crate::fail::{guarded, guarded_now};
 use crate::k8s::annotation::{NetworkStatus, status_of};
 use crate::k8s::api::StatusWrite;
 use crate::netns::NetNs;
+use futures::FutureExt;
 
 pub async fn run(args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
     let started = std::time::Instant::now();
@@ -130,8 +131,20 @@ async fn add(
 
     for i in 0..rec.attachments.len() {
         let t = std::time::Instant::now();
-        // A panic is an error like any other here: what was attached before is undone.
-        let attached = guarded(attach_add(args, ac, &rec.attachments[i])).await;
+        // A failed attachment has undone itself (its chain's rollback); one that panicked, or whose
+        // record could not be saved, has not: it is undone with the ones before it.
+        let mut undo_upto = i + 1;
+        let attached = match std::panic::AssertUnwindSafe(attach_add(args, ac, &rec.attachments[i]))
+            .catch_unwind()
+            .await
+        {
+            Ok(Err(e)) => {
+                undo_upto = i;
+                Err(e)
+            }
+            Ok(ok) => ok,
+            Err(panic) => Err(crate::fail::panic_error(panic)),
+        };
         let saved = attached.and_then(|res| {
             tracing::debug!(
                 network = %rec.attachments[i].network,
@@ -149,9 +162,9 @@ async fn add(
                 rec.attachments[i].network
             ));
             tracing::debug!(ms = elapsed_ms(t), "{err}");
-            // Undo this attachment (whatever it left half-made; DEL is idempotent) and the ones before
-            // it, newest first. If that fails too, the record stays so that the runtime's DEL can finish.
-            rec.attachments.truncate(i + 1);
+            // Undo the ones before it, newest first. If that fails too, the record stays so that the
+            // runtime's DEL can finish.
+            rec.attachments.truncate(undo_upto);
             rollback(args, ac, store, &rec).await;
             return Err(err);
         }
