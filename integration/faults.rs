@@ -107,9 +107,21 @@ impl Bed {
             .collect()
     }
 
+    fn times_reached(&self, log: &str, name: &str) -> usize {
+        self.reached(log).iter().filter(|p| *p == name).count()
+    }
+
     fn state(&self, keep_bridges: bool) -> Value {
         testbed::state::full_state(&self.node, &self.pod, keep_bridges)
     }
+}
+
+fn assert_unchanged(before: &Value, after: &Value, what: &str) {
+    assert!(
+        after == before,
+        "{what} left something:\n{}",
+        testbed::state::diff(before, after)
+    );
 }
 
 /// Each (name, n) for the n-th time a run reached `name`.
@@ -150,12 +162,10 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
         for mode in ["error", "panic"] {
             let spec = format!("{name}@{n}:{mode}");
             let out = bed.run("ADD", "f1", Some(&spec), Some("trial.log"));
-            let reached = bed
-                .reached("trial.log")
-                .iter()
-                .filter(|p| **p == name)
-                .count();
-            assert!(reached >= n, "{spec} was never reached");
+            assert!(
+                bed.times_reached("trial.log", &name) >= n,
+                "{spec} was never reached"
+            );
             if out.exit == 0 {
                 assert!(
                     non_fatal(&name),
@@ -169,12 +179,7 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
                     "{spec}: the error does not say what failed: {v}"
                 );
             }
-            let after = bed.state(true);
-            assert!(
-                after == before,
-                "{spec} left something:\n{}",
-                testbed::state::diff(&before, &after)
-            );
+            assert_unchanged(&before, &bed.state(true), &spec);
             trials += 1;
         }
     }
@@ -184,20 +189,13 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
             let spec = format!("{name}@{n}:{mode}");
             bed.run("ADD", "f2", None, None).ok();
             let _ = bed.run("DEL", "f2", Some(&spec), Some("trial.log"));
-            let reached = bed
-                .reached("trial.log")
-                .iter()
-                .filter(|p| **p == name)
-                .count();
-            assert!(reached >= n, "{spec} was never reached");
+            assert!(
+                bed.times_reached("trial.log", &name) >= n,
+                "{spec} was never reached"
+            );
             // Whatever the failed DEL left, a retried DEL finishes.
             bed.run("DEL", "f2", None, None).ok();
-            let after = bed.state(true);
-            assert!(
-                after == before,
-                "{spec}, then DEL, left something:\n{}",
-                testbed::state::diff(&before, &after)
-            );
+            assert_unchanged(&before, &bed.state(true), &format!("{spec}, then DEL,"));
             trials += 1;
         }
     }
@@ -219,12 +217,7 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
             let before = cold.state(false);
             let spec = format!("{name}@1:{mode}");
             cold.run("ADD", "c1", Some(&spec), None).err(999);
-            let after = cold.state(false);
-            assert!(
-                after == before,
-                "{spec} left something:\n{}",
-                testbed::state::diff(&before, &after)
-            );
+            assert_unchanged(&before, &cold.state(false), &spec);
             trials += 1;
         }
     }
