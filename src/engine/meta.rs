@@ -354,31 +354,56 @@ async fn teardown(
     store: &RecordStore,
     rec: &PodRecord,
 ) -> Result<()> {
-    let mut errors = Vec::new();
-    // Several native interfaces in one pod: delete them in one go first (one kernel wait, not one each).
-    let grouped = rec
-        .attachments
-        .iter()
-        .filter(|a| {
-            a.conf["plugins"].as_array().is_some_and(|ps| {
-                ps.iter()
-                    .any(|p| p.get(crate::attach::LINK_GROUP_KEY).is_some())
-            })
+    let is_grouped = |a: &&AttachmentRecord| {
+        a.conf["plugins"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.get(crate::attach::LINK_GROUP_KEY).is_some())
         })
-        .count();
+    };
+    let (grouped, others): (Vec<&AttachmentRecord>, Vec<&AttachmentRecord>) =
+        rec.attachments.iter().partition(is_grouped);
     let netns = live_netns(args, rec);
     if netns.is_none() {
         tracing::debug!("DEL has no live pod netns: pod-side links went with it");
     }
-    if let Some(ns) = netns
-        && grouped >= 2
-        && let Err(e) =
-            crate::attach::delete_link_group(ns, plan::link_group(&rec.container_id, &rec.ifname))
-                .await
-    {
-        tracing::warn!("deleting the pod's interfaces as a group: {e}; deleting them one by one");
+    // The pod's native interfaces and the delegated networks are independent: both go at once, so a
+    // pod's DEL pays the kernel's unregister wait once, not once for the delegate and again for the
+    // natives. The native ones go together, as one link group (one wait, not one each), then their
+    // drivers' DELs find their links gone and release what they hold.
+    let natives = async {
+        if let Some(ns) = netns
+            && grouped.len() >= 2
+            && let Err(e) = crate::attach::delete_link_group(
+                ns,
+                plan::link_group(&rec.container_id, &rec.ifname),
+            )
+            .await
+        {
+            tracing::warn!(
+                "deleting the pod's interfaces as a group: {e}; deleting them one by one"
+            );
+        }
+        detach_all(args, ac, rec, &grouped).await
+    };
+    let (mut errors, delegated) = futures::join!(natives, detach_all(args, ac, rec, &others));
+    errors.extend(delegated);
+    if errors.is_empty() {
+        store.remove(&rec.container_id, &rec.ifname)?;
+    } else {
+        tracing::warn!("DEL keeps the record: something is left for a retried DEL");
     }
-    for a in rec.attachments.iter().rev() {
+    Error::from_list(errors)
+}
+
+/// DEL the given attachments, newest first, collecting errors.
+async fn detach_all(
+    args: &CmdArgs,
+    ac: &AttacheConf,
+    rec: &PodRecord,
+    list: &[&AttachmentRecord],
+) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for a in list.iter().rev() {
         let t = std::time::Instant::now();
         match attach_del(args, ac, rec, a).await {
             Ok(()) => tracing::debug!(
@@ -394,12 +419,7 @@ async fn teardown(
             }
         }
     }
-    if errors.is_empty() {
-        store.remove(&rec.container_id, &rec.ifname)?;
-    } else {
-        tracing::warn!("DEL keeps the record: something is left for a retried DEL");
-    }
-    Error::from_list(errors)
+    errors
 }
 
 async fn check(
