@@ -34,15 +34,7 @@ fn conf(node: &Node) -> Value {
             ),
         ],
     );
-    json!({
-        "cniVersion": "1.0.0", "name": "attache", "type": "attache",
-        "clusterNetwork": {"cniVersion": "1.0.0", "name": "cluster", "type": "ptp",
-            "ipam": {"type": "host-local", "subnet": "10.77.0.0/22", "dataDir": ipam,
-                     "routes": [{"dst": "0.0.0.0/0"}]}},
-        "cacheDir": node.path("cache"),
-        "networksDir": dir,
-        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"k8s.v1.cni.cncf.io/networks": "blue,mac"}}
-    })
+    testbed::meta_conf(node, &dir, "blue,mac")
 }
 
 /// A small deterministic generator (xorshift), seeded from the clock; the seed is printed on failure.

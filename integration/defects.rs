@@ -22,15 +22,6 @@ fn k8s_args() -> String {
     )
 }
 
-/// The delegated cluster network: Debian's ptp with host-local, named `cluster` (or `cluster-<tag>`).
-fn cluster(node: &Node, name: &str) -> Value {
-    json!({
-        "cniVersion": "1.0.0", "name": name, "type": "ptp",
-        "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": node.path("ipam"),
-                 "routes": [{"dst": "0.0.0.0/0"}]}
-    })
-}
-
 /// A meta configuration named `name`, its cluster network `cluster`, two native bridge networks
 /// (`blue` with isGateway and ipMasq, `red` with macspoofchk) in its networksDir.
 fn meta(node: &Node, name: &str) -> Value {
@@ -55,7 +46,7 @@ fn meta(node: &Node, name: &str) -> Value {
         "cniVersion": "1.1.0",
         "name": name,
         "type": "attache",
-        "clusterNetwork": cluster(node, "cluster"),
+        "clusterNetwork": testbed::ptp_cluster(node),
         "cacheDir": node.path("cache"),
         "confDir": node.path("net.d"),
         "networksDir": dir,

@@ -60,16 +60,8 @@ fn new_bed(tag: &str) -> Bed {
     );
     let networks =
         r#"[{"name":"blue"},{"name":"mac","default-route":["10.23.0.1"]},{"name":"fixed"}]"#;
-    let conf = json!({
-        "cniVersion": "1.1.0", "name": "attache", "type": "attache",
-        "clusterNetwork": {"cniVersion": "1.0.0", "name": "cluster", "type": "ptp",
-            "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": ipam,
-                     "routes": [{"dst": "0.0.0.0/0"}]}},
-        "cacheDir": node.path("cache"),
-        "networksDir": dir,
-        "kubeconfig": node.path("kubeconfig"),
-        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"k8s.v1.cni.cncf.io/networks": networks}}
-    });
+    let mut conf = testbed::meta_conf(&node, &dir, networks);
+    conf["kubeconfig"] = json!(node.path("kubeconfig"));
     Bed {
         node,
         pod,

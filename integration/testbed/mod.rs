@@ -65,6 +65,28 @@ pub fn write_nads(node: &Node, ns: &str, nads: &[(&str, Value)]) -> PathBuf {
     dir
 }
 
+/// The delegated cluster network of the meta-plugin tests: Debian's ptp with host-local, named `cluster`,
+/// state in the node's folder.
+pub fn ptp_cluster(node: &Node) -> Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0", "name": "cluster", "type": "ptp",
+        "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": node.path("ipam"),
+                 "routes": [{"dst": "0.0.0.0/0"}]}
+    })
+}
+
+/// A meta configuration with [`ptp_cluster`], definitions from `networks_dir`, and the runtime passing
+/// the pod's networks annotation.
+pub fn meta_conf(node: &Node, networks_dir: &Path, networks: &str) -> Value {
+    serde_json::json!({
+        "cniVersion": "1.1.0", "name": "attache", "type": "attache",
+        "clusterNetwork": ptp_cluster(node),
+        "cacheDir": node.path("cache"),
+        "networksDir": networks_dir,
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"k8s.v1.cni.cncf.io/networks": networks}}
+    })
+}
+
 /// Poll `f` until it holds or `secs` pass (the kernel tears a netns down asynchronously).
 pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);

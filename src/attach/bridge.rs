@@ -573,7 +573,7 @@ impl AddCtx<'_> {
             .await?;
             self.undo
                 .borrow_mut()
-                .push(Undo::Nft(nft::spoofchk_del_script(&chain, host)));
+                .push(Undo::Nft(nft::spoofchk_del(&chain, host)));
         }
         if bc.is_gw {
             for gw in gws {
@@ -595,7 +595,7 @@ impl AddCtx<'_> {
             let ips: Vec<IpAddr> = result.ips.iter().map(|i| i.address.addr()).collect();
             self.undo
                 .borrow_mut()
-                .push(Undo::Nft(nft::masq_del_script(&chain, &ips)));
+                .push(Undo::Nft(nft::masq_del(&chain, &ips)));
         }
         Ok(())
     }
@@ -666,21 +666,14 @@ async fn del(args: &CmdArgs, conf: &NetConf, td: &Teardown) -> Result<()> {
         }
     }
     if td.macspoofchk
-        && let Err(e) = nft::remove(
-            nft::SPOOF_TABLE,
-            &nft::spoofchk_del_script(&spoof_chain(&td.network, args), &host),
-        )
-        .await
+        && let Err(e) =
+            nft::remove(&nft::spoofchk_del(&spoof_chain(&td.network, args), &host)).await
     {
         errors.push(e);
     }
     if td.ip_masq
         && !ips.is_empty()
-        && let Err(e) = nft::remove(
-            nft::MASQ_TABLE,
-            &nft::masq_del_script(&masq_chain(&td.network, args), &ips),
-        )
-        .await
+        && let Err(e) = nft::remove(&nft::masq_del(&masq_chain(&td.network, args), &ips)).await
     {
         errors.push(e);
     }

@@ -155,7 +155,7 @@ pub enum Undo {
         netns: Option<NetNs>,
         name: String,
     },
-    Nft(String),
+    Nft(nft::Removal),
     Ipam,
 }
 
@@ -177,10 +177,7 @@ pub async fn rollback(undo: Vec<Undo>, args: &CmdArgs, conf: &NetConf, ipam: &cr
                 link_left |= r.is_err();
                 (format!("delete link {name}"), r)
             }
-            Undo::Nft(script) => (
-                "remove nftables state".to_string(),
-                nft::apply(script).await,
-            ),
+            Undo::Nft(r) => ("remove nftables state".to_string(), nft::remove(r).await),
             Undo::Ipam if link_left => {
                 tracing::error!(
                     container = %args.container_id,

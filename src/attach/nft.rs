@@ -72,17 +72,30 @@ pub fn masq_add_script(chain: &str, ips: &[IpNet]) -> String {
     s
 }
 
-/// Undo [`masq_add_script`]; succeeds whether or not it was there.
-pub fn masq_del_script(chain: &str, ips: &[IpAddr]) -> String {
-    let mut s = String::from(MASQ_BASE);
-    s += &format!("add chain inet attache {chain}\n");
+/// What undoes an attachment's nftables state: the deletes alone (`strict`, which fail if anything is
+/// already gone) and the idempotent script that first re-declares everything it deletes (`full`).
+pub struct Removal {
+    table: &'static str,
+    pub strict: String,
+    pub full: String,
+}
+
+/// Undo [`masq_add_script`].
+pub fn masq_del(chain: &str, ips: &[IpAddr]) -> Removal {
+    let mut full = format!("{MASQ_BASE}add chain inet attache {chain}\n");
+    let mut strict = String::new();
     for ip in ips {
         let map = masq_map(*ip);
-        s += &format!("add element inet attache {map} {{ {ip} : jump {chain} }}\n");
-        s += &format!("delete element inet attache {map} {{ {ip} }}\n");
+        full += &format!("add element inet attache {map} {{ {ip} : jump {chain} }}\n");
+        strict += &format!("delete element inet attache {map} {{ {ip} }}\n");
     }
-    s += &format!("flush chain inet attache {chain}\ndelete chain inet attache {chain}\n");
-    s
+    strict += &format!("flush chain inet attache {chain}\ndelete chain inet attache {chain}\n");
+    full += &strict;
+    Removal {
+        table: "inet attache",
+        strict,
+        full,
+    }
 }
 
 const SPOOF_BASE: &str = "add table bridge attache
@@ -102,37 +115,32 @@ pub fn spoofchk_add_script(chain: &str, port: &str, mac: &str) -> String {
     s
 }
 
-pub fn spoofchk_del_script(chain: &str, port: &str) -> String {
-    let mut s = String::from(SPOOF_BASE);
-    s += &format!("add chain bridge attache {chain}\n");
-    s += &format!("add element bridge attache spoofchk {{ \"{port}\" : jump {chain} }}\n");
-    s += &format!("delete element bridge attache spoofchk {{ \"{port}\" }}\n");
-    s += &format!("flush chain bridge attache {chain}\ndelete chain bridge attache {chain}\n");
-    s
+/// Undo [`spoofchk_add_script`].
+pub fn spoofchk_del(chain: &str, port: &str) -> Removal {
+    let strict = format!(
+        "delete element bridge attache spoofchk {{ \"{port}\" }}\nflush chain bridge attache {chain}\ndelete chain bridge attache {chain}\n"
+    );
+    let full = format!(
+        "{SPOOF_BASE}add chain bridge attache {chain}\nadd element bridge attache spoofchk {{ \"{port}\" : jump {chain} }}\n{strict}"
+    );
+    Removal {
+        table: "bridge attache",
+        strict,
+        full,
+    }
 }
 
-/// Remove an attachment's state with one of the `*_del_script`s (idempotent: they re-declare the base they
-/// rely on) without ever creating what was not there. First only its `delete`s run — the usual case, one
-/// `nft` run; if that fails because something is already gone, the table is looked for: absent, there is
-/// nothing to remove (and no empty base table is made just to be emptied); present, the idempotent script
-/// runs.
-pub async fn remove(table: &str, script: &str) -> Result<()> {
-    let strict: String = script
-        .lines()
-        .filter(|l| {
-            l.starts_with("delete ")
-                || (l.starts_with("flush chain")
-                    && !l.ends_with(" postrouting")
-                    && !l.ends_with(" prerouting"))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if apply(&strict).await.is_ok() {
+/// Remove an attachment's state without ever creating what was not there. The deletes alone run first —
+/// the usual case, one `nft` run; if that fails because something is already gone, the table is looked
+/// for: absent, there is nothing to remove (and no empty base table is made just to be emptied);
+/// present, the idempotent script runs.
+pub async fn remove(r: &Removal) -> Result<()> {
+    if apply(&r.strict).await.is_ok() {
         return Ok(());
     }
     let listed = tokio::process::Command::new("nft")
         .args(["list", "table"])
-        .args(table.split(' '))
+        .args(r.table.split(' '))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -141,11 +149,8 @@ pub async fn remove(table: &str, script: &str) -> Result<()> {
     if !listed.success() {
         return Ok(());
     }
-    apply(script).await
+    apply(&r.full).await
 }
-
-pub const MASQ_TABLE: &str = "inet attache";
-pub const SPOOF_TABLE: &str = "bridge attache";
 
 /// Apply a script in the current network namespace.
 pub async fn apply(script: &str) -> Result<()> {
@@ -218,9 +223,14 @@ mod tests {
         assert!(s.contains("add rule inet attache masq-x ip6 daddr fd00::/64 return"));
         assert!(s.contains("add element inet attache masq4 { 10.1.0.5 : jump masq-x }"));
         assert!(s.contains("add element inet attache masq6 { fd00::5 : jump masq-x }"));
-        let d = masq_del_script("masq-x", &[ips[0].addr()]);
-        assert!(d.ends_with("delete chain inet attache masq-x\n"));
-        assert!(d.contains("delete element inet attache masq4 { 10.1.0.5 }"));
+        let d = masq_del("masq-x", &[ips[0].addr()]);
+        assert!(d.full.ends_with("delete chain inet attache masq-x\n"));
+        assert!(d.full.starts_with(MASQ_BASE));
+        assert!(!d.strict.contains("add "));
+        assert!(
+            d.strict
+                .contains("delete element inet attache masq4 { 10.1.0.5 }")
+        );
         let s = spoofchk_add_script("mac-x", "veth1", "0a:58:0a:01:00:02");
         assert!(s.contains("ether saddr 0a:58:0a:01:00:02 return"));
     }

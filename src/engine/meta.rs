@@ -288,36 +288,41 @@ pub fn network_status(rec: &PodRecord) -> Vec<NetworkStatus> {
 }
 
 async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStore) -> Result<()> {
-    for t in store.remove_temporaries(&args.container_id, Some(&args.ifname)) {
-        tracing::debug!("removed a killed writer's temporary {}", t.display());
-    }
-    let rec = match store.load(&args.container_id, &args.ifname) {
+    let (rec, from_record) = match store.load(&args.container_id, &args.ifname) {
         Ok(Some(r)) => {
             tracing::debug!(
                 attachments = r.attachments.len(),
                 "DEL tears down what the record names"
             );
-            r
+            (r, true)
         }
         // No record: ADD never got to write one, its DEL already finished, or it was lost. Either way
         // the configuration and the pod's annotations say what could be there: tear that down.
-        Ok(None) => replan(args, conf, ac, "no record").await,
-        Err(e) => replan(args, conf, ac, &format!("unreadable record ({e})")).await,
+        Ok(None) => (replan(args, conf, ac, "no record").await, false),
+        Err(e) => (
+            replan(args, conf, ac, &format!("unreadable record ({e})")).await,
+            false,
+        ),
     };
-    let mut errors = Vec::new();
-    if let Err(e) = teardown(args, ac, store, &rec).await {
-        errors.push(e);
-    }
-    // What is labelled as the container's on the node goes too, whatever describes it.
-    match crate::attach::delete_owned_links(&args.container_id).await {
-        Ok(gone) if !gone.is_empty() => {
-            tracing::info!(
-                ?gone,
-                "deleted the container's leftover node links by their alias"
-            )
+    // (The record's removal takes killed writers' temporaries with it.)
+    let mut errors: Vec<Error> = teardown(args, ac, store, &rec)
+        .await
+        .err()
+        .into_iter()
+        .collect();
+    // Without a record nothing says the configuration still describes every network the pod had: what
+    // is labelled as the container's on the node goes too. (With one, the record names every link.)
+    if !from_record {
+        match crate::attach::delete_owned_links(&args.container_id).await {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(
+                    ?gone,
+                    "deleted the container's leftover node links by their alias"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e.context("deleting the container's node links by alias")),
         }
-        Ok(_) => {}
-        Err(e) => errors.push(e.context("deleting the container's node links by alias")),
     }
     Error::from_list(errors)
 }

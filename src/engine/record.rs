@@ -212,11 +212,13 @@ impl RecordStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::io(format!("writing {}", tmp.display()), e));
         }
-        // A directory planted where the record goes would make every rename fail: it is not ours.
-        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+        let mut renamed = std::fs::rename(&tmp, &p);
+        // A directory planted where the record goes makes every rename fail: it is not ours.
+        if renamed.is_err() && std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
             let _ = std::fs::remove_dir_all(&p);
+            renamed = std::fs::rename(&tmp, &p);
         }
-        std::fs::rename(&tmp, &p).map_err(|e| {
+        renamed.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             Error::io(format!("renaming {}", p.display()), e)
         })
