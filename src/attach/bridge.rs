@@ -20,7 +20,7 @@ use super::{
     IfaceOpts, Undo, configure_iface, host_veth_name, nft, owner_alias, pod_netns, pod_sysctls,
     rollback,
 };
-use crate::cni::conf::{NetConf, check_ifname};
+use crate::cni::conf::{NetConf, check_ifname, decode};
 use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Dns, Interface, Route};
 use crate::error::{Error, Result};
@@ -97,8 +97,7 @@ fn vlan_id(v: i64, what: &str) -> Result<u16> {
 
 impl BridgeConf {
     pub fn new(conf: &NetConf, args: &CmdArgs) -> Result<BridgeConf> {
-        let raw: Raw = serde_json::from_value(Value::Object(conf.raw.clone()))
-            .map_err(|e| Error::config(format!("bridge: {e}")))?;
+        let raw: Raw = decode("bridge", Value::Object(conf.raw.clone()))?;
         let network = conf.require_name()?.to_string();
         let bridge = raw.bridge.unwrap_or_else(|| "cni0".into());
         check_ifname(&bridge).map_err(|m| Error::config(format!("bridge: {m}")))?;
@@ -795,6 +794,20 @@ mod tests {
         ] {
             let e = bc(extra.clone(), "").unwrap_err();
             assert_eq!(e.cni_code(), 7, "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_badly_typed_field_is_named() {
+        for (extra, says) in [
+            (json!({"mtu": "big"}), "bridge: mtu: invalid type"),
+            (
+                json!({"vlanTrunk": [{"id": "x"}]}),
+                "bridge: vlanTrunk[0].id: invalid type",
+            ),
+        ] {
+            let e = bc(extra.clone(), "").unwrap_err().to_string();
+            assert!(e.contains(says), "{extra}: {e}");
         }
     }
 

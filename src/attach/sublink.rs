@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{IfaceOpts, Undo, configure_iface, pod_netns, pod_sysctls, rollback};
-use crate::cni::conf::{NetConf, check_ifname};
+use crate::cni::conf::{NetConf, check_ifname, decode};
 use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Dns, Interface};
 use crate::error::{Error, Result};
@@ -55,8 +55,7 @@ pub struct SubConf {
 
 impl SubConf {
     pub fn new(t: &str, conf: &NetConf, args: &CmdArgs) -> Result<SubConf> {
-        let raw: Raw = serde_json::from_value(Value::Object(conf.raw.clone()))
-            .map_err(|e| Error::config(format!("{t}: {e}")))?;
+        let raw: Raw = decode(t, Value::Object(conf.raw.clone()))?;
         conf.require_name()?;
         let kind = match t {
             "macvlan" => SubLinkKind::MacVlan(match raw.mode.as_deref().unwrap_or("bridge") {

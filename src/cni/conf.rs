@@ -122,6 +122,20 @@ pub fn validate_network_name(name: &str) -> Result<()> {
 }
 
 /// A plugin type names a binary in CNI_PATH: no path separators, nothing hidden.
+/// Decode one section of a configuration into its typed form; a bad value is named by its key path
+/// (`bridge: mtu: invalid type: string "big", expected u32`), not by a bare serde message.
+pub fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            Error::config(format!("{what}: {inner}"))
+        } else {
+            Error::config(format!("{what}: {path}: {inner}"))
+        }
+    })
+}
+
 pub fn validate_plugin_type(t: &str) -> Result<()> {
     if t.contains('/') || t.contains('\0') || t.starts_with('.') {
         return Err(Error::config(format!(

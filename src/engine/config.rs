@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cni::conf::NetConf;
+use crate::cni::conf::{NetConf, decode};
 use crate::engine::chain::NetworkList;
 use crate::error::{Error, Result};
 
@@ -108,8 +108,7 @@ pub struct AttacheConf {
 
 impl AttacheConf {
     pub fn from_conf(conf: &NetConf) -> Result<AttacheConf> {
-        let raw: Raw = serde_json::from_value(Value::Object(conf.raw.clone()))
-            .map_err(|e| Error::config(format!("attache configuration: {e}")))?;
+        let raw: Raw = decode("attache configuration", Value::Object(conf.raw.clone()))?;
         let cluster = match raw.cluster_network {
             None | Some(Value::Null) => {
                 return Err(Error::config(

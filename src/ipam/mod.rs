@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cni::conf::NetConf;
+use crate::cni::conf::{NetConf, decode};
 use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Dns, IpConfig, Route};
 use crate::delegate::{self, Invocation};
@@ -149,13 +149,11 @@ impl Ipam {
         let section = Value::Object(section.clone());
         match kind {
             "host-local" => {
-                let raw: RawHostLocal = serde_json::from_value(section)
-                    .map_err(|e| Error::config(format!("ipam (host-local): {e}")))?;
+                let raw: RawHostLocal = decode("ipam (host-local)", section)?;
                 HostLocal::new(conf, args, raw).map(Ipam::HostLocal)
             }
             "static" => {
-                let raw: RawStatic = serde_json::from_value(section)
-                    .map_err(|e| Error::config(format!("ipam (static): {e}")))?;
+                let raw: RawStatic = decode("ipam (static)", section)?;
                 Static::new(conf, args, raw).map(Ipam::Static)
             }
             other => {
@@ -346,8 +344,7 @@ impl HostLocal {
             .and_then(|r| r.get("ipRanges"))
         {
             for set in rs {
-                let set: Vec<RawRange> = serde_json::from_value(set.clone())
-                    .map_err(|e| Error::config(format!("runtimeConfig.ipRanges: {e}")))?;
+                let set: Vec<RawRange> = decode("runtimeConfig.ipRanges", set.clone())?;
                 sets.push(set);
             }
         }
