@@ -1,1 +1,147 @@
-//! placeholder
+//! podman 4.3 (CNI backend) runs containers on attache networks: attache installed as `bridge`
+//! (drop-in), and as a meta-plugin network whose cluster network is Debian's ptp (exec'd) with a native
+//! bridge from `defaultNetworks`. podman sends VERSION, ADD with `K8S_POD_NAME`, and DEL with
+//! `prevResult` — also when the container fails to start after ADD.
+
+mod runtime;
+mod testbed;
+
+use std::path::{Path, PathBuf};
+
+use runtime::{Podman, leftovers};
+use serde_json::{Value, json};
+use testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
+
+/// podman first, so that its containers are gone before the node is removed.
+struct Bed {
+    podman: Podman,
+    node: Node,
+}
+
+fn drop_in_network(node: &Node) -> Value {
+    json!({"cniVersion": "1.0.0", "name": "attnet", "plugins": [
+        {"type": "bridge", "bridge": "br-pod", "isGateway": true,
+         "ipam": {"type": "host-local", "subnet": "10.57.0.0/24", "dataDir": node.path("ipam")}}]})
+}
+
+fn meta_network(node: &Node, networks_dir: &Path) -> Value {
+    json!({"cniVersion": "1.0.0", "name": "attmeta", "plugins": [{
+        "type": "attache",
+        "clusterNetwork": testbed::ptp_cluster(node),
+        "defaultNetworks": ["default/br-net"],
+        "networksDir": networks_dir,
+        "cacheDir": node.path("cache"),
+        "logFile": node.path("attache.log"),
+    }]})
+}
+
+fn bed(tag: &str) -> Bed {
+    require_reference_plugins();
+    let node = Node::new(tag);
+    let dir = testbed::write_nads(
+        &node,
+        "default",
+        &[(
+            "br-net",
+            json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-sec", "isGateway": true,
+                   "ipam": {"type": "host-local", "subnet": "10.59.0.0/24",
+                            "dataDir": node.path("ipam")}}),
+        )],
+    );
+    let bins: Vec<(&str, PathBuf)> = vec![
+        ("bridge", attache_bin()),
+        ("attache", attache_bin()),
+        ("ptp", Path::new(REFERENCE_DIR).join("ptp")),
+        ("host-local", Path::new(REFERENCE_DIR).join("host-local")),
+    ];
+    let podman = Podman::new(
+        &node,
+        &[drop_in_network(&node), meta_network(&node, &dir)],
+        &bins
+            .iter()
+            .map(|(n, p)| (*n, p.as_path()))
+            .collect::<Vec<_>>(),
+    );
+    Bed { podman, node }
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The IPv4 addresses in `ip -o -4 addr` output.
+fn addresses(out: &str) -> Vec<String> {
+    out.split_whitespace()
+        .filter(|w| w.starts_with("10.") && w.contains('/'))
+        .map(|w| w.split('/').next().unwrap().to_string())
+        .collect()
+}
+
+/// What the container runs: its addresses, and whether `gateway` answers a ping.
+fn probe(gateway: &str) -> String {
+    format!("ip -o -4 addr show; ping -c 1 -W 2 {gateway} >/dev/null && echo gateway-answered")
+}
+
+#[test]
+fn podman_runs_a_container_on_attache_as_bridge() {
+    let b = bed("podman-dropin");
+    let out = b
+        .podman
+        .run_rm("attnet", &["sh", "-c", &probe("10.57.0.1")]);
+    let t = text(&out);
+    assert!(out.status.success(), "podman run: {t}");
+    assert!(t.contains("eth0") && t.contains("inet 10.57.0."), "{t}");
+    assert!(t.contains("gateway-answered"), "{t}");
+    let left = leftovers(&b.node, &[], &addresses(&t));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn podman_runs_a_container_on_an_attache_meta_network() {
+    let b = bed("podman-meta");
+    let out = b
+        .podman
+        .run_rm("attmeta", &["sh", "-c", &probe("10.59.0.1")]);
+    let t = text(&out);
+    assert!(out.status.success(), "podman run: {t}");
+    // The cluster network (ptp, exec'd) and the default network (native bridge).
+    assert!(t.contains("eth0") && t.contains("inet 10.77.0."), "{t}");
+    assert!(t.contains("net1") && t.contains("inet 10.59.0."), "{t}");
+    assert!(t.contains("gateway-answered"), "{t}");
+    let log = std::fs::read_to_string(b.node.path("attache.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("command=\"DEL\"") && l.contains("code=0")),
+        "{log}"
+    );
+    let left = leftovers(&b.node, &[], &addresses(&t));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn a_container_that_fails_after_add_gets_its_del_and_leaves_nothing() {
+    let b = bed("podman-fail");
+    for network in ["attnet", "attmeta"] {
+        let out = b.podman.run_rm(network, &["/no/such/command"]);
+        assert!(
+            !out.status.success(),
+            "{network}: the container must fail to start"
+        );
+        let left = leftovers(&b.node, &[], &[]);
+        assert!(left.is_empty(), "{network}: left behind: {left:#?}");
+    }
+    let log = std::fs::read_to_string(b.node.path("attache.log")).unwrap_or_default();
+    let adds = log
+        .lines()
+        .filter(|l| l.contains("command=\"ADD\""))
+        .count();
+    let dels = log
+        .lines()
+        .filter(|l| l.contains("command=\"DEL\"") && l.contains("code=0"))
+        .count();
+    assert!(adds >= 1 && dels >= adds, "ADDs {adds}, DELs {dels}: {log}");
+}

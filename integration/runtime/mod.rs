@@ -192,23 +192,24 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
-/// Kill the processes left in the cgroups named `parent` (in every v1 hierarchy and the v2 one) and
-/// remove those cgroups, deepest first.
+/// Kill the processes left in the cgroup `parent` and below (in every v1 hierarchy, or the v2 one) and
+/// remove those cgroups, deepest first; then its ancestors that are left empty (`/attache-test`,
+/// shared by the tests running at the same time, goes with the last of them).
 pub fn remove_cgroups(parent: &str) {
-    let mut dirs = Vec::new();
-    for h in std::fs::read_dir("/sys/fs/cgroup")
+    let rel = parent.trim_start_matches('/');
+    let mut hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
-    {
-        let base = h.path().join(parent.trim_start_matches('/'));
-        if base.is_dir() {
+        .map(|h| h.path())
+        .collect();
+    hierarchies.push(PathBuf::from("/sys/fs/cgroup"));
+    let mut dirs = Vec::new();
+    for h in &hierarchies {
+        let base = h.join(rel);
+        if base.join("cgroup.procs").exists() {
             collect_dirs(&base, &mut dirs);
         }
-    }
-    let base = Path::new("/sys/fs/cgroup").join(parent.trim_start_matches('/'));
-    if base.is_dir() && base.join("cgroup.procs").exists() {
-        collect_dirs(&base, &mut dirs);
     }
     for d in &dirs {
         if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
@@ -225,6 +226,13 @@ pub fn remove_cgroups(parent: &str) {
     for d in dirs {
         // A killed process leaves its cgroup a moment later.
         eventually(5, || std::fs::remove_dir(&d).is_ok() || !d.exists());
+    }
+    for h in &hierarchies {
+        let mut up = Path::new(rel);
+        while let Some(p) = up.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::remove_dir(h.join(p));
+            up = p;
+        }
     }
 }
 
@@ -646,5 +654,122 @@ impl Drop for Containerd {
             let _ = std::fs::remove_dir(h.path().join("attache-test"));
         }
         let _ = std::fs::remove_dir("/sys/fs/cgroup/attache-test");
+    }
+}
+
+/// podman 4.3 with its CNI backend, every path private under `<node>/podman`: configuration
+/// (`CONTAINERS_CONF`, `CONTAINERS_STORAGE_CONF`), storage, the networks' conflists and the plugin dir.
+/// It runs inside the node netns (`nsenter --net`), containers in the cgroup `/attache-test/<node>`.
+pub struct Podman {
+    pub dir: PathBuf,
+    pub net_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub cgroup_parent: String,
+    node_netns: String,
+}
+
+impl Podman {
+    /// podman with `networks` (conflists, each named by its `name`) and `plugins` (name, binary); the
+    /// busybox image loaded.
+    pub fn new(node: &Node, networks: &[Value], plugins: &[(&str, &Path)]) -> Podman {
+        require(&["podman", "runc", "conmon", "nsenter"]);
+        let dir = node.path("podman");
+        let net_dir = dir.join("net.d");
+        let bin_dir = dir.join("bin");
+        for d in [&net_dir, &bin_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for (name, from) in plugins {
+            std::fs::copy(from, bin_dir.join(name))
+                .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+        }
+        for n in networks {
+            let name = n["name"].as_str().unwrap();
+            std::fs::write(net_dir.join(format!("{name}.conflist")), n.to_string()).unwrap();
+        }
+        let d = dir.display();
+        // Each setting was needed on this machine kind (research/real-clients.md).
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                r#"[containers]
+netns = "private"
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{d}/bin"]
+network_config_dir = "{d}/net.d"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{d}/events.log"
+runtime = "runc"
+tmp_dir = "{d}/tmp"
+static_dir = "{d}/libpod"
+volume_path = "{d}/volumes"
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("storage.conf"),
+            format!("[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n"),
+        )
+        .unwrap();
+        let me = Podman {
+            cgroup_parent: format!("/attache-test/{}", node.name),
+            node_netns: format!("/run/netns/{}", node.name),
+            dir,
+            net_dir,
+            bin_dir,
+        };
+        std::fs::write(
+            me.dir.join("registries.conf"),
+            "unqualified-search-registries = []\n",
+        )
+        .unwrap();
+        let image = me.dir.join("image");
+        std::fs::create_dir_all(&image).unwrap();
+        let archive = busybox_archive(&image);
+        let out = me.podman(&["load", "-i", &archive.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "podman load: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        me
+    }
+
+    /// Run podman with its private configuration inside the node netns.
+    pub fn podman(&self, args: &[&str]) -> std::process::Output {
+        run(Command::new("nsenter")
+            .arg(format!("--net={}", self.node_netns))
+            .arg("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.dir.join("registries.conf"),
+            ))
+    }
+
+    /// `podman run --rm --network NET IMAGE sh -c SCRIPT`, in the test's cgroup.
+    pub fn run_rm(&self, network: &str, argv: &[&str]) -> std::process::Output {
+        let cg = format!("--cgroup-parent={}", self.cgroup_parent);
+        let mut args = vec!["run", "--rm", "--network", network, &cg, IMAGE];
+        args.extend_from_slice(argv);
+        self.podman(&args)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
+        let dir = self.dir.display().to_string();
+        kill(&pids_with(&dir));
+        remove_cgroups(&self.cgroup_parent);
+        unmount_under(&self.dir);
+        let _ = Command::new("rm").arg("-rf").arg(&self.dir).output();
     }
 }

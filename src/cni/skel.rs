@@ -144,6 +144,21 @@ impl CniArgs {
             .collect::<Vec<_>>()
             .join(";")
     }
+
+    /// `CNI_ARGS` for a plugin attache runs for the pod: the same pairs behind `IgnoreUnknown=1`, as
+    /// Multus sends them. attache has refused keys it does not know unless told to ignore them, and
+    /// the `K8S_*` keys it knows are unknown to most plugins (the reference ptp refuses them).
+    pub fn for_delegate(&self) -> String {
+        std::iter::once("IgnoreUnknown=1".to_string())
+            .chain(
+                self.pairs
+                    .iter()
+                    .filter(|(k, _)| k != "IgnoreUnknown")
+                    .map(|(k, v)| format!("{k}={v}")),
+            )
+            .collect::<Vec<_>>()
+            .join(";")
+    }
 }
 
 /// The validated invocation: everything a command needs from the environment.
@@ -558,6 +573,13 @@ mod tests {
         let a = CniArgs::parse("K8S_POD_NAME=p;IP=10.0.0.2").unwrap();
         assert_eq!(a.get("K8S_POD_NAME"), Some("p"));
         assert_eq!(a.to_env_string(), "K8S_POD_NAME=p;IP=10.0.0.2");
+        // Plugins attache runs for the pod are told to ignore what they do not know, once.
+        assert_eq!(
+            a.for_delegate(),
+            "IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.0.0.2"
+        );
+        let b = CniArgs::parse("IgnoreUnknown=true;K8S_POD_NAME=p").unwrap();
+        assert_eq!(b.for_delegate(), "IgnoreUnknown=1;K8S_POD_NAME=p");
     }
 
     #[test]
