@@ -194,7 +194,8 @@ fn comma_form_attaches_in_order_and_reports_network_status() {
         record["attachments"][2]["conf"]["plugins"][0]["deviceID"],
         "0000:af:06.3"
     );
-    // One event per added interface, as `kubectl describe pod` shows them.
+    // One event per interface, the cluster network's too, with prefixes — as `kubectl describe pod`
+    // shows Multus' (Add eth0 [10.77.0.2/24] from cluster).
     let events: Vec<Value> = api
         .requests()
         .into_iter()
@@ -204,13 +205,19 @@ fn comma_form_attaches_in_order_and_reports_network_status() {
             serde_json::from_str(&r.body).unwrap()
         })
         .collect();
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[0]["reason"], "AddedInterface");
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| e["reason"] == "AddedInterface"));
     assert_eq!(events[0]["involvedObject"]["uid"], POD_UID);
-    let msg = events[0]["message"].as_str().unwrap();
+    let msg = |i: usize| events[i]["message"].as_str().unwrap().to_string();
     assert!(
-        msg.starts_with("Add net1 [10.10.0.") && msg.ends_with("] from team-a/red"),
-        "{msg}"
+        msg(0).starts_with("Add eth0 [10.77.0.") && msg(0).ends_with("/24] from cluster"),
+        "{}",
+        msg(0)
+    );
+    assert!(
+        msg(1).starts_with("Add net1 [10.10.0.") && msg(1).ends_with("/24] from team-a/red"),
+        "{}",
+        msg(1)
     );
     // The pod object now carries it.
     let stored = api.object(&pod_path(POD_NS, POD_NAME)).unwrap();

@@ -18,7 +18,7 @@ use crate::delegate::Invocation;
 use crate::engine::chain::NetworkList;
 use crate::engine::config::AttacheConf;
 use crate::engine::plan::{self, Purpose};
-use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
+use crate::engine::record::{AttachmentRecord, PodRecord, PodRef, RecordStore};
 use crate::error::{Error, Result};
 use crate::fail::{guarded, guarded_now};
 use crate::k8s::annotation::{NetworkStatus, status_of};
@@ -223,13 +223,14 @@ async fn report(api: &crate::k8s::api::KubeApi, pod: &crate::k8s::api::PodInfo, 
             return;
         }
     }
-    for st in status.iter().skip(1) {
-        let msg = format!(
-            "Add {} [{}] from {}",
-            st.interface,
-            st.ips.join(","),
-            st.name
-        );
+    // One per interface, the cluster network's included, with prefixes — as Multus words them.
+    for a in &rec.attachments {
+        let ips: Vec<String> = result_of(a)
+            .ok()
+            .flatten()
+            .map(|r| r.ips.iter().map(|ip| ip.address.to_string()).collect())
+            .unwrap_or_default();
+        let msg = format!("Add {} [{}] from {}", a.ifname, ips.join(","), a.network);
         if let Err(e) = api.event(pod, "AddedInterface", &msg).await {
             tracing::warn!("could not record an event (no more are sent): {e}");
             return;
@@ -304,12 +305,16 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
             false,
         ),
     };
+    // The pod's networks are going: its network-status annotation goes too, when the API answers (never
+    // failing DEL), at the same time as the teardown — they are independent.
+    let clear = async {
+        if let (true, Some(kc), Some(pod)) = (from_record, ac.kubeconfig.as_deref(), &rec.pod) {
+            clear_network_status(kc, ac.api_timeout, pod).await;
+        }
+    };
     // (The record's removal takes killed writers' temporaries with it.)
-    let mut errors: Vec<Error> = teardown(args, ac, store, &rec)
-        .await
-        .err()
-        .into_iter()
-        .collect();
+    let (torn, ()) = tokio::join!(teardown(args, ac, store, &rec), clear);
+    let mut errors: Vec<Error> = torn.err().into_iter().collect();
     // Without a record nothing says the configuration still describes every network the pod had: what
     // is labelled as the container's on the node goes too. (With one, the record names every link.)
     if !from_record {
@@ -325,6 +330,27 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
         }
     }
     Error::from_list(errors)
+}
+
+/// Remove the pod's network-status annotation under one API deadline; a failure is logged, not returned.
+async fn clear_network_status(kubeconfig: &Path, timeout: std::time::Duration, pod: &PodRef) {
+    let t = std::time::Instant::now();
+    let info = crate::k8s::api::PodInfo {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        annotations: Default::default(),
+    };
+    let cleared = async {
+        crate::k8s::api::KubeApi::connect(Some(kubeconfig), timeout)
+            .await?
+            .clear_network_status(&info)
+            .await
+    };
+    match cleared.await {
+        Ok(_) => tracing::debug!(ms = elapsed_ms(t), "network-status annotation cleared"),
+        Err(e) => tracing::warn!("DEL could not clear the network-status annotation: {e}"),
+    }
 }
 
 /// DEL without a usable record: plan the pod again from the configuration and its annotations, as

@@ -12,7 +12,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::annotation::{NETWORK_STATUS, NetworkStatus};
 use super::nad::Nad;
@@ -34,10 +34,35 @@ pub struct KubeApi {
     client: Client,
     timeout: Duration,
     deadline: tokio::time::Instant,
+    /// The API server's URL and where the credentials came from, for errors a user can act on.
+    server: String,
+    source: String,
 }
 
-fn api_err(what: &str, e: kube::Error) -> Error {
-    Error::TryAgain(format!("Kubernetes API: {what}: {e}"))
+/// What attache calls itself: the User-Agent of its requests and the field manager of its writes
+/// (`managedFields` shows it).
+pub const AGENT: &str = concat!("attache/", env!("CARGO_PKG_VERSION"));
+const FIELD_MANAGER: &str = "attache";
+
+/// The I/O error at the root of a client error, if there is one (connection refused, timed out ...).
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The innermost message of an error chain (hyper's outer layers say only "client error (Connect)").
+fn root_message(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 /// What became of a network-status write.
@@ -60,11 +85,43 @@ impl KubeApi {
                     "Kubernetes API: loading the client configuration took more than {timeout:?}"
                 ))
             })?
-            .map(|client| KubeApi {
+            .map(|(client, server)| KubeApi {
                 client,
                 timeout,
                 deadline,
+                server,
+                source: match kubeconfig {
+                    Some(p) => format!("kubeconfig {}", p.display()),
+                    None => "the in-cluster service account".into(),
+                },
             })
+    }
+
+    /// One sentence a user can act on: who refused what, or which server could not be reached.
+    fn err(&self, what: &str, e: kube::Error) -> Error {
+        let (server, source) = (&self.server, &self.source);
+        match &e {
+            kube::Error::Api(s) if s.code == 401 => Error::TryAgain(format!(
+                "Kubernetes API {server} refused the credentials of {source} (401 Unauthorized) to {what}: the token has expired or was revoked"
+            )),
+            kube::Error::Api(s) if s.code == 403 => Error::TryAgain(format!(
+                "Kubernetes API {server} forbids the credentials of {source} to {what} (403 Forbidden): {}",
+                s.message
+            )),
+            kube::Error::Api(s) => Error::TryAgain(format!(
+                "Kubernetes API {server}: {what}: {} ({} {})",
+                s.message, s.code, s.reason
+            )),
+            _ => match io_cause(&e) {
+                Some(io) => Error::TryAgain(format!(
+                    "Kubernetes API {server} (from {source}) is unreachable, so attache could not {what}: {io}"
+                )),
+                None => Error::TryAgain(format!(
+                    "Kubernetes API {server} (from {source}): {what}: {}",
+                    root_message(&e)
+                )),
+            },
+        }
     }
 
     /// The same client with a fresh deadline (for the next phase of the invocation).
@@ -82,15 +139,15 @@ impl KubeApi {
         fut: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
     ) -> Result<T> {
         match tokio::time::timeout_at(self.deadline, fut).await {
-            Ok(r) => r.map_err(|e| api_err(what, e)),
+            Ok(r) => r.map_err(|e| self.err(what, e)),
             Err(_) => Err(Error::TryAgain(format!(
-                "Kubernetes API: {what}: no answer within the API deadline ({:?}, apiTimeout)",
-                self.timeout
+                "Kubernetes API {}: {what}: no answer within the API deadline ({:?}, apiTimeout)",
+                self.server, self.timeout
             ))),
         }
     }
 
-    async fn connect_inner(kubeconfig: Option<&Path>, timeout: Duration) -> Result<Client> {
+    async fn connect_inner(kubeconfig: Option<&Path>, timeout: Duration) -> Result<(Client, String)> {
         let mut config = match kubeconfig {
             Some(p) => {
                 let kc = Kubeconfig::read_from(p)
@@ -108,7 +165,14 @@ impl KubeApi {
         config.connect_timeout = Some(timeout);
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
-        Client::try_from(config).map_err(|e| Error::config(format!("Kubernetes client: {e}")))
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(AGENT),
+        ));
+        let server = config.cluster_url.to_string();
+        Client::try_from(config)
+            .map(|c| (c, server.trim_end_matches('/').to_string()))
+            .map_err(|e| Error::config(format!("Kubernetes client: {e}")))
     }
 
     /// The pod, or `None` if the API says it does not exist.
@@ -176,7 +240,11 @@ impl KubeApi {
             reporting_component: Some("attache".into()),
             ..Default::default()
         };
-        self.bounded("create event", events.create(&PostParams::default(), &ev))
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        self.bounded("create an event", events.create(&params, &ev))
             .await
             .map(|_| ())
     }
@@ -190,29 +258,46 @@ impl KubeApi {
         status: &[NetworkStatus],
     ) -> Result<StatusWrite> {
         crate::fail::point("k8s.patch_status")?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let value =
             serde_json::to_string_pretty(status).map_err(|e| Error::Internal(e.to_string()))?;
+        self.patch_status(pod, json!(value), "write the network-status annotation")
+            .await
+    }
+
+    /// Remove the network-status annotation (DEL: the pod's networks are gone), with the same UID
+    /// precondition.
+    pub async fn clear_network_status(&self, pod: &PodInfo) -> Result<StatusWrite> {
+        self.patch_status(pod, Value::Null, "clear the network-status annotation")
+            .await
+    }
+
+    async fn patch_status(&self, pod: &PodInfo, value: Value, what: &str) -> Result<StatusWrite> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let mut patch = json!({"metadata": {"annotations": {NETWORK_STATUS: value}}});
         if !pod.uid.is_empty() {
             patch["metadata"]["uid"] = json!(pod.uid);
         }
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let what = format!("{what} of pod {}/{}", pod.namespace, pod.name);
         let sent = tokio::time::timeout_at(
             self.deadline,
-            pods.patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch)),
+            pods.patch_status(&pod.name, &params, &Patch::Merge(&patch)),
         )
         .await;
         match sent {
             Ok(Ok(_)) => Ok(StatusWrite::Written),
             // 404: gone; 409 (precondition) or 422 (immutable uid): replaced by another pod.
             Ok(Err(kube::Error::Api(s))) if matches!(s.code, 404 | 409 | 422) => {
-                tracing::warn!(pod = %pod.name, code = s.code, "pod gone or replaced: network-status not written ({})", s.message);
+                tracing::warn!(pod = %pod.name, code = s.code, "pod gone or replaced: could not {what} ({})", s.message);
                 Ok(StatusWrite::PodGone)
             }
-            Ok(Err(e)) => Err(api_err("patch pods/status", e)),
+            Ok(Err(e)) => Err(self.err(&what, e)),
             Err(_) => Err(Error::TryAgain(format!(
-                "Kubernetes API: patch pods/status: no answer within the API deadline ({:?}, apiTimeout)",
-                self.timeout
+                "Kubernetes API {}: {what}: no answer within the API deadline ({:?}, apiTimeout)",
+                self.server, self.timeout
             ))),
         }
     }

@@ -1,0 +1,310 @@
+//! The Kubernetes path against a real kube-apiserver (v1.20.2 from Debian's source package, over
+//! Debian's etcd; see realserver/): `deploy/` applied as an operator would (server-side dry run first, then
+//! the CRD and RBAC for real), definitions and Pending pods created as the admin, and attache exec'd as the
+//! kubelet would with a bound token of the `attache` ServiceAccount — so RBAC is exercised for real and
+//! the audit log shows every request attache made.
+
+mod realserver;
+mod testbed;
+
+use realserver::RealApi;
+use serde_json::{Value, json};
+use testbed::{CniOutput, Node, require_reference_plugins};
+
+const NS: &str = "team-a";
+const STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+const ATTACHE_USER: &str = "system:serviceaccount:kube-system:attache";
+
+fn deploy() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/attache.yaml")).unwrap()
+}
+
+/// A real API server with `deploy/` applied, namespace `team-a`, the definition `red` (a native bridge)
+/// and a Pending pod per name in `pods`, annotated with `networks`.
+fn cluster(node: &Node, pods: &[&str], networks: &str) -> RealApi {
+    let api = RealApi::start(node);
+    let dry = api.apply(&deploy(), &["--dry-run=server"]);
+    assert!(
+        dry.status.success(),
+        "deploy/ fails the server-side dry run: {}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let real = api.apply(&deploy(), &[]);
+    assert!(
+        real.status.success(),
+        "applying deploy/: {}",
+        String::from_utf8_lossy(&real.stderr)
+    );
+    api.must(&["create", "namespace", NS]);
+    // The CRD is served a moment after it is created.
+    let nad = json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "red", "namespace": NS},
+        "spec": {"config": json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-red",
+            "ipam": {"type": "host-local", "subnet": "10.31.0.0/24", "dataDir": node.path("ipam")}}).to_string()}
+    });
+    assert!(
+        testbed::eventually(30, || api.apply(&nad.to_string(), &[]).status.success()),
+        "the NetworkAttachmentDefinition CRD is not served"
+    );
+    for p in pods {
+        create_pod(&api, p, networks);
+    }
+    api
+}
+
+fn create_pod(api: &RealApi, name: &str, networks: &str) {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS,
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": networks}},
+        "spec": {"automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "registry.example/app:1"}]}
+    });
+    let out = api.apply(&pod.to_string(), &[]);
+    assert!(
+        out.status.success(),
+        "creating pod {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn uid_of(api: &RealApi, pod: &str) -> String {
+    api.get(&["pod", "-n", NS, pod])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The meta configuration: ptp exec'd as the cluster network, definitions from the API.
+fn meta_conf(node: &Node, kubeconfig: &std::path::Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0", "name": "attache", "type": "attache",
+        "clusterNetwork": testbed::ptp_cluster(node),
+        "cacheDir": node.path("cache"),
+        "kubeconfig": kubeconfig,
+        "logFile": node.path("attache.log"),
+        "apiTimeout": 5
+    })
+}
+
+fn cni(node: &Node, cmd: &str, pod: &str, netns: &str, uid: &str, conf: &Value) -> CniOutput {
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c-{pod};K8S_POD_UID={uid}"
+    );
+    let mut call = node.call(cmd, pod, netns, "eth0");
+    call.args = &args;
+    node.exec(&call, conf)
+}
+
+fn network_status(api: &RealApi, pod: &str) -> Option<Value> {
+    api.get(&["pod", "-n", NS, pod])["metadata"]["annotations"][STATUS]
+        .as_str()
+        .map(|s| serde_json::from_str(s).unwrap())
+}
+
+/// (verb, resource[/subresource]) of every request attache made, with the answer's code.
+fn requests_by_attache(api: &RealApi) -> Vec<(String, String, u64, String)> {
+    api.audit_of(ATTACHE_USER)
+        .iter()
+        .map(|e| {
+            let r = &e["objectRef"];
+            let res = match r["subresource"].as_str() {
+                Some(sub) => format!("{}/{sub}", r["resource"].as_str().unwrap_or("")),
+                None => r["resource"].as_str().unwrap_or("").to_string(),
+            };
+            (
+                e["verb"].as_str().unwrap_or("").to_string(),
+                res,
+                e["responseStatus"]["code"].as_u64().unwrap_or(0),
+                e["userAgent"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The (verb, resource) pairs `deploy/`'s ClusterRole grants.
+fn granted(api: &RealApi) -> Vec<(String, String)> {
+    let role = api.get(&["clusterrole", "attache"]);
+    let mut out = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for r in rule["resources"].as_array().unwrap() {
+            for v in rule["verbs"].as_array().unwrap() {
+                out.push((v.as_str().unwrap().into(), r.as_str().unwrap().into()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
+    require_reference_plugins();
+    let mut node = Node::new("realapi");
+    let netns = node.pod();
+    let api = cluster(&node, &["web"], "red");
+    let token = api.token("kube-system", "attache", None);
+    let kubeconfig = node.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &token, false);
+    let conf = meta_conf(&node, &kubeconfig);
+    let uid = uid_of(&api, "web");
+
+    let res = cni(&node, "ADD", "web", &netns, &uid, &conf).ok();
+    let eth0 = testbed::first_ip(&res);
+    let net1 = node.addrs(Some(&netns), "net1");
+    assert_eq!(net1.len(), 1, "{net1:?}");
+
+    // network-status, as Multus writes it: the cluster network first and default, then team-a/red.
+    let st = network_status(&api, "web").expect("network-status written");
+    assert_eq!(st[0]["name"], "cluster");
+    assert_eq!(st[0]["default"], true);
+    assert_eq!(st[0]["ips"], json!([eth0]));
+    assert_eq!(st[1]["name"], "team-a/red");
+    assert_eq!(st[1]["interface"], "net1");
+    // Events for every interface, with prefixes (RBAC lets attache create them).
+    let events = api.get(&["events", "-n", NS]);
+    let mut said: Vec<String> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "AddedInterface" && e["involvedObject"]["uid"] == json!(uid))
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    said.sort();
+    assert_eq!(
+        said,
+        vec![
+            format!("Add eth0 [{eth0}/24] from cluster"),
+            format!("Add net1 [{}] from team-a/red", net1[0]),
+        ]
+    );
+    // The write is attache's: field manager and user agent.
+    let pod = api.get(&["pod", "-n", NS, "web"]);
+    let managers: Vec<&str> = pod["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"attache"), "{managers:?}");
+
+    assert_eq!(cni(&node, "DEL", "web", &netns, &uid, &conf).exit, 0);
+    assert_eq!(network_status(&api, "web"), None, "DEL clears network-status");
+    assert_eq!(node.links(Some(&netns)), vec!["lo".to_string()]);
+    assert!(node.files("cache").is_empty());
+
+    // Every request attache made was allowed, named attache, and used a grant; every grant was used.
+    let reqs = requests_by_attache(&api);
+    assert!(!reqs.is_empty(), "the audit log shows no request of attache's");
+    for (verb, res, code, agent) in &reqs {
+        assert!(
+            agent.starts_with("attache/"),
+            "{verb} {res}: user agent {agent:?}"
+        );
+        assert!(
+            (200..300).contains(code),
+            "{verb} {res} was answered {code}"
+        );
+    }
+    let mut used: Vec<(String, String)> = reqs.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
+    used.sort();
+    used.dedup();
+    assert_eq!(used, granted(&api), "deploy/ grants exactly what attache uses");
+}
+
+#[test]
+fn network_status_never_lands_on_a_replaced_pod() {
+    require_reference_plugins();
+    let mut node = Node::new("realapi-replaced");
+    let netns = node.pod();
+    let api = cluster(&node, &["db-0"], "red");
+    let token = api.token("kube-system", "attache", None);
+    let kubeconfig = node.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &token, false);
+    let old_uid = uid_of(&api, "db-0");
+    // The pod is deleted and recreated (a StatefulSet's pod keeps its name) while the runtime is still
+    // setting up the old sandbox, whose annotations it passes itself.
+    api.must(&["delete", "pod", "-n", NS, "db-0", "--wait=true"]);
+    create_pod(&api, "db-0", "red");
+    let new_uid = uid_of(&api, "db-0");
+    assert_ne!(old_uid, new_uid);
+    let mut conf = meta_conf(&node, &kubeconfig);
+    conf["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations":
+        {"k8s.v1.cni.cncf.io/networks": "red"}});
+    cni(&node, "ADD", "db-0", &netns, &old_uid, &conf).ok();
+    assert_eq!(
+        network_status(&api, "db-0"),
+        None,
+        "the old sandbox's addresses landed on the new pod"
+    );
+    assert_eq!(cni(&node, "DEL", "db-0", &netns, &old_uid, &conf).exit, 0);
+}
+
+#[test]
+fn credentials_and_reachability_errors_say_what_happened_and_a_rotated_token_file_is_read() {
+    require_reference_plugins();
+    let mut node = Node::new("realapi-creds");
+    let netns = node.pod();
+    let mut api = cluster(&node, &["web"], "red");
+    let uid = uid_of(&api, "web");
+    // Two tokens, each bound to a Secret: deleting the Secret revokes its token.
+    for s in ["tok-a", "tok-b"] {
+        api.must(&["create", "secret", "generic", s, "-n", "kube-system"]);
+    }
+    let bound = |s: &str| {
+        let sid = api.get(&["secret", "-n", "kube-system", s])["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        api.token("kube-system", "attache", Some((s, &sid)))
+    };
+    let (tok_a, tok_b) = (bound("tok-a"), bound("tok-b"));
+    // The kubeconfig names a token file, as the installer writes it.
+    let kubeconfig = node.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &tok_a, true);
+    let token_file = kubeconfig.with_extension("token");
+    let conf = meta_conf(&node, &kubeconfig);
+    cni(&node, "ADD", "web", &netns, &uid, &conf).ok();
+    assert_eq!(cni(&node, "DEL", "web", &netns, &uid, &conf).exit, 0);
+
+    // Revoked: one sentence saying so, naming the kubeconfig and the server; nothing attached.
+    api.must(&["delete", "secret", "tok-a", "-n", "kube-system"]);
+    let refused = testbed::eventually(10, || {
+        cni(&node, "ADD", "web", &netns, &uid, &conf).exit != 0
+    });
+    assert!(refused, "a revoked token still works");
+    let e = cni(&node, "ADD", "web", &netns, &uid, &conf).err(11);
+    let msg = e["msg"].as_str().unwrap().to_string() + e["details"].as_str().unwrap_or("");
+    for part in [
+        "401",
+        "expired or was revoked",
+        &kubeconfig.display().to_string(),
+        "https://127.0.0.1:6443",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg:?}");
+    }
+    assert!(!msg.contains("ApiError"), "a debug dump: {msg}");
+    assert_eq!(node.links(Some(&netns)), vec!["lo".to_string()]);
+
+    // The token file is rewritten (atomically, as the installer does): the next ADD reads the new one.
+    let tmp = token_file.with_extension("tmp");
+    std::fs::write(&tmp, &tok_b).unwrap();
+    std::fs::rename(&tmp, &token_file).unwrap();
+    cni(&node, "ADD", "web", &netns, &uid, &conf).ok();
+    assert!(network_status(&api, "web").is_some());
+
+    // The API server goes away: DEL still finishes, and leaves nothing.
+    api.stop_apiserver();
+    assert_eq!(cni(&node, "DEL", "web", &netns, &uid, &conf).exit, 0);
+    assert_eq!(node.links(Some(&netns)), vec!["lo".to_string()]);
+    assert!(node.files("cache").is_empty());
+    // An ADD now says which server could not be reached.
+    let e = cni(&node, "ADD", "web", &netns, &uid, &conf).err(11);
+    let msg = e["msg"].as_str().unwrap().to_string() + e["details"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("https://127.0.0.1:6443") && msg.contains("unreachable"),
+        "{msg}"
+    );
+    assert_eq!(node.links(Some(&netns)), vec!["lo".to_string()]);
+}
