@@ -190,13 +190,20 @@ fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
     assert!(managers.contains(&"attache"), "{managers:?}");
 
     assert_eq!(cni(&node, "DEL", "web", &netns, &uid, &conf).exit, 0);
-    assert_eq!(network_status(&api, "web"), None, "DEL clears network-status");
+    assert_eq!(
+        network_status(&api, "web"),
+        None,
+        "DEL clears network-status"
+    );
     assert_eq!(node.links(Some(&netns)), vec!["lo".to_string()]);
     assert!(node.files("cache").is_empty());
 
     // Every request attache made was allowed, named attache, and used a grant; every grant was used.
     let reqs = requests_by_attache(&api);
-    assert!(!reqs.is_empty(), "the audit log shows no request of attache's");
+    assert!(
+        !reqs.is_empty(),
+        "the audit log shows no request of attache's"
+    );
     for (verb, res, code, agent) in &reqs {
         assert!(
             agent.starts_with("attache/"),
@@ -210,7 +217,11 @@ fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
     let mut used: Vec<(String, String)> = reqs.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
     used.sort();
     used.dedup();
-    assert_eq!(used, granted(&api), "deploy/ grants exactly what attache uses");
+    assert_eq!(
+        used,
+        granted(&api),
+        "deploy/ grants exactly what attache uses"
+    );
 }
 
 #[test]

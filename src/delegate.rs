@@ -57,12 +57,9 @@ pub fn find_plugin(plugin_type: &str, dirs: &[PathBuf]) -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    Err(Error::Delegate {
-        plugin: plugin_type.to_string(),
-        code: code::NOT_AVAILABLE,
-        msg: format!("failed to find plugin {plugin_type:?} in {searched}"),
-        details: String::new(),
-    })
+    Err(Error::NotReady(format!(
+        "plugin {plugin_type:?} is not installed: it is in none of {searched}"
+    )))
 }
 
 static EXEC_DEPTH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -53,6 +53,11 @@ pub enum Error {
     /// Transient: the caller may retry (an API server that did not answer).
     #[error("{0}")]
     TryAgain(String),
+    /// The node is not ready yet: the cluster network's configuration or a plugin binary is not installed
+    /// (after a reboot, before its DaemonSet ran). ADD gets code 11, so the runtime retries; STATUS
+    /// reports it as 50.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// An error reported by a delegated plugin: its own code and message are passed through.
     #[error("{plugin}: {msg}")]
     Delegate {
@@ -122,7 +127,7 @@ impl Error {
             Error::Config(_) => code::INVALID_CONFIG,
             Error::NetNs { .. } => code::INVALID_NETNS,
             Error::NotAvailable(_) => code::NOT_AVAILABLE,
-            Error::TryAgain(_) => code::TRY_AGAIN,
+            Error::TryAgain(_) | Error::NotReady(_) => code::TRY_AGAIN,
             Error::Delegate { code, .. } => *code,
             Error::Kernel { .. } | Error::Ipam(_) | Error::Internal(_) => code::INTERNAL,
             Error::Many(list) => list.first().map_or(code::INTERNAL, Error::cni_code),
@@ -164,6 +169,7 @@ impl Error {
             Error::Config(m) => Error::Config(format!("{ctx}: {m}")),
             Error::Internal(m) => Error::Internal(format!("{ctx}: {m}")),
             Error::Ipam(m) => Error::Ipam(format!("{ctx}: {m}")),
+            Error::NotReady(m) => Error::NotReady(format!("{ctx}: {m}")),
             Error::Kernel { op, errno } => Error::Kernel {
                 op: format!("{ctx}: {op}"),
                 errno,

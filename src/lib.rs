@@ -16,6 +16,7 @@
 //! Dependencies point one way: cni -> engine -> {attach, delegate} -> netns -> error.
 
 pub mod attach;
+pub mod cli;
 pub mod cni;
 pub mod delegate;
 pub mod engine;

@@ -1,4 +1,5 @@
-//! The `attache` binary: wire the real environment, stdin and stdout to the CNI dispatcher.
+//! The `attache` binary: wire the real environment, stdin and stdout to the CNI dispatcher — or, given
+//! arguments and no `CNI_COMMAND`, run an operator's command ([`attache::cli`]).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,6 +13,10 @@ fn main() -> ExitCode {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "attache".into());
+    // An operator's command (`attache install ...`): a runtime always sets CNI_COMMAND.
+    if attache::cli::is_cli(&invoked_as) {
+        return attache::cli::main(std::env::args_os());
+    }
     let mut engine = attache::engine::Engine::new(invoked_as);
     engine.depth = std::env::var("ATTACHE_EXEC_DEPTH")
         .ok()

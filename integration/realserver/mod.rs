@@ -302,7 +302,10 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 
 impl Drop for RealApi {
     fn drop(&mut self) {
-        for c in [self.apiserver.take(), self.etcd.take()].into_iter().flatten() {
+        for c in [self.apiserver.take(), self.etcd.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut c = c;
             let _ = c.kill();
             let _ = c.wait();

@@ -373,8 +373,8 @@ pub fn load_named(dir: &Path, name: &str, default_version: &str) -> Result<Netwo
             }
         }
     }
-    Err(Error::config(format!(
-        "clusterNetwork {name:?}: no file of that name and no network of that name in {}",
+    Err(Error::NotReady(format!(
+        "network {name:?} is not configured: no file of that name and no network of that name in {}",
         dir.display()
     )))
 }
@@ -531,9 +531,10 @@ mod tests {
                 .name,
             "other"
         );
+        // Not there (yet): the node is not ready, and ADD says try again.
         assert_eq!(
             mk("nope").cluster_network("1.0.0").unwrap_err().cni_code(),
-            7
+            11
         );
         assert_eq!(
             mk("30-broken.conf")

@@ -482,15 +482,25 @@ async fn check(
 }
 
 async fn status(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<()> {
-    let cluster = ac.cluster_network(&conf.cni_version).map_err(|e| match e {
-        Error::Config(m) | Error::Io { context: m, .. } => {
+    let not_available = |e: Error| match e {
+        Error::Config(m) | Error::Io { context: m, .. } | Error::NotReady(m) => {
             Error::NotAvailable(format!("the cluster network is not ready: {m}"))
         }
         other => other,
-    })?;
+    };
+    let cluster = ac
+        .cluster_network(&conf.cni_version)
+        .map_err(not_available)?;
     std::fs::create_dir_all(&ac.cache_dir)
         .map_err(|e| Error::NotAvailable(format!("cacheDir {}: {e}", ac.cache_dir.display())))?;
     let path = ac.search_path(&args.path);
+    // Every binary the cluster network needs is installed (native types need none).
+    for i in 0..cluster.plugins.len() {
+        let t = cluster.plugin_type(i);
+        if !crate::attach::is_native(t) {
+            crate::delegate::find_plugin(t, &path).map_err(not_available)?;
+        }
+    }
     let inv = Invocation::podless(&path);
     cluster.status(&inv).await
 }

@@ -147,7 +147,10 @@ impl KubeApi {
         }
     }
 
-    async fn connect_inner(kubeconfig: Option<&Path>, timeout: Duration) -> Result<(Client, String)> {
+    async fn connect_inner(
+        kubeconfig: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<(Client, String)> {
         let mut config = match kubeconfig {
             Some(p) => {
                 let kc = Kubeconfig::read_from(p)

@@ -1,0 +1,510 @@
+//! `attache install` and `attache uninstall`: put attache on a node and keep it there, or take it off.
+//!
+//! Install copies the binary into the node's CNI bin dir (temp file + rename: an ADD never execs a
+//! half-written binary, and a running one is never "text file busy"), optionally under the drop-in names
+//! too (an existing plugin of that name is kept aside and restored by uninstall); keeps a kubeconfig whose
+//! `tokenFile` is a copy of the pod's projected service-account token, rewritten atomically whenever the
+//! kubelet rotates it; waits for the cluster network's configuration (the first `.conf` / `.conflist` /
+//! `.json` in lexical order that is not attache's own, or the one named) and writes `00-attache.conflist`
+//! wrapping it, with the cluster's capabilities plus the pod-annotations one — whole, under its final
+//! name (written beside it, then renamed over it), and again whenever the cluster's configuration changes.
+//! Uninstall removes that configuration first, so the node falls back to the cluster network and never
+//! keeps a configuration naming a missing binary, then the kubeconfig, then the binaries.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::engine::config::DEFAULT_CACHE_DIR;
+use crate::error::{Error, Result};
+
+/// The configuration attache writes: first in lexical order, so runtimes that load one file use it.
+pub const CONF_NAME: &str = "00-attache.conflist";
+/// attache's folder in the configuration dir: kubeconfig and token file.
+const STATE_DIR: &str = "attache.d";
+const POD_ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct InstallArgs {
+    /// The node's CNI binary dir, as mounted here.
+    #[arg(long, default_value = "/host/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// The node's CNI configuration dir, as mounted here.
+    #[arg(long, default_value = "/host/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// The configuration dir as the node sees it: the paths written into files name it.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub node_conf_dir: PathBuf,
+    /// Also install attache under these plugin names (drop-in mode), e.g. bridge,macvlan,vlan,ipvlan.
+    #[arg(long, value_delimiter = ',')]
+    pub drop_in: Vec<String>,
+    /// The cluster network's configuration file in the configuration dir (default: the first .conf /
+    /// .conflist / .json in lexical order that is not attache's own).
+    #[arg(long)]
+    pub cluster_network: Option<String>,
+    /// attache's state on the node (the configuration's cacheDir).
+    #[arg(long, default_value = DEFAULT_CACHE_DIR)]
+    pub cache_dir: PathBuf,
+    /// Extra keys for the generated configuration, as a JSON object (networksDir, logFile,
+    /// defaultNetworks ...).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// The service-account token to keep copied for the plugin (none: no kubeconfig is written).
+    #[arg(long)]
+    pub token: Option<PathBuf>,
+    /// The API server's CA bundle.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// The API server's URL (default: from KUBERNETES_SERVICE_HOST / _PORT).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Do one pass (waiting for the cluster network up to --wait seconds) and exit, instead of staying
+    /// to keep the configuration and the token current.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: how long to wait for the cluster network's configuration.
+    #[arg(long, default_value_t = 300)]
+    pub wait: u64,
+    /// Seconds between checks of the cluster network's configuration and the token.
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    /// The binary to install (default: this one).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UninstallArgs {
+    #[arg(long, default_value = "/host/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    #[arg(long, default_value = "/host/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// The drop-in names install created.
+    #[arg(long, value_delimiter = ',')]
+    pub drop_in: Vec<String>,
+}
+
+/// Write `bytes` to `path` whole: a temporary beside it, then a rename over it. A reader sees the old
+/// content or the new, never part of one; a running binary keeps its old inode.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A dot and no configuration extension: runtimes listing the dir ignore it.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| io("creating", e))?;
+    f.write_all(bytes).map_err(|e| io("writing", e))?;
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("chmod", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("renaming into {}", path.display()), e)
+    })
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Write only when the content differs (no event for runtimes watching the dir, no new inode).
+fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    write_atomic(path, bytes, mode)?;
+    Ok(true)
+}
+
+fn is_conf_file(p: &Path) -> bool {
+    p.extension()
+        .is_some_and(|e| e == "conf" || e == "conflist" || e == "json")
+        && !p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// Whether a configuration is attache's own (its meta-plugin), which is never the cluster network.
+fn is_attache_conf(v: &Value) -> bool {
+    let is = |p: &Value| p.get("type").and_then(Value::as_str) == Some(crate::engine::META_NAME);
+    is(v)
+        || v.get("plugins")
+            .and_then(Value::as_array)
+            .is_some_and(|ps| ps.iter().any(is))
+}
+
+/// The cluster network's configuration file and its content: the named one, or the first in lexical
+/// order that is not attache's own. `None` while there is none (or it is not valid JSON yet).
+pub fn find_cluster_conf(conf_dir: &Path, named: Option<&str>) -> Option<(PathBuf, Value)> {
+    let read = |p: &Path| -> Option<Value> {
+        serde_json::from_slice(&std::fs::read(p).ok()?)
+            .ok()
+            .filter(Value::is_object)
+    };
+    if let Some(n) = named {
+        let p = conf_dir.join(n);
+        return read(&p).map(|v| (p, v));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(conf_dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_conf_file(p) && p.is_file())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != CONF_NAME))
+        .find_map(|p| read(&p).filter(|v| !is_attache_conf(v)).map(|v| (p, v)))
+}
+
+/// The configuration attache writes around the cluster network's: the same `cniVersion` (the runtime
+/// speaks it), the cluster's capabilities plus the pod-annotations one, the cluster network by file name.
+pub fn generate_conf(
+    cluster_file: &Path,
+    cluster: &Value,
+    args: &InstallArgs,
+    kubeconfig: Option<&Path>,
+) -> Result<Value> {
+    let version = cluster
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("1.0.0");
+    let mut caps = Map::new();
+    let plugins: Vec<&Value> = match cluster.get("plugins").and_then(Value::as_array) {
+        Some(ps) => ps.iter().collect(),
+        None => vec![cluster],
+    };
+    for p in plugins {
+        if let Some(c) = p.get("capabilities").and_then(Value::as_object) {
+            for (k, v) in c {
+                if v == &Value::Bool(true) {
+                    caps.insert(k.clone(), Value::Bool(true));
+                }
+            }
+        }
+    }
+    caps.insert(POD_ANNOTATIONS.into(), Value::Bool(true));
+    let file = cluster_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut plugin = json!({
+        "type": crate::engine::META_NAME,
+        "capabilities": caps,
+        "clusterNetwork": file,
+        "confDir": args.node_conf_dir,
+        "cacheDir": args.cache_dir,
+    });
+    if let Some(kc) = kubeconfig {
+        plugin["kubeconfig"] = json!(kc);
+    }
+    if let Some(extra) = &args.config {
+        let extra: Value = serde_json::from_str(extra)
+            .map_err(|e| Error::config(format!("--config is not JSON: {e}")))?;
+        let Value::Object(extra) = extra else {
+            return Err(Error::config("--config must be a JSON object"));
+        };
+        for (k, v) in extra {
+            plugin[k] = v;
+        }
+    }
+    Ok(json!({"cniVersion": version, "name": crate::engine::META_NAME, "plugins": [plugin]}))
+}
+
+/// Copy the binary in as `attache` and under the drop-in names (hard links of it, each renamed into
+/// place). A plugin of a drop-in name that is not attache is kept as `.<name>.before-attache`.
+fn install_binaries(args: &InstallArgs) -> Result<()> {
+    let me = match &args.binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().map_err(|e| Error::io("finding this binary", e))?,
+    };
+    let bytes =
+        std::fs::read(&me).map_err(|e| Error::io(format!("reading {}", me.display()), e))?;
+    std::fs::create_dir_all(&args.bin_dir)
+        .map_err(|e| Error::io(format!("creating {}", args.bin_dir.display()), e))?;
+    let main = args.bin_dir.join(crate::engine::META_NAME);
+    if write_if_changed(&main, &bytes, 0o755)? {
+        eprintln!("attache: installed {}", main.display());
+    }
+    for name in &args.drop_in {
+        crate::cni::conf::validate_plugin_type(name)?;
+        if !crate::attach::is_native(name) {
+            return Err(Error::config(format!(
+                "--drop-in {name:?}: attache implements bridge, macvlan, ipvlan, vlan, host-local and static"
+            )));
+        }
+        let target = args.bin_dir.join(name);
+        match std::fs::read(&target) {
+            Ok(old) if old == bytes => continue,
+            Ok(_) => {
+                let keep = args.bin_dir.join(format!(".{name}.before-attache"));
+                if !keep.exists() {
+                    std::fs::rename(&target, &keep)
+                        .map_err(|e| Error::io(format!("keeping {}", target.display()), e))?;
+                    eprintln!("attache: kept the existing {name} as {}", keep.display());
+                }
+            }
+            Err(_) => {}
+        }
+        write_atomic(&target, &bytes, 0o755)?;
+        eprintln!("attache: installed {} (drop-in)", target.display());
+    }
+    Ok(())
+}
+
+/// The kubeconfig the plugin reads: the API server, its CA, and a token *file* — a copy of the
+/// projected token, which [`refresh_token`] keeps current. Its path as the node sees it.
+fn write_kubeconfig(args: &InstallArgs) -> Result<Option<PathBuf>> {
+    let token = match &args.token {
+        Some(t) => t.clone(),
+        None if Path::new(SA_DIR).join("token").exists() => Path::new(SA_DIR).join("token"),
+        None => return Ok(None),
+    };
+    let ca = args
+        .ca
+        .clone()
+        .unwrap_or_else(|| Path::new(SA_DIR).join("ca.crt"));
+    let server = match &args.server {
+        Some(s) => s.clone(),
+        None => {
+            let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+                Error::config(
+                    "no --server and no KUBERNETES_SERVICE_HOST: where is the API server?",
+                )
+            })?;
+            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+            if host.contains(':') {
+                format!("https://[{host}]:{port}")
+            } else {
+                format!("https://{host}:{port}")
+            }
+        }
+    };
+    let dir = args.conf_dir.join(STATE_DIR);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let ca_bytes =
+        std::fs::read(&ca).map_err(|e| Error::io(format!("reading {}", ca.display()), e))?;
+    write_if_changed(&dir.join("ca.crt"), &ca_bytes, 0o644)?;
+    refresh_token(args, &token)?;
+    let node_dir = args.node_conf_dir.join(STATE_DIR);
+    let kc = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": {"server": server,
+                      "certificate-authority": node_dir.join("ca.crt")}}],
+        "users": [{"name": "attache", "user": {"tokenFile": node_dir.join("token")}}],
+        "contexts": [{"name": "attache", "context": {"cluster": "cluster", "user": "attache"}}],
+        "current-context": "attache"
+    });
+    let text = serde_json::to_string_pretty(&kc).map_err(|e| Error::Internal(e.to_string()))?;
+    write_if_changed(&dir.join("attache.kubeconfig"), text.as_bytes(), 0o600)?;
+    Ok(Some(node_dir.join("attache.kubeconfig")))
+}
+
+/// Copy the projected token into the token file when it changed (the kubelet rotates it at 80% of
+/// its lifetime, so the copy is renewed long before it expires).
+fn refresh_token(args: &InstallArgs, source: &Path) -> Result<()> {
+    let token = std::fs::read(source)
+        .map_err(|e| Error::io(format!("reading the token {}", source.display()), e))?;
+    let path = args.conf_dir.join(STATE_DIR).join("token");
+    if write_if_changed(&path, &token, 0o600)? {
+        eprintln!("attache: token file {} updated", path.display());
+    }
+    Ok(())
+}
+
+/// One pass: the kubeconfig and token, then (if the cluster network is configured) attache's
+/// configuration. Whether the configuration is in place.
+fn pass(args: &InstallArgs) -> Result<bool> {
+    let kubeconfig = write_kubeconfig(args)?;
+    let Some((file, cluster)) = find_cluster_conf(&args.conf_dir, args.cluster_network.as_deref())
+    else {
+        return Ok(false);
+    };
+    let conf = generate_conf(&file, &cluster, args, kubeconfig.as_deref())?;
+    let text = serde_json::to_string_pretty(&conf).map_err(|e| Error::Internal(e.to_string()))?;
+    if write_if_changed(&args.conf_dir.join(CONF_NAME), text.as_bytes(), 0o644)? {
+        eprintln!(
+            "attache: wrote {} around the cluster network {}",
+            args.conf_dir.join(CONF_NAME).display(),
+            file.display()
+        );
+    }
+    Ok(true)
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+pub fn install(args: &InstallArgs) -> Result<()> {
+    install_binaries(args)?;
+    if args.once {
+        let end = std::time::Instant::now() + Duration::from_secs(args.wait);
+        loop {
+            if pass(args)? {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= end {
+                return Err(Error::NotReady(format!(
+                    "no cluster network configuration appeared in {} within {} s",
+                    args.conf_dir.display(),
+                    args.wait
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // The DaemonSet's process: stay, keep the configuration and the token current, leave on SIGTERM
+    // (files stay: taking attache off the node is `uninstall`'s decision).
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for s in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { signal(s, SigHandler::Handler(on_signal)) }
+            .map_err(|e| Error::kernel("installing a signal handler", e))?;
+    }
+    let mut waiting_said = false;
+    while !STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        match pass(args) {
+            Ok(true) => waiting_said = false,
+            Ok(false) if !waiting_said => {
+                eprintln!(
+                    "attache: waiting for the cluster network's configuration in {}",
+                    args.conf_dir.display()
+                );
+                waiting_said = true;
+            }
+            Ok(false) => {}
+            Err(e) => eprintln!("attache: {e}"),
+        }
+        let mut slept = Duration::ZERO;
+        while slept < Duration::from_secs(args.interval.max(1))
+            && !STOP.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            slept += Duration::from_millis(100);
+        }
+    }
+    Ok(())
+}
+
+pub fn uninstall(args: &UninstallArgs) -> Result<()> {
+    let rm = |p: &Path| -> Result<()> {
+        match std::fs::remove_file(p) {
+            Ok(()) => {
+                eprintln!("attache: removed {}", p.display());
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
+        }
+    };
+    // The configuration first: from now on runtimes use the cluster network's own.
+    rm(&args.conf_dir.join(CONF_NAME))?;
+    let state = args.conf_dir.join(STATE_DIR);
+    for f in ["attache.kubeconfig", "token", "ca.crt"] {
+        rm(&state.join(f))?;
+    }
+    let _ = std::fs::remove_dir(&state);
+    let main = args.bin_dir.join(crate::engine::META_NAME);
+    let ours = std::fs::read(&main).ok();
+    for name in &args.drop_in {
+        crate::cni::conf::validate_plugin_type(name)?;
+        let target = args.bin_dir.join(name);
+        // Only a drop-in that is attache goes; what it replaced comes back.
+        if ours.is_some() && std::fs::read(&target).ok() == ours {
+            rm(&target)?;
+        }
+        let kept = args.bin_dir.join(format!(".{name}.before-attache"));
+        if kept.exists() && !target.exists() {
+            std::fs::rename(&kept, &target)
+                .map_err(|e| Error::io(format!("restoring {}", target.display()), e))?;
+            eprintln!("attache: restored {}", target.display());
+        }
+    }
+    rm(&main)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path) -> InstallArgs {
+        InstallArgs {
+            bin_dir: dir.join("bin"),
+            conf_dir: dir.join("net.d"),
+            node_conf_dir: dir.join("net.d"),
+            drop_in: vec![],
+            cluster_network: None,
+            cache_dir: dir.join("cache"),
+            config: None,
+            token: None,
+            ca: None,
+            server: None,
+            once: true,
+            wait: 0,
+            interval: 1,
+            binary: None,
+        }
+    }
+
+    #[test]
+    fn the_cluster_network_is_the_first_conf_that_is_not_attaches() {
+        let d = crate::testutil::tempdir("install-find");
+        let net = d.join("net.d");
+        std::fs::create_dir_all(&net).unwrap();
+        assert!(find_cluster_conf(&net, None).is_none());
+        std::fs::write(net.join(CONF_NAME), r#"{"plugins":[{"type":"attache"}]}"#).unwrap();
+        std::fs::write(
+            net.join("05-other.conflist"),
+            r#"{"plugins":[{"type":"attache"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(net.join("10-calico.conflist"), r#"{"name":"k8s-pod-network","cniVersion":"0.3.1","plugins":[{"type":"calico"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#).unwrap();
+        std::fs::write(
+            net.join("20-flannel.conf"),
+            r#"{"name":"cbr0","type":"flannel"}"#,
+        )
+        .unwrap();
+        std::fs::write(net.join(".hidden.conf"), r#"{"name":"x","type":"x"}"#).unwrap();
+        std::fs::write(net.join("01-broken.conf"), "{ not json").unwrap();
+        let (f, v) = find_cluster_conf(&net, None).unwrap();
+        assert_eq!(f, net.join("10-calico.conflist"));
+        let conf = generate_conf(&f, &v, &args(&d), Some(Path::new("/k"))).unwrap();
+        assert_eq!(conf["cniVersion"], "0.3.1");
+        assert_eq!(conf["plugins"][0]["clusterNetwork"], "10-calico.conflist");
+        assert_eq!(
+            conf["plugins"][0]["capabilities"],
+            json!({"portMappings": true, POD_ANNOTATIONS: true})
+        );
+        assert_eq!(conf["plugins"][0]["kubeconfig"], "/k");
+        let (f, _) = find_cluster_conf(&net, Some("20-flannel.conf")).unwrap();
+        assert_eq!(f, net.join("20-flannel.conf"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn extra_keys_join_and_bad_ones_are_refused() {
+        let d = Path::new("/nonexistent");
+        let mut a = args(d);
+        a.config = Some(r#"{"networksDir":"/etc/attache/networks","logLevel":"debug"}"#.into());
+        let c = generate_conf(Path::new("10-x.conf"), &json!({"type": "x"}), &a, None).unwrap();
+        assert_eq!(c["plugins"][0]["networksDir"], "/etc/attache/networks");
+        assert!(c["plugins"][0].get("kubeconfig").is_none());
+        a.config = Some("[1]".into());
+        assert!(generate_conf(Path::new("10-x.conf"), &json!({}), &a, None).is_err());
+    }
+}
