@@ -26,7 +26,7 @@ struct Cli {
 enum Cmd {
     /// Put attache on this node: binary, drop-in names, kubeconfig, and a configuration wrapping the
     /// cluster network, kept current (the DaemonSet's process).
-    Install(install::InstallArgs),
+    Install(Box<install::InstallArgs>),
     /// Take attache off this node: its configuration first (the node falls back to the cluster network),
     /// then its binaries.
     Uninstall(install::UninstallArgs),
