@@ -145,3 +145,100 @@ fn a_container_that_fails_after_add_gets_its_del_and_leaves_nothing() {
         .count();
     assert!(adds >= 1 && dels >= adds, "ADDs {adds}, DELs {dels}: {log}");
 }
+
+/// The image's runtime stage (Containerfile: `FROM scratch`, the static binary, `ENTRYPOINT
+/// ["/attache"]`) run as the DaemonSet runs it: `install` with the node's folders under /host and a
+/// projected service-account token.
+#[test]
+fn the_image_installs_attache_as_the_daemonset_runs_it() {
+    let b = bed("podman-image");
+    let root = b.node.path("image-root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(attache_bin(), root.join("attache")).unwrap();
+    let tar = b.node.path("attache-image.tar");
+    runtime::must(
+        std::process::Command::new("tar")
+            .args(["--owner=0", "--group=0", "-C"])
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("attache"),
+    );
+    let out = b.podman.podman(&[
+        "import",
+        "--change",
+        r#"ENTRYPOINT ["/attache"]"#,
+        "--change",
+        r#"CMD ["install"]"#,
+        &tar.display().to_string(),
+        "localhost/attache:test",
+    ]);
+    assert!(out.status.success(), "podman import: {}", text(&out));
+    // The node: a CNI bin dir, a configuration dir with the cluster network's, a service account.
+    let (bin, net, sa) = (
+        b.node.path("host-bin"),
+        b.node.path("host-net.d"),
+        b.node.path("sa"),
+    );
+    for d in [&bin, &net, &sa] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(
+        net.join("10-cluster.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "ptp"}]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(sa.join("token"), "projected-token").unwrap();
+    std::fs::write(sa.join("ca.crt"), "ca").unwrap();
+    let v = |from: &Path, to: &str| format!("{}:{to}", from.display());
+    let out = b.podman.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-e",
+        "KUBERNETES_SERVICE_HOST=10.96.0.1",
+        "-e",
+        "KUBERNETES_SERVICE_PORT=443",
+        "-v",
+        &v(&bin, "/host/opt/cni/bin"),
+        "-v",
+        &v(&net, "/host/etc/cni/net.d"),
+        "-v",
+        &v(&sa, "/var/run/secrets/kubernetes.io/serviceaccount:ro"),
+        "localhost/attache:test",
+        "install",
+        "--once",
+        "--wait=10",
+        "--drop-in=bridge",
+    ]);
+    assert!(
+        out.status.success(),
+        "attache install in its image: {}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(bin.join("attache")).unwrap(),
+        std::fs::read(attache_bin()).unwrap()
+    );
+    assert!(bin.join("bridge").exists());
+    let conf: Value =
+        serde_json::from_slice(&std::fs::read(net.join("00-attache.conflist")).unwrap()).unwrap();
+    // Paths in what it wrote are the node's, not the container's.
+    assert_eq!(conf["plugins"][0]["confDir"], "/etc/cni/net.d");
+    assert_eq!(
+        conf["plugins"][0]["kubeconfig"],
+        "/etc/cni/net.d/attache.d/attache.kubeconfig"
+    );
+    let kc: Value =
+        serde_json::from_slice(&std::fs::read(net.join("attache.d/attache.kubeconfig")).unwrap())
+            .unwrap();
+    assert_eq!(
+        kc["clusters"][0]["cluster"]["server"],
+        "https://10.96.0.1:443"
+    );
+    assert_eq!(
+        std::fs::read_to_string(net.join("attache.d/token")).unwrap(),
+        "projected-token"
+    );
+}
