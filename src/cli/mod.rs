@@ -31,6 +31,7 @@ enum Cmd {
     /// then its binaries.
     Uninstall(install::UninstallArgs),
     /// Show the node's attachments, address pools and leaks; `--gc` releases the leaks.
+    #[command(after_help = inspect::AFTER_HELP)]
     Inspect(inspect::InspectArgs),
 }
 

@@ -98,6 +98,15 @@ impl PodRecord {
     }
 }
 
+/// One record file as found in the store.
+#[derive(Debug)]
+pub struct RecordEntry {
+    pub path: PathBuf,
+    /// The container folder it is in.
+    pub container_id: String,
+    pub record: Result<PodRecord>,
+}
+
 /// The folder of records.
 #[derive(Clone, Debug)]
 pub struct RecordStore {
@@ -270,20 +279,50 @@ impl RecordStore {
         removed
     }
 
-    /// Every record in the store (for GC), and the folders of containers whose only content is
-    /// leftovers. Unreadable entries are skipped with a warning; symlinks are not followed.
+    /// Every record in the store (for GC). Unreadable entries are skipped with a warning; symlinks
+    /// are not followed.
     pub fn list(&self) -> Vec<PodRecord> {
+        self.entries(None)
+            .into_iter()
+            .filter_map(|e| match e.record {
+                Ok(r) => Some(r),
+                Err(err) => {
+                    tracing::warn!(path = %e.path.display(), "skipping unreadable record: {err}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Every record file in the store (or of one container), each with what reading it gave — the
+    /// unreadable ones too, with the reason (for `attache inspect`). Temporaries are not records;
+    /// symlinks are not followed.
+    pub fn entries(&self, container_id: Option<&str>) -> Vec<RecordEntry> {
         let mut out = Vec::new();
-        let Ok(containers) = std::fs::read_dir(&self.dir) else {
-            return out;
+        let containers: Vec<PathBuf> = match container_id {
+            // No record can sit under a name that is no container ID (nor be reached through one).
+            Some(id) if crate::cni::conf::check_container_id(id).is_err() => return out,
+            Some(id) => vec![self.dir.join(id)],
+            None => match std::fs::read_dir(&self.dir) {
+                Ok(rd) => rd
+                    .flatten()
+                    .filter(|c| c.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|c| c.path())
+                    .collect(),
+                Err(_) => return out,
+            },
         };
-        for c in containers.flatten() {
-            if !c.file_type().is_ok_and(|t| t.is_dir()) {
+        for c in containers {
+            if !std::fs::symlink_metadata(&c).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
-            let Ok(files) = std::fs::read_dir(c.path()) else {
+            let Ok(files) = std::fs::read_dir(&c) else {
                 continue;
             };
+            let container_id = c
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             for f in files.flatten() {
                 let p = f.path();
                 if p.extension().is_none_or(|e| e != "json")
@@ -292,13 +331,19 @@ impl RecordStore {
                 {
                     continue;
                 }
-                match read_bounded(&p, MAX_RECORD)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                {
-                    Some(r) => out.push(r),
-                    None => tracing::warn!(path = %p.display(), "skipping unreadable record"),
-                }
+                let record = read_bounded(&p, MAX_RECORD)
+                    .map_err(|e| Error::io(format!("reading record {}", p.display()), e))
+                    .and_then(|b| {
+                        serde_json::from_slice(&b).map_err(|source| Error::Decode {
+                            what: format!("record {}", p.display()),
+                            source,
+                        })
+                    });
+                out.push(RecordEntry {
+                    path: p,
+                    container_id: container_id.clone(),
+                    record,
+                });
             }
         }
         out

@@ -89,6 +89,57 @@ impl DiskStore {
     fn ip_path(&self, ip: IpAddr) -> PathBuf {
         self.dir.join(ip.to_string())
     }
+
+    /// Who holds `ip` now, read under the lock (`None`: nobody).
+    pub fn holder(&self, ip: IpAddr) -> Result<Option<(String, String)>> {
+        let p = self.ip_path(ip);
+        match crate::engine::record::read_bounded(&p, MAX_STATE_FILE) {
+            Ok(content) => Ok(Some(parse_holder(&content))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
+        }
+    }
+}
+
+/// An IP file's `(containerID, ifname)`: current format "id\r\nifname"; older reference versions
+/// wrote only the id (ifname empty).
+fn parse_holder(content: &[u8]) -> (String, String) {
+    let content = String::from_utf8_lossy(content);
+    let content = content.trim();
+    match content.split_once(LINE_BREAK) {
+        Some((i, f)) => (i.trim().to_string(), f.trim().to_string()),
+        None => (content.to_string(), String::new()),
+    }
+}
+
+/// Every `(ip, id, ifname)` held in `<data_dir>/<network>`, read without the lock and without creating
+/// or cleaning anything (for `attache inspect`: a snapshot, re-checked under the lock before any
+/// release). A missing folder holds nothing.
+pub fn snapshot(data_dir: &Path, network: &str) -> Result<Vec<(IpAddr, String, String)>> {
+    crate::cni::conf::validate_network_name(network)?;
+    let dir = data_dir.join(network);
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd.flatten() {
+        let Some(ip) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        let Ok(content) = crate::engine::record::read_bounded(&entry.path(), MAX_STATE_FILE) else {
+            continue;
+        };
+        let (id, ifname) = parse_holder(&content);
+        out.push((ip, id, ifname));
+    }
+    out.sort();
+    Ok(out)
 }
 
 impl Store for DiskStore {
@@ -166,13 +217,7 @@ impl Store for DiskStore {
             else {
                 continue;
             };
-            let content = String::from_utf8_lossy(&content);
-            // Current format "id\r\nifname"; older reference versions wrote only the id.
-            let content = content.trim();
-            let (id, ifname) = match content.split_once(LINE_BREAK) {
-                Some((i, f)) => (i.trim().to_string(), f.trim().to_string()),
-                None => (content.to_string(), String::new()),
-            };
+            let (id, ifname) = parse_holder(&content);
             out.push((ip, id, ifname));
         }
         out.sort();
