@@ -22,11 +22,15 @@ pub struct NetConf {
 impl NetConf {
     /// Decode stdin: undecodable JSON is code 6, a JSON value of the wrong shape code 7.
     pub fn from_bytes(bytes: &[u8]) -> Result<NetConf> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+        NetConf::from_value(NetConf::decode(bytes)?)
+    }
+
+    /// The JSON of stdin, not yet checked (code 6 if it is none).
+    pub fn decode(bytes: &[u8]) -> Result<Value> {
+        serde_json::from_slice(bytes).map_err(|source| Error::Decode {
             what: "network configuration".into(),
             source,
-        })?;
-        NetConf::from_value(v)
+        })
     }
 
     pub fn from_value(v: Value) -> Result<NetConf> {
