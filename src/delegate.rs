@@ -183,12 +183,14 @@ fn delegate_error(
             code: r.code,
             msg: r.msg,
             details: r.details,
+            context: String::new(),
         },
         Err(_) => Error::Delegate {
             plugin: plugin_type.to_string(),
             code: code::INTERNAL,
             msg: format!("{} failed ({status}) without a CNI error", command.as_str()),
             details: stdout.chars().take(2000).collect(),
+            context: String::new(),
         },
     }
 }

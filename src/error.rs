@@ -58,13 +58,17 @@ pub enum Error {
     /// reports it as 50.
     #[error("not ready: {0}")]
     NotReady(String),
-    /// An error reported by a delegated plugin: its own code and message are passed through.
-    #[error("{plugin}: {msg}")]
+    /// An error reported by a delegated plugin: its own code and message are passed through. `plugin`
+    /// is its type and nothing else (the metrics label the failure with it); [`Error::context`] goes
+    /// into `context`, printed before it.
+    #[error("{context}{plugin}: {msg}")]
     Delegate {
         plugin: String,
         code: u32,
         msg: String,
         details: String,
+        /// `"ctx: "` prefixes added by [`Error::context`], outermost first; empty when there are none.
+        context: String,
     },
     /// A kernel error, errno kept so callers can match EEXIST / ENODEV / ENOENT.
     #[error("{op}: {errno}")]
@@ -154,6 +158,16 @@ impl Error {
         }
     }
 
+    /// The type of the delegated plugin whose error this is, if it is one (for a list, the first error's,
+    /// the one that decides the code).
+    pub fn failing_plugin(&self) -> Option<&str> {
+        match self {
+            Error::Delegate { plugin, .. } => Some(plugin),
+            Error::Many(list) => list.first().and_then(Error::failing_plugin),
+            _ => None,
+        }
+    }
+
     /// Turn a list collected during a best-effort teardown into one result.
     pub fn from_list(mut list: Vec<Error>) -> Result<()> {
         match list.len() {
@@ -183,11 +197,13 @@ impl Error {
                 code,
                 msg,
                 details,
+                context,
             } => Error::Delegate {
-                plugin: format!("{ctx}: {plugin}"),
+                plugin,
                 code,
                 msg,
                 details,
+                context: format!("{ctx}: {context}"),
             },
             other => other,
         }
@@ -207,7 +223,8 @@ mod tests {
                 plugin: "bridge".into(),
                 code: 11,
                 msg: "m".into(),
-                details: String::new()
+                details: String::new(),
+                context: String::new(),
             }
             .cni_code(),
             11
@@ -222,5 +239,27 @@ mod tests {
         let e = Error::kernel("create link", nix::errno::Errno::EEXIST);
         assert_eq!(e.errno(), Some(nix::errno::Errno::EEXIST));
         assert_eq!(e.context("bridge").errno(), Some(nix::errno::Errno::EEXIST));
+    }
+
+    #[test]
+    fn a_delegate_keeps_its_type_under_context() {
+        let e = Error::Delegate {
+            plugin: "ptp".into(),
+            code: 11,
+            msg: "no addresses left".into(),
+            details: String::new(),
+            context: String::new(),
+        }
+        .context("attaching network \"cluster\"")
+        .context("ADD");
+        assert_eq!(
+            e.to_string(),
+            "ADD: attaching network \"cluster\": ptp: no addresses left"
+        );
+        assert_eq!(e.failing_plugin(), Some("ptp"));
+        assert_eq!(e.cni_code(), 11);
+        let many = Error::Many(vec![e, Error::config("x")]);
+        assert_eq!(many.failing_plugin(), Some("ptp"));
+        assert_eq!(Error::config("x").failing_plugin(), None);
     }
 }

@@ -12,6 +12,8 @@
 //!    reverse order.
 //! 4. DEL tears down from the record, best effort, and forgets it only when all is gone. CHECK verifies
 //!    against the record; GC removes what the runtime no longer lists.
+//! 5. When the answer is written, the invocation is counted in `<metricsDir>/attache.prom` ([`metrics`]),
+//!    if the configuration names a `metricsDir`.
 //!
 //! Dependencies point one way: cni -> engine -> {attach, delegate} -> netns -> error.
 
@@ -24,6 +26,7 @@ pub mod error;
 pub mod fail;
 pub mod ipam;
 pub mod k8s;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 #[cfg(test)]

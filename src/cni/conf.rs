@@ -22,11 +22,15 @@ pub struct NetConf {
 impl NetConf {
     /// Decode stdin: undecodable JSON is code 6, a JSON value of the wrong shape code 7.
     pub fn from_bytes(bytes: &[u8]) -> Result<NetConf> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+        NetConf::from_value(NetConf::decode(bytes)?)
+    }
+
+    /// The JSON of stdin, not yet checked (code 6 if it is none).
+    pub fn decode(bytes: &[u8]) -> Result<Value> {
+        serde_json::from_slice(bytes).map_err(|source| Error::Decode {
             what: "network configuration".into(),
             source,
-        })?;
-        NetConf::from_value(v)
+        })
     }
 
     pub fn from_value(v: Value) -> Result<NetConf> {
@@ -121,7 +125,6 @@ pub fn validate_network_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A plugin type names a binary in CNI_PATH: no path separators, nothing hidden.
 /// Decode one section of a configuration into its typed form; a bad value is named by its key path
 /// (`bridge: mtu: invalid type: string "big", expected u32`), not by a bare serde message.
 pub fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T> {
@@ -136,6 +139,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T>
     })
 }
 
+/// A plugin type names a binary in CNI_PATH: no path separators, nothing hidden.
 pub fn validate_plugin_type(t: &str) -> Result<()> {
     if t.contains('/') || t.contains('\0') || t.starts_with('.') {
         return Err(Error::config(format!(

@@ -3,7 +3,7 @@
 //! result, a version answer or an error) to the injected writer. Nothing else ever reaches stdout.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -297,29 +297,69 @@ fn check_version_gate(command: Command, conf: &NetConf) -> Result<()> {
 pub trait Plugin {
     /// Run a validated command. `Some(value)` is printed as the result.
     fn run(&self, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>>;
+
+    /// Told about every invocation but VERSION once its answer is written — whatever failed, however
+    /// early (the metrics). Nothing it does can change the answer or the exit code.
+    fn finished(&self, _done: &Finished<'_>) {}
+}
+
+/// One invocation, as the dispatcher saw it end.
+#[derive(Debug)]
+pub struct Finished<'a> {
+    pub command: Command,
+    /// The configuration's `type`, when stdin was a JSON object with a string there.
+    pub conf_type: Option<&'a str>,
+    /// The configuration's `metricsDir` (absolute), read from the raw keys before anything validated.
+    pub metrics_dir: Option<&'a Path>,
+    /// The error answered, or `None` for success.
+    pub error: Option<&'a Error>,
+    /// From the start of the invocation to its answer.
+    pub elapsed: std::time::Duration,
+}
+
+/// What the dispatcher learned before it could fail, for [`Plugin::finished`].
+#[derive(Default)]
+struct Seen {
+    command: Option<Command>,
+    conf_type: Option<String>,
+    metrics_dir: Option<PathBuf>,
 }
 
 /// Run one CNI invocation end to end and return the process exit code.
 pub fn run(env: &dyn Env, input: &mut dyn Read, out: &mut dyn Write, plugin: &dyn Plugin) -> i32 {
+    let started = std::time::Instant::now();
     let mut version = CURRENT_VERSION.to_string();
+    let mut seen = Seen::default();
     // A bug must still end as a CNI error on stdout, never as a bare panic.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        dispatch(env, input, plugin, &mut version)
+        dispatch(env, input, plugin, &mut version, &mut seen)
     }))
     .unwrap_or_else(|panic| Err(crate::fail::panic_error(panic)));
-    let (doc, code) = match result {
-        Ok(Some(v)) => (Some(v), 0),
-        Ok(None) => (None, 0),
+    let elapsed = started.elapsed();
+    let (doc, error) = match result {
+        Ok(doc) => (doc, None),
         Err(e) => {
             tracing::error!(code = e.cni_code(), "{e}");
-            (Some(spec::error_value(&version, &e)), 1)
+            (Some(spec::error_value(&version, &e)), Some(e))
         }
     };
+    let mut code = if error.is_some() { 1 } else { 0 };
     if let Some(doc) = doc {
         let text = serde_json::to_string(&doc).unwrap_or_default();
         if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
-            return 1;
+            code = 1;
         }
+    }
+    // After the answer is out; a panic here must not turn a success into a crash.
+    if let Some(command) = seen.command.filter(|c| *c != Command::Version) {
+        let done = Finished {
+            command,
+            conf_type: seen.conf_type.as_deref(),
+            metrics_dir: seen.metrics_dir.as_deref(),
+            error: error.as_ref(),
+            elapsed,
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugin.finished(&done)));
     }
     code
 }
@@ -329,6 +369,7 @@ fn dispatch(
     input: &mut dyn Read,
     plugin: &dyn Plugin,
     version: &mut String,
+    seen: &mut Seen,
 ) -> Result<Option<Value>> {
     let command = match env.var("CNI_COMMAND").filter(|c| !c.is_empty()) {
         None => {
@@ -338,6 +379,7 @@ fn dispatch(
         }
         Some(c) => Command::parse(&c)?,
     };
+    seen.command = Some(command);
     let mut stdin = Vec::new();
     input
         .take(MAX_STDIN + 1)
@@ -366,7 +408,13 @@ fn dispatch(
         return Ok(Some(spec::version_value(&asked)));
     }
 
-    let conf = NetConf::from_bytes(&stdin)?;
+    let raw = NetConf::decode(&stdin)?;
+    if let Value::Object(keys) = &raw {
+        // Before anything validates: a configuration attache refuses is still counted.
+        seen.metrics_dir = crate::engine::config::metrics_dir_of(keys);
+        seen.conf_type = keys.get("type").and_then(Value::as_str).map(str::to_string);
+    }
+    let conf = NetConf::from_value(raw)?;
     *version = conf.cni_version.clone();
     Version::supported(&conf.cni_version)?;
     check_version_gate(command, &conf)?;
@@ -641,6 +689,112 @@ mod tests {
         assert_eq!(v["cniVersion"], "1.1.0");
         let (code, v) = call(&e, "{oops");
         assert_eq!((code, v["code"].as_u64()), (1, Some(6)));
+    }
+
+    /// What [`Plugin::finished`] was told: command, type, metricsDir, error code.
+    type Told = (Command, Option<String>, Option<PathBuf>, Option<u32>);
+
+    /// Remembers what [`Plugin::finished`] is told.
+    #[derive(Default)]
+    struct Watcher {
+        done: RefCell<Vec<Told>>,
+        panic_in_run: bool,
+    }
+
+    impl Plugin for Watcher {
+        fn run(&self, _: &CmdArgs, _: NetConf) -> Result<Option<Value>> {
+            assert!(!self.panic_in_run, "a bug");
+            Ok(None)
+        }
+        fn finished(&self, d: &Finished<'_>) {
+            self.done.borrow_mut().push((
+                d.command,
+                d.conf_type.map(str::to_string),
+                d.metrics_dir.map(Path::to_path_buf),
+                d.error.map(Error::cni_code),
+            ));
+            panic!("a bug in the metrics must not change the answer");
+        }
+    }
+
+    #[test]
+    fn every_invocation_but_version_is_reported_once_answered() {
+        let conf = |extra: &str| {
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"bridge","metricsDir":"/m"{extra}}}"#
+            )
+        };
+        let cases: Vec<(HashMap<String, String>, String, Option<u32>)> = vec![
+            (full_env("ADD"), conf(""), None),
+            (full_env("DEL"), conf(""), None),
+            (full_env("STATUS"), conf(""), None),
+            // Refused before the plugin runs: still reported, with what was read of the configuration.
+            (
+                {
+                    let mut e = full_env("ADD");
+                    e.remove("CNI_NETNS");
+                    e
+                },
+                conf(""),
+                Some(4),
+            ),
+            (
+                full_env("ADD"),
+                conf(r#","name":"a b""#).replace(r#""name":"n","#, ""),
+                Some(7),
+            ),
+            (
+                full_env("CHECK"),
+                conf("").replace("1.1.0", "0.3.1"),
+                Some(1),
+            ),
+        ];
+        for (e, stdin, code) in cases {
+            let w = Watcher::default();
+            let mut out = Vec::new();
+            let exit = run(&e, &mut stdin.as_bytes(), &mut out, &w);
+            assert_eq!(exit, i32::from(code.is_some()), "{stdin}");
+            let done = w.done.borrow();
+            assert_eq!(done.len(), 1, "{stdin}");
+            assert_eq!(done[0].1.as_deref(), Some("bridge"));
+            assert_eq!(done[0].2.as_deref(), Some(Path::new("/m")));
+            assert_eq!(done[0].3, code, "{stdin}");
+        }
+        // A panic in the plugin is reported as the error it is answered with.
+        let w = Watcher {
+            panic_in_run: true,
+            ..Watcher::default()
+        };
+        let exit = run(
+            &full_env("GC"),
+            &mut conf("").as_bytes(),
+            &mut Vec::new(),
+            &w,
+        );
+        assert_eq!(exit, 1);
+        assert_eq!(w.done.borrow()[0].0, Command::Gc);
+        assert!(w.done.borrow()[0].3.is_some());
+        // VERSION, a command that is none, stdin that is not JSON, a relative metricsDir.
+        let w = Watcher::default();
+        run(
+            &env(&[("CNI_COMMAND", "VERSION")]),
+            &mut conf("").as_bytes(),
+            &mut Vec::new(),
+            &w,
+        );
+        run(
+            &env(&[("CNI_COMMAND", "BOGUS")]),
+            &mut conf("").as_bytes(),
+            &mut Vec::new(),
+            &w,
+        );
+        assert!(w.done.borrow().is_empty());
+        run(&full_env("ADD"), &mut "{".as_bytes(), &mut Vec::new(), &w);
+        let rel = conf("").replace("/m", "m");
+        run(&full_env("ADD"), &mut rel.as_bytes(), &mut Vec::new(), &w);
+        let done = w.done.borrow();
+        assert_eq!(done[0], (Command::Add, None, None, Some(6)));
+        assert_eq!(done[1], (Command::Add, Some("bridge".into()), None, None));
     }
 
     #[test]

@@ -170,6 +170,7 @@ impl NetworkList {
                         code: code::INTERNAL,
                         msg: "ADD printed no result".into(),
                         details: String::new(),
+                        context: String::new(),
                     })?;
                     prev = Some(CniResult::from_value(&out, self.version)?);
                 }

@@ -309,6 +309,15 @@ pub fn logging_of(conf: &NetConf) -> (Option<PathBuf>, tracing::Level) {
     (file, level)
 }
 
+/// `metricsDir` read straight from the raw keys, as `logFile` is: an invocation is counted whether or
+/// not the rest of the configuration validates, in every mode. Only an absolute path counts.
+pub fn metrics_dir_of(raw: &serde_json::Map<String, Value>) -> Option<PathBuf> {
+    raw.get("metricsDir")
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
 fn parse_level(s: &str) -> Result<tracing::Level> {
     use tracing::Level;
     Ok(match s.to_ascii_lowercase().as_str() {

@@ -11,8 +11,9 @@ pub mod record;
 use serde_json::Value;
 
 use crate::cni::conf::NetConf;
-use crate::cni::skel::{CmdArgs, Command, Plugin};
+use crate::cni::skel::{CmdArgs, Command, Finished, Plugin};
 use crate::error::{Error, Result};
+use crate::metrics::{Outcome, Recorded, Sample};
 
 /// The plugin behind the real binary. `invoked_as` is the binary's file name: installed as `bridge`
 /// (a symlink), attache behaves as that plugin whatever `type` says, as the reference plugin would;
@@ -60,6 +61,33 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// The `type` label of an invocation's metrics: the role [`Engine::role`] picks, from a fixed set of
+    /// names (`attache`, the native types), or `unknown` when there is none — a configuration that could
+    /// not be read, a type attache does not implement, a name it does not answer to.
+    pub fn role_label(&self, conf_type: Option<&str>) -> &'static str {
+        let role = if crate::attach::is_native(&self.invoked_as) {
+            Some(self.invoked_as.as_str())
+        } else if self.invoked_as == META_NAME {
+            conf_type
+        } else {
+            None
+        };
+        match role {
+            Some(META_NAME) => META_NAME,
+            Some(t) => crate::attach::NATIVE_TYPES
+                .iter()
+                .find(|n| **n == t)
+                .copied()
+                .unwrap_or(UNKNOWN_ROLE),
+            None => UNKNOWN_ROLE,
+        }
+    }
+}
+
+/// The metrics' `type` of an invocation attache could not give a role.
+pub const UNKNOWN_ROLE: &str = "unknown";
 
 /// The capabilities a command needs, checked before anything is touched: links and nftables need
 /// CAP_NET_ADMIN, entering a pod's namespace CAP_SYS_ADMIN. Without them the kernel's bare EPERM would
@@ -110,6 +138,35 @@ impl Plugin for Engine {
             rt.block_on(crate::attach::run_standalone(&kind, args, conf))
         }
     }
+
+    /// Count the invocation in `metricsDir`, when the configuration names one. The failing plugin is the
+    /// delegate whose error it is, else attache in its role.
+    fn finished(&self, done: &Finished<'_>) {
+        let Some(dir) = done.metrics_dir else { return };
+        let kind = self.role_label(done.conf_type);
+        let outcome = match done.error {
+            None => Outcome::Success,
+            Some(e) => Outcome::Error {
+                code: e.cni_code(),
+                plugin: e.failing_plugin().unwrap_or(kind),
+            },
+        };
+        let sample = Sample {
+            command: done.command.as_str(),
+            kind,
+            outcome,
+            seconds: done.elapsed.as_secs_f64(),
+        };
+        match crate::metrics::record(dir, &sample) {
+            Ok(Recorded::Written) => {}
+            Ok(Recorded::Skipped) => tracing::warn!(
+                "metrics: {} was locked by another invocation for {:?}; this one is counted as skipped",
+                dir.display(),
+                crate::metrics::LOCK_WAIT
+            ),
+            Err(e) => tracing::warn!("metrics not updated: {e}"),
+        }
+    }
 }
 
 /// Send `tracing` output to `file` at `level`. Logging never fails an operation: a file that cannot be
@@ -128,4 +185,34 @@ pub fn init_logging(file: Option<&std::path::Path>, level: tracing::Level) {
         .with_max_level(level)
         .with_ansi(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_type_is_the_role() {
+        let conf = |t: &str| {
+            crate::cni::conf::NetConf::from_value(serde_json::json!(
+                {"cniVersion": "1.0.0", "name": "n", "type": t}
+            ))
+            .unwrap()
+        };
+        for (invoked_as, t) in [
+            ("attache", "attache"),
+            ("attache", "macvlan"),
+            ("attache", "calico"),
+            ("bridge", "whatever"),
+            ("vlan", "attache"),
+            ("attache-ipam", "bridge"),
+        ] {
+            let e = Engine::new(invoked_as);
+            let c = conf(t);
+            let want = e.role(&c).map_or(UNKNOWN_ROLE, |r| r);
+            assert_eq!(e.role_label(Some(t)), want, "{invoked_as} {t}");
+        }
+        assert_eq!(Engine::new("attache").role_label(None), UNKNOWN_ROLE);
+        assert_eq!(Engine::new("ipvlan").role_label(None), "ipvlan");
+    }
 }
