@@ -378,10 +378,11 @@ fn bad_input_table() {
             code: 7,
         },
         Case {
+            // Not installed yet (after a reboot): the runtime retries.
             what: "clusterNetwork not in confDir",
             env: vec![],
             conf: conf(with(&|c| c["clusterNetwork"] = json!("nonexistent"))),
-            code: 7,
+            code: 11,
         },
         Case {
             what: "clusterNetwork without type",

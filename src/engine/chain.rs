@@ -236,7 +236,7 @@ impl NetworkList {
         for i in 0..self.plugins.len() {
             if !crate::attach::is_native(self.plugin_type(i)) {
                 find_plugin(self.plugin_type(i), inv.path).map_err(|e| match e {
-                    Error::Delegate { msg, .. } => Error::NotAvailable(msg),
+                    Error::NotReady(msg) => Error::NotAvailable(format!("not ready: {msg}")),
                     other => other,
                 })?;
             }

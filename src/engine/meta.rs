@@ -494,13 +494,6 @@ async fn status(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<()> 
     std::fs::create_dir_all(&ac.cache_dir)
         .map_err(|e| Error::NotAvailable(format!("cacheDir {}: {e}", ac.cache_dir.display())))?;
     let path = ac.search_path(&args.path);
-    // Every binary the cluster network needs is installed (native types need none).
-    for i in 0..cluster.plugins.len() {
-        let t = cluster.plugin_type(i);
-        if !crate::attach::is_native(t) {
-            crate::delegate::find_plugin(t, &path).map_err(not_available)?;
-        }
-    }
     let inv = Invocation::podless(&path);
     cluster.status(&inv).await
 }
