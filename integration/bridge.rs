@@ -313,9 +313,10 @@ fn bad_native_input_leaves_nothing() {
             7,
         ),
         (
+            // Not installed (yet): the node is not ready, the runtime retries.
             "IPAM not installed",
             json!({"ipam": {"type": "no-such-ipam", "subnet": null}}),
-            50,
+            11,
         ),
         (
             "requested IP outside",

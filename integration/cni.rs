@@ -446,7 +446,8 @@ fn bad_input_table() {
             conf: conf(with(&|c| {
                 c["clusterNetwork"]["type"] = json!("not-installed")
             })),
-            code: 50,
+            // Not installed (yet): not ready, retry.
+            code: 11,
         },
         Case {
             what: "delegate error passes through",
@@ -472,7 +473,7 @@ fn bad_input_table() {
                 c["clusterNetwork"] = json!({"cniVersion":"1.0.0","name":"clusternet",
             "plugins":[cluster(&node, "1.0.0"), {"type":"not-installed"}]})
             })),
-            code: 50,
+            code: 11,
         },
     ];
     for case in cases {

@@ -9,7 +9,7 @@ mod testbed;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use runtime::{in_netns, leftovers};
+use runtime::leftovers;
 use serde_json::{Value, json};
 use testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
 
@@ -70,18 +70,8 @@ impl<'a> Tool<'a> {
             self.var_lib.display(),
             cnitool().display()
         );
-        let mut cmd = in_netns(
-            &format!("/run/netns/{}", self.node.name),
-            &[
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ],
-        );
+        let mut cmd =
+            runtime::in_private_mounts(&format!("/run/netns/{}", self.node.name), &script);
         cmd.env("NETCONFPATH", &self.netconf)
             .env("CNI_PATH", &self.bin);
         for (k, v) in env {
@@ -197,9 +187,7 @@ fn cnitool_drives_the_meta_plugin_with_annotations_in_cap_args() {
         "default",
         &[(
             "br-net",
-            json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-sec", "isGateway": true,
-                   "ipam": {"type": "host-local", "subnet": "10.61.0.0/24",
-                            "dataDir": node.path("ipam")}}),
+            testbed::bridge_nad(&node, "br-sec", "10.61.0.0/24"),
         )],
     );
     let net = json!({"cniVersion": "1.0.0", "name": "attmeta", "plugins": [{

@@ -42,8 +42,7 @@ fn write_definitions(node: &Node) -> PathBuf {
         &[
             (
                 "br-net",
-                json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-att", "isGateway": true,
-                       "ipam": {"type": "host-local", "subnet": "10.55.0.0/24", "dataDir": ipam}}),
+                testbed::bridge_nad(node, "br-att", "10.55.0.0/24"),
             ),
             (
                 "mv-net",
@@ -360,17 +359,9 @@ fn ctr_run_with_cni_attaches_and_its_del_without_a_netns_leaves_nothing() {
         root = ctrd.dir.join("ctr-runc").display(),
         image = runtime::IMAGE,
     );
-    let out = runtime::run(&mut runtime::in_netns(
+    let out = runtime::run(&mut runtime::in_private_mounts(
         &format!("/run/netns/{}", node.name),
-        &[
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ],
+        &script,
     ));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

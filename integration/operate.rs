@@ -270,8 +270,7 @@ fn containerd_picks_up_the_configuration_install_writes() {
         "default",
         &[(
             "br-net",
-            json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-att", "isGateway": true,
-                   "ipam": {"type": "host-local", "subnet": "10.55.0.0/24", "dataDir": node.path("ipam")}}),
+            testbed::bridge_nad(&node, "br-att", "10.55.0.0/24"),
         )],
     );
     // containerd runs with the cluster network only, as a node does before attache's DaemonSet.

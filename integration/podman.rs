@@ -43,9 +43,7 @@ fn bed(tag: &str) -> Bed {
         "default",
         &[(
             "br-net",
-            json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-sec", "isGateway": true,
-                   "ipam": {"type": "host-local", "subnet": "10.59.0.0/24",
-                            "dataDir": node.path("ipam")}}),
+            testbed::bridge_nad(&node, "br-sec", "10.59.0.0/24"),
         )],
     );
     let bins: Vec<(&str, PathBuf)> = vec![

@@ -57,6 +57,23 @@ pub fn in_netns(path: &str, argv: &[&str]) -> Command {
     c
 }
 
+/// `sh -c SCRIPT` inside the netns at `path`, in a private mount namespace of its own (mounts made there
+/// — over /opt/cni/bin, /etc/cni/net.d, /var/lib — vanish with it).
+pub fn in_private_mounts(path: &str, script: &str) -> Command {
+    in_netns(
+        path,
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+}
+
 /// `ip -j ARGS` in the netns at `path`.
 pub fn ip_json(path: &str, args: &[&str]) -> Value {
     let mut argv = vec!["ip", "-j"];

@@ -65,6 +65,12 @@ pub fn write_nads(node: &Node, ns: &str, nads: &[(&str, Value)]) -> PathBuf {
     dir
 }
 
+/// A native bridge definition (`isGateway`, host-local on `subnet` in the node's IPAM folder).
+pub fn bridge_nad(node: &Node, bridge: &str, subnet: &str) -> Value {
+    serde_json::json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": bridge, "isGateway": true,
+        "ipam": {"type": "host-local", "subnet": subnet, "dataDir": node.path("ipam")}})
+}
+
 /// The delegated cluster network of the meta-plugin tests: Debian's ptp with host-local, named `cluster`,
 /// state in the node's folder.
 pub fn ptp_cluster(node: &Node) -> Value {
