@@ -233,7 +233,7 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
     let node = Netlink::connect(None).unwrap();
     let br = node.link("brfloor").await.unwrap();
     if br.is_none() {
-        node.create_bridge("brfloor", None, random_mac(), false)
+        node.create_bridge("brfloor", None, random_mac().unwrap(), false)
             .await
             .unwrap();
     }
@@ -252,10 +252,10 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
         let pod = Netlink::connect(Some(&ns)).unwrap();
         node.create_veth(
             &host,
-            random_mac(),
+            random_mac().unwrap(),
             false,
             "eth0",
-            random_mac(),
+            random_mac().unwrap(),
             false,
             ns.raw_fd(),
             None,
@@ -295,10 +295,10 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
                 let host = format!("vg{round}{}{i}", if grouped { "g" } else { "s" });
                 node.create_veth(
                     &host,
-                    random_mac(),
+                    random_mac().unwrap(),
                     true,
                     &format!("net{i}"),
-                    random_mac(),
+                    random_mac().unwrap(),
                     false,
                     ns.raw_fd(),
                     None,

@@ -25,8 +25,6 @@ pub mod code {
 pub enum Error {
     #[error("incompatible CNI version: {0}")]
     IncompatibleVersion(String),
-    #[error("unsupported field in network configuration: {0}")]
-    UnsupportedField(String),
     #[error("invalid environment: {0}")]
     InvalidEnv(String),
     #[error("{context}: {source}")]
@@ -124,7 +122,6 @@ impl Error {
     pub fn cni_code(&self) -> u32 {
         match self {
             Error::IncompatibleVersion(_) => code::INCOMPATIBLE_VERSION,
-            Error::UnsupportedField(_) => code::UNSUPPORTED_FIELD,
             Error::InvalidEnv(_) => code::INVALID_ENV,
             Error::Io { .. } | Error::Privilege(_) => code::IO,
             Error::Decode { .. } => code::DECODE,

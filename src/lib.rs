@@ -15,7 +15,10 @@
 //! 5. When the answer is written, the invocation is counted in `<metricsDir>/attache.prom` ([`metrics`]),
 //!    if the configuration names a `metricsDir`.
 //!
-//! Dependencies point one way: cni -> engine -> {attach, delegate} -> netns -> error.
+//! Dependencies point one way, with no cycle (each module uses only those listed after it):
+//! `cli` -> `engine` -> `k8s`, `attach` -> `ipam` -> `delegate` -> `cni` -> `netlink` -> `netns` ->
+//! {`metrics`, `files`, `fail`} -> `error`. (`cni` never names `engine`: `main` hands the engine to
+//! `cni::skel` as a [`cni::skel::Plugin`].) The operator's commands (`cli`) sit on top of everything.
 
 pub mod attach;
 pub mod cli;
@@ -24,6 +27,7 @@ pub mod delegate;
 pub mod engine;
 pub mod error;
 pub mod fail;
+pub mod files;
 pub mod ipam;
 pub mod k8s;
 pub mod metrics;

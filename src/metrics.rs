@@ -476,6 +476,15 @@ pub enum Recorded {
 
 /// Add `sample` to `<dir>/attache.prom` (creating `dir`): under the folder's lock, read the file back,
 /// count the updates skipped since, add the sample, and replace the file by rename.
+/// `metricsDir` read straight from the raw keys, as `logFile` is: an invocation is counted whether or
+/// not the rest of the configuration validates, in every mode. Only an absolute path counts.
+pub fn dir_of(raw: &serde_json::Map<String, serde_json::Value>) -> Option<std::path::PathBuf> {
+    raw.get("metricsDir")
+        .and_then(serde_json::Value::as_str)
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
 pub fn record(dir: &Path, sample: &Sample<'_>) -> Result<Recorded> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;

@@ -260,7 +260,7 @@ async fn ensure_bridge(node: &Netlink, bc: &BridgeConf) -> Result<Link> {
         Some(l) => l,
         None => {
             match node
-                .create_bridge(&bc.bridge, bc.mtu, random_mac(), bc.vlan_filtering())
+                .create_bridge(&bc.bridge, bc.mtu, random_mac()?, bc.vlan_filtering())
                 .await
             {
                 Ok(()) => created = true,
@@ -426,8 +426,11 @@ impl AddCtx<'_> {
             return Err(Error::Ipam("IPAM plugin returned missing IP config".into()));
         }
 
-        let pod_mac = bc.mac.unwrap_or_else(random_mac);
-        let host_mac = random_mac();
+        let pod_mac = match bc.mac {
+            Some(m) => m,
+            None => random_mac()?,
+        };
+        let host_mac = random_mac()?;
         self.create_veth(&host, host_mac, pod_mac).await?;
         self.undo.borrow_mut().push(Undo::Link {
             netns: None,

@@ -31,11 +31,6 @@ pub fn is_native(t: &str) -> bool {
 /// The configuration key (internal, set by the meta-plugin) naming the link group of the pod interface.
 pub const LINK_GROUP_KEY: &str = "attache.linkGroup";
 
-/// Whether a native type puts its pod interface into the configured link group.
-pub fn groups_links(t: &str) -> bool {
-    is_native(t)
-}
-
 /// Delete every pod interface of a link group at once: the kernel unregisters them together and waits
 /// for one RCU grace period instead of one per interface. Teardown of each attachment follows and finds
 /// its link gone.
@@ -200,14 +195,6 @@ pub fn sysctl(key: &str, value: &str) -> Result<()> {
     crate::fail::point("sysctl")?;
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     std::fs::write(&path, value).map_err(|e| Error::io(format!("setting {key}"), e))
-}
-
-/// Read a sysctl under `/proc/sys` of the calling thread's namespace.
-pub fn sysctl_get(key: &str) -> Result<String> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| Error::io(format!("reading {key}"), e))
 }
 
 /// What an attachment does with IPv6 duplicate address detection on its pod interface.

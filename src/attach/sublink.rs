@@ -197,10 +197,10 @@ async fn find_master(nl: &Netlink, sc: &SubConf, where_: &str) -> Result<Link> {
         .ok_or_else(|| Error::config(format!("master {name:?} does not exist in the {where_}")))
 }
 
-fn temp_name() -> String {
+fn temp_name() -> Result<String> {
     let mut b = [0u8; 4];
-    random_bytes(&mut b);
-    format!("att{:08x}", u32::from_le_bytes(b))
+    random_bytes(&mut b)?;
+    Ok(format!("att{:08x}", u32::from_le_bytes(b)))
 }
 
 async fn add(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<CniResult> {
@@ -251,7 +251,10 @@ async fn add_steps(
     let mut result = sc.ipam.add(args, conf).await?;
     undo.push(Undo::Ipam);
     let mac = match sc.kind {
-        SubLinkKind::MacVlan(_) => Some(sc.mac.unwrap_or_else(random_mac)),
+        SubLinkKind::MacVlan(_) => Some(match sc.mac {
+            Some(m) => m,
+            None => random_mac()?,
+        }),
         _ => None,
     };
     let (creator, netns) = if sc.link_in_container {
@@ -261,7 +264,7 @@ async fn add_steps(
     };
     let mut tmp = String::new();
     for attempt in 0..3 {
-        tmp = temp_name();
+        tmp = temp_name()?;
         match creator
             .create_sublink(
                 &sc.kind,

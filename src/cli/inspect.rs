@@ -152,7 +152,7 @@ fn resolve_cache_dir(args: &InspectArgs) -> Result<(PathBuf, String)> {
         Some(c) => (c.clone(), true),
         None => (Path::new(DEFAULT_CONF_DIR).join(INSTALLED_CONF), false),
     };
-    let bytes = match crate::engine::record::read_bounded(&conf, MAX_CONF) {
+    let bytes = match crate::files::read_bounded(&conf, MAX_CONF) {
         Ok(b) => b,
         Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
             return Ok((DEFAULT_CACHE_DIR.into(), "the default".into()));

@@ -99,16 +99,6 @@ impl NetConf {
             _ => Map::new(),
         }
     }
-
-    /// Decode one of this configuration's keys into a typed value (code 7 naming the key on error).
-    pub fn field<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        match self.raw.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| Error::config(format!("field {key:?}: {e}"))),
-        }
-    }
 }
 
 /// A network name (`[A-Za-z0-9][A-Za-z0-9_.-]*`, SPEC §1). It becomes a path component (host-local's data

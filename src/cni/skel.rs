@@ -221,15 +221,6 @@ impl CmdArgs {
             path,
         })
     }
-
-    /// `CNI_PATH` joined again, for delegates.
-    pub fn path_string(&self) -> String {
-        self.path
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":")
-    }
 }
 
 /// Whether `CNI_NETNS_OVERRIDE` lifts the own-namespace guard (the reference skel's escape hatch).
@@ -411,7 +402,7 @@ fn dispatch(
     let raw = NetConf::decode(&stdin)?;
     if let Value::Object(keys) = &raw {
         // Before anything validates: a configuration attache refuses is still counted.
-        seen.metrics_dir = crate::engine::config::metrics_dir_of(keys);
+        seen.metrics_dir = crate::metrics::dir_of(keys);
         seen.conf_type = keys.get("type").and_then(Value::as_str).map(str::to_string);
     }
     let conf = NetConf::from_value(raw)?;

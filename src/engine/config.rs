@@ -309,15 +309,6 @@ pub fn logging_of(conf: &NetConf) -> (Option<PathBuf>, tracing::Level) {
     (file, level)
 }
 
-/// `metricsDir` read straight from the raw keys, as `logFile` is: an invocation is counted whether or
-/// not the rest of the configuration validates, in every mode. Only an absolute path counts.
-pub fn metrics_dir_of(raw: &serde_json::Map<String, Value>) -> Option<PathBuf> {
-    raw.get("metricsDir")
-        .and_then(Value::as_str)
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-}
-
 fn parse_level(s: &str) -> Result<tracing::Level> {
     use tracing::Level;
     Ok(match s.to_ascii_lowercase().as_str() {
@@ -337,7 +328,7 @@ fn parse_level(s: &str) -> Result<tracing::Level> {
 /// Find a network by file name or by network name in `dir`, as runtimes and Multus do.
 pub fn load_named(dir: &Path, name: &str, default_version: &str) -> Result<NetworkList> {
     let read = |p: &Path| -> Result<NetworkList> {
-        let bytes = crate::engine::record::read_bounded(p, crate::cni::skel::MAX_STDIN)
+        let bytes = crate::files::read_bounded(p, crate::cni::skel::MAX_STDIN)
             .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
             what: p.display().to_string(),

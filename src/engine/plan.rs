@@ -5,7 +5,6 @@
 //! an error here, so ADD either attaches everything or touches nothing.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
 
@@ -96,7 +95,7 @@ fn tag_native(list: &mut NetworkList, group: u32) {
         let native = p
             .get("type")
             .and_then(Value::as_str)
-            .is_some_and(crate::attach::groups_links);
+            .is_some_and(crate::attach::is_native);
         if native {
             p.insert(crate::attach::LINK_GROUP_KEY.into(), json!(group));
         }
@@ -603,12 +602,4 @@ async fn attachment_for(
             result: None,
         })
     }
-}
-
-/// The gateways of a selection's default route, by family.
-pub fn route_families(gws: &[IpAddr]) -> (Option<IpAddr>, Option<IpAddr>) {
-    (
-        gws.iter().copied().find(IpAddr::is_ipv4),
-        gws.iter().copied().find(IpAddr::is_ipv6),
-    )
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::files::{ensure_real_dir, pid_alive, read_bounded};
 
 pub const RECORD_KIND: &str = "attacheRecordV1";
 
@@ -116,43 +117,6 @@ pub struct RecordStore {
 /// The largest record read back (one with 64 attachments and their results is well under 1 MiB).
 pub const MAX_RECORD: u64 = 4 << 20;
 
-/// Open a state file for reading without following a symlink, and read at most `max` bytes of it.
-pub fn read_bounded(p: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)?;
-    let mut bytes = Vec::new();
-    f.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Create `dir` (and its parents) and make sure it is a real directory: a symlink planted where
-/// attache keeps state would send its writes elsewhere.
-pub fn ensure_real_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let md = std::fs::symlink_metadata(dir)
-        .map_err(|e| Error::io(format!("inspecting {}", dir.display()), e))?;
-    if !md.is_dir() {
-        return Err(Error::io(
-            format!(
-                "{} is not a directory (a symlink?): attache keeps no state through one",
-                dir.display()
-            ),
-            std::io::Error::from_raw_os_error(libc::ELOOP),
-        ));
-    }
-    Ok(())
-}
-
 /// A temporary of `ifname`'s record, and the pid that wrote it (`None`: an old-style name).
 fn temp_owner(file_name: &str, ifname: Option<&str>) -> Option<Option<i32>> {
     let rest = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
@@ -164,12 +128,6 @@ fn temp_owner(file_name: &str, ifname: Option<&str>) -> Option<Option<i32>> {
         return None;
     }
     Some(pid)
-}
-
-/// Whether the process that wrote a temporary still runs.
-pub fn pid_alive(pid: i32) -> bool {
-    pid == std::process::id() as i32
-        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 impl RecordStore {
@@ -194,12 +152,22 @@ impl RecordStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading record {}", p.display()), e)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| Error::Decode {
-                what: format!("record {}", p.display()),
-                source,
-            })
+        let rec: PodRecord = serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+            what: format!("record {}", p.display()),
+            source,
+        })?;
+        // A file of another kind (or a future format) is not a record to act on: unreadable, so DEL
+        // re-plans instead of tearing down from what it misreads.
+        if rec.kind != RECORD_KIND {
+            return Err(Error::io(
+                format!("reading record {}", p.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("kind {:?} is not {RECORD_KIND:?}", rec.kind),
+                ),
+            ));
+        }
+        Ok(Some(rec))
     }
 
     /// Write a record atomically: a reader sees the old or the new one, never half of one. The
@@ -416,6 +384,11 @@ mod tests {
         assert_eq!(store.list().len(), 1);
         std::fs::write(d.join("c2").join("eth0.json"), "{").unwrap();
         assert_eq!(store.load("c2", "eth0").unwrap_err().cni_code(), 6);
+        // JSON of another kind is not a record to act on.
+        let mut other = serde_json::to_value(PodRecord::new("c2", "eth0", None)).unwrap();
+        other["kind"] = json!("somethingElse");
+        std::fs::write(d.join("c2").join("eth0.json"), other.to_string()).unwrap();
+        assert_eq!(store.load("c2", "eth0").unwrap_err().cni_code(), 5);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -69,7 +69,7 @@ impl DiskStore {
     pub fn open(data_dir: &Path, network: &str) -> Result<DiskStore> {
         crate::cni::conf::validate_network_name(network)?;
         let dir = data_dir.join(network);
-        crate::engine::record::ensure_real_dir(&dir)?;
+        crate::files::ensure_real_dir(&dir)?;
         let lock_path = dir.join("lock");
         let f = OpenOptions::new()
             .read(true)
@@ -93,7 +93,7 @@ impl DiskStore {
     /// Who holds `ip` now, read under the lock (`None`: nobody).
     pub fn holder(&self, ip: IpAddr) -> Result<Option<(String, String)>> {
         let p = self.ip_path(ip);
-        match crate::engine::record::read_bounded(&p, MAX_STATE_FILE) {
+        match crate::files::read_bounded(&p, MAX_STATE_FILE) {
             Ok(content) => Ok(Some(parse_holder(&content))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
@@ -132,7 +132,7 @@ pub fn snapshot(data_dir: &Path, network: &str) -> Result<Vec<(IpAddr, String, S
         else {
             continue;
         };
-        let Ok(content) = crate::engine::record::read_bounded(&entry.path(), MAX_STATE_FILE) else {
+        let Ok(content) = crate::files::read_bounded(&entry.path(), MAX_STATE_FILE) else {
             continue;
         };
         let (id, ifname) = parse_holder(&content);
@@ -187,7 +187,7 @@ impl Store for DiskStore {
 
     fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>> {
         let p = self.dir.join(format!("{LAST_PREFIX}{range_set}"));
-        match crate::engine::record::read_bounded(&p, MAX_STATE_FILE) {
+        match crate::files::read_bounded(&p, MAX_STATE_FILE) {
             Ok(s) => Ok(String::from_utf8_lossy(&s).trim().parse().ok()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
@@ -205,7 +205,7 @@ impl Store for DiskStore {
                 .strip_prefix(TEMP_PREFIX)
                 .and_then(|r| r.split('.').next())
                 .and_then(|p| p.parse::<i32>().ok())
-                && !crate::engine::record::pid_alive(pid)
+                && !crate::files::pid_alive(pid)
             {
                 let _ = std::fs::remove_file(entry.path()); // a killed writer's temporary
                 continue;
@@ -213,8 +213,7 @@ impl Store for DiskStore {
             let Ok(ip) = name.parse::<IpAddr>() else {
                 continue; // lock, last_reserved_ip.N, anything else
             };
-            let Ok(content) = crate::engine::record::read_bounded(&entry.path(), MAX_STATE_FILE)
-            else {
+            let Ok(content) = crate::files::read_bounded(&entry.path(), MAX_STATE_FILE) else {
                 continue;
             };
             let (id, ifname) = parse_holder(&content);

@@ -113,7 +113,7 @@ pub fn load_folder(dir: &Path) -> Result<BTreeMap<String, Nad>> {
     files.sort();
     for p in files {
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or_default();
-        let bytes = crate::engine::record::read_bounded(&p, MAX_MANIFEST).map_err(|e| {
+        let bytes = crate::files::read_bounded(&p, MAX_MANIFEST).map_err(|e| {
             Error::io(
                 format!(
                     "reading {} (a manifest may be at most {} MiB)",

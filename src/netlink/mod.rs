@@ -729,19 +729,20 @@ pub fn parse_mac(s: &str) -> std::result::Result<[u8; 6], String> {
 }
 
 /// A random locally administered unicast MAC, as the kernel would pick (`eth_random_addr`).
-pub fn random_mac() -> [u8; 6] {
+pub fn random_mac() -> Result<[u8; 6]> {
     let mut mac = [0u8; 6];
-    random_bytes(&mut mac);
+    random_bytes(&mut mac)?;
     mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
+    Ok(mac)
 }
 
-/// Fill `buf` from the kernel's random source.
-pub fn random_bytes(buf: &mut [u8]) {
+/// Fill `buf` from the kernel's random source; an error if it cannot be read (never zeros: two pods
+/// would get the same MAC).
+pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
     use std::io::Read;
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(buf);
-    }
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| Error::io("reading /dev/urandom", e))
 }
 
 #[cfg(test)]
@@ -761,9 +762,9 @@ mod tests {
         assert!(parse_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_mac("0a:58:0a:01:00").is_err());
         assert!(parse_mac("zz:58:0a:01:00:02").is_err());
-        let m = random_mac();
+        let m = random_mac().unwrap();
         assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
-        assert_ne!(random_mac(), m);
+        assert_ne!(random_mac().unwrap(), m);
     }
 
     #[test]

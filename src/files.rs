@@ -1,0 +1,55 @@
+//! State files, read and written safely wherever attache keeps them (records, host-local's folder,
+//! manifests in `networksDir`, metrics): bounded reads that never follow a symlink, state folders that
+//! are real directories, and whether a temporary's writer still runs. A leaf: it depends on nothing but
+//! [`crate::error`].
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::libc;
+
+use crate::error::{Error, Result};
+
+/// Open a state file for reading without following a symlink, and read at most `max` bytes of it.
+pub fn read_bounded(p: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)?;
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Create `dir` (and its parents) and make sure it is a real directory: a symlink planted where
+/// attache keeps state would send its writes elsewhere.
+pub fn ensure_real_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let md = std::fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("inspecting {}", dir.display()), e))?;
+    if !md.is_dir() {
+        return Err(Error::io(
+            format!(
+                "{} is not a directory (a symlink?): attache keeps no state through one",
+                dir.display()
+            ),
+            std::io::Error::from_raw_os_error(libc::ELOOP),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the process that wrote a temporary still runs.
+pub fn pid_alive(pid: i32) -> bool {
+    pid == std::process::id() as i32
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
