@@ -76,6 +76,16 @@ pub enum Error {
     },
     #[error("{0}")]
     Ipam(String),
+    /// Something on the node or in the pod is in the way — an interface of that name, a link of
+    /// another kind, an address, an attachment in another netns: the operator's to resolve. Code 999,
+    /// as the reference plugins answer it.
+    #[error("{0}")]
+    Conflict(String),
+    /// CHECK found the pod different from what was attached (an address, a route, a MAC, a master).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A bug in attache, or something that cannot happen (a worker thread gone, a value that does not
+    /// serialise).
     #[error("{0}")]
     Internal(String),
     /// Several errors from a best-effort teardown; the first decides the code.
@@ -130,7 +140,11 @@ impl Error {
             Error::NotAvailable(_) => code::NOT_AVAILABLE,
             Error::TryAgain(_) | Error::NotReady(_) => code::TRY_AGAIN,
             Error::Delegate { code, .. } => *code,
-            Error::Kernel { .. } | Error::Ipam(_) | Error::Internal(_) => code::INTERNAL,
+            Error::Kernel { .. }
+            | Error::Ipam(_)
+            | Error::Conflict(_)
+            | Error::Mismatch(_)
+            | Error::Internal(_) => code::INTERNAL,
             Error::Many(list) => list.first().map_or(code::INTERNAL, Error::cni_code),
         }
     }
@@ -179,6 +193,8 @@ impl Error {
         match self {
             Error::Config(m) => Error::Config(format!("{ctx}: {m}")),
             Error::Internal(m) => Error::Internal(format!("{ctx}: {m}")),
+            Error::Conflict(m) => Error::Conflict(format!("{ctx}: {m}")),
+            Error::Mismatch(m) => Error::Mismatch(format!("{ctx}: {m}")),
             Error::Ipam(m) => Error::Ipam(format!("{ctx}: {m}")),
             Error::NotReady(m) => Error::NotReady(format!("{ctx}: {m}")),
             Error::Kernel { op, errno } => Error::Kernel {
@@ -215,6 +231,16 @@ mod tests {
     fn codes_are_decided_here() {
         assert_eq!(Error::config("x").cni_code(), 7);
         assert_eq!(Error::InvalidEnv("x".into()).cni_code(), 4);
+        // Conflicts and CHECK mismatches are told apart from bugs in the code, not on the wire: the
+        // reference plugins answer them with 999 too.
+        for e in [
+            Error::Conflict("x".into()),
+            Error::Mismatch("x".into()),
+            Error::Internal("x".into()),
+        ] {
+            assert_eq!(e.cni_code(), 999);
+        }
+        assert_eq!(Error::NotReady("x".into()).cni_code(), 11);
         assert_eq!(
             Error::Delegate {
                 plugin: "bridge".into(),

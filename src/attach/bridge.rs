@@ -273,7 +273,7 @@ async fn ensure_bridge(node: &Netlink, bc: &BridgeConf) -> Result<Link> {
         }
     };
     if br.kind.as_deref() != Some("bridge") {
-        return Err(Error::Internal(format!(
+        return Err(Error::Conflict(format!(
             "{:?} already exists but is not a bridge",
             bc.bridge
         )));
@@ -361,7 +361,7 @@ async fn ensure_gateway_addr(node: &Netlink, br: &Link, gw: IpNet, force: bool) 
             if force {
                 node.del_addr(br.index, a).await?;
             } else {
-                return Err(Error::Internal(format!(
+                return Err(Error::Conflict(format!(
                     "{:?} already has an IP address different from {gw}",
                     br.name
                 )));
@@ -506,7 +506,7 @@ impl AddCtx<'_> {
                 Ok(()) => return Ok(()),
                 Err(e) if is_exists(&e) && attempt == 0 => {
                     if self.pod_nl.link(ifname).await?.is_some() {
-                        return Err(Error::Internal(format!(
+                        return Err(Error::Conflict(format!(
                             "container veth name provided ({ifname}) already exists"
                         )));
                     }
@@ -694,13 +694,13 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
         .link(&bc.bridge)
         .await?
         .filter(|l| l.kind.as_deref() == Some("bridge"))
-        .ok_or_else(|| Error::Internal(format!("bridge {} is missing", bc.bridge)))?;
+        .ok_or_else(|| Error::Mismatch(format!("bridge {} is missing", bc.bridge)))?;
     let link = pod_nl
         .link(&args.ifname)
         .await?
-        .ok_or_else(|| Error::Internal(format!("{} is missing from the pod", args.ifname)))?;
+        .ok_or_else(|| Error::Mismatch(format!("{} is missing from the pod", args.ifname)))?;
     if link.kind.as_deref() != Some("veth") {
-        return Err(Error::Internal(format!("{} is not a veth", args.ifname)));
+        return Err(Error::Mismatch(format!("{} is not a veth", args.ifname)));
     }
     let pod_iface = prev
         .interfaces
@@ -709,7 +709,7 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
     if let Some(i) = pod_iface {
         let want = &prev.interfaces[i].mac;
         if !want.is_empty() && !want.eq_ignore_ascii_case(&format_mac(&link.mac)) {
-            return Err(Error::Internal(format!(
+            return Err(Error::Mismatch(format!(
                 "{} has MAC {}, not {want}",
                 args.ifname,
                 format_mac(&link.mac)
@@ -720,9 +720,9 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
         Some(idx) => node.link_by_index(idx).await?,
         None => None,
     }
-    .ok_or_else(|| Error::Internal(format!("the node end of {} is missing", args.ifname)))?;
+    .ok_or_else(|| Error::Mismatch(format!("the node end of {} is missing", args.ifname)))?;
     if peer.master != Some(br.index) {
-        return Err(Error::Internal(format!(
+        return Err(Error::Mismatch(format!(
             "the node end of {} ({}) is not attached to bridge {}",
             args.ifname, peer.name, bc.bridge
         )));

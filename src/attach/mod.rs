@@ -337,7 +337,7 @@ pub async fn check_iface(
         .filter(|i| i.interface.is_none_or(|n| n == pod_iface))
     {
         if !have.contains(&ip.address) {
-            return Err(Error::Internal(format!(
+            return Err(Error::Mismatch(format!(
                 "{ifname} is missing its address {}",
                 ip.address
             )));
@@ -350,7 +350,7 @@ pub async fn check_iface(
             *dst == r.dst && (gw.is_none() || *g == gw) && oif.is_none_or(|o| o == index)
         });
         if !found {
-            return Err(Error::Internal(format!(
+            return Err(Error::Mismatch(format!(
                 "{ifname} is missing the route {}{}",
                 r.dst,
                 gw.map(|g| format!(" via {g}")).unwrap_or_default()

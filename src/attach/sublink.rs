@@ -288,7 +288,7 @@ async fn add_steps(
     });
     if let Err(e) = pod_nl.rename(&tmp, &args.ifname).await {
         if is_exists(&e) {
-            return Err(Error::Internal(format!(
+            return Err(Error::Conflict(format!(
                 "an interface named {} already exists in the pod",
                 args.ifname
             )));
@@ -357,10 +357,10 @@ async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
     let link = pod_nl
         .link(&args.ifname)
         .await?
-        .ok_or_else(|| Error::Internal(format!("{} is missing from the pod", args.ifname)))?;
+        .ok_or_else(|| Error::Mismatch(format!("{} is missing from the pod", args.ifname)))?;
     let want = sc.kind.name();
     if link.kind.as_deref() != Some(want) {
-        return Err(Error::Internal(format!(
+        return Err(Error::Mismatch(format!(
             "{} is a {}, not a {want}",
             args.ifname,
             link.kind.as_deref().unwrap_or("plain device")
@@ -373,7 +373,7 @@ async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
         _ => false,
     };
     if !ok {
-        return Err(Error::Internal(format!(
+        return Err(Error::Mismatch(format!(
             "{} does not have the configured {want} mode or id",
             args.ifname
         )));
@@ -381,7 +381,7 @@ async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
     if let Some(m) = sc.mtu
         && link.mtu != m
     {
-        return Err(Error::Internal(format!(
+        return Err(Error::Mismatch(format!(
             "{} has mtu {}, not {m}",
             args.ifname, link.mtu
         )));
@@ -395,7 +395,7 @@ async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
         };
         let m = master_nl.link_by_index(idx).await?;
         if m.as_ref().map(|l| &l.name) != Some(name) {
-            return Err(Error::Internal(format!(
+            return Err(Error::Mismatch(format!(
                 "{} is not on master {name}",
                 args.ifname
             )));

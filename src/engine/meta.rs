@@ -106,7 +106,7 @@ async fn add(
                 let cluster = result_of(&old.attachments[0])?.unwrap_or_default();
                 return Ok(cluster.to_value(conf.version));
             }
-            return Err(Error::Internal(format!(
+            return Err(Error::Conflict(format!(
                 "container {} already has an attachment {} in another netns; DEL it before adding it again",
                 args.container_id, args.ifname
             )));
