@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use attache::netlink::{Netlink, RouteSpec, random_mac};
+use attache::netlink::{Netlink, RouteSpec, VethSpec, random_mac};
 use attache::netns::NetNs;
 use serde_json::{Value, json};
 
@@ -250,17 +250,17 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
         let host = format!("vfl{round}");
         let t = Instant::now();
         let pod = Netlink::connect(Some(&ns)).unwrap();
-        node.create_veth(
-            &host,
-            random_mac().unwrap(),
-            false,
-            "eth0",
-            random_mac().unwrap(),
-            false,
-            ns.raw_fd(),
-            None,
-            None,
-        )
+        node.create_veth(&VethSpec {
+            name: &host,
+            mac: random_mac().unwrap(),
+            up: false,
+            peer: "eth0",
+            peer_mac: random_mac().unwrap(),
+            peer_up: false,
+            peer_netns: ns.raw_fd(),
+            mtu: None,
+            peer_group: None,
+        })
         .await
         .unwrap();
         node.set_master_up(&host, br.index, "floor").await.unwrap();
@@ -293,17 +293,17 @@ async fn floor(a: &Args, pods: &mut Pods) -> (Series, Series, Series, Series) {
             let pod = Netlink::connect(Some(&ns)).unwrap();
             for i in 0..8 {
                 let host = format!("vg{round}{}{i}", if grouped { "g" } else { "s" });
-                node.create_veth(
-                    &host,
-                    random_mac().unwrap(),
-                    true,
-                    &format!("net{i}"),
-                    random_mac().unwrap(),
-                    false,
-                    ns.raw_fd(),
-                    None,
-                    None,
-                )
+                node.create_veth(&VethSpec {
+                    name: &host,
+                    mac: random_mac().unwrap(),
+                    up: true,
+                    peer: &format!("net{i}"),
+                    peer_mac: random_mac().unwrap(),
+                    peer_up: false,
+                    peer_netns: ns.raw_fd(),
+                    mtu: None,
+                    peer_group: None,
+                })
                 .await
                 .unwrap();
                 pod.set_group(&format!("net{i}"), 0x6174).await.unwrap();

@@ -25,7 +25,7 @@ use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Dns, Interface, Route};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::netlink::{Link, Netlink, format_mac, is_exists, random_mac};
+use crate::netlink::{Link, Netlink, VethSpec, format_mac, is_exists, random_mac};
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -490,17 +490,17 @@ impl AddCtx<'_> {
         for attempt in 0..2 {
             let created = self
                 .node
-                .create_veth(
-                    host,
-                    host_mac,
-                    false,
-                    ifname,
-                    pod_mac,
-                    false,
-                    self.pod.raw_fd(),
-                    self.bc.mtu,
-                    self.bc.link_group,
-                )
+                .create_veth(&VethSpec {
+                    name: host,
+                    mac: host_mac,
+                    up: false,
+                    peer: ifname,
+                    peer_mac: pod_mac,
+                    peer_up: false,
+                    peer_netns: self.pod.raw_fd(),
+                    mtu: self.bc.mtu,
+                    peer_group: self.bc.link_group,
+                })
                 .await;
             match created {
                 Ok(()) => return Ok(()),

@@ -18,7 +18,9 @@ use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Dns, Interface};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::netlink::{Link, Netlink, SubLinkKind, format_mac, is_exists, random_bytes, random_mac};
+use crate::netlink::{
+    Link, Netlink, SubLinkKind, SubLinkSpec, format_mac, is_exists, random_bytes, random_mac,
+};
 use rtnetlink::packet_route::link::{
     InfoData, InfoIpVlan, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode, MacVlanMode,
 };
@@ -266,15 +268,15 @@ async fn add_steps(
     for attempt in 0..3 {
         tmp = temp_name()?;
         match creator
-            .create_sublink(
-                &sc.kind,
-                &tmp,
-                master.index,
+            .create_sublink(&SubLinkSpec {
+                kind: &sc.kind,
+                name: &tmp,
+                master: master.index,
                 netns,
-                sc.mtu,
+                mtu: sc.mtu,
                 mac,
-                sc.link_group,
-            )
+                group: sc.link_group,
+            })
             .await
         {
             Ok(()) => break,

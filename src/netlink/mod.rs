@@ -74,6 +74,35 @@ impl SubLinkKind {
     }
 }
 
+/// A veth pair for [`Netlink::create_veth`]: `name` in the connection's namespace, `peer` moved into
+/// the namespace `peer_netns` refers to, both with their MAC and `mtu` at birth.
+#[derive(Clone, Copy, Debug)]
+pub struct VethSpec<'a> {
+    pub name: &'a str,
+    pub mac: [u8; 6],
+    pub up: bool,
+    pub peer: &'a str,
+    pub peer_mac: [u8; 6],
+    pub peer_up: bool,
+    pub peer_netns: RawFd,
+    pub mtu: Option<u32>,
+    /// The link group the peer joins (a pod's native interfaces are deleted together by group).
+    pub peer_group: Option<u32>,
+}
+
+/// A macvlan, ipvlan or vlan link for [`Netlink::create_sublink`], on `master` (an index in the
+/// connection's namespace), born in the namespace `netns` refers to (or the connection's).
+#[derive(Clone, Copy, Debug)]
+pub struct SubLinkSpec<'a> {
+    pub kind: &'a SubLinkKind,
+    pub name: &'a str,
+    pub master: u32,
+    pub netns: Option<RawFd>,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub group: Option<u32>,
+}
+
 /// A route to install.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouteSpec {
@@ -237,20 +266,19 @@ impl Netlink {
     /// Create a veth pair in one request: `name` in this connection's namespace, `peer` in the namespace
     /// `peer_netns` refers to. Both ends get their MAC and MTU at birth, and `name` its up flag; the peer
     /// cannot be born up (the kernel opens it before the pair is joined: ENOTCONN).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create_veth(
-        &self,
-        name: &str,
-        mac: [u8; 6],
-        up: bool,
-        peer: &str,
-        peer_mac: [u8; 6],
-        peer_up: bool,
-        peer_netns: RawFd,
-        mtu: Option<u32>,
-        peer_group: Option<u32>,
-    ) -> Result<()> {
+    pub async fn create_veth(&self, v: &VethSpec<'_>) -> Result<()> {
         crate::fail::point("netlink.create_veth")?;
+        let VethSpec {
+            name,
+            mac,
+            up,
+            peer,
+            peer_mac,
+            peer_up,
+            peer_netns,
+            mtu,
+            peer_group,
+        } = *v;
         // txqueuelen 0 on both ends, as the reference plugins create them (a veth has no queue anyway).
         let mut pb = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
@@ -283,18 +311,17 @@ impl Netlink {
 
     /// Create a macvlan, ipvlan or vlan link on `master` (an index in this connection's namespace), born in
     /// the namespace `netns` refers to (or this one), down, under `name`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create_sublink(
-        &self,
-        kind: &SubLinkKind,
-        name: &str,
-        master: u32,
-        netns: Option<RawFd>,
-        mtu: Option<u32>,
-        mac: Option<[u8; 6]>,
-        group: Option<u32>,
-    ) -> Result<()> {
+    pub async fn create_sublink(&self, s: &SubLinkSpec<'_>) -> Result<()> {
         crate::fail::point("netlink.create_sublink")?;
+        let SubLinkSpec {
+            kind,
+            name,
+            master,
+            netns,
+            mtu,
+            mac,
+            group,
+        } = *s;
         let mut msg = match kind {
             SubLinkKind::MacVlan(mode) => rtnetlink::LinkMacVlan::new(name, master, *mode).build(),
             SubLinkKind::IpVlan(mode, flags) => {
