@@ -111,19 +111,6 @@ fn meta_bed(tag: &str) -> Bed {
     Bed { ctrd, node }
 }
 
-/// The outcome lines attache logged for `command` (one per invocation).
-fn logged(node: &Node, command: &str) -> Vec<String> {
-    std::fs::read_to_string(node.path("attache.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            l.contains(&format!("command=\"{command}\""))
-                || l.contains(&format!("command={command} "))
-        })
-        .map(str::to_string)
-        .collect()
-}
-
 /// The address on `ifname`, without its prefix.
 fn addr_of(netns: &str, ifname: &str) -> String {
     let a = addrs(netns, ifname);
@@ -178,7 +165,7 @@ fn kubelet_pods_get_native_networks_from_both_annotation_forms() {
         bed.ctrd.remove_pod(id).expect("RemovePodSandbox");
     }
     // containerd's two DELs per pod (stop with the netns, remove without) reached attache and succeeded.
-    let dels = logged(&bed.node, "DEL");
+    let dels = testbed::logged(&bed.node, "DEL");
     assert_eq!(dels.len(), 4, "DELs: {dels:#?}");
     assert!(dels.iter().all(|l| l.contains("code=0")), "{dels:#?}");
     let left = leftovers(&bed.node, &[ida, idb], &addresses);
@@ -248,7 +235,7 @@ fn a_failing_definition_fails_run_pod_sandbox_with_attaches_message_and_leaves_n
         assert!(left.is_empty(), "{networks}: left behind: {left:#?}");
     }
     // containerd's own cleanup DELs succeeded.
-    let dels = logged(&bed.node, "DEL");
+    let dels = testbed::logged(&bed.node, "DEL");
     assert!(
         !dels.is_empty() && dels.iter().all(|l| l.contains("code=0")),
         "{dels:#?}"
@@ -380,7 +367,7 @@ fn ctr_run_with_cni_attaches_and_its_del_without_a_netns_leaves_nothing() {
     );
     assert!(stdout.contains("gateway-answered"), "{stdout}");
 
-    let dels = logged(&node, "DEL");
+    let dels = testbed::logged(&node, "DEL");
     assert_eq!(dels.len(), 1, "{dels:#?}");
     assert!(dels[0].contains("code=0"), "{dels:#?}");
     let addresses: Vec<String> = stdout

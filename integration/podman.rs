@@ -110,12 +110,8 @@ fn podman_runs_a_container_on_an_attache_meta_network() {
     assert!(t.contains("eth0") && t.contains("inet 10.77.0."), "{t}");
     assert!(t.contains("net1") && t.contains("inet 10.59.0."), "{t}");
     assert!(t.contains("gateway-answered"), "{t}");
-    let log = std::fs::read_to_string(b.node.path("attache.log")).unwrap_or_default();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("command=\"DEL\"") && l.contains("code=0")),
-        "{log}"
-    );
+    let dels = testbed::logged(&b.node, "DEL");
+    assert!(dels.iter().any(|l| l.contains("code=0")), "{dels:#?}");
     let left = leftovers(&b.node, &[], &addresses(&t));
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
@@ -132,16 +128,10 @@ fn a_container_that_fails_after_add_gets_its_del_and_leaves_nothing() {
         let left = leftovers(&b.node, &[], &[]);
         assert!(left.is_empty(), "{network}: left behind: {left:#?}");
     }
-    let log = std::fs::read_to_string(b.node.path("attache.log")).unwrap_or_default();
-    let adds = log
-        .lines()
-        .filter(|l| l.contains("command=\"ADD\""))
-        .count();
-    let dels = log
-        .lines()
-        .filter(|l| l.contains("command=\"DEL\"") && l.contains("code=0"))
-        .count();
-    assert!(adds >= 1 && dels >= adds, "ADDs {adds}, DELs {dels}: {log}");
+    let adds = testbed::logged(&b.node, "ADD").len();
+    let dels = testbed::logged(&b.node, "DEL");
+    let ok = dels.iter().filter(|l| l.contains("code=0")).count();
+    assert!(adds >= 1 && ok >= adds, "ADDs {adds}, DELs {dels:#?}");
 }
 
 /// The image's runtime stage (Containerfile: `FROM scratch`, the static binary, `ENTRYPOINT

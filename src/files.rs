@@ -53,3 +53,18 @@ pub fn pid_alive(pid: i32) -> bool {
     pid == std::process::id() as i32
         || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
+
+/// Create `path` — which must not exist; a symlink there is never followed — with `mode`, and write
+/// `bytes` into it: the temporary of every atomic replace attache does (records, host-local
+/// reservations, metrics, installed files). The open file is returned for a caller that syncs it.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(bytes)?;
+    Ok(f)
+}

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -601,14 +601,7 @@ fn replace(dir: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(TEMP);
     let path = dir.join(FILE);
     let _ = std::fs::remove_file(&tmp);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes));
-    if let Err(e) = written {
+    if let Err(e) = crate::files::write_new(&tmp, bytes, 0o644) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(format!("writing {}", tmp.display()), e));
     }

@@ -93,6 +93,17 @@ pub fn meta_conf(node: &Node, networks_dir: &Path, networks: &str) -> Value {
     })
 }
 
+/// The outcome lines attache logged (its `logFile` at `<node>/attache.log`) for `command`, one per
+/// invocation.
+pub fn logged(node: &Node, command: &str) -> Vec<String> {
+    std::fs::read_to_string(node.path("attache.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("command=\"{command}\"")))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Poll `f` until it holds or `secs` pass (the kernel tears a netns down asynchronously).
 pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);

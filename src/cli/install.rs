@@ -11,7 +11,6 @@
 //! Uninstall removes that configuration first, so the node falls back to the cluster network and never
 //! keeps a configuration naming a missing binary, then the kubeconfig, then the binaries.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -96,17 +95,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // A dot and no configuration extension: runtimes listing the dir ignore it.
+    // A dot and no configuration extension: runtimes listing the dir ignore it. (One a killed install
+    // left under this pid goes first.)
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("creating", e))?;
-    f.write_all(bytes).map_err(|e| io("writing", e))?;
+    let _ = std::fs::remove_file(&tmp);
+    let f = crate::files::write_new(&tmp, bytes, mode).map_err(|e| io("writing", e))?;
     f.sync_all().map_err(|e| io("syncing", e))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .map_err(|e| io("chmod", e))?;
@@ -115,8 +109,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         Error::io(format!("renaming into {}", path.display()), e)
     })
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// Write only when the content differs (no event for runtimes watching the dir, no new inode).
 fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {

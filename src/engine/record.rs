@@ -5,16 +5,13 @@
 //!
 //! Layout: `<cacheDir>/<containerID>/<ifname>.json`, written atomically (temporary file + rename).
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::libc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::files::{ensure_real_dir, pid_alive, read_bounded};
+use crate::files::{ensure_real_dir, pid_alive, read_bounded, write_new};
 
 pub const RECORD_KIND: &str = "attacheRecordV1";
 
@@ -185,7 +182,7 @@ impl RecordStore {
             TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let bytes = serde_json::to_vec_pretty(rec).map_err(|e| Error::Internal(e.to_string()))?;
-        if let Err(e) = write_tmp(&tmp, &bytes) {
+        if let Err(e) = write_new(&tmp, &bytes, 0o600) {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::io(format!("writing {}", tmp.display()), e));
         }
@@ -336,17 +333,6 @@ static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 /// No fsync: the rename makes the record atomic against attache dying at any point; a power loss takes
 /// every network namespace with it anyway (and the reference IPAM files it sits beside are not synced
 /// either). Syncing cost ~1 ms per save here.
-fn write_tmp(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -118,19 +118,31 @@ fn parse_holder(content: &[u8]) -> (String, String) {
 pub fn snapshot(data_dir: &Path, network: &str) -> Result<Vec<(IpAddr, String, String)>> {
     crate::cni::conf::validate_network_name(network)?;
     let dir = data_dir.join(network);
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-    };
+    match holders(&dir, false) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(vec![]),
+        r => r.map_err(|e| Error::io(format!("listing {}", dir.display()), e)),
+    }
+}
+
+/// Every `(ip, id, ifname)` of the IP files in `dir`, sorted; with `clean`, killed writers' temporaries
+/// are removed on the way (only a lock holder may: a live writer's temporary is never touched).
+fn holders(dir: &Path, clean: bool) -> std::io::Result<Vec<(IpAddr, String, String)>> {
     let mut out = Vec::new();
-    for entry in rd.flatten() {
-        let Some(ip) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<IpAddr>().ok())
-        else {
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_str().unwrap_or_default();
+        if clean
+            && let Some(pid) = name
+                .strip_prefix(TEMP_PREFIX)
+                .and_then(|r| r.split('.').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            && !crate::files::pid_alive(pid)
+        {
+            let _ = std::fs::remove_file(entry.path()); // a killed writer's temporary
             continue;
+        }
+        let Ok(ip) = name.parse::<IpAddr>() else {
+            continue; // lock, last_reserved_ip.N, anything else
         };
         let Ok(content) = crate::files::read_bounded(&entry.path(), MAX_STATE_FILE) else {
             continue;
@@ -159,13 +171,8 @@ impl Store for DiskStore {
             std::process::id(),
             TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(format!("{id}{LINE_BREAK}{ifname}").as_bytes()));
+        let written =
+            crate::files::write_new(&tmp, format!("{id}{LINE_BREAK}{ifname}").as_bytes(), 0o600);
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::io(format!("writing {}", tmp.display()), e));
@@ -195,32 +202,8 @@ impl Store for DiskStore {
     }
 
     fn all(&self) -> Result<Vec<(IpAddr, String, String)>> {
-        let rd = std::fs::read_dir(&self.dir)
-            .map_err(|e| Error::io(format!("listing {}", self.dir.display()), e))?;
-        let mut out = Vec::new();
-        for entry in rd.flatten() {
-            let name = entry.file_name();
-            let name = name.to_str().unwrap_or_default();
-            if let Some(pid) = name
-                .strip_prefix(TEMP_PREFIX)
-                .and_then(|r| r.split('.').next())
-                .and_then(|p| p.parse::<i32>().ok())
-                && !crate::files::pid_alive(pid)
-            {
-                let _ = std::fs::remove_file(entry.path()); // a killed writer's temporary
-                continue;
-            }
-            let Ok(ip) = name.parse::<IpAddr>() else {
-                continue; // lock, last_reserved_ip.N, anything else
-            };
-            let Ok(content) = crate::files::read_bounded(&entry.path(), MAX_STATE_FILE) else {
-                continue;
-            };
-            let (id, ifname) = parse_holder(&content);
-            out.push((ip, id, ifname));
-        }
-        out.sort();
-        Ok(out)
+        holders(&self.dir, true)
+            .map_err(|e| Error::io(format!("listing {}", self.dir.display()), e))
     }
 
     fn release(&mut self, ip: IpAddr) -> Result<()> {
