@@ -255,8 +255,8 @@ proptest! {
             Ok(conf) => {
                 for cmd in [Command::Add, Command::Del] {
                     let args = cmd_args(cmd, "");
-                    if t != "attache"
-                        && let Err(e) = attache::attach::validate(t, &args, &conf)
+                    if let Some(native) = attache::attach::NativeType::of(t)
+                        && let Err(e) = native.check_conf(&args, conf.clone())
                     {
                         prop_assert!(ok_code(e.cni_code()), "{t}: {e}");
                     }

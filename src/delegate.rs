@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::cni::conf;
-use crate::cni::skel::Command;
+use crate::cni::skel::{CniArgs, Command};
 use crate::error::{Error, Result, code};
 
 /// The `CNI_*` environment of one delegated call.
@@ -19,7 +19,10 @@ pub struct Invocation<'a> {
     pub container_id: &'a str,
     pub netns: Option<&'a Path>,
     pub ifname: &'a str,
-    pub cni_args: String,
+    pub cni_args: CniArgs,
+    /// The link group a native driver puts the pod's interface in (set by the meta-plugin, so that DEL
+    /// removes a pod's native interfaces together); an exec'd plugin is not told.
+    pub link_group: Option<u32>,
     /// Directories searched for plugin binaries, and passed on as `CNI_PATH`.
     pub path: &'a [PathBuf],
 }
@@ -31,7 +34,8 @@ impl<'a> Invocation<'a> {
             container_id: "",
             netns: None,
             ifname: "",
-            cni_args: String::new(),
+            cni_args: CniArgs::default(),
+            link_group: None,
             path,
         }
     }
@@ -105,7 +109,7 @@ pub async fn exec(
     cmd.env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", inv.container_id)
         .env("CNI_IFNAME", inv.ifname)
-        .env("CNI_ARGS", &inv.cni_args)
+        .env("CNI_ARGS", inv.cni_args.to_env_string())
         .env("CNI_PATH", path)
         .env(
             "ATTACHE_EXEC_DEPTH",
@@ -217,7 +221,8 @@ mod tests {
             container_id: "c1",
             netns: None,
             ifname: "eth0",
-            cni_args: String::new(),
+            cni_args: CniArgs::default(),
+            link_group: None,
             path: &path,
         };
         let e = rt()

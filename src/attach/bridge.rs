@@ -12,20 +12,22 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use rtnetlink::packet_route::link::{InfoBridge, InfoBridgePort, InfoData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    IfaceOpts, Undo, configure_iface, host_veth_name, nft, owner_alias, pod_netns, pod_sysctls,
-    rollback,
+use super::driver::{Driver, NativeType};
+use super::iface::{
+    Dad, IfaceOpts, check_iface, configure_iface, pod_sysctls, result_nets, sysctl,
 };
+use super::naming::{host_veth_name, owner_alias};
+use super::undo::{Undo, rollback};
+use super::{nft, pod_netns, sandbox};
 use crate::cni::conf::{NetConf, check_ifname, decode};
-use crate::cni::skel::{CmdArgs, Command};
+use crate::cni::skel::CmdArgs;
 use crate::cni::spec::{CniResult, Dns, Interface, Route};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
-use crate::netlink::{Link, Netlink, VethSpec, format_mac, is_exists, random_mac};
+use crate::netlink::{Link, Netlink, PortOpts, VethSpec, format_mac, is_exists, random_mac};
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -47,9 +49,6 @@ struct Raw {
     disable_container_interface: bool,
     port_isolation: bool,
     dns: Option<Dns>,
-    /// Set by the meta-plugin: the link group of the pod's interfaces, so that DEL removes them together.
-    #[serde(rename = "attache.linkGroup")]
-    link_group: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -82,7 +81,6 @@ pub struct BridgeConf {
     pub port_isolation: bool,
     pub mac: Option<[u8; 6]>,
     pub dns: Option<Dns>,
-    pub link_group: Option<u32>,
     pub ipam: Ipam,
 }
 
@@ -95,8 +93,8 @@ fn vlan_id(v: i64, what: &str) -> Result<u16> {
     Ok(v as u16)
 }
 
-impl BridgeConf {
-    pub fn new(conf: &NetConf, args: &CmdArgs) -> Result<BridgeConf> {
+impl Driver for BridgeConf {
+    fn parse(_: NativeType, args: &CmdArgs, conf: &NetConf) -> Result<BridgeConf> {
         let raw: Raw = decode("bridge", Value::Object(conf.raw.clone()))?;
         let network = conf.require_name()?.to_string();
         let bridge = raw.bridge.unwrap_or_else(|| "cni0".into());
@@ -184,11 +182,33 @@ impl BridgeConf {
             port_isolation: raw.port_isolation,
             mac,
             dns: raw.dns.filter(|d| !d.is_empty()),
-            link_group: raw.link_group,
             ipam,
         })
     }
 
+    async fn add(
+        &self,
+        args: &CmdArgs,
+        conf: &NetConf,
+        link_group: Option<u32>,
+    ) -> Result<CniResult> {
+        add(args, conf, self, link_group).await
+    }
+
+    async fn check(&self, args: &CmdArgs, conf: &NetConf, prev: &CniResult) -> Result<()> {
+        check(args, conf, self, prev).await
+    }
+
+    async fn del(args: &CmdArgs, conf: &NetConf) -> Result<()> {
+        del(args, conf, &Teardown::new(conf, args)).await
+    }
+
+    fn gc(args: &CmdArgs, conf: &NetConf) -> Result<()> {
+        gc(conf, &Teardown::new(conf, args))
+    }
+}
+
+impl BridgeConf {
     fn vlan_filtering(&self) -> bool {
         self.vlan != 0 || !self.trunk.is_empty()
     }
@@ -232,27 +252,6 @@ impl Teardown {
     }
 }
 
-pub async fn run(args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
-    match args.command {
-        Command::Del => {
-            return del(args, conf, &Teardown::new(conf, args))
-                .await
-                .map(|_| None);
-        }
-        Command::Gc => return gc(conf, &Teardown::new(conf, args)).map(|_| None),
-        Command::Status => return Ok(None),
-        _ => {}
-    }
-    let bc = BridgeConf::new(conf, args)?;
-    match args.command {
-        Command::Add => add(args, conf, &bc)
-            .await
-            .map(|r| Some(r.to_value(conf.version))),
-        Command::Check => check(args, conf, &bc).await.map(|_| None),
-        _ => Err(Error::Internal("VERSION is answered by skel".into())),
-    }
-}
-
 /// Make sure the bridge exists, is a bridge, is up; returns it.
 async fn ensure_bridge(node: &Netlink, bc: &BridgeConf) -> Result<Link> {
     let mut created = false;
@@ -285,7 +284,7 @@ async fn ensure_bridge(node: &Netlink, bc: &BridgeConf) -> Result<Link> {
         node.set_up(&bc.bridge).await?;
     }
     if bc.vlan_filtering() {
-        let filtering = matches!(&br.info_data, Some(InfoData::Bridge(i)) if i.contains(&InfoBridge::VlanFiltering(true)));
+        let filtering = br.vlan_filtering;
         if !filtering {
             return Err(Error::config(format!(
                 "bridge {} exists without vlan_filtering, which vlan/vlanTrunk need",
@@ -295,7 +294,7 @@ async fn ensure_bridge(node: &Netlink, bc: &BridgeConf) -> Result<Link> {
     }
     if created {
         // A router advertisement must not configure the bridge; missing IPv6 support is fine.
-        let _ = super::sysctl(&format!("net.ipv6.conf.{}.accept_ra", bc.bridge), "0");
+        let _ = sysctl(&format!("net.ipv6.conf.{}.accept_ra", bc.bridge), "0");
     }
     Ok(br)
 }
@@ -371,7 +370,12 @@ async fn ensure_gateway_addr(node: &Netlink, br: &Link, gw: IpNet, force: bool) 
     node.add_addr(br.index, gw).await
 }
 
-async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResult> {
+async fn add(
+    args: &CmdArgs,
+    conf: &NetConf,
+    bc: &BridgeConf,
+    link_group: Option<u32>,
+) -> Result<CniResult> {
     let pod = pod_netns(args)?;
     let worker = pod.worker()?;
     let node = Netlink::connect(None)?;
@@ -383,6 +387,7 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
         args,
         conf,
         bc,
+        link_group,
         pod: &pod,
         worker: &worker,
         node: &node,
@@ -406,6 +411,7 @@ struct AddCtx<'a> {
     args: &'a CmdArgs,
     conf: &'a NetConf,
     bc: &'a BridgeConf,
+    link_group: Option<u32>,
     pod: &'a crate::netns::NetNs,
     worker: &'a crate::netns::NsWorker,
     node: &'a Netlink,
@@ -473,7 +479,7 @@ impl AddCtx<'_> {
             Interface {
                 name: args.ifname.clone(),
                 mac: format_mac(&pod_mac),
-                sandbox: super::sandbox(args),
+                sandbox: sandbox(args),
                 ..Default::default()
             },
         ];
@@ -499,7 +505,7 @@ impl AddCtx<'_> {
                     peer_up: false,
                     peer_netns: self.pod.raw_fd(),
                     mtu: self.bc.mtu,
-                    peer_group: self.bc.link_group,
+                    peer_group: self.link_group,
                 })
                 .await;
             match created {
@@ -537,14 +543,14 @@ impl AddCtx<'_> {
             &owner_alias(&args.container_id, &args.ifname),
         )
         .await?;
-        let mut port_opts = Vec::new();
-        if bc.hairpin {
-            port_opts.push(InfoBridgePort::HairpinMode(true));
-        }
-        if bc.port_isolation {
-            port_opts.push(InfoBridgePort::Isolated(true));
-        }
-        node.set_bridge_port(host, port_opts).await?;
+        node.set_bridge_port(
+            host,
+            PortOpts {
+                hairpin: bc.hairpin,
+                isolated: bc.port_isolation,
+            },
+        )
+        .await?;
         if bc.vlan_filtering() {
             let port = node
                 .link(host)
@@ -585,15 +591,15 @@ impl AddCtx<'_> {
             // churn. (Pinned to the MAC it has now, so the result can report it without asking again.)
             node.set_mac(br.index, &br.mac).await?;
             if gws.iter().any(|g| g.addr().is_ipv4()) {
-                super::sysctl("net.ipv4.ip_forward", "1")?;
+                sysctl("net.ipv4.ip_forward", "1")?;
             }
             if gws.iter().any(|g| g.addr().is_ipv6()) {
-                super::sysctl("net.ipv6.conf.all.forwarding", "1")?;
+                sysctl("net.ipv6.conf.all.forwarding", "1")?;
             }
         }
         if bc.ip_masq && !result.ips.is_empty() {
             let chain = bc.masq_chain(args);
-            nft::apply(&nft::masq_add_script(&chain, &super::result_nets(result))).await?;
+            nft::apply(&nft::masq_add_script(&chain, &result_nets(result))).await?;
             let ips: Vec<IpAddr> = result.ips.iter().map(|i| i.address.addr()).collect();
             self.undo
                 .borrow_mut()
@@ -606,9 +612,9 @@ impl AddCtx<'_> {
         let (args, bc) = (self.args, self.bc);
         let opts = IfaceOpts {
             dad: if bc.enable_dad && !(bc.hairpin || bc.promisc) {
-                super::Dad::On
+                Dad::On
             } else {
-                super::Dad::Off
+                Dad::Off
             },
             ndisc_notify: false,
             arp_notify: true,
@@ -637,15 +643,15 @@ impl AddCtx<'_> {
 
 async fn del(args: &CmdArgs, conf: &NetConf, td: &Teardown) -> Result<()> {
     let mut errors = Vec::new();
-    // What the attachment holds, before the IPAM forgets it (masquerading is keyed by address).
-    let mut ips: Vec<IpAddr> = td.ipam.held(args).unwrap_or_default();
-    if let Ok(Some(prev)) = conf.prev_result() {
-        for ip in prev.ips {
-            if !ips.contains(&ip.address.addr()) {
-                ips.push(ip.address.addr());
-            }
+    // Masquerading is keyed by address: the ones ADD returned (prevResult), else what the IPAM says the
+    // attachment holds, asked before it forgets them. Without ipMasq nothing needs them.
+    let ips: Vec<IpAddr> = match conf.prev_result() {
+        _ if !td.ip_masq => vec![],
+        Ok(Some(prev)) if !prev.ips.is_empty() => {
+            prev.ips.iter().map(|i| i.address.addr()).collect()
         }
-    }
+        _ => td.ipam.held(args).unwrap_or_default(),
+    };
     let host = host_veth_name(&args.container_id, &args.ifname);
     // The link goes first: an address is released only once no interface can hold it any more.
     let link_gone = match args.netns.as_deref().map(crate::netns::NetNs::open) {
@@ -682,10 +688,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, td: &Teardown) -> Result<()> {
     Error::from_list(errors)
 }
 
-async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
-    let prev = conf
-        .prev_result()?
-        .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf, prev: &CniResult) -> Result<()> {
     bc.ipam.check(args, conf).await?;
     let pod = pod_netns(args)?;
     let node = Netlink::connect(None)?;
@@ -727,11 +730,11 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<()> {
             args.ifname, peer.name, bc.bridge
         )));
     }
-    super::check_iface(
+    check_iface(
         &pod_nl,
         &args.ifname,
         link.index,
-        &prev,
+        prev,
         pod_iface.unwrap_or(2),
     )
     .await
@@ -763,7 +766,11 @@ mod tests {
         for (k, v) in extra.as_object().unwrap() {
             c[k] = v.clone();
         }
-        BridgeConf::new(&NetConf::from_value(c).unwrap(), &args(cni_args))
+        BridgeConf::parse(
+            NativeType::Bridge,
+            &args(cni_args),
+            &NetConf::from_value(c).unwrap(),
+        )
     }
 
     #[test]

@@ -12,17 +12,18 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{IfaceOpts, Undo, configure_iface, pod_netns, pod_sysctls, rollback};
+use super::driver::{Driver, NativeType};
+use super::iface::{Dad, IfaceOpts, check_iface, configure_iface, pod_sysctls};
+use super::undo::{Undo, rollback};
+use super::{pod_netns, sandbox};
 use crate::cni::conf::{NetConf, check_ifname, decode};
-use crate::cni::skel::{CmdArgs, Command};
+use crate::cni::skel::CmdArgs;
 use crate::cni::spec::{CniResult, Dns, Interface};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 use crate::netlink::{
-    Link, Netlink, SubLinkKind, SubLinkSpec, format_mac, is_exists, random_bytes, random_mac,
-};
-use rtnetlink::packet_route::link::{
-    InfoData, InfoIpVlan, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode, MacVlanMode,
+    IpVlanFlag, IpVlanMode, Link, MacVlanMode, Netlink, SubLinkKind, SubLinkSpec, format_mac,
+    is_exists, random_bytes, random_mac,
 };
 
 #[derive(Deserialize, Default)]
@@ -37,8 +38,24 @@ struct Raw {
     mtu: Option<i64>,
     link_in_container: bool,
     dns: Option<Dns>,
-    #[serde(rename = "attache.linkGroup")]
-    link_group: Option<u32>,
+}
+
+/// The three kinds of link made on a node interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubLinkType {
+    MacVlan,
+    IpVlan,
+    Vlan,
+}
+
+impl SubLinkType {
+    pub fn name(self) -> &'static str {
+        match self {
+            SubLinkType::MacVlan => "macvlan",
+            SubLinkType::IpVlan => "ipvlan",
+            SubLinkType::Vlan => "vlan",
+        }
+    }
 }
 
 /// A validated macvlan / ipvlan / vlan configuration.
@@ -51,28 +68,33 @@ pub struct SubConf {
     pub link_in_container: bool,
     pub mac: Option<[u8; 6]>,
     pub dns: Option<Dns>,
-    pub link_group: Option<u32>,
     pub ipam: Ipam,
 }
 
-impl SubConf {
-    pub fn new(t: &str, conf: &NetConf, args: &CmdArgs) -> Result<SubConf> {
+impl Driver for SubConf {
+    fn parse(t: NativeType, args: &CmdArgs, conf: &NetConf) -> Result<SubConf> {
+        let NativeType::Sub(sub) = t else {
+            return Err(Error::Internal(format!("{t:?} is not a sub-link type")));
+        };
+        let t = sub.name();
         let raw: Raw = decode(t, Value::Object(conf.raw.clone()))?;
         conf.require_name()?;
-        let kind = match t {
-            "macvlan" => SubLinkKind::MacVlan(match raw.mode.as_deref().unwrap_or("bridge") {
-                "bridge" => MacVlanMode::Bridge,
-                "private" => MacVlanMode::Private,
-                "vepa" => MacVlanMode::Vepa,
-                "passthru" => MacVlanMode::Passthrough,
-                "source" => MacVlanMode::Source,
-                other => {
-                    return Err(Error::config(format!(
-                        "macvlan mode {other:?} is not one of bridge, private, vepa, passthru, source"
-                    )));
-                }
-            }),
-            "ipvlan" => {
+        let kind = match sub {
+            SubLinkType::MacVlan => {
+                SubLinkKind::MacVlan(match raw.mode.as_deref().unwrap_or("bridge") {
+                    "bridge" => MacVlanMode::Bridge,
+                    "private" => MacVlanMode::Private,
+                    "vepa" => MacVlanMode::Vepa,
+                    "passthru" => MacVlanMode::Passthru,
+                    "source" => MacVlanMode::Source,
+                    other => {
+                        return Err(Error::config(format!(
+                            "macvlan mode {other:?} is not one of bridge, private, vepa, passthru, source"
+                        )));
+                    }
+                })
+            }
+            SubLinkType::IpVlan => {
                 let mode = match raw.mode.as_deref().unwrap_or("l2") {
                     "l2" => IpVlanMode::L2,
                     "l3" => IpVlanMode::L3,
@@ -85,9 +107,9 @@ impl SubConf {
                 };
                 let flags = match raw.flag.as_deref() {
                     None => None,
-                    Some("bridge") => Some(IpVlanFlags::empty()),
-                    Some("private") => Some(IpVlanFlags::Private),
-                    Some("vepa") => Some(IpVlanFlags::Vepa),
+                    Some("bridge") => Some(IpVlanFlag::Bridge),
+                    Some("private") => Some(IpVlanFlag::Private),
+                    Some("vepa") => Some(IpVlanFlag::Vepa),
                     Some(other) => {
                         return Err(Error::config(format!(
                             "ipvlan flag {other:?} is not one of bridge, private, vepa"
@@ -96,7 +118,7 @@ impl SubConf {
                 };
                 SubLinkKind::IpVlan(mode, flags)
             }
-            _ => {
+            SubLinkType::Vlan => {
                 let id = raw
                     .vlan_id
                     .ok_or_else(|| Error::config("vlan: vlanId is required"))?;
@@ -108,7 +130,7 @@ impl SubConf {
                 SubLinkKind::Vlan(id as u16)
             }
         };
-        if t == "vlan" && raw.master.as_deref().is_none_or(str::is_empty) {
+        if sub == SubLinkType::Vlan && raw.master.as_deref().is_none_or(str::is_empty) {
             return Err(Error::config("vlan: master is required"));
         }
         if let Some(m) = raw.master.as_deref().filter(|m| !m.is_empty()) {
@@ -124,13 +146,13 @@ impl SubConf {
             }
         };
         // Only macvlan has its own MAC; the reference reads runtimeConfig over args.cni over CNI_ARGS.
-        let mac = if t == "macvlan" {
+        let mac = if sub == SubLinkType::MacVlan {
             super::requested_mac(conf, args)?
         } else {
             None
         };
         let ipam = Ipam::from_conf(conf, args)?;
-        if t == "vlan" && ipam.is_none() {
+        if sub == SubLinkType::Vlan && ipam.is_none() {
             return Err(Error::config(
                 "vlan: ipam is required (use static or host-local)",
             ));
@@ -142,35 +164,31 @@ impl SubConf {
             link_in_container: raw.link_in_container,
             mac,
             dns: raw.dns.filter(|d| !d.is_empty()),
-            link_group: raw.link_group,
             ipam,
         })
     }
-}
 
-pub async fn run(t: &str, args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
-    match args.command {
-        // Teardown reads only what it needs: the interface name and the IPAM to release.
-        Command::Del => {
-            return del(args, conf, &Ipam::for_teardown(conf, args))
-                .await
-                .map(|_| None);
-        }
-        Command::Gc => {
-            let valid = crate::cni::conf::valid_attachments(conf)?;
-            Ipam::for_teardown(conf, args).gc(&valid)?;
-            return Ok(None);
-        }
-        Command::Status => return Ok(None),
-        _ => {}
+    async fn add(
+        &self,
+        args: &CmdArgs,
+        conf: &NetConf,
+        link_group: Option<u32>,
+    ) -> Result<CniResult> {
+        add(args, conf, self, link_group).await
     }
-    let sc = SubConf::new(t, conf, args)?;
-    match args.command {
-        Command::Add => add(args, conf, &sc)
-            .await
-            .map(|r| Some(r.to_value(conf.version))),
-        Command::Check => check(args, conf, &sc).await.map(|_| None),
-        _ => Err(Error::Internal("VERSION is answered by skel".into())),
+
+    async fn check(&self, args: &CmdArgs, conf: &NetConf, prev: &CniResult) -> Result<()> {
+        check(args, conf, self, prev).await
+    }
+
+    /// Teardown reads only what it needs: the interface name and the IPAM to release.
+    async fn del(args: &CmdArgs, conf: &NetConf) -> Result<()> {
+        del(args, conf, &Ipam::for_teardown(conf, args)).await
+    }
+
+    fn gc(args: &CmdArgs, conf: &NetConf) -> Result<()> {
+        let valid = crate::cni::conf::valid_attachments(conf)?;
+        Ipam::for_teardown(conf, args).gc(&valid).map(|_| ())
     }
 }
 
@@ -205,7 +223,12 @@ fn temp_name() -> Result<String> {
     Ok(format!("att{:08x}", u32::from_le_bytes(b)))
 }
 
-async fn add(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<CniResult> {
+async fn add(
+    args: &CmdArgs,
+    conf: &NetConf,
+    sc: &SubConf,
+    link_group: Option<u32>,
+) -> Result<CniResult> {
     let pod = pod_netns(args)?;
     let worker = pod.worker()?;
     let node = Netlink::connect(None)?;
@@ -229,7 +252,7 @@ async fn add(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<CniResult> 
     let mut undo = Vec::new();
     // A panic half-way is undone like an error.
     let r = crate::fail::guarded(add_steps(
-        args, conf, sc, &pod, &worker, &node, &pod_nl, &master, &mut undo,
+        args, conf, sc, link_group, &pod, &worker, &node, &pod_nl, &master, &mut undo,
     ))
     .await;
     if r.is_err() {
@@ -243,6 +266,7 @@ async fn add_steps(
     args: &CmdArgs,
     conf: &NetConf,
     sc: &SubConf,
+    link_group: Option<u32>,
     pod: &crate::netns::NetNs,
     worker: &crate::netns::NsWorker,
     node: &Netlink,
@@ -275,7 +299,7 @@ async fn add_steps(
                 netns,
                 mtu: sc.mtu,
                 mac,
-                group: sc.link_group,
+                group: link_group,
             })
             .await
         {
@@ -313,7 +337,7 @@ async fn add_steps(
         pod_nl.set_up(&args.ifname).await?;
     } else {
         let opts = IfaceOpts {
-            dad: super::Dad::Kernel,
+            dad: Dad::Kernel,
             ndisc_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
             arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
         };
@@ -323,7 +347,7 @@ async fn add_steps(
     result.interfaces = vec![Interface {
         name: args.ifname.clone(),
         mac: format_mac(&link.mac),
-        sandbox: super::sandbox(args),
+        sandbox: sandbox(args),
         ..Default::default()
     }];
     if let Some(d) = &sc.dns {
@@ -349,10 +373,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, ipam: &Ipam) -> Result<()> {
     ipam.del(args, conf).await
 }
 
-async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
-    let prev = conf
-        .prev_result()?
-        .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf, prev: &CniResult) -> Result<()> {
     sc.ipam.check(args, conf).await?;
     let pod = pod_netns(args)?;
     let pod_nl = Netlink::connect(Some(&pod))?;
@@ -368,11 +389,10 @@ async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
             link.kind.as_deref().unwrap_or("plain device")
         )));
     }
-    let ok = match (&sc.kind, &link.info_data) {
-        (SubLinkKind::MacVlan(m), Some(InfoData::MacVlan(i))) => i.contains(&InfoMacVlan::Mode(*m)),
-        (SubLinkKind::IpVlan(m, _), Some(InfoData::IpVlan(i))) => i.contains(&InfoIpVlan::Mode(*m)),
-        (SubLinkKind::Vlan(id), Some(InfoData::Vlan(i))) => i.contains(&InfoVlan::Id(*id)),
-        _ => false,
+    // The ipvlan flag is not compared: the kernel does not report it back.
+    let ok = match (sc.kind, link.sublink) {
+        (SubLinkKind::IpVlan(want, _), Some(SubLinkKind::IpVlan(have, _))) => want == have,
+        (want, have) => Some(want) == have,
     };
     if !ok {
         return Err(Error::Mismatch(format!(
@@ -403,7 +423,7 @@ async fn check(args: &CmdArgs, conf: &NetConf, sc: &SubConf) -> Result<()> {
             )));
         }
     }
-    super::check_iface(&pod_nl, &args.ifname, link.index, &prev, 0).await
+    check_iface(&pod_nl, &args.ifname, link.index, prev, 0).await
 }
 
 #[cfg(test)]
@@ -421,7 +441,8 @@ mod tests {
         for (k, v) in extra.as_object().unwrap() {
             c[k] = v.clone();
         }
-        SubConf::new(t, &NetConf::from_value(c).unwrap(), &args())
+        let t = NativeType::of(t).unwrap();
+        SubConf::parse(t, &args(), &NetConf::from_value(c).unwrap())
     }
 
     #[test]
@@ -432,7 +453,7 @@ mod tests {
         );
         assert_eq!(
             sc("macvlan", json!({"mode":"passthru"})).unwrap().kind,
-            SubLinkKind::MacVlan(MacVlanMode::Passthrough)
+            SubLinkKind::MacVlan(MacVlanMode::Passthru)
         );
         assert_eq!(
             sc("ipvlan", json!({})).unwrap().kind,
@@ -442,7 +463,7 @@ mod tests {
             sc("ipvlan", json!({"mode":"l3s","flag":"private"}))
                 .unwrap()
                 .kind,
-            SubLinkKind::IpVlan(IpVlanMode::L3S, Some(IpVlanFlags::Private))
+            SubLinkKind::IpVlan(IpVlanMode::L3S, Some(IpVlanFlag::Private))
         );
         assert_eq!(
             sc("vlan", json!({"master":"eth1","vlanId":100}))

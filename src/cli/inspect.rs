@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, CniArgs, Command};
-use crate::cni::spec::{CniResult, Version};
+use crate::cni::spec::Version;
 use crate::engine::chain::NetworkList;
 use crate::engine::config::{DEFAULT_CACHE_DIR, DEFAULT_CONF_DIR};
 use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
@@ -606,17 +606,16 @@ fn attachment_row(
             .collect(),
         Err(_) => vec![],
     };
-    let native = types.iter().filter(|t| crate::attach::is_native(t)).count();
+    let native = types
+        .iter()
+        .filter(|t| crate::attach::NativeType::of(t).is_some())
+        .count();
     let run = match native {
         0 => "exec",
         n if n == types.len() => "native",
         _ => "native+exec",
     };
-    let result = a
-        .result
-        .as_ref()
-        .and_then(|v| CniResult::from_value(v, Version::V1_1_0).ok());
-    let (ips, mac) = match &result {
+    let (ips, mac) = match &a.result {
         Some(r) => {
             let mac = r
                 .interfaces
@@ -656,7 +655,7 @@ fn pool(data_dir: PathBuf, network: String, mut refs: Vec<PoolRef>, index: &Reco
     for r in &refs {
         let why = if r.cluster {
             format!("cluster network {:?}", r.network)
-        } else if !crate::attach::is_native(&r.plugin_type) {
+        } else if crate::attach::NativeType::of(&r.plugin_type).is_none() {
             format!("{:?} (exec'd {})", r.network, r.plugin_type)
         } else {
             continue;
@@ -1271,11 +1270,14 @@ mod tests {
             driver: "chain".into(),
             conf,
             runtime_config: Map::new(),
-            cni_args: String::new(),
+            cni_args: Default::default(),
+            link_group: None,
             default_route: vec![],
             device_id: None,
             device_info: None,
-            result: Some(result),
+            result: Some(
+                crate::cni::spec::CniResult::from_value(&result, Version::V1_1_0).unwrap(),
+            ),
         };
         let mut r = PodRecord::new(id, "eth0", Some(Path::new(netns)));
         r.network = "attache".into();

@@ -231,7 +231,7 @@ fn install_binaries(args: &InstallArgs) -> Result<()> {
     }
     for name in &args.drop_in {
         crate::cni::conf::validate_plugin_type(name)?;
-        if !crate::attach::is_native(name) {
+        if crate::attach::NativeType::of(name).is_none() {
             return Err(Error::config(format!(
                 "--drop-in {name:?}: attache implements bridge, macvlan, ipvlan, vlan, host-local and static"
             )));

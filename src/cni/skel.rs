@@ -148,16 +148,45 @@ impl CniArgs {
     /// `CNI_ARGS` for a plugin attache runs for the pod: the same pairs behind `IgnoreUnknown=1`, as
     /// Multus sends them. attache has refused keys it does not know unless told to ignore them, and
     /// the `K8S_*` keys it knows are unknown to most plugins (the reference ptp refuses them).
-    pub fn for_delegate(&self) -> String {
-        std::iter::once("IgnoreUnknown=1".to_string())
+    pub fn for_delegate(&self) -> CniArgs {
+        let pairs = std::iter::once(("IgnoreUnknown".to_string(), "1".to_string()))
             .chain(
                 self.pairs
                     .iter()
                     .filter(|(k, _)| k != "IgnoreUnknown")
-                    .map(|(k, v)| format!("{k}={v}")),
+                    .cloned(),
             )
-            .collect::<Vec<_>>()
-            .join(";")
+            .collect();
+        CniArgs { pairs }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// On disk (a record), `CNI_ARGS` is the string the plugin was given; read back without the unknown-key
+/// check, which was made when the runtime passed it.
+impl serde::Serialize for CniArgs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_env_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CniArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<CniArgs, D::Error> {
+        let s = String::deserialize(d)?;
+        let pairs = s
+            .split(';')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                None => Err(serde::de::Error::custom(format!(
+                    "CNI_ARGS: {p:?} is not a KEY=VALUE pair"
+                ))),
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(CniArgs { pairs })
     }
 }
 
@@ -614,11 +643,19 @@ mod tests {
         assert_eq!(a.to_env_string(), "K8S_POD_NAME=p;IP=10.0.0.2");
         // Plugins attache runs for the pod are told to ignore what they do not know, once.
         assert_eq!(
-            a.for_delegate(),
+            a.for_delegate().to_env_string(),
             "IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.0.0.2"
         );
         let b = CniArgs::parse("IgnoreUnknown=true;K8S_POD_NAME=p").unwrap();
-        assert_eq!(b.for_delegate(), "IgnoreUnknown=1;K8S_POD_NAME=p");
+        assert_eq!(
+            b.for_delegate().to_env_string(),
+            "IgnoreUnknown=1;K8S_POD_NAME=p"
+        );
+        // A record keeps them as the string the plugin was given.
+        let v = serde_json::to_value(a.for_delegate()).unwrap();
+        assert_eq!(v, "IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.0.0.2");
+        let back: CniArgs = serde_json::from_value(v).unwrap();
+        assert_eq!(back, a.for_delegate());
     }
 
     #[test]

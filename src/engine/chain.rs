@@ -4,33 +4,46 @@
 
 use serde_json::{Map, Value};
 
+use crate::attach::{Checked, NativeType};
 use crate::cni::conf::{self, NetConf, runtime_config_for};
-use crate::cni::skel::{CmdArgs, CniArgs, Command};
+use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Version};
 use crate::delegate::{Invocation, exec, find_plugin};
 use crate::error::{Error, Result, code};
 
-/// Run one plugin of a chain: natively if attache owns its type, else by exec.
-pub async fn run_plugin(
-    command: Command,
-    plugin_type: &str,
-    conf: &Value,
-    inv: &Invocation<'_>,
-) -> Result<Option<Value>> {
-    if !crate::attach::is_native(plugin_type) {
-        return exec(command, plugin_type, conf, inv).await;
-    }
-    let args = CmdArgs {
+/// The arguments a native plugin of a chain is called with: what an exec'd one finds in its environment.
+fn native_args(command: Command, inv: &Invocation<'_>) -> CmdArgs {
+    CmdArgs {
         command,
         container_id: inv.container_id.to_string(),
         netns: inv.netns.map(|p| p.to_path_buf()),
         netns_ignored: None,
         ifname: inv.ifname.to_string(),
-        args: CniArgs::parse(&inv.cni_args)?,
+        args: inv.cni_args.clone(),
         path: inv.path.to_vec(),
-    };
-    let conf = NetConf::from_value(conf.clone())?;
-    crate::attach::run_standalone(plugin_type, &args, conf).await
+    }
+}
+
+/// Run one plugin of a chain: natively if attache owns its type, else by exec (whose printed result is
+/// read as `version`). Results come back typed.
+pub async fn run_plugin(
+    command: Command,
+    plugin_type: &str,
+    conf: &Value,
+    inv: &Invocation<'_>,
+    version: Version,
+) -> Result<Option<CniResult>> {
+    match NativeType::of(plugin_type) {
+        Some(t) => {
+            let conf = NetConf::from_value(conf.clone())?;
+            t.run(&native_args(command, inv), conf, inv.link_group)
+                .await
+        }
+        None => exec(command, plugin_type, conf, inv)
+            .await?
+            .map(|out| CniResult::from_value(&out, version))
+            .transpose(),
+    }
 }
 
 /// A network as a runtime would load it from a `.conf` or `.conflist`: a name, a version and a chain.
@@ -133,6 +146,49 @@ impl NetworkList {
             .unwrap_or_default()
     }
 
+    /// Whether any plugin of the chain runs natively (and so puts a pod interface in the link group).
+    pub fn has_native(&self) -> bool {
+        (0..self.plugins.len()).any(|i| NativeType::of(self.plugin_type(i)).is_some())
+    }
+
+    /// Check that every plugin can run, touching nothing: an exec'd one's binary exists; a native one's
+    /// configuration, as [`NetworkList::add`] will give it (with `runtime`), validates — when `validate`
+    /// is set (teardown reads configurations leniently instead). Returns the checked configurations, for
+    /// `add` to use. Logs how each plugin will run; `what` names the network in errors.
+    pub fn runnable(
+        &self,
+        inv: &Invocation<'_>,
+        runtime: &Map<String, Value>,
+        validate: bool,
+        what: &str,
+    ) -> Result<Vec<Option<Checked>>> {
+        let mut checked = Vec::with_capacity(self.plugins.len());
+        for i in 0..self.plugins.len() {
+            let t = self.plugin_type(i);
+            match NativeType::of(t) {
+                Some(native) => {
+                    tracing::debug!("{what}: plugin {i} {t:?} runs natively, in-process");
+                    checked.push(if validate {
+                        let conf = NetConf::from_value(self.plugin_conf(i, runtime, None))?;
+                        Some(
+                            native
+                                .check_conf(&native_args(Command::Add, inv), conf)
+                                .map_err(|e| e.context(what))?,
+                        )
+                    } else {
+                        None
+                    });
+                }
+                None => {
+                    let bin = find_plugin(t, inv.path)?;
+                    tracing::debug!("{what}: plugin {i} {t:?} runs by exec of {}", bin.display());
+                    checked.push(None);
+                }
+            }
+        }
+        Ok(checked)
+    }
+
     /// The configuration handed to plugin `i` (SPEC §3 "Deriving execution configuration").
     pub fn plugin_conf(
         &self,
@@ -155,24 +211,39 @@ impl NetworkList {
     }
 
     /// ADD the chain; on a failure the plugins already run are DELeted again before the error returns.
+    /// `checked` holds the native configurations [`NetworkList::runnable`] validated (by plugin index;
+    /// empty if none): one that gets no `prevResult` runs with exactly that configuration, unparsed again.
     pub async fn add(
         &self,
         inv: &Invocation<'_>,
         runtime: &Map<String, Value>,
+        mut checked: Vec<Option<Checked>>,
     ) -> Result<CniResult> {
         let mut prev: Option<CniResult> = None;
         for i in 0..self.plugins.len() {
-            let conf = self.plugin_conf(i, runtime, prev.as_ref());
-            match run_plugin(Command::Add, self.plugin_type(i), &conf, inv).await {
+            let pre = checked
+                .get_mut(i)
+                .and_then(Option::take)
+                .filter(|_| prev.is_none());
+            let ran = match pre {
+                Some(c) => c
+                    .add(&native_args(Command::Add, inv), inv.link_group)
+                    .await
+                    .map(Some),
+                None => {
+                    let conf = self.plugin_conf(i, runtime, prev.as_ref());
+                    run_plugin(Command::Add, self.plugin_type(i), &conf, inv, self.version).await
+                }
+            };
+            match ran {
                 Ok(out) => {
-                    let out = out.ok_or_else(|| Error::Delegate {
+                    prev = Some(out.ok_or_else(|| Error::Delegate {
                         plugin: self.plugin_type(i).to_string(),
                         code: code::INTERNAL,
                         msg: "ADD printed no result".into(),
                         details: String::new(),
                         context: String::new(),
-                    })?;
-                    prev = Some(CniResult::from_value(&out, self.version)?);
+                    })?);
                 }
                 Err(e) => {
                     // Undo what ran, newest first, including the failed plugin (it may have half-made
@@ -207,7 +278,9 @@ impl NetworkList {
         let mut errors = Vec::new();
         for i in (0..n).rev() {
             let conf = self.plugin_conf(i, runtime, prev);
-            if let Err(e) = run_plugin(Command::Del, self.plugin_type(i), &conf, inv).await {
+            if let Err(e) =
+                run_plugin(Command::Del, self.plugin_type(i), &conf, inv, self.version).await
+            {
                 errors.push(e);
             }
         }
@@ -226,7 +299,14 @@ impl NetworkList {
         }
         for i in 0..self.plugins.len() {
             let conf = self.plugin_conf(i, runtime, Some(prev));
-            run_plugin(Command::Check, self.plugin_type(i), &conf, inv).await?;
+            run_plugin(
+                Command::Check,
+                self.plugin_type(i),
+                &conf,
+                inv,
+                self.version,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -234,7 +314,7 @@ impl NetworkList {
     /// STATUS: every plugin must be installed; those speaking 1.1.0 are asked.
     pub async fn status(&self, inv: &Invocation<'_>) -> Result<()> {
         for i in 0..self.plugins.len() {
-            if !crate::attach::is_native(self.plugin_type(i)) {
+            if NativeType::of(self.plugin_type(i)).is_none() {
                 find_plugin(self.plugin_type(i), inv.path).map_err(|e| match e {
                     Error::NotReady(msg) => Error::NotAvailable(format!("not ready: {msg}")),
                     other => other,
@@ -242,7 +322,14 @@ impl NetworkList {
             }
             if self.version >= Version::V1_1_0 {
                 let conf = self.plugin_conf(i, &Map::new(), None);
-                run_plugin(Command::Status, self.plugin_type(i), &conf, inv).await?;
+                run_plugin(
+                    Command::Status,
+                    self.plugin_type(i),
+                    &conf,
+                    inv,
+                    self.version,
+                )
+                .await?;
             }
         }
         Ok(())
@@ -260,7 +347,9 @@ impl NetworkList {
                 o.insert("cni.dev/valid-attachments".into(), valid.clone());
                 o.insert("cni.dev/attachments".into(), valid.clone());
             }
-            if let Err(e) = run_plugin(Command::Gc, self.plugin_type(i), &conf, inv).await {
+            if let Err(e) =
+                run_plugin(Command::Gc, self.plugin_type(i), &conf, inv, self.version).await
+            {
                 errors.push(e);
             }
         }
@@ -356,11 +445,12 @@ exit 0"#,
             container_id: "c1",
             netns: Some(Path::new("/run/netns/x")),
             ifname: "eth0",
-            cni_args: String::new(),
+            cni_args: Default::default(),
+            link_group: None,
             path: &path,
         };
         let rt = rt();
-        let res = rt.block_on(l.add(&inv, &Map::new())).unwrap();
+        let res = rt.block_on(l.add(&inv, &Map::new(), vec![])).unwrap();
         assert_eq!(res.ips[0].address.to_string(), "10.9.0.2/24");
         rt.block_on(l.del(&inv, &Map::new(), Some(&res))).unwrap();
         let got = std::fs::read_to_string(&log).unwrap();
@@ -404,10 +494,11 @@ exit 0"#,
             container_id: "c1",
             netns: None,
             ifname: "eth0",
-            cni_args: String::new(),
+            cni_args: Default::default(),
+            link_group: None,
             path: &path,
         };
-        let err = rt().block_on(l.add(&inv, &Map::new())).unwrap_err();
+        let err = rt().block_on(l.add(&inv, &Map::new(), vec![])).unwrap_err();
         assert_eq!(err.cni_code(), 11);
         assert_eq!(err.details(), "later");
         let got = std::fs::read_to_string(&log).unwrap();

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::attach::Checked;
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Route, Version};
@@ -103,7 +104,7 @@ async fn add(
                 tracing::info!(
                     "ADD of an attachment already made: answering with its recorded result"
                 );
-                let cluster = result_of(&old.attachments[0])?.unwrap_or_default();
+                let cluster = old.attachments[0].result.clone().unwrap_or_default();
                 return Ok(cluster.to_value(conf.version));
             }
             return Err(Error::Conflict(format!(
@@ -129,22 +130,23 @@ async fn add(
     rec.attachments = planned.attachments;
     store.save(&rec)?;
 
-    for i in 0..rec.attachments.len() {
+    for (i, natives) in planned.checked.into_iter().enumerate() {
         let t = std::time::Instant::now();
         // A failed attachment has undone itself (its chain's rollback); one that panicked, or whose
         // record could not be saved, has not: it is undone with the ones before it.
         let mut undo_upto = i + 1;
-        let attached = match std::panic::AssertUnwindSafe(attach_add(args, ac, &rec.attachments[i]))
-            .catch_unwind()
-            .await
-        {
-            Ok(Err(e)) => {
-                undo_upto = i;
-                Err(e)
-            }
-            Ok(ok) => ok,
-            Err(panic) => Err(crate::fail::panic_error(panic)),
-        };
+        let attached =
+            match std::panic::AssertUnwindSafe(attach_add(args, ac, &rec.attachments[i], natives))
+                .catch_unwind()
+                .await
+            {
+                Ok(Err(e)) => {
+                    undo_upto = i;
+                    Err(e)
+                }
+                Ok(ok) => ok,
+                Err(panic) => Err(crate::fail::panic_error(panic)),
+            };
         let saved = attached.and_then(|res| {
             tracing::debug!(
                 network = %rec.attachments[i].network,
@@ -153,7 +155,7 @@ async fn add(
                 ms = elapsed_ms(t),
                 "attached"
             );
-            rec.attachments[i].result = Some(res.to_value(Version::V1_1_0));
+            rec.attachments[i].result = Some(res);
             guarded_now(|| store.save(&rec))
         });
         if let Err(e) = saved {
@@ -195,7 +197,7 @@ async fn add(
         tracing::debug!(ms = elapsed_ms(t), "reported to the Kubernetes API");
     }
     // The result is the cluster network's, as Multus returns it.
-    let cluster = result_of(&rec.attachments[0])?.unwrap_or_default();
+    let cluster = rec.attachments[0].result.clone().unwrap_or_default();
     Ok(cluster.to_value(conf.version))
 }
 
@@ -225,11 +227,11 @@ async fn report(api: &crate::k8s::api::KubeApi, pod: &crate::k8s::api::PodInfo, 
     }
     // One per interface, the cluster network's included, with prefixes — as Multus words them.
     for a in &rec.attachments {
-        let ips: Vec<String> = result_of(a)
-            .ok()
-            .flatten()
-            .map(|r| r.ips.iter().map(|ip| ip.address.to_string()).collect())
-            .unwrap_or_default();
+        let ips: Vec<String> = a
+            .result
+            .iter()
+            .flat_map(|r| r.ips.iter().map(|ip| ip.address.to_string()))
+            .collect();
         let msg = format!("Add {} [{}] from {}", a.ifname, ips.join(","), a.network);
         if let Err(e) = api.event(pod, "AddedInterface", &msg).await {
             tracing::warn!("could not record an event (no more are sent): {e}");
@@ -251,14 +253,9 @@ async fn apply_default_routes(args: &CmdArgs, rec: &mut PodRecord) -> Result<()>
         .flat_map(|(i, a)| a.default_route.iter().map(move |gw| (i, *gw)))
         .collect();
     for (target, gw) in wanted {
-        crate::attach::move_default_route(netns, &rec.attachments[target].ifname, gw).await?;
+        super::pod::move_default_route(netns, &rec.attachments[target].ifname, gw).await?;
         for (i, a) in rec.attachments.iter_mut().enumerate() {
-            let Some(mut res) = a
-                .result
-                .as_ref()
-                .map(|v| CniResult::from_value(v, Version::V1_1_0))
-                .transpose()?
-            else {
+            let Some(res) = a.result.as_mut() else {
                 continue;
             };
             res.routes
@@ -268,7 +265,6 @@ async fn apply_default_routes(args: &CmdArgs, rec: &mut PodRecord) -> Result<()>
                 res.routes
                     .push(Route::new(dst.parse().expect("literal"), Some(gw)));
             }
-            a.result = Some(res.to_value(Version::V1_1_0));
         }
     }
     Ok(())
@@ -280,7 +276,7 @@ pub fn network_status(rec: &PodRecord) -> Vec<NetworkStatus> {
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let res = result_of(a).ok().flatten().unwrap_or_default();
+            let res = a.result.clone().unwrap_or_default();
             let mut st = status_of(&a.network, &a.ifname, i == 0, &res);
             st.device_info = a.device_info.clone();
             st
@@ -318,7 +314,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
     // Without a record nothing says the configuration still describes every network the pod had: what
     // is labelled as the container's on the node goes too. (With one, the record names every link.)
     if !from_record {
-        match crate::attach::delete_owned_links(&args.container_id).await {
+        match super::pod::delete_owned_links(&args.container_id).await {
             Ok(gone) if !gone.is_empty() => {
                 tracing::info!(
                     ?gone,
@@ -369,7 +365,7 @@ async fn replan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, why: &str) -> 
         && first.ifname == args.ifname
     {
         match conf.prev_result() {
-            Ok(Some(prev)) => first.result = Some(prev.to_value(Version::V1_1_0)),
+            Ok(Some(prev)) => first.result = Some(prev),
             Ok(None) => {}
             Err(e) => tracing::debug!("DEL ignores an unreadable prevResult: {e}"),
         }
@@ -385,14 +381,8 @@ async fn teardown(
     store: &RecordStore,
     rec: &PodRecord,
 ) -> Result<()> {
-    let is_grouped = |a: &&AttachmentRecord| {
-        a.conf["plugins"].as_array().is_some_and(|ps| {
-            ps.iter()
-                .any(|p| p.get(crate::attach::LINK_GROUP_KEY).is_some())
-        })
-    };
     let (grouped, others): (Vec<&AttachmentRecord>, Vec<&AttachmentRecord>) =
-        rec.attachments.iter().partition(is_grouped);
+        rec.attachments.iter().partition(|a| a.link_group.is_some());
     let netns = live_netns(args, rec);
     if netns.is_none() {
         tracing::debug!("DEL has no live pod netns: pod-side links went with it");
@@ -404,9 +394,9 @@ async fn teardown(
     let natives = async {
         if let Some(ns) = netns
             && grouped.len() >= 2
-            && let Err(e) = crate::attach::delete_link_group(
+            && let Err(e) = super::pod::delete_link_group(
                 ns,
-                plan::link_group(&rec.container_id, &rec.ifname),
+                super::pod::link_group(&rec.container_id, &rec.ifname),
             )
             .await
         {
@@ -466,8 +456,8 @@ async fn check(
             let prev = conf.prev_result()?.ok_or_else(|| {
                 Error::config("CHECK needs prevResult: attache has no record of this attachment")
             })?;
-            let mut cluster = plan::cluster(args, conf, ac, Purpose::Add)?;
-            cluster.result = Some(prev.to_value(Version::V1_1_0));
+            let (mut cluster, _) = plan::cluster(args, conf, ac, Purpose::Add)?;
+            cluster.result = Some(prev);
             let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
             r.attachments = vec![cluster];
             r
@@ -557,13 +547,6 @@ async fn gc(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStor
     Error::from_list(errors)
 }
 
-fn result_of(a: &AttachmentRecord) -> Result<Option<CniResult>> {
-    a.result
-        .as_ref()
-        .map(|v| CniResult::from_value(v, Version::V1_1_0))
-        .transpose()
-}
-
 fn invocation<'a>(
     args: &'a CmdArgs,
     a: &'a AttachmentRecord,
@@ -575,17 +558,23 @@ fn invocation<'a>(
         netns,
         ifname: &a.ifname,
         cni_args: a.cni_args.clone(),
+        link_group: a.link_group,
         path,
     }
 }
 
-async fn attach_add(args: &CmdArgs, ac: &AttacheConf, a: &AttachmentRecord) -> Result<CniResult> {
+async fn attach_add(
+    args: &CmdArgs,
+    ac: &AttacheConf,
+    a: &AttachmentRecord,
+    checked: Vec<Option<Checked>>,
+) -> Result<CniResult> {
     let path = ac.search_path(&args.path);
     let inv = invocation(args, a, args.netns.as_deref(), &path);
     match a.driver.as_str() {
         "chain" => {
             let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
-            list.add(&inv, &a.runtime_config).await
+            list.add(&inv, &a.runtime_config, checked).await
         }
         other => Err(Error::Internal(format!(
             "unknown attachment driver {other:?}"
@@ -603,11 +592,11 @@ async fn attach_del(
     // The pod's netns if it is still a live one, else none: delegates must cope (SPEC DEL).
     let netns = live_netns(args, rec);
     let inv = invocation(args, a, netns, &path);
-    let prev = result_of(a)?;
+    let prev = a.result.as_ref();
     match a.driver.as_str() {
         "chain" => {
             let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
-            list.del(&inv, &a.runtime_config, prev.as_ref()).await
+            list.del(&inv, &a.runtime_config, prev).await
         }
         other => Err(Error::Internal(format!(
             "unknown attachment driver {other:?}"
@@ -618,12 +607,14 @@ async fn attach_del(
 async fn attach_check(args: &CmdArgs, ac: &AttacheConf, a: &AttachmentRecord) -> Result<()> {
     let path = ac.search_path(&args.path);
     let inv = invocation(args, a, args.netns.as_deref(), &path);
-    let prev =
-        result_of(a)?.ok_or_else(|| Error::config("attachment has no result to check against"))?;
+    let prev = a
+        .result
+        .as_ref()
+        .ok_or_else(|| Error::config("attachment has no result to check against"))?;
     match a.driver.as_str() {
         "chain" => {
             let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
-            list.check(&inv, &a.runtime_config, &prev).await
+            list.check(&inv, &a.runtime_config, prev).await
         }
         other => Err(Error::Internal(format!(
             "unknown attachment driver {other:?}"

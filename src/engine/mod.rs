@@ -6,10 +6,12 @@ pub mod chain;
 pub mod config;
 pub mod meta;
 pub mod plan;
+pub mod pod;
 pub mod record;
 
 use serde_json::Value;
 
+use crate::attach::NativeType;
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, Command, Finished, Plugin};
 use crate::error::{Error, Result};
@@ -40,24 +42,27 @@ impl Engine {
         }
     }
 
-    /// The plugin type this invocation runs as, decided by the name it was invoked under.
-    pub fn role<'a>(&'a self, conf: &'a NetConf) -> Result<&'a str> {
-        if crate::attach::is_native(&self.invoked_as) {
-            return Ok(&self.invoked_as);
+    /// What this invocation runs as, decided by the name it was invoked under: a native driver, or
+    /// (`None`) the meta-plugin.
+    pub fn role(&self, conf: &NetConf) -> Result<Option<NativeType>> {
+        if let Some(t) = NativeType::of(&self.invoked_as) {
+            return Ok(Some(t));
         }
         if self.invoked_as != META_NAME {
             return Err(Error::config(format!(
                 "attache was invoked as {:?}, a name it does not answer to: install it as {META_NAME:?} (the meta-plugin) or under the name of a type it implements ({})",
                 self.invoked_as,
-                crate::attach::NATIVE_TYPES.join(", ")
+                NativeType::names()
             )));
         }
         match conf.plugin_type.as_str() {
-            t if t == META_NAME || crate::attach::is_native(t) => Ok(t),
-            t => Err(Error::config(format!(
-                "attache does not implement plugin type {t:?}; it runs \"attache\" (the meta-plugin){}",
-                crate::attach::native_list_suffix()
-            ))),
+            META_NAME => Ok(None),
+            t => NativeType::of(t).map(Some).ok_or_else(|| {
+                Error::config(format!(
+                    "attache does not implement plugin type {t:?}; it runs \"attache\" (the meta-plugin) and natively {}",
+                    NativeType::names()
+                ))
+            }),
         }
     }
 }
@@ -67,20 +72,13 @@ impl Engine {
     /// names (`attache`, the native types), or `unknown` when there is none — a configuration that could
     /// not be read, a type attache does not implement, a name it does not answer to.
     pub fn role_label(&self, conf_type: Option<&str>) -> &'static str {
-        let role = if crate::attach::is_native(&self.invoked_as) {
-            Some(self.invoked_as.as_str())
-        } else if self.invoked_as == META_NAME {
-            conf_type
-        } else {
-            None
-        };
-        match role {
+        if let Some(t) = NativeType::of(&self.invoked_as) {
+            return t.name();
+        }
+        match conf_type {
+            _ if self.invoked_as != META_NAME => UNKNOWN_ROLE,
             Some(META_NAME) => META_NAME,
-            Some(t) => crate::attach::NATIVE_TYPES
-                .iter()
-                .find(|n| **n == t)
-                .copied()
-                .unwrap_or(UNKNOWN_ROLE),
+            Some(t) => NativeType::of(t).map_or(UNKNOWN_ROLE, NativeType::name),
             None => UNKNOWN_ROLE,
         }
     }
@@ -118,7 +116,7 @@ pub fn require_capabilities(command: Command) -> Result<()> {
 
 impl Plugin for Engine {
     fn run(&self, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
-        let kind = self.role(&conf)?.to_string();
+        let role = self.role(&conf)?;
         if self.depth >= MAX_EXEC_DEPTH {
             return Err(Error::config(format!(
                 "attache found itself {} execs deep (ATTACHE_EXEC_DEPTH): a configuration makes it run itself in a loop",
@@ -132,10 +130,13 @@ impl Plugin for Engine {
             .enable_time()
             .build()
             .map_err(|e| Error::io("starting the async runtime", e))?;
-        if kind == META_NAME {
-            rt.block_on(meta::run(args, conf))
-        } else {
-            rt.block_on(crate::attach::run_standalone(&kind, args, conf))
+        match role {
+            None => rt.block_on(meta::run(args, conf)),
+            Some(t) => {
+                let version = conf.version;
+                rt.block_on(t.run(args, conf, None))
+                    .map(|r| r.map(|r| r.to_value(version)))
+            }
         }
     }
 
@@ -209,7 +210,9 @@ mod tests {
         ] {
             let e = Engine::new(invoked_as);
             let c = conf(t);
-            let want = e.role(&c).map_or(UNKNOWN_ROLE, |r| r);
+            let want = e
+                .role(&c)
+                .map_or(UNKNOWN_ROLE, |r| r.map_or(META_NAME, NativeType::name));
             assert_eq!(e.role_label(Some(t)), want, "{invoked_as} {t}");
         }
         assert_eq!(Engine::new("attache").role_label(None), UNKNOWN_ROLE);

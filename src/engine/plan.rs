@@ -8,10 +8,13 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::attach::Checked;
 use crate::cni::conf::{NetConf, normalize_runtime_config};
 use crate::cni::skel::CmdArgs;
+use crate::delegate::Invocation;
 use crate::engine::chain::NetworkList;
 use crate::engine::config::{AttacheConf, load_named};
+use crate::engine::pod::link_group;
 use crate::engine::record::{AttachmentRecord, PodRef};
 use crate::error::{Error, Result};
 use crate::k8s::POD_ANNOTATIONS_CAPABILITY;
@@ -30,6 +33,9 @@ pub enum Purpose {
 /// The outcome of planning.
 pub struct Plan {
     pub attachments: Vec<AttachmentRecord>,
+    /// For each attachment, its chain's native configurations as planning validated them (ADD runs
+    /// them as they are; see [`NetworkList::add`]).
+    pub checked: Vec<Vec<Option<Checked>>>,
     pub pod: Option<PodInfo>,
     /// A connected API client, when a kubeconfig is configured (for the network-status annotation).
     pub api: Option<KubeApi>,
@@ -48,6 +54,11 @@ fn skip_or_fail<T>(purpose: Purpose, what: &str, r: Result<T>) -> Result<Option<
 }
 
 impl Plan {
+    fn push(&mut self, (a, checked): (AttachmentRecord, Vec<Option<Checked>>)) {
+        self.attachments.push(a);
+        self.checked.push(checked);
+    }
+
     pub fn pod_ref(&self) -> Option<PodRef> {
         self.pod.as_ref().map(|p| PodRef {
             namespace: p.namespace.clone(),
@@ -57,79 +68,67 @@ impl Plan {
     }
 }
 
-/// Check that every plugin of a chain can run: native configurations validate (for ADD; teardown reads
-/// them leniently), other binaries exist. Logs how each plugin will run.
-fn check_runnable(
+/// Check that every plugin of an attachment's chain can run (see [`NetworkList::runnable`]), with the
+/// arguments the run will give them; returns the checked native configurations and the link group
+/// (the pod's, if any plugin runs natively).
+fn runnable(
     list: &NetworkList,
     args: &CmdArgs,
     ac: &AttacheConf,
+    ifname: &str,
+    runtime: &Map<String, Value>,
     what: &str,
     purpose: Purpose,
-) -> Result<()> {
+) -> Result<(Vec<Option<Checked>>, Option<u32>)> {
     let path = ac.search_path(&args.path);
-    for i in 0..list.plugins.len() {
-        let t = list.plugin_type(i);
-        if crate::attach::is_native(t) {
-            if purpose == Purpose::Add {
-                let pc = NetConf::from_value(list.plugin_conf(i, &Map::new(), None))?;
-                crate::attach::validate(t, args, &pc).map_err(|e| e.context(what))?;
-            }
-            tracing::debug!("{what}: plugin {i} {t:?} runs natively, in-process");
-        } else {
-            let bin = crate::delegate::find_plugin(t, &path)?;
-            tracing::debug!("{what}: plugin {i} {t:?} runs by exec of {}", bin.display());
-        }
-    }
-    Ok(())
+    let group = list
+        .has_native()
+        .then(|| link_group(&args.container_id, &args.ifname));
+    let inv = Invocation {
+        container_id: &args.container_id,
+        netns: args.netns.as_deref(),
+        ifname,
+        cni_args: args.args.for_delegate(),
+        link_group: group,
+        path: &path,
+    };
+    let checked = list.runnable(&inv, runtime, purpose == Purpose::Add, what)?;
+    Ok((checked, group))
 }
 
-/// The link group of a pod's native interfaces: derived from the attachment record's key, never 0
-/// (the kernel's default group).
-pub fn link_group(container_id: &str, ifname: &str) -> u32 {
-    (crate::attach::nft::fnv1a(&[container_id, ifname]) as u32) | 0x8000_0000
-}
-
-/// Tell the chain's native plugins which link group their pod interface joins.
-fn tag_native(list: &mut NetworkList, group: u32) {
-    for p in &mut list.plugins {
-        let native = p
-            .get("type")
-            .and_then(Value::as_str)
-            .is_some_and(crate::attach::is_native);
-        if native {
-            p.insert(crate::attach::LINK_GROUP_KEY.into(), json!(group));
-        }
-    }
-}
-
-/// The cluster network alone (also what CHECK falls back to without a record).
+/// The cluster network alone (also what CHECK falls back to without a record), with its checked native
+/// configurations.
 pub fn cluster(
     args: &CmdArgs,
     conf: &NetConf,
     ac: &AttacheConf,
     purpose: Purpose,
-) -> Result<AttachmentRecord> {
-    let mut cluster = ac.cluster_network(&conf.cni_version)?;
-    check_runnable(
+) -> Result<(AttachmentRecord, Vec<Option<Checked>>)> {
+    let cluster = ac.cluster_network(&conf.cni_version)?;
+    let runtime = normalize_runtime_config(conf.runtime_config());
+    let (checked, link_group) = runnable(
         &cluster,
         args,
         ac,
+        &args.ifname,
+        &runtime,
         &format!("clusterNetwork {:?} as {}", cluster.name, args.ifname),
         purpose,
     )?;
-    tag_native(&mut cluster, link_group(&args.container_id, &args.ifname));
-    Ok(AttachmentRecord {
+    let a = AttachmentRecord {
         network: cluster.name.clone(),
         ifname: args.ifname.clone(),
         driver: "chain".into(),
         conf: cluster.to_value(),
-        runtime_config: normalize_runtime_config(conf.runtime_config()),
+        runtime_config: runtime,
         cni_args: args.args.for_delegate(),
+        link_group,
         default_route: vec![],
         device_id: None,
         device_info: None,
         result: None,
-    })
+    };
+    Ok((a, checked))
 }
 
 /// Everything ADD will attach — or, for a teardown, everything the configuration and the pod's
@@ -142,6 +141,7 @@ pub async fn plan(
 ) -> Result<Plan> {
     let mut plan = Plan {
         attachments: Vec::new(),
+        checked: Vec::new(),
         pod: None,
         api: None,
     };
@@ -150,50 +150,30 @@ pub async fn plan(
         "the cluster network",
         cluster(args, conf, ac, purpose),
     )? {
-        plan.attachments.push(c);
+        plan.push(c);
     }
-    let (ns, name) = match (
-        args.args.get("K8S_POD_NAMESPACE"),
-        args.args.get("K8S_POD_NAME"),
-    ) {
-        (Some(ns), Some(n)) if !ns.is_empty() && !n.is_empty() => (ns.to_string(), n.to_string()),
+    let Some((ns, name)) = pod_of(args) else {
         // A plain runtime: no pod, so the cluster network and defaultNetworks only.
-        _ => {
-            tracing::debug!(
-                "no Kubernetes pod in CNI_ARGS: the cluster network and defaultNetworks"
-            );
-            let defaults = default_selections(ac);
-            let mut resolver = Resolver::new(ac, None);
-            add_selections(
-                &mut plan,
-                args,
-                conf,
-                ac,
-                "default",
-                defaults,
-                &mut resolver,
-                purpose,
-            )
-            .await?;
-            return Ok(plan);
-        }
+        tracing::debug!("no Kubernetes pod in CNI_ARGS: the cluster network and defaultNetworks");
+        let mut resolver = Resolver::new(ac, None);
+        let defaults = default_selections(ac);
+        add_selections(
+            &mut plan,
+            args,
+            conf,
+            ac,
+            "default",
+            defaults,
+            &mut resolver,
+            purpose,
+        )
+        .await?;
+        return Ok(plan);
     };
     if ac.system_namespaces.contains(&ns) {
         tracing::debug!("pod {ns}/{name} is in a system namespace: the cluster network only");
         return Ok(plan);
     }
-    let uid = args.args.get("K8S_POD_UID").unwrap_or_default().to_string();
-    // The pod's annotations: from the runtime when it passes them (no API call), else from the API.
-    let from_runtime = conf
-        .raw
-        .get("runtimeConfig")
-        .and_then(|r| r.get(POD_ANNOTATIONS_CAPABILITY))
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect::<BTreeMap<_, _>>()
-        });
     // The API client: needed to read the pod, to find definitions not in networksDir, and (ADD) to
     // report network-status. Its calls in planning share one deadline.
     plan.api = match &ac.kubeconfig {
@@ -204,21 +184,74 @@ pub async fn plan(
         )?,
         None => None,
     };
-    let pod = match (from_runtime, &plan.api) {
+    plan.pod = pod_info(args, conf, plan.api.as_ref(), &ns, &name, purpose).await?;
+    let Some(pod) = plan.pod.clone() else {
+        return Ok(plan);
+    };
+    let selections = selections_of(ac, &pod, purpose)?;
+    let mut resolver = Resolver::new(ac, plan.api.clone());
+    add_selections(
+        &mut plan,
+        args,
+        conf,
+        ac,
+        &ns,
+        selections,
+        &mut resolver,
+        purpose,
+    )
+    .await?;
+    Ok(plan)
+}
+
+/// The Kubernetes pod the runtime names in `CNI_ARGS`, as `(namespace, name)`.
+fn pod_of(args: &CmdArgs) -> Option<(String, String)> {
+    match (
+        args.args.get("K8S_POD_NAMESPACE"),
+        args.args.get("K8S_POD_NAME"),
+    ) {
+        (Some(ns), Some(n)) if !ns.is_empty() && !n.is_empty() => Some((ns.into(), n.into())),
+        _ => None,
+    }
+}
+
+/// The pod's annotations: from the runtime when it passes them (no API call), else from the API, else
+/// none (defaultNetworks only). `None`: the API does not know the pod (the cluster network only).
+async fn pod_info(
+    args: &CmdArgs,
+    conf: &NetConf,
+    api: Option<&KubeApi>,
+    ns: &str,
+    name: &str,
+    purpose: Purpose,
+) -> Result<Option<PodInfo>> {
+    let uid = args.args.get("K8S_POD_UID").unwrap_or_default().to_string();
+    let from_runtime = conf
+        .raw
+        .get("runtimeConfig")
+        .and_then(|r| r.get(POD_ANNOTATIONS_CAPABILITY))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect::<BTreeMap<_, _>>()
+        });
+    let bare = |annotations| PodInfo {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        uid: uid.clone(),
+        annotations,
+    };
+    match (from_runtime, api) {
         (Some(annotations), _) => {
             tracing::debug!(
                 "pod {ns}/{name}: annotations from the runtime ({POD_ANNOTATIONS_CAPABILITY})"
             );
-            Some(PodInfo {
-                namespace: ns.clone(),
-                name: name.clone(),
-                uid,
-                annotations,
-            })
+            Ok(Some(bare(annotations)))
         }
         (None, Some(api)) => {
             tracing::debug!("pod {ns}/{name}: annotations from the Kubernetes API");
-            let got = api.pod(&ns, &name).await.and_then(|p| match p {
+            let got = api.pod(ns, name).await.and_then(|p| match p {
                 Some(mut p) => {
                     if !uid.is_empty() && !p.uid.is_empty() && p.uid != uid {
                         return Err(Error::TryAgain(format!(
@@ -236,64 +269,50 @@ pub async fn plan(
                     Ok(None)
                 }
             });
-            skip_or_fail(purpose, "the pod's networks", got)?.flatten()
+            Ok(skip_or_fail(purpose, "the pod's networks", got)?.flatten())
         }
         (None, None) => {
             tracing::debug!(
                 "pod {ns}/{name}: no annotations from the runtime and no kubeconfig: defaultNetworks only"
             );
-            Some(PodInfo {
-                namespace: ns.clone(),
-                name: name.clone(),
-                uid,
-                annotations: BTreeMap::new(),
-            })
-        }
-    };
-    plan.pod = pod;
-    let Some(pod) = plan.pod.clone() else {
-        return Ok(plan);
-    };
-    let mut selections = default_selections(ac);
-    if let Some(value) = pod.annotations.get(NETWORKS) {
-        let room = ac.max_attachments.saturating_sub(selections.len());
-        let parsed = parse_networks(value, room)
-            .map_err(|m| Error::config(format!("pod {ns}/{name}: annotation {NETWORKS}: {m}")));
-        let parsed = skip_or_fail(purpose, "the networks annotation", parsed)?.unwrap_or_default();
-        for s in parsed {
-            let target = s.namespace.as_deref().unwrap_or(&ns);
-            if ac.namespace_isolation
-                && target != ns
-                && !ac.global_namespaces.iter().any(|g| g == target)
-            {
-                let e = Error::config(format!(
-                    "pod {ns}/{name} may not use network {}: namespaceIsolation allows only its own namespace{}",
-                    s.qualified(&ns),
-                    if ac.global_namespaces.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" and {}", ac.global_namespaces.join(", "))
-                    }
-                ));
-                skip_or_fail::<()>(purpose, &format!("network {}", s.qualified(&ns)), Err(e))?;
-                continue;
-            }
-            selections.push(s);
+            Ok(Some(bare(BTreeMap::new())))
         }
     }
-    let mut resolver = Resolver::new(ac, plan.api.clone());
-    add_selections(
-        &mut plan,
-        args,
-        conf,
-        ac,
-        &ns,
-        selections,
-        &mut resolver,
-        purpose,
-    )
-    .await?;
-    Ok(plan)
+}
+
+/// The networks a pod gets besides the cluster network: `defaultNetworks`, then what its networks
+/// annotation selects — each checked against namespace isolation.
+fn selections_of(ac: &AttacheConf, pod: &PodInfo, purpose: Purpose) -> Result<Vec<Selection>> {
+    let (ns, name) = (&pod.namespace, &pod.name);
+    let mut selections = default_selections(ac);
+    let Some(value) = pod.annotations.get(NETWORKS) else {
+        return Ok(selections);
+    };
+    let room = ac.max_attachments.saturating_sub(selections.len());
+    let parsed = parse_networks(value, room)
+        .map_err(|m| Error::config(format!("pod {ns}/{name}: annotation {NETWORKS}: {m}")));
+    let parsed = skip_or_fail(purpose, "the networks annotation", parsed)?.unwrap_or_default();
+    for s in parsed {
+        let target = s.namespace.as_deref().unwrap_or(ns);
+        if ac.namespace_isolation
+            && target != ns
+            && !ac.global_namespaces.iter().any(|g| g == target)
+        {
+            let e = Error::config(format!(
+                "pod {ns}/{name} may not use network {}: namespaceIsolation allows only its own namespace{}",
+                s.qualified(ns),
+                if ac.global_namespaces.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {}", ac.global_namespaces.join(", "))
+                }
+            ));
+            skip_or_fail::<()>(purpose, &format!("network {}", s.qualified(ns)), Err(e))?;
+            continue;
+        }
+        selections.push(s);
+    }
+    Ok(selections)
 }
 
 /// ADD refuses interface names the pod already has (`lo`, or anything a runtime made), before any side
@@ -446,11 +465,11 @@ async fn add_selections(
         .await;
         if let Some(a) = skip_or_fail(purpose, &what, r)? {
             tracing::debug!(
-                network = %a.network,
-                ifname = %a.ifname,
+                network = %a.0.network,
+                ifname = %a.0.ifname,
                 "planned"
             );
-            plan.attachments.push(a);
+            plan.push(a);
         }
     }
     Ok(())
@@ -479,127 +498,151 @@ async fn attachment_for(
     resolver: &mut Resolver<'_>,
     ctx: &mut SelectionCtx,
     purpose: Purpose,
-) -> Result<AttachmentRecord> {
-    {
-        let ns = s.namespace.clone().unwrap_or_else(|| pod_ns.to_string());
-        let nad = resolver.nad(&ns, &s.name).await?;
-        let qualified = nad.qualified();
-        let value = match nad.config_value()? {
-            Some(v) => v,
-            None => load_named(&ac.conf_dir, &nad.name, &conf.cni_version)
-                .map_err(|e| {
-                    e.context(format!(
-                        "NetworkAttachmentDefinition {qualified} has no spec.config, and confDir"
-                    ))
-                })?
-                .to_value(),
-        };
-        let mut list = NetworkList::from_value(&value, &conf.cni_version)
-            .map_err(|e| e.context(format!("network {qualified}")))?;
-        // cni-args join each plugin's args.cni, the annotation's winning over the definition's.
-        if let Some(extra) = &s.cni_args {
-            for p in &mut list.plugins {
-                let args_obj = p.entry("args").or_insert_with(|| json!({}));
-                if !args_obj.is_object() {
-                    *args_obj = json!({});
-                }
-                let cni = args_obj
-                    .as_object_mut()
-                    .expect("made an object above")
-                    .entry("cni")
-                    .or_insert_with(|| json!({}));
-                if let Some(o) = cni.as_object_mut() {
-                    for (k, v) in extra {
-                        o.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        let mut runtime = Map::new();
-        for (cap, v) in selection_runtime_config(&s) {
-            if !declares_capability(&list, cap) {
-                return Err(Error::config(format!(
-                    "{pod_name}: network {qualified} is given {cap:?} but none of its plugins declares the {cap:?} capability"
-                )));
-            }
-            runtime.insert(cap.to_string(), v);
-        }
-        let ifname = match &s.interface {
-            Some(n) => n.clone(),
-            None => format!("net{}", i + 1),
-        };
-        if !ctx.ifnames.insert(ifname.clone()) {
+) -> Result<(AttachmentRecord, Vec<Option<Checked>>)> {
+    let ns = s.namespace.clone().unwrap_or_else(|| pod_ns.to_string());
+    let nad = resolver.nad(&ns, &s.name).await?;
+    let qualified = nad.qualified();
+    let mut list = network_of(&nad, ac, conf)?;
+    if let Some(extra) = &s.cni_args {
+        merge_cni_args(&mut list, extra);
+    }
+    let mut runtime = Map::new();
+    for (cap, v) in selection_runtime_config(&s) {
+        if !declares_capability(&list, cap) {
             return Err(Error::config(format!(
-                "{pod_name}: interface name {ifname} is used twice (network {qualified})"
+                "{pod_name}: network {qualified} is given {cap:?} but none of its plugins declares the {cap:?} capability"
             )));
         }
-        // A definition backed by a device-plugin resource gets the next device the pod was allocated,
-        // as top-level "deviceID" (what sriov-style plugins read) and the deviceID capability.
-        let (mut device_id, mut device_info) = (None, None);
-        if let Some(resource) = &nad.resource_name {
-            let uid = plan.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
-            if ctx.devices.is_none() {
-                ctx.devices = Some(crate::k8s::devices::pod_devices(
-                    &ac.device_checkpoint,
-                    &uid,
-                )?);
-            }
-            let pool = ctx
-                .devices
-                .as_mut()
-                .and_then(|d| d.get_mut(resource.as_str()));
-            let id = match pool {
-                Some(p) if !p.is_empty() => p.remove(0),
-                _ => {
-                    return Err(Error::config(format!(
-                        "{pod_name}: network {qualified} needs a device of resource {resource}, and the pod has none left (does its spec request {resource}?)"
-                    )));
-                }
-            };
+        runtime.insert(cap.to_string(), v);
+    }
+    let ifname = match &s.interface {
+        Some(n) => n.clone(),
+        None => format!("net{}", i + 1),
+    };
+    if !ctx.ifnames.insert(ifname.clone()) {
+        return Err(Error::config(format!(
+            "{pod_name}: interface name {ifname} is used twice (network {qualified})"
+        )));
+    }
+    let (device_id, device_info) = match &nad.resource_name {
+        Some(resource) => {
+            let uid = plan
+                .pod
+                .as_ref()
+                .map(|p| p.uid.as_str())
+                .unwrap_or_default();
+            let id = ctx
+                .take_device(ac, uid, resource)
+                .map_err(|e| e.context(format!("{pod_name}: network {qualified}")))?;
+            // As top-level "deviceID" (what sriov-style plugins read) and the deviceID capability.
             for p in &mut list.plugins {
                 p.insert("deviceID".into(), json!(id));
             }
             if declares_capability(&list, "deviceID") {
                 runtime.insert("deviceID".into(), json!(id));
             }
-            device_info = crate::k8s::devices::device_info(&ac.device_info_dir, resource, &id);
-            device_id = Some(id);
+            let info = crate::k8s::devices::device_info(&ac.device_info_dir, resource, &id);
+            (Some(id), info)
         }
-        let default_route = s.default_route.clone().unwrap_or_default();
-        for gw in &default_route {
+        None => (None, None),
+    };
+    let default_route = s.default_route.clone().unwrap_or_default();
+    ctx.route_defaults(pod_name, &default_route)?;
+    let (checked, link_group) = runnable(
+        &list,
+        args,
+        ac,
+        &ifname,
+        &runtime,
+        &format!("network {qualified} as {ifname}"),
+        purpose,
+    )?;
+    if list.name.is_empty() {
+        list.name = nad.name.clone();
+    }
+    let a = AttachmentRecord {
+        network: qualified,
+        ifname,
+        driver: "chain".into(),
+        conf: list.to_value(),
+        runtime_config: runtime,
+        cni_args: args.args.for_delegate(),
+        link_group,
+        default_route,
+        device_id,
+        device_info,
+        result: None,
+    };
+    Ok((a, checked))
+}
+
+/// A definition's network: its `spec.config`, or (without one) the file of its name in `confDir`.
+fn network_of(nad: &Nad, ac: &AttacheConf, conf: &NetConf) -> Result<NetworkList> {
+    let qualified = nad.qualified();
+    let value = match nad.config_value()? {
+        Some(v) => v,
+        None => load_named(&ac.conf_dir, &nad.name, &conf.cni_version)
+            .map_err(|e| {
+                e.context(format!(
+                    "NetworkAttachmentDefinition {qualified} has no spec.config, and confDir"
+                ))
+            })?
+            .to_value(),
+    };
+    NetworkList::from_value(&value, &conf.cni_version)
+        .map_err(|e| e.context(format!("network {qualified}")))
+}
+
+/// A selection's `cni-args` join each plugin's `args.cni`, the annotation's winning over the
+/// definition's.
+fn merge_cni_args(list: &mut NetworkList, extra: &Map<String, Value>) {
+    for p in &mut list.plugins {
+        let args_obj = p.entry("args").or_insert_with(|| json!({}));
+        if !args_obj.is_object() {
+            *args_obj = json!({});
+        }
+        let cni = args_obj
+            .as_object_mut()
+            .expect("made an object above")
+            .entry("cni")
+            .or_insert_with(|| json!({}));
+        if let Some(o) = cni.as_object_mut() {
+            for (k, v) in extra {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+impl SelectionCtx {
+    /// The next device of `resource` the kubelet gave the pod (its checkpoint read once).
+    fn take_device(&mut self, ac: &AttacheConf, uid: &str, resource: &str) -> Result<String> {
+        if self.devices.is_none() {
+            self.devices = Some(crate::k8s::devices::pod_devices(
+                &ac.device_checkpoint,
+                uid,
+            )?);
+        }
+        match self.devices.as_mut().and_then(|d| d.get_mut(resource)) {
+            Some(p) if !p.is_empty() => Ok(p.remove(0)),
+            _ => Err(Error::config(format!(
+                "needs a device of resource {resource}, and the pod has none left (does its spec request {resource}?)"
+            ))),
+        }
+    }
+
+    /// One default-route gateway per family, across the pod's selections.
+    fn route_defaults(&mut self, pod_name: &str, gws: &[std::net::IpAddr]) -> Result<()> {
+        for gw in gws {
             let fam = usize::from(gw.is_ipv6());
-            if ctx.families_routed[fam] {
+            if self.families_routed[fam] {
                 return Err(Error::config(format!(
                     "{pod_name}: more than one default-route gateway for IPv{} (ECMP default routes are not supported)",
                     if fam == 0 { 4 } else { 6 }
                 )));
             }
-            ctx.families_routed[fam] = true;
+            self.families_routed[fam] = true;
         }
-        check_runnable(
-            &list,
-            args,
-            ac,
-            &format!("network {qualified} as {ifname}"),
-            purpose,
-        )?;
-        tag_native(&mut list, link_group(&args.container_id, &args.ifname));
-        list.name = if list.name.is_empty() {
-            nad.name.clone()
-        } else {
-            list.name
-        };
-        Ok(AttachmentRecord {
-            network: qualified,
-            ifname,
-            driver: "chain".into(),
-            conf: list.to_value(),
-            runtime_config: runtime,
-            cni_args: args.args.for_delegate(),
-            default_route,
-            device_id,
-            device_info,
-            result: None,
-        })
+        Ok(())
     }
 }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::cni::skel::CniArgs;
+use crate::cni::spec::CniResult;
 use crate::error::{Error, Result};
 use crate::files::{ensure_real_dir, pid_alive, read_bounded, write_new};
 
@@ -30,8 +32,12 @@ pub struct AttachmentRecord {
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub runtime_config: Map<String, Value>,
     /// `CNI_ARGS` it was given.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub cni_args: String,
+    #[serde(default, skip_serializing_if = "CniArgs::is_empty")]
+    pub cni_args: CniArgs,
+    /// The link group its native plugins put the pod interface in (the pod's, shared by all its native
+    /// attachments, which DEL deletes together); `None` when all its plugins are exec'd.
+    #[serde(default, rename = "linkGroup", skip_serializing_if = "Option::is_none")]
+    pub link_group: Option<u32>,
     /// Gateways this attachment's interface takes the pod's default route(s) to (`default-route`).
     #[serde(
         default,
@@ -48,9 +54,28 @@ pub struct AttachmentRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub device_info: Option<Value>,
-    /// Its ADD result (1.1.0 shape), once ADD succeeded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    /// Its ADD result, once ADD succeeded (written in the 1.1.0 shape).
+    #[serde(default, with = "result_v1_1", skip_serializing_if = "Option::is_none")]
+    pub result: Option<CniResult>,
+}
+
+/// A recorded result is the 1.1.0 document a plugin would print.
+mod result_v1_1 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    use crate::cni::spec::{CniResult, Version};
+
+    pub fn serialize<S: Serializer>(r: &Option<CniResult>, s: S) -> Result<S::Ok, S::Error> {
+        r.as_ref().map(|r| r.to_value(Version::V1_1_0)).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CniResult>, D::Error> {
+        Option::<Value>::deserialize(d)?
+            .map(|v| CniResult::from_value(&v, Version::V1_1_0))
+            .transpose()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -169,7 +194,9 @@ impl RecordStore {
 
     /// Write a record atomically: a reader sees the old or the new one, never half of one. The
     /// temporary is unique to this process and created exclusively (no symlink is followed, no other
-    /// writer's file reused), mode 0600.
+    /// writer's file reused), mode 0600. No fsync: the rename makes the record atomic against attache
+    /// dying at any point; a power loss takes every network namespace with it anyway (and the reference
+    /// IPAM files it sits beside are not synced either). Syncing cost ~1 ms per save here.
     pub fn save(&self, rec: &PodRecord) -> Result<()> {
         crate::fail::point("record.save")?;
         let p = self.path(&rec.container_id, &rec.ifname);
@@ -329,10 +356,6 @@ impl RecordStore {
 
 static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Write the temporary file of an atomic replace: created exclusively, never through a symlink, 0600.
-/// No fsync: the rename makes the record atomic against attache dying at any point; a power loss takes
-/// every network namespace with it anyway (and the reference IPAM files it sits beside are not synced
-/// either). Syncing cost ~1 ms per save here.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +374,8 @@ mod tests {
             driver: "chain".into(),
             conf: json!({"name":"n","plugins":[]}),
             runtime_config: Map::new(),
-            cni_args: String::new(),
+            cni_args: Default::default(),
+            link_group: None,
             default_route: vec![],
             device_id: None,
             device_info: None,

@@ -328,7 +328,8 @@ fn invocation(args: &CmdArgs) -> Invocation<'_> {
         container_id: &args.container_id,
         netns: args.netns.as_deref(),
         ifname: &args.ifname,
-        cni_args: args.args.to_env_string(),
+        cni_args: args.args.clone(),
+        link_group: None,
         path: &args.path,
     }
 }

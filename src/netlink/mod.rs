@@ -18,10 +18,10 @@ use ipnet::IpNet;
 use nix::errno::Errno;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::BridgeVlanInfoFlags;
+use rtnetlink::packet_route::link::{self as packet_link, BridgeVlanInfoFlags};
 use rtnetlink::packet_route::link::{
-    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
-    IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode, State,
+    InfoBridge, InfoBridgePort, InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoPortData,
+    InfoPortKind, InfoVeth, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
@@ -50,18 +50,100 @@ pub struct Link {
     pub group: u32,
     /// `IFLA_IFALIAS`: attache labels the node-side links it makes with their owner.
     pub alias: Option<String>,
-    /// Kind-specific data (bridge vlan filtering, macvlan mode, vlan id, ...).
-    pub info_data: Option<InfoData>,
-    /// Bridge-port data when the link is a bridge port.
-    pub port_data: Vec<InfoBridgePort>,
+    /// A bridge's `vlan_filtering`.
+    pub vlan_filtering: bool,
+    /// A macvlan's or ipvlan's mode, a vlan's id, as the kernel reports them (the ipvlan flag is not
+    /// read back).
+    pub sublink: Option<SubLinkKind>,
 }
 
 /// The kinds of link made on top of a node's interface.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubLinkKind {
     MacVlan(MacVlanMode),
-    IpVlan(IpVlanMode, Option<IpVlanFlags>),
+    IpVlan(IpVlanMode, Option<IpVlanFlag>),
     Vlan(u16),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacVlanMode {
+    Private,
+    Vepa,
+    Bridge,
+    Passthru,
+    Source,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpVlanMode {
+    L2,
+    L3,
+    L3S,
+}
+
+/// ipvlan's flag: how pods on one master reach each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpVlanFlag {
+    Bridge,
+    Private,
+    Vepa,
+}
+
+/// Options of a bridge port, for [`Netlink::set_bridge_port`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortOpts {
+    pub hairpin: bool,
+    pub isolated: bool,
+}
+
+impl MacVlanMode {
+    fn packet(self) -> packet_link::MacVlanMode {
+        match self {
+            MacVlanMode::Private => packet_link::MacVlanMode::Private,
+            MacVlanMode::Vepa => packet_link::MacVlanMode::Vepa,
+            MacVlanMode::Bridge => packet_link::MacVlanMode::Bridge,
+            MacVlanMode::Passthru => packet_link::MacVlanMode::Passthrough,
+            MacVlanMode::Source => packet_link::MacVlanMode::Source,
+        }
+    }
+
+    fn from_packet(m: packet_link::MacVlanMode) -> Option<MacVlanMode> {
+        [
+            MacVlanMode::Private,
+            MacVlanMode::Vepa,
+            MacVlanMode::Bridge,
+            MacVlanMode::Passthru,
+            MacVlanMode::Source,
+        ]
+        .into_iter()
+        .find(|x| x.packet() == m)
+    }
+}
+
+impl IpVlanMode {
+    fn packet(self) -> packet_link::IpVlanMode {
+        match self {
+            IpVlanMode::L2 => packet_link::IpVlanMode::L2,
+            IpVlanMode::L3 => packet_link::IpVlanMode::L3,
+            IpVlanMode::L3S => packet_link::IpVlanMode::L3S,
+        }
+    }
+
+    fn from_packet(m: packet_link::IpVlanMode) -> Option<IpVlanMode> {
+        [IpVlanMode::L2, IpVlanMode::L3, IpVlanMode::L3S]
+            .into_iter()
+            .find(|x| x.packet() == m)
+    }
+}
+
+impl IpVlanFlag {
+    fn packet(self) -> packet_link::IpVlanFlags {
+        match self {
+            IpVlanFlag::Bridge => packet_link::IpVlanFlags::empty(),
+            IpVlanFlag::Private => packet_link::IpVlanFlags::Private,
+            IpVlanFlag::Vepa => packet_link::IpVlanFlags::Vepa,
+        }
+    }
 }
 
 impl SubLinkKind {
@@ -323,11 +405,13 @@ impl Netlink {
             group,
         } = *s;
         let mut msg = match kind {
-            SubLinkKind::MacVlan(mode) => rtnetlink::LinkMacVlan::new(name, master, *mode).build(),
-            SubLinkKind::IpVlan(mode, flags) => {
-                let mut b = rtnetlink::LinkIpVlan::new(name, master, *mode);
-                if let Some(f) = flags {
-                    b = b.flag(*f);
+            SubLinkKind::MacVlan(mode) => {
+                rtnetlink::LinkMacVlan::new(name, master, mode.packet()).build()
+            }
+            SubLinkKind::IpVlan(mode, flag) => {
+                let mut b = rtnetlink::LinkIpVlan::new(name, master, mode.packet());
+                if let Some(f) = flag {
+                    b = b.flag(f.packet());
                 }
                 b.build()
             }
@@ -408,8 +492,15 @@ impl Netlink {
     }
 
     /// Set bridge-port options of a link (by name) that is already a bridge port.
-    pub async fn set_bridge_port(&self, name: &str, opts: Vec<InfoBridgePort>) -> Result<()> {
+    pub async fn set_bridge_port(&self, name: &str, o: PortOpts) -> Result<()> {
         crate::fail::point("netlink.set_bridge_port")?;
+        let mut opts = Vec::new();
+        if o.hairpin {
+            opts.push(InfoBridgePort::HairpinMode(true));
+        }
+        if o.isolated {
+            opts.push(InfoBridgePort::Isolated(true));
+        }
         if opts.is_empty() {
             return Ok(());
         }
@@ -697,8 +788,8 @@ fn parse_link(m: LinkMessage) -> Link {
         promisc: m.header.flags.contains(LinkFlags::Promisc),
         group: 0,
         alias: None,
-        info_data: None,
-        port_data: Vec::new(),
+        vlan_filtering: false,
+        sublink: None,
     };
     for a in m.attributes {
         match a {
@@ -715,8 +806,7 @@ fn parse_link(m: LinkMessage) -> Link {
                 for i in infos {
                     match i {
                         LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
-                        LinkInfo::Data(d) => l.info_data = Some(d),
-                        LinkInfo::PortData(InfoPortData::BridgePort(p)) => l.port_data = p,
+                        LinkInfo::Data(d) => read_info_data(&mut l, d),
                         _ => {}
                     }
                 }
@@ -725,6 +815,34 @@ fn parse_link(m: LinkMessage) -> Link {
         }
     }
     l
+}
+
+/// The kind-specific data attache looks at.
+fn read_info_data(l: &mut Link, d: InfoData) {
+    match d {
+        InfoData::Bridge(i) => l.vlan_filtering = i.contains(&InfoBridge::VlanFiltering(true)),
+        InfoData::MacVlan(i) => {
+            l.sublink = i.into_iter().find_map(|x| match x {
+                InfoMacVlan::Mode(m) => MacVlanMode::from_packet(m).map(SubLinkKind::MacVlan),
+                _ => None,
+            })
+        }
+        InfoData::IpVlan(i) => {
+            l.sublink = i.into_iter().find_map(|x| match x {
+                InfoIpVlan::Mode(m) => {
+                    IpVlanMode::from_packet(m).map(|m| SubLinkKind::IpVlan(m, None))
+                }
+                _ => None,
+            })
+        }
+        InfoData::Vlan(i) => {
+            l.sublink = i.into_iter().find_map(|x| match x {
+                InfoVlan::Id(id) => Some(SubLinkKind::Vlan(id)),
+                _ => None,
+            })
+        }
+        _ => {}
+    }
 }
 
 /// Format a MAC as `aa:bb:cc:dd:ee:ff`.

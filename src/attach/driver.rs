@@ -1,0 +1,161 @@
+//! The native drivers behind one trait, and the one registry of them ([`NativeType`]).
+//!
+//! A driver parses its configuration into a validated type first (every field checked, nothing touched),
+//! then ADD and CHECK run against that type; DEL and GC read only what teardown needs, leniently, so that
+//! they succeed for a configuration ADD would refuse. The meta-plugin validates every native
+//! configuration while planning and hands the checked one ([`Checked`]) to the run, so a configuration is
+//! parsed once per ADD.
+
+use std::future::Future;
+
+use super::bridge::BridgeConf;
+use super::sublink::{SubConf, SubLinkType};
+use crate::cni::conf::NetConf;
+use crate::cni::skel::{CmdArgs, Command};
+use crate::cni::spec::CniResult;
+use crate::error::{Error, Result};
+
+/// What a native driver does.
+pub trait Driver: Sized {
+    /// Parse and validate the configuration for ADD or CHECK, touching nothing. `t` is the type it runs
+    /// as (one driver may serve several).
+    fn parse(t: NativeType, args: &CmdArgs, conf: &NetConf) -> Result<Self>;
+    /// Make the attachment. `link_group` is the group the pod's interface joins (the meta-plugin's, so
+    /// that DEL removes a pod's native interfaces together).
+    fn add(
+        &self,
+        args: &CmdArgs,
+        conf: &NetConf,
+        link_group: Option<u32>,
+    ) -> impl Future<Output = Result<CniResult>>;
+    /// Verify the attachment against the result ADD returned.
+    fn check(
+        &self,
+        args: &CmdArgs,
+        conf: &NetConf,
+        prev: &CniResult,
+    ) -> impl Future<Output = Result<()>>;
+    /// Undo the attachment, best effort; "already gone" is done.
+    fn del(args: &CmdArgs, conf: &NetConf) -> impl Future<Output = Result<()>>;
+    /// Release what the runtime's valid-attachments list no longer names.
+    fn gc(args: &CmdArgs, conf: &NetConf) -> Result<()>;
+}
+
+/// The plugin types attache implements itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NativeType {
+    Bridge,
+    /// A link made on a node interface: macvlan, ipvlan, vlan.
+    Sub(SubLinkType),
+}
+
+impl NativeType {
+    pub const ALL: [NativeType; 4] = [
+        NativeType::Bridge,
+        NativeType::Sub(SubLinkType::MacVlan),
+        NativeType::Sub(SubLinkType::IpVlan),
+        NativeType::Sub(SubLinkType::Vlan),
+    ];
+
+    /// The type a plugin `type` names, if attache implements it.
+    pub fn of(name: &str) -> Option<NativeType> {
+        NativeType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NativeType::Bridge => "bridge",
+            NativeType::Sub(s) => s.name(),
+        }
+    }
+
+    /// "bridge, macvlan, ipvlan, vlan", for messages.
+    pub fn names() -> String {
+        NativeType::ALL.map(NativeType::name).join(", ")
+    }
+
+    /// Validate a configuration for ADD or CHECK: the checked configuration a run uses.
+    pub fn check_conf(self, args: &CmdArgs, conf: NetConf) -> Result<Checked> {
+        let driver = match self {
+            NativeType::Bridge => Parsed::Bridge(BridgeConf::parse(self, args, &conf)?),
+            NativeType::Sub(_) => Parsed::Sub(SubConf::parse(self, args, &conf)?),
+        };
+        Ok(Checked { conf, driver })
+    }
+
+    /// Run one command — standalone (drop-in mode), or as a plugin of a chain.
+    pub async fn run(
+        self,
+        args: &CmdArgs,
+        conf: NetConf,
+        link_group: Option<u32>,
+    ) -> Result<Option<CniResult>> {
+        match args.command {
+            Command::Add => self
+                .check_conf(args, conf)?
+                .add(args, link_group)
+                .await
+                .map(Some),
+            Command::Check => self.check_conf(args, conf)?.check(args).await.map(|_| None),
+            Command::Del => match self {
+                NativeType::Bridge => BridgeConf::del(args, &conf).await,
+                NativeType::Sub(_) => SubConf::del(args, &conf).await,
+            }
+            .map(|_| None),
+            Command::Gc => match self {
+                NativeType::Bridge => BridgeConf::gc(args, &conf),
+                NativeType::Sub(_) => SubConf::gc(args, &conf),
+            }
+            .map(|_| None),
+            Command::Status => Ok(None),
+            Command::Version => Err(Error::Internal("VERSION is answered by skel".into())),
+        }
+    }
+}
+
+/// A native plugin's configuration, validated for one attachment: what ADD and CHECK run against.
+pub struct Checked {
+    pub conf: NetConf,
+    driver: Parsed,
+}
+
+enum Parsed {
+    Bridge(BridgeConf),
+    Sub(SubConf),
+}
+
+impl Checked {
+    pub async fn add(&self, args: &CmdArgs, link_group: Option<u32>) -> Result<CniResult> {
+        match &self.driver {
+            Parsed::Bridge(d) => d.add(args, &self.conf, link_group).await,
+            Parsed::Sub(d) => d.add(args, &self.conf, link_group).await,
+        }
+    }
+
+    /// CHECK against the configuration's `prevResult`.
+    pub async fn check(&self, args: &CmdArgs) -> Result<()> {
+        let prev = self
+            .conf
+            .prev_result()?
+            .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+        match &self.driver {
+            Parsed::Bridge(d) => d.check(args, &self.conf, &prev).await,
+            Parsed::Sub(d) => d.check(args, &self.conf, &prev).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_names_each_type_once() {
+        for t in NativeType::ALL {
+            assert_eq!(NativeType::of(t.name()), Some(t));
+        }
+        assert_eq!(NativeType::names(), "bridge, macvlan, ipvlan, vlan");
+        assert_eq!(NativeType::of("ptp"), None);
+        assert_eq!(NativeType::of("attache"), None);
+    }
+}
