@@ -43,13 +43,26 @@ struct Args {
     work: PathBuf,
     tag: String,
     master: String,
+    /// `--only`: the sections to run (all by default).
+    only: Option<Vec<String>>,
+}
+
+/// The sections, in the order they run. The kernel floor also runs for `dropin` (its DEL target).
+const SECTIONS: &[&str] = &["start", "floor", "dropin", "pod", "flat", "rss", "size"];
+
+impl Args {
+    fn runs(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
         attache: PathBuf::from("target/x86_64-unknown-linux-gnu/release/attache"),
         reference_dir: PathBuf::from("/usr/lib/cni"),
-        rounds: 25,
+        rounds: 30,
         warmup: 2,
         json: PathBuf::from("target/bench.json"),
         work: std::env::temp_dir().join(format!("attache-bench-{}", std::process::id())),
@@ -58,6 +71,7 @@ fn parse_args() -> Args {
             .ok()
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "benchnic".into()),
+        only: None,
     };
     let (mut rounds, mut quick) = (None, false);
     let mut it = std::env::args().skip(1);
@@ -74,6 +88,16 @@ fn parse_args() -> Args {
             "--json" => a.json = v.into(),
             "--work" => a.work = v.into(),
             "--tag" => a.tag = v,
+            "--only" => {
+                let only: Vec<String> = v.split(',').map(str::to_string).collect();
+                for s in &only {
+                    assert!(
+                        SECTIONS.contains(&s.as_str()),
+                        "--only: {s:?} is not one of {SECTIONS:?}"
+                    );
+                }
+                a.only = Some(only);
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -137,6 +161,9 @@ struct Exec {
     dur: Duration,
     /// `ru_maxrss` of the process and of the children it waited for (an exec'd IPAM plugin, a delegate).
     rss_kib: u64,
+    /// CPU time (user + system) of the process and of the children it waited for: unlike the wall
+    /// time, hardly touched by what else runs on the machine.
+    cpu: Duration,
     ok: bool,
     out: Vec<u8>,
 }
@@ -159,17 +186,19 @@ fn exec(bin: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Exec {
     let _ = child.stdin.take().unwrap().write_all(stdin);
     let mut out = Vec::new();
     child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    let (status, rss_kib) = reap(child.id());
+    let (status, rss_kib, cpu) = reap(child.id());
     Exec {
         dur: t.elapsed(),
         rss_kib,
+        cpu,
         ok: status == 0,
         out,
     }
 }
 
-/// `wait4` the child (std's `wait` does not return its resource usage): its raw status and peak RSS.
-fn reap(pid: u32) -> (i32, u64) {
+/// `wait4` the child (std's `wait` does not return its resource usage): its raw status, peak RSS and
+/// CPU time.
+fn reap(pid: u32) -> (i32, u64, Duration) {
     use nix::libc;
     let mut status = 0;
     // SAFETY: rusage is plain data; all zeroes is a valid value.
@@ -178,7 +207,12 @@ fn reap(pid: u32) -> (i32, u64) {
         // SAFETY: `pid` is our own child, not reaped yet; both pointers are to live locals.
         let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) };
         if r == pid as libc::pid_t {
-            return (status, ru.ru_maxrss.max(0) as u64);
+            let tv = |t: libc::timeval| {
+                Duration::from_secs(t.tv_sec.max(0) as u64)
+                    + Duration::from_micros(t.tv_usec.max(0) as u64)
+            };
+            let cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
+            return (status, ru.ru_maxrss.max(0) as u64, cpu);
         }
         let e = std::io::Error::last_os_error();
         assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "wait4: {e}");
@@ -203,6 +237,7 @@ struct Pass {
     total: Duration,
     calls: Vec<Duration>,
     rss_kib: u64,
+    cpu: Duration,
 }
 
 impl Model {
@@ -224,6 +259,7 @@ impl Model {
             total: Duration::ZERO,
             calls: vec![Duration::ZERO; n],
             rss_kib: 0,
+            cpu: Duration::ZERO,
         };
         let t = Instant::now();
         for i in order {
@@ -247,6 +283,7 @@ impl Model {
             );
             pass.calls[i] = e.dur;
             pass.rss_kib = pass.rss_kib.max(e.rss_kib);
+            pass.cpu += e.cpu;
         }
         pass.total = t.elapsed();
         pass
@@ -313,6 +350,9 @@ struct Side {
     del_calls: Vec<Series>,
     /// The largest peak RSS of one ADD.
     add_rss_kib: u64,
+    /// CPU time of each pass.
+    add_cpu: Series,
+    del_cpu: Series,
 }
 
 impl Side {
@@ -326,7 +366,25 @@ impl Side {
             }
         }
         self.add_rss_kib = self.add_rss_kib.max(add.rss_kib);
+        self.add_cpu.0.push(add.cpu);
+        self.del_cpu.0.push(del.cpu);
     }
+}
+
+/// CPU time (user + system, children included) of two sides, medians: what each costs the machine,
+/// whatever else runs on it.
+fn cpu_line(r: &mut Report, key: &str, labels: [&str; 2], sides: [&Side; 2]) {
+    let mut m = Vec::new();
+    for (side, what) in sides.iter().zip(labels) {
+        for (s, cmd) in [(&side.add_cpu, "add"), (&side.del_cpu, "del")] {
+            r.series.insert(format!("{key}_{what}_{cmd}_cpu"), s.json());
+            m.push(s.median());
+        }
+    }
+    println!(
+        "  CPU time (user+sys, children included), medians: {} ADD {:.3} ms  DEL {:.3} ms;  {} ADD {:.3} ms  DEL {:.3} ms",
+        labels[0], m[0], m[1], labels[1], m[2], m[3]
+    );
 }
 
 /// Run models against each other: each round gives every model a fresh pod, ADDs them all, then DELs
@@ -488,19 +546,27 @@ fn machine() -> Value {
         "cpu": cpu,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "date": output(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "loadavg_start": loadavg(),
         "attache_commit": output(&["git", "rev-parse", "--short", "HEAD"]),
         "reference_plugins": output(&["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"]),
     });
     println!(
-        "machine: {} CPUs, {}, kernel {}, {} (attache {}, reference plugins {})",
+        "machine: {} CPUs, {}, kernel {}, {} (attache {}, reference plugins {}); load average {}",
         m["nproc"],
         m["cpu"].as_str().unwrap(),
         m["kernel"].as_str().unwrap(),
         m["date"].as_str().unwrap(),
         m["attache_commit"].as_str().unwrap(),
-        m["reference_plugins"].as_str().unwrap()
+        m["reference_plugins"].as_str().unwrap(),
+        m["loadavg_start"].as_str().unwrap()
     );
     m
+}
+
+/// The 1, 5 and 15 minute load averages: the machine is shared, and what else ran shows in the figures.
+fn loadavg() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// Process start: CNI_COMMAND=VERSION, and /bin/true as the machine's fork+exec floor.
@@ -643,32 +709,25 @@ async fn floor(a: &Args, pods: &mut Pods, r: &mut Report) -> (f64, f64) {
     (fa, fd)
 }
 
-/// Drop-in: the reference plugin against attache installed under its name, same configuration shape.
-/// Returns attache's side (for the peak RSS).
-fn drop_in(a: &Args, pods: &mut Pods, r: &mut Report, kind: &str, floor: (f64, f64)) -> Side {
+/// Drop-in: the reference plugin, and attache installed under its name, same configuration shape.
+fn drop_in_models(a: &Args, kind: &str) -> (Model, Model) {
     let data = a.work.join(format!("ipam-{kind}"));
-    let reference = Model::one(
-        &a.reference_dir.join(kind),
-        &conf(
-            kind,
+    let model = |bin: &Path, name: &str, bridge: &str, subnet: &str| {
+        Model::one(bin, &conf(kind, name, bridge, subnet, &data, &a.master))
+    };
+    (
+        model(
+            &a.reference_dir.join(kind),
             &format!("ref{kind}"),
             "brref",
             "10.201.0.0/16",
-            &data,
-            &a.master,
         ),
-    );
-    let attache = Model::one(
-        &a.attache,
-        &conf(
-            kind,
-            &format!("att{kind}"),
-            "bratt",
-            "10.202.0.0/16",
-            &data,
-            &a.master,
-        ),
-    );
+        model(&a.attache, &format!("att{kind}"), "bratt", "10.202.0.0/16"),
+    )
+}
+
+fn drop_in(a: &Args, pods: &mut Pods, r: &mut Report, kind: &str, floor: (f64, f64)) {
+    let (reference, attache) = drop_in_models(a, kind);
     let [rs, at]: [Side; 2] = compare(a, pods, kind, &[&reference, &attache], a.rounds)
         .try_into()
         .ok()
@@ -684,6 +743,7 @@ fn drop_in(a: &Args, pods: &mut Pods, r: &mut Report, kind: &str, floor: (f64, f
         aa / ra,
         ad / rd
     );
+    cpu_line(r, kind, ["reference", "attache"], [&rs, &at]);
     r.figure(&format!("{kind}_ratio_add"), aa / ra);
     r.figure(&format!("{kind}_ratio_del"), ad / rd);
     r.figure(
@@ -713,19 +773,12 @@ fn drop_in(a: &Args, pods: &mut Pods, r: &mut Report, kind: &str, floor: (f64, f
             "ms",
         );
     }
-    at
 }
 
 /// The pod-level rows: the meta-plugin (cluster network: the reference ptp + host-local, exec'd; N native
 /// macvlan attachments from networksDir) against the exec'd model (the same ptp, then N reference
 /// macvlans, one after the other with the same configurations; DEL in reverse).
 fn pod_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
-    let data = a.work.join("ipam-pod");
-    let (nets_dir, macvlans) = networks(a);
-    let ptp = json!({"cniVersion": "1.0.0", "name": "podnet", "type": "ptp",
-        "ipam": {"type": "host-local", "subnet": "10.205.0.0/16", "dataDir": data,
-            "routes": [{"dst": "0.0.0.0/0"}]}});
-    let cache = a.work.join("cache-pod");
     println!();
     println!(
         "pod-level: cluster network = reference ptp + host-local (exec'd by both), plus N macvlan + host-local"
@@ -737,21 +790,7 @@ fn pod_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
         "  attache = one exec of the meta-plugin, the N macvlans native (networksDir + the pod's annotation)"
     );
     for &n in POD_NATIVES {
-        let names: Vec<String> = (0..n).map(|i| format!("mv{i}")).collect();
-        let mut execd = Model {
-            calls: vec![call(&a.reference_dir.join("ptp"), "eth0", &ptp)],
-        };
-        for (i, mv) in macvlans.iter().take(n).enumerate() {
-            execd.calls.push(call(
-                &a.reference_dir.join("macvlan"),
-                &format!("net{}", i + 1),
-                mv,
-            ));
-        }
-        let meta = Model::one(
-            &a.attache,
-            &meta_conf(ptp.clone(), &nets_dir, &cache, &names),
-        );
+        let (execd, meta) = pod_models(a, n, &ptp_conf(a));
         let [ex, at]: [Side; 2] = compare(a, pods, &format!("pod{n}"), &[&execd, &meta], a.rounds)
             .try_into()
             .ok()
@@ -785,6 +824,7 @@ fn pod_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
             aa / ea,
             ad / ed
         );
+        cpu_line(r, &format!("pod{n}"), ["execd", "attache"], [&ex, &at]);
         r.figure(&format!("pod{n}_ratio_add"), aa / ea);
         r.figure(&format!("pod{n}_ratio_del"), ad / ed);
         r.figure(&format!("pod{n}_execd_add_peak_rss_kib"), ex.add_rss_kib);
@@ -829,13 +869,38 @@ fn pod_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
         if n == 8 {
             r.target("pod ADD, 8 native: attache/exec'd model", aa / ea, 0.2, "x");
             r.target("pod DEL, 8 native: attache/exec'd model", ad / ed, 0.2, "x");
-            r.figure(
-                "pod8_attache_add_peak_rss_kib_with_ptp_child",
-                at.add_rss_kib,
-            );
-            r.figure("pod8_execd_add_peak_rss_kib", ex.add_rss_kib);
         }
     }
+}
+
+/// The pod-level rows' cluster network: the reference ptp with host-local.
+fn ptp_conf(a: &Args) -> Value {
+    json!({"cniVersion": "1.0.0", "name": "podnet", "type": "ptp",
+        "ipam": {"type": "host-local", "subnet": "10.205.0.0/16", "dataDir": a.work.join("ipam-pod"),
+            "routes": [{"dst": "0.0.0.0/0"}]}})
+}
+
+/// A pod with `cluster` and `n` macvlan networks: exec'd one after the other (the cluster plugin, then
+/// the reference macvlan for each), and through the meta-plugin (the macvlans native).
+fn pod_models(a: &Args, n: usize, cluster: &Value) -> (Model, Model) {
+    let (nets_dir, macvlans) = networks(a);
+    let mut execd = Model {
+        calls: vec![call(
+            &a.reference_dir.join(cluster["type"].as_str().unwrap()),
+            "eth0",
+            cluster,
+        )],
+    };
+    for (i, mv) in macvlans.iter().take(n).enumerate() {
+        let ifname = format!("net{}", i + 1);
+        execd
+            .calls
+            .push(call(&a.reference_dir.join("macvlan"), &ifname, mv));
+    }
+    let names: Vec<String> = (0..n).map(|i| format!("mv{i}")).collect();
+    let cache = a.work.join("cache-pod");
+    let meta = meta_conf(cluster.clone(), &nets_dir, &cache, &names);
+    (execd, Model::one(&a.attache, &meta))
 }
 
 /// The node's networksDir: a NetworkAttachmentDefinition `mv<i>` for each macvlan network the pod-level
@@ -967,6 +1032,7 @@ fn flat_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
         let ha = r.row(&format!("{key}_held_add"), "loaded node ADD", &h.add);
         let ed = r.row(&format!("{key}_empty_del"), "empty node DEL", &e.del);
         let hd = r.row(&format!("{key}_held_del"), "loaded node DEL", &h.del);
+        cpu_line(r, key, ["empty", "loaded"], [&e, &h]);
         if key == "flat_reference" {
             println!(
                 "  ratio loaded/empty (medians): ADD {:.2}x   DEL {:.2}x",
@@ -982,58 +1048,67 @@ fn flat_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
     }
 }
 
-/// Peak RSS of one ADD (wait4's ru_maxrss: the process and the children it waited for).
-fn rss_rows(a: &Args, pods: &mut Pods, r: &mut Report, bridge: &Side, reference_bridge_kib: u64) {
+/// Peak RSS of one ADD (wait4's ru_maxrss: the largest of the process and the children it waited for),
+/// the largest over a few rounds of its own.
+fn rss_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
+    let (ref_bridge, att_bridge) = drop_in_models(a, "bridge");
     // The meta-plugin with 8 natives and a native cluster network: attache alone, no exec'd child.
-    let (nets_dir, _) = networks(a);
-    let data = a.work.join("ipam-rss");
-    let cluster = conf("bridge", "rssnet", "brrss", "10.216.0.0/16", &data, "");
-    let names: Vec<String> = (0..8).map(|i| format!("mv{i}")).collect();
-    let meta = Model::one(
-        &a.attache,
-        &meta_conf(cluster, &nets_dir, &a.work.join("cache-rss"), &names),
+    let native = conf(
+        "bridge",
+        "rssnet",
+        "brrss",
+        "10.216.0.0/16",
+        &a.work.join("ipam-rss"),
+        "",
     );
-    let [m]: [Side; 1] = compare(a, pods, "rss", &[&meta], (a.rounds / 4).max(2))
-        .try_into()
-        .ok()
-        .unwrap();
+    let (_, meta_native) = pod_models(a, 8, &native);
+    let (execd, meta_ptp) = pod_models(a, 8, &ptp_conf(a));
+    let rows: [(&str, &str, &Model); 5] = [
+        (
+            "reference_bridge",
+            "reference bridge (+ its host-local child)",
+            &ref_bridge,
+        ),
+        ("attache_bridge", "attache drop-in bridge", &att_bridge),
+        (
+            "execd_ptp_8macvlan",
+            "exec'd model, ptp + 8 macvlan (largest plugin)",
+            &execd,
+        ),
+        (
+            "meta_ptp_8native",
+            "meta-plugin, ptp exec'd + 8 native (ptp included)",
+            &meta_ptp,
+        ),
+        (
+            "meta_bridge_8native",
+            "meta-plugin, native bridge + 8 native",
+            &meta_native,
+        ),
+    ];
+    let models: Vec<&Model> = rows.iter().map(|(_, _, m)| *m).collect();
+    let sides = compare(a, pods, "rss", &models, (a.rounds / 4).max(2));
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let fig = |k: &str| r_fig(r, k);
-    let pod8 = fig("pod8_attache_add_peak_rss_kib_with_ptp_child");
-    let execd8 = fig("pod8_execd_add_peak_rss_kib");
     println!();
     println!(
-        "peak RSS of one ADD (wait4 ru_maxrss, largest over the rounds; includes children waited for):"
+        "peak RSS of one ADD (wait4 ru_maxrss, largest over the rounds; children waited for included):"
     );
-    println!(
-        "  reference bridge (+ its host-local child)                {:>7.2} MiB",
-        mib(reference_bridge_kib)
-    );
-    println!(
-        "  exec'd model, ptp + 8 macvlan (largest single plugin)    {:>7.2} MiB",
-        mib(execd8)
-    );
-    println!(
-        "  meta-plugin, ptp exec'd + 8 native (ptp child included)  {:>7.2} MiB",
-        mib(pod8)
-    );
-    r.figure("meta8_native_cluster_add_peak_rss_kib", m.add_rss_kib);
+    for ((key, label, _), side) in rows.iter().zip(&sides) {
+        println!("  {label:<52} {:>8.2} MiB", mib(side.add_rss_kib));
+        r.figure(&format!("peak_rss_add_kib_{key}"), side.add_rss_kib);
+    }
     r.target(
         "peak RSS, drop-in bridge + host-local ADD",
-        mib(bridge.add_rss_kib),
+        mib(sides[1].add_rss_kib),
         12.0,
         "MiB",
     );
     r.target(
-        "peak RSS, meta-plugin ADD with 8 natives (native cluster bridge)",
-        mib(m.add_rss_kib),
+        "peak RSS, meta-plugin ADD with 8 natives (native cluster)",
+        mib(sides[4].add_rss_kib),
         12.0,
         "MiB",
     );
-}
-
-fn r_fig(r: &Report, key: &str) -> u64 {
-    r.figures.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
 fn size_row(a: &Args, r: &mut Report) {
@@ -1076,20 +1151,38 @@ fn main() {
         a.rounds, a.warmup
     );
     let m = machine();
-    let start = process_start(&a, &mut r);
-    r.figure("attache_process_start_ms", start);
-    let floor = rt.block_on(floor(&a, &mut pods, &mut r));
-    pods.flush();
-    let bridge = drop_in(&a, &mut pods, &mut r, "bridge", floor);
-    let reference_bridge_kib = r_fig(&r, "bridge_reference_add_peak_rss_kib");
-    drop_in(&a, &mut pods, &mut r, "macvlan", floor);
-    pods.flush();
-    pod_rows(&a, &mut pods, &mut r);
-    pods.flush();
-    flat_rows(&a, &mut pods, &mut r);
-    pods.flush();
-    rss_rows(&a, &mut pods, &mut r, &bridge, reference_bridge_kib);
-    size_row(&a, &mut r);
+    if a.runs("start") {
+        let start = process_start(&a, &mut r);
+        r.figure("attache_process_start_ms", start);
+    }
+    if a.runs("floor") || a.runs("dropin") {
+        let floor = rt.block_on(floor(&a, &mut pods, &mut r));
+        pods.flush();
+        if a.runs("dropin") {
+            drop_in(&a, &mut pods, &mut r, "bridge", floor);
+            drop_in(&a, &mut pods, &mut r, "macvlan", floor);
+            pods.flush();
+        }
+    }
+    if a.runs("pod") {
+        pod_rows(&a, &mut pods, &mut r);
+        pods.flush();
+    }
+    if a.runs("flat") {
+        flat_rows(&a, &mut pods, &mut r);
+        pods.flush();
+    }
+    if a.runs("rss") {
+        rss_rows(&a, &mut pods, &mut r);
+        pods.flush();
+    }
+    if a.runs("size") {
+        size_row(&a, &mut r);
+    }
+    let mut m = m;
+    m["loadavg_end"] = json!(loadavg());
+    println!();
+    println!("load average at the end: {}", loadavg());
     r.summary();
     r.write(&a.json, m, &a);
 }
