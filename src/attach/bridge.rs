@@ -21,7 +21,7 @@ use super::iface::{
 };
 use super::naming::{host_veth_name, owner_alias};
 use super::undo::{Undo, rollback};
-use super::{nft, pod_netns, sandbox};
+use super::{PodNs, nft, pod_netns, sandbox};
 use crate::cni::conf::{NetConf, check_ifname, decode};
 use crate::cni::skel::CmdArgs;
 use crate::cni::spec::{CniResult, Dns, Interface, Route};
@@ -190,9 +190,10 @@ impl Driver for BridgeConf {
         &self,
         args: &CmdArgs,
         conf: &NetConf,
+        pod: &PodNs,
         link_group: Option<u32>,
     ) -> Result<CniResult> {
-        add(args, conf, self, link_group).await
+        add(args, conf, self, pod, link_group).await
     }
 
     async fn check(&self, args: &CmdArgs, conf: &NetConf, prev: &CniResult) -> Result<()> {
@@ -374,22 +375,20 @@ async fn add(
     args: &CmdArgs,
     conf: &NetConf,
     bc: &BridgeConf,
+    pod: &PodNs,
     link_group: Option<u32>,
 ) -> Result<CniResult> {
-    let pod = pod_netns(args)?;
-    let worker = pod.worker()?;
     let node = Netlink::connect(None)?;
     // The pod's connection and the bridge are independent: ask for both at once.
-    let (pod_nl, br) =
-        futures::try_join!(Netlink::connect_worker(&worker), ensure_bridge(&node, bc))?;
+    let (pod_nl, br) = futures::try_join!(pod.netlink(), ensure_bridge(&node, bc))?;
     let undo = RefCell::new(Vec::new());
     let ctx = AddCtx {
         args,
         conf,
         bc,
         link_group,
-        pod: &pod,
-        worker: &worker,
+        pod: &pod.ns,
+        worker: &pod.worker,
         node: &node,
         pod_nl: &pod_nl,
         br: &br,

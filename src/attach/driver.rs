@@ -8,6 +8,7 @@
 
 use std::future::Future;
 
+use super::PodNs;
 use super::bridge::BridgeConf;
 use super::sublink::{SubConf, SubLinkType};
 use crate::cni::conf::NetConf;
@@ -20,12 +21,14 @@ pub trait Driver: Sized {
     /// Parse and validate the configuration for ADD or CHECK, touching nothing. `t` is the type it runs
     /// as (one driver may serve several).
     fn parse(t: NativeType, args: &CmdArgs, conf: &NetConf) -> Result<Self>;
-    /// Make the attachment. `link_group` is the group the pod's interface joins (the meta-plugin's, so
-    /// that DEL removes a pod's native interfaces together).
+    /// Make the attachment in the pod's namespace `pod` (shared by the invocation's native ADDs).
+    /// `link_group` is the group the pod's interface joins (the meta-plugin's, so that DEL removes a
+    /// pod's native interfaces together).
     fn add(
         &self,
         args: &CmdArgs,
         conf: &NetConf,
+        pod: &PodNs,
         link_group: Option<u32>,
     ) -> impl Future<Output = Result<CniResult>>;
     /// Verify the attachment against the result ADD returned.
@@ -91,11 +94,11 @@ impl NativeType {
         link_group: Option<u32>,
     ) -> Result<Option<CniResult>> {
         match args.command {
-            Command::Add => self
-                .check_conf(args, conf)?
-                .add(args, link_group)
-                .await
-                .map(Some),
+            Command::Add => {
+                let checked = self.check_conf(args, conf)?;
+                let pod = PodNs::open(args)?;
+                checked.add(args, &pod, link_group).await.map(Some)
+            }
             Command::Check => self.check_conf(args, conf)?.check(args).await.map(|_| None),
             Command::Del => match self {
                 NativeType::Bridge => BridgeConf::del(args, &conf).await,
@@ -125,10 +128,15 @@ enum Parsed {
 }
 
 impl Checked {
-    pub async fn add(&self, args: &CmdArgs, link_group: Option<u32>) -> Result<CniResult> {
+    pub async fn add(
+        &self,
+        args: &CmdArgs,
+        pod: &PodNs,
+        link_group: Option<u32>,
+    ) -> Result<CniResult> {
         match &self.driver {
-            Parsed::Bridge(d) => d.add(args, &self.conf, link_group).await,
-            Parsed::Sub(d) => d.add(args, &self.conf, link_group).await,
+            Parsed::Bridge(d) => d.add(args, &self.conf, pod, link_group).await,
+            Parsed::Sub(d) => d.add(args, &self.conf, pod, link_group).await,
         }
     }
 

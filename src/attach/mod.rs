@@ -21,7 +21,40 @@ use serde_json::Value;
 use crate::cni::conf::NetConf;
 use crate::cni::skel::CmdArgs;
 use crate::error::{Error, Result};
-use crate::netns::NetNs;
+use crate::netlink::Netlink;
+use crate::netns::{NetNs, NsWorker};
+
+/// The pod's namespace as the native ADDs of one invocation share it: opened once, with one thread
+/// inside it (for sysctls and the netlink socket) and one netlink connection there, however many native
+/// interfaces the pod gets.
+pub struct PodNs {
+    pub ns: NetNs,
+    pub worker: NsWorker,
+    nl: std::cell::OnceCell<Netlink>,
+}
+
+impl PodNs {
+    /// Open the pod's netns named by `CNI_NETNS` and start its thread (which comes up while the caller
+    /// goes on: the connection is made on first use).
+    pub fn open(args: &CmdArgs) -> Result<PodNs> {
+        let ns = pod_netns(args)?;
+        let worker = ns.worker()?;
+        Ok(PodNs {
+            ns,
+            worker,
+            nl: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// The netlink connection inside the pod.
+    pub async fn netlink(&self) -> Result<Netlink> {
+        if let Some(nl) = self.nl.get() {
+            return Ok(nl.clone());
+        }
+        let nl = Netlink::connect_worker(&self.worker).await?;
+        Ok(self.nl.get_or_init(|| nl).clone())
+    }
+}
 
 /// The MAC a runtime or the configuration asks for: `runtimeConfig.mac` (capability), then
 /// `args.cni.mac`, then `CNI_ARGS MAC=`, as the reference plugins read them.

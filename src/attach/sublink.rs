@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::driver::{Driver, NativeType};
 use super::iface::{Dad, IfaceOpts, check_iface, configure_iface, pod_sysctls};
 use super::undo::{Undo, rollback};
-use super::{pod_netns, sandbox};
+use super::{PodNs, pod_netns, sandbox};
 use crate::cni::conf::{NetConf, check_ifname, decode};
 use crate::cni::skel::CmdArgs;
 use crate::cni::spec::{CniResult, Dns, Interface};
@@ -172,9 +172,10 @@ impl Driver for SubConf {
         &self,
         args: &CmdArgs,
         conf: &NetConf,
+        pod: &PodNs,
         link_group: Option<u32>,
     ) -> Result<CniResult> {
-        add(args, conf, self, link_group).await
+        add(args, conf, self, pod, link_group).await
     }
 
     async fn check(&self, args: &CmdArgs, conf: &NetConf, prev: &CniResult) -> Result<()> {
@@ -227,12 +228,11 @@ async fn add(
     args: &CmdArgs,
     conf: &NetConf,
     sc: &SubConf,
+    pod: &PodNs,
     link_group: Option<u32>,
 ) -> Result<CniResult> {
-    let pod = pod_netns(args)?;
-    let worker = pod.worker()?;
     let node = Netlink::connect(None)?;
-    let pod_nl = Netlink::connect_worker(&worker).await?;
+    let pod_nl = pod.netlink().await?;
     let master_nl = if sc.link_in_container { &pod_nl } else { &node };
     let master = find_master(
         master_nl,
@@ -252,7 +252,16 @@ async fn add(
     let mut undo = Vec::new();
     // A panic half-way is undone like an error.
     let r = crate::fail::guarded(add_steps(
-        args, conf, sc, link_group, &pod, &worker, &node, &pod_nl, &master, &mut undo,
+        args,
+        conf,
+        sc,
+        link_group,
+        &pod.ns,
+        &pod.worker,
+        &node,
+        &pod_nl,
+        &master,
+        &mut undo,
     ))
     .await;
     if r.is_err() {

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::attach::{Checked, NativeType};
+use crate::attach::{Checked, NativeType, PodNs};
 use crate::cni::conf::{self, NetConf, runtime_config_for};
 use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::{CniResult, Version};
@@ -213,11 +213,13 @@ impl NetworkList {
     /// ADD the chain; on a failure the plugins already run are DELeted again before the error returns.
     /// `checked` holds the native configurations [`NetworkList::runnable`] validated (by plugin index;
     /// empty if none): one that gets no `prevResult` runs with exactly that configuration, unparsed again.
+    /// Native plugins work in `pod` when given (the pod's namespace, shared by all its attachments).
     pub async fn add(
         &self,
         inv: &Invocation<'_>,
         runtime: &Map<String, Value>,
         mut checked: Vec<Option<Checked>>,
+        pod: Option<&PodNs>,
     ) -> Result<CniResult> {
         let mut prev: Option<CniResult> = None;
         for i in 0..self.plugins.len() {
@@ -225,26 +227,9 @@ impl NetworkList {
                 .get_mut(i)
                 .and_then(Option::take)
                 .filter(|_| prev.is_none());
-            let ran = match pre {
-                Some(c) => c
-                    .add(&native_args(Command::Add, inv), inv.link_group)
-                    .await
-                    .map(Some),
-                None => {
-                    let conf = self.plugin_conf(i, runtime, prev.as_ref());
-                    run_plugin(Command::Add, self.plugin_type(i), &conf, inv, self.version).await
-                }
-            };
+            let ran = self.add_one(i, inv, runtime, prev.as_ref(), pre, pod).await;
             match ran {
-                Ok(out) => {
-                    prev = Some(out.ok_or_else(|| Error::Delegate {
-                        plugin: self.plugin_type(i).to_string(),
-                        code: code::INTERNAL,
-                        msg: "ADD printed no result".into(),
-                        details: String::new(),
-                        context: String::new(),
-                    })?);
-                }
+                Ok(out) => prev = Some(out),
                 Err(e) => {
                     // Undo what ran, newest first, including the failed plugin (it may have half-made
                     // something); the original error is what the caller sees.
@@ -256,6 +241,44 @@ impl NetworkList {
             }
         }
         prev.ok_or_else(|| Error::Internal(format!("network {:?} has no plugins", self.name)))
+    }
+
+    /// ADD plugin `i`: a native one in-process (with its checked configuration if planning made one), any
+    /// other by exec.
+    async fn add_one(
+        &self,
+        i: usize,
+        inv: &Invocation<'_>,
+        runtime: &Map<String, Value>,
+        prev: Option<&CniResult>,
+        pre: Option<Checked>,
+        pod: Option<&PodNs>,
+    ) -> Result<CniResult> {
+        let t = self.plugin_type(i);
+        let conf = || self.plugin_conf(i, runtime, prev);
+        let Some(native) = NativeType::of(t) else {
+            return run_plugin(Command::Add, t, &conf(), inv, self.version)
+                .await?
+                .ok_or_else(|| Error::Delegate {
+                    plugin: t.to_string(),
+                    code: code::INTERNAL,
+                    msg: "ADD printed no result".into(),
+                    details: String::new(),
+                    context: String::new(),
+                });
+        };
+        let args = native_args(Command::Add, inv);
+        let checked = match pre {
+            Some(c) => c,
+            None => native.check_conf(&args, NetConf::from_value(conf())?)?,
+        };
+        match pod {
+            Some(pod) => checked.add(&args, pod, inv.link_group).await,
+            None => {
+                let pod = PodNs::open(&args)?;
+                checked.add(&args, &pod, inv.link_group).await
+            }
+        }
     }
 
     /// DEL the whole chain in reverse order. Best effort: every plugin runs, errors are collected.
@@ -450,7 +473,7 @@ exit 0"#,
             path: &path,
         };
         let rt = rt();
-        let res = rt.block_on(l.add(&inv, &Map::new(), vec![])).unwrap();
+        let res = rt.block_on(l.add(&inv, &Map::new(), vec![], None)).unwrap();
         assert_eq!(res.ips[0].address.to_string(), "10.9.0.2/24");
         rt.block_on(l.del(&inv, &Map::new(), Some(&res))).unwrap();
         let got = std::fs::read_to_string(&log).unwrap();
@@ -498,7 +521,9 @@ exit 0"#,
             link_group: None,
             path: &path,
         };
-        let err = rt().block_on(l.add(&inv, &Map::new(), vec![])).unwrap_err();
+        let err = rt()
+            .block_on(l.add(&inv, &Map::new(), vec![], None))
+            .unwrap_err();
         assert_eq!(err.cni_code(), 11);
         assert_eq!(err.details(), "later");
         let got = std::fs::read_to_string(&log).unwrap();

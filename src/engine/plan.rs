@@ -316,9 +316,22 @@ fn selections_of(ac: &AttacheConf, pod: &PodInfo, purpose: Purpose) -> Result<Ve
 }
 
 /// ADD refuses interface names the pod already has (`lo`, or anything a runtime made), before any side
-/// effect — the kernel would refuse them half-way through.
-pub async fn check_pod_ifnames(netns: &crate::netns::NetNs, plan: &Plan) -> Result<()> {
-    let nl = crate::netlink::Netlink::connect(Some(netns))?;
+/// effect — the kernel would refuse them half-way through. A pod with the cluster network alone is not
+/// asked (it costs a thread in the pod's namespace and a link dump, a third of the meta-plugin's own
+/// time): that plugin is the first and only side effect, and refuses a taken name itself.
+/// `pod`: the namespace as the native attachments will share it, if any (its connection is reused).
+pub async fn check_pod_ifnames(
+    netns: &crate::netns::NetNs,
+    pod: Option<&crate::attach::PodNs>,
+    plan: &Plan,
+) -> Result<()> {
+    if plan.attachments.len() < 2 {
+        return Ok(());
+    }
+    let nl = match pod {
+        Some(p) => p.netlink().await?,
+        None => crate::netlink::Netlink::connect(Some(netns))?,
+    };
     let present: std::collections::HashSet<String> =
         nl.links().await?.into_iter().map(|l| l.name).collect();
     for a in &plan.attachments {
