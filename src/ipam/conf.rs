@@ -167,8 +167,9 @@ pub(super) fn host_local(conf: &NetConf, args: &CmdArgs, section: Value) -> Resu
     })
 }
 
-/// What DEL and GC need of a host-local section, read leniently: the network name and `dataDir`
-/// (addresses are released by container and interface). `None`: nothing can be held.
+/// What DEL and GC need of a host-local section, read leniently: the network name and `dataDir`, and the
+/// range sets when they can be read (DEL's release by the addresses `prevResult` names uses them to
+/// know it has seen every set; without them it searches). `None`: nothing can be held.
 pub(super) fn host_local_for_teardown(
     conf: &NetConf,
     section: &Map<String, Value>,
@@ -187,10 +188,13 @@ pub(super) fn host_local_for_teardown(
         tracing::warn!("no usable network name: host-local holds nothing for it");
         return None;
     }
+    let range_sets = decode::<RawHostLocal>("ipam (host-local)", Value::Object(section.clone()))
+        .and_then(|raw| range_sets(conf, &raw))
+        .unwrap_or_default();
     Some(HostLocal {
         network: conf.name.clone(),
         data_dir,
-        range_sets: vec![],
+        range_sets,
         requested: vec![],
         routes: vec![],
         dns: Dns::default(),
@@ -375,6 +379,21 @@ mod tests {
         assert!(h.range_sets[0].is_v4());
         assert_eq!(h.requested, vec!["10.0.0.7".parse::<IpAddr>().unwrap()]);
         assert_eq!(h.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn teardown_reads_ranges_leniently() {
+        let td = |ipam: Value| match Ipam::for_teardown(&conf(ipam), &args("")) {
+            Ipam::HostLocal(h) => h,
+            other => panic!("{other:?}"),
+        };
+        let h = td(json!({"type":"host-local","subnet":"10.0.0.0/24","dataDir":"/x"}));
+        assert_eq!(h.range_sets.len(), 1);
+        assert_eq!(h.data_dir, PathBuf::from("/x"));
+        // Ranges ADD would refuse: DEL still runs, without them.
+        let h = td(json!({"type":"host-local","subnet":"10.0.0.5/24","routes":"bad"}));
+        assert!(h.range_sets.is_empty());
+        assert_eq!(h.network, "n");
     }
 
     #[test]

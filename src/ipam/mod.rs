@@ -69,7 +69,8 @@ impl Ipam {
     }
 
     /// What DEL and GC need of the `ipam` section, read leniently: a configuration that ADD refused
-    /// must still be torn down. host-local needs only the network name and `dataDir`, static the
+    /// must still be torn down. host-local needs the network name and `dataDir` (and its ranges if
+    /// they can be read, to release by the addresses `prevResult` names), static the
     /// addresses it can parse (for address-keyed state such as masquerading), any other type its
     /// name. What cannot be used is logged and skipped: ADD never made anything with it.
     pub fn for_teardown(conf: &NetConf, args: &CmdArgs) -> Ipam {
@@ -110,7 +111,16 @@ impl Ipam {
     pub async fn del(&self, args: &CmdArgs, conf: &NetConf) -> Result<()> {
         match self {
             Ipam::None | Ipam::Static(_) => Ok(()),
-            Ipam::HostLocal(h) => h.release(&args.container_id, &args.ifname).map(|_| ()),
+            Ipam::HostLocal(h) => {
+                // The addresses the runtime (or the chain) says this attachment has; a prevResult
+                // that cannot be read names none, and a search finds them.
+                let named: Vec<IpAddr> = match conf.prev_result() {
+                    Ok(Some(prev)) => prev.ips.iter().map(|i| i.address.addr()).collect(),
+                    _ => vec![],
+                };
+                h.release_named(&args.container_id, &args.ifname, &named)
+                    .map(|_| ())
+            }
             Ipam::External(t) => exec::run(Command::Del, t, args, conf).await,
         }
     }
