@@ -66,15 +66,14 @@ impl HostLocal {
             return Ok(vec![]);
         }
         let mut store = self.store()?;
+        let mut named = named.to_vec();
+        named.sort();
+        named.dedup();
         let mut mine: Vec<IpAddr> = Vec::new();
         let mut clear = true;
-        for ip in named {
+        for ip in &named {
             match store.holder(*ip)? {
-                Some((i, f)) if i == id && (f == ifname || f.is_empty()) => {
-                    if !mine.contains(ip) {
-                        mine.push(*ip);
-                    }
-                }
+                Some((i, f)) if i == id && (f == ifname || f.is_empty()) => mine.push(*ip),
                 Some(_) => clear = false,
                 None => {}
             }
