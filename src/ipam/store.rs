@@ -110,6 +110,8 @@ pub struct DiskStore {
     dir: PathBuf,
     index_dir: PathBuf,
     index: RefCell<Index>,
+    /// The index's folders were seen to be real directories under this lock.
+    index_dirs_real: std::cell::Cell<bool>,
     /// Tests: drop without bringing the index up to date, as a killed writer would.
     #[cfg(test)]
     crashed: bool,
@@ -187,6 +189,7 @@ impl DiskStore {
                 .join(INDEX_DIR)
                 .join(format!("{network}{INDEX_SUFFIX}")),
             index: RefCell::new(Index::Unknown),
+            index_dirs_real: std::cell::Cell::new(false),
             #[cfg(test)]
             crashed: false,
             _lock: lock,
@@ -322,6 +325,7 @@ impl DiskStore {
                 return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
             }
         }
+        self.index_dirs_real.set(true);
         let bytes = crate::files::read_bounded(&self.index_dir.join(STAMP), MAX_STAMP)?;
         let stamp: Stamp = serde_json::from_slice(&bytes)
             .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
@@ -450,11 +454,15 @@ impl DiskStore {
         else {
             return Ok(());
         };
-        for d in [self.index_dir.parent(), Some(self.index_dir.as_path())]
-            .into_iter()
-            .flatten()
-        {
-            crate::files::ensure_real_dir(d).map_err(|e| std::io::Error::other(e.to_string()))?;
+        if !self.index_dirs_real.get() {
+            for d in [self.index_dir.parent(), Some(self.index_dir.as_path())]
+                .into_iter()
+                .flatten()
+            {
+                crate::files::ensure_real_dir(d)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            }
+            self.index_dirs_real.set(true);
         }
         for b in dirty {
             let p = self.index_dir.join(format!("{b:02x}"));
