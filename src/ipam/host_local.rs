@@ -23,7 +23,9 @@ pub struct HostLocal {
 
 impl HostLocal {
     fn store(&self) -> Result<DiskStore> {
-        DiskStore::open(&self.data_dir, &self.network)
+        let mut s = DiskStore::open(&self.data_dir, &self.network)?;
+        s.watch_sets(self.range_sets.len());
+        Ok(s)
     }
 
     pub fn add(&self, id: &str, ifname: &str) -> Result<CniResult> {
@@ -69,11 +71,11 @@ impl HostLocal {
         let mut named = named.to_vec();
         named.sort();
         named.dedup();
-        let mut mine: Vec<IpAddr> = Vec::new();
+        let mut mine = Vec::new();
         let mut clear = true;
         for ip in &named {
             match store.holder(*ip)? {
-                Some((i, f)) if i == id && (f == ifname || f.is_empty()) => mine.push(*ip),
+                Some((i, f)) if i == id && (f == ifname || f.is_empty()) => mine.push((*ip, i, f)),
                 Some(_) => clear = false,
                 None => {}
             }
@@ -82,23 +84,25 @@ impl HostLocal {
             && self
                 .range_sets
                 .iter()
-                .all(|s| mine.iter().any(|ip| s.range_for(*ip).is_some()));
+                .all(|s| mine.iter().any(|h| s.range_for(h.0).is_some()));
         let indexed = if clear {
-            store.indexed(id, ifname)?
+            store.indexed_holdings(id, ifname)?
         } else {
             None
         };
         let release = match indexed {
             // The index must know what the files say is this holder's, or it is not current.
-            Some(ips) if mine.iter().all(|ip| ips.contains(ip)) => ips,
+            Some(held) if mine.iter().all(|m| held.contains(m)) => held,
             Some(_) => store.scan_by_id(id, ifname)?,
             None if clear && covered => mine,
             None => store.scan_by_id(id, ifname)?,
         };
-        for ip in &release {
-            store.release(*ip)?;
+        let mut out = Vec::new();
+        for (ip, i, f) in release {
+            store.release_held(ip, i, f)?;
+            out.push(ip);
         }
-        Ok(release)
+        Ok(out)
     }
 
     pub fn held(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {

@@ -23,7 +23,7 @@
 //! **Why it can be trusted on a shared node.** Every host-local writer (the reference too) holds the
 //! folder's `lock` while it changes the folder, and attache touches the index only under that lock. The
 //! stamp records, as of the index's last sync, the folder's identity, mtime and ctime (with nanoseconds),
-//! and for every range set it watches (those it ever saw, and always 0 to 3) the content of
+//! and for every range set it watches (the configuration's, and every one it saw used) the content of
 //! `last_reserved_ip.<set>` and of the IP file that names. A reservation by anyone creates an IP file
 //! (the folder's times move) and rewrites `last_reserved_ip.<set>` (the reference does on every
 //! reservation, requested addresses included), so it shows in the stamp; the folder's times alone would
@@ -74,8 +74,6 @@ const STAMP_VERSION: u32 = 1;
 const MAX_STAMP: u64 = 64 << 10;
 /// A bucket holds about 1/256 of a network's holders (a /16 full: ~256 entries, ~25 KiB).
 const MAX_BUCKET: u64 = 4 << 20;
-/// Range sets whose `last_reserved_ip` the stamp always watches, whether the file exists or not.
-const WATCHED_SETS: usize = 4;
 
 pub trait Store {
     /// Reserve `ip` for `(id, ifname)`; `false` if someone holds it already.
@@ -112,6 +110,8 @@ pub struct DiskStore {
     index: RefCell<Index>,
     /// The index's folders were seen to be real directories under this lock.
     index_dirs_real: std::cell::Cell<bool>,
+    /// Range sets `0..n` the stamp watches besides those it saw used (the configuration's).
+    watch_sets: usize,
     /// Tests: drop without bringing the index up to date, as a killed writer would.
     #[cfg(test)]
     crashed: bool,
@@ -119,7 +119,7 @@ pub struct DiskStore {
 }
 
 /// `(ip, containerID, ifname)`, as an IP file names them.
-type Holding = (IpAddr, String, String);
+pub type Holding = (IpAddr, String, String);
 
 /// What attache knows of its index while it holds the lock.
 enum Index {
@@ -190,10 +190,31 @@ impl DiskStore {
                 .join(format!("{network}{INDEX_SUFFIX}")),
             index: RefCell::new(Index::Unknown),
             index_dirs_real: std::cell::Cell::new(false),
+            watch_sets: 1,
             #[cfg(test)]
             crashed: false,
             _lock: lock,
         })
+    }
+
+    /// The configuration has `n` range sets: the stamp watches `last_reserved_ip.<0..n>` whether those
+    /// files exist yet or not, so that another writer's first reservation in a set shows.
+    pub fn watch_sets(&mut self, n: usize) {
+        self.watch_sets = n.max(1);
+    }
+
+    /// Release `ip`, which `(id, ifname)` holds: its file was read under this lock.
+    pub(crate) fn release_held(&mut self, ip: IpAddr, id: String, ifname: String) -> Result<()> {
+        let p = self.ip_path(ip);
+        crate::fail::point("ipam.release")?;
+        self.begin_change()?;
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("releasing {}", p.display()), e)),
+        }
+        self.note((ip, id, ifname), false, None);
+        Ok(())
     }
 
     fn ip_path(&self, ip: IpAddr) -> PathBuf {
@@ -214,6 +235,13 @@ impl DiskStore {
     /// the index cannot answer (stale, unreadable, or it named an address its file does not confirm),
     /// and then a full read must. Costs a few small reads, whatever the folder holds.
     pub fn indexed(&self, id: &str, ifname: &str) -> Result<Option<Vec<IpAddr>>> {
+        Ok(self
+            .indexed_holdings(id, ifname)?
+            .map(|v| v.into_iter().map(|h| h.0).collect()))
+    }
+
+    /// [`DiskStore::indexed`], with the holder each file names.
+    pub fn indexed_holdings(&self, id: &str, ifname: &str) -> Result<Option<Vec<Holding>>> {
         self.load_index();
         let b = bucket_of(id);
         let Some(entries) = self.bucket(b) else {
@@ -222,7 +250,7 @@ impl DiskStore {
         let mut out = Vec::new();
         for (ip, hid, hif) in entries.iter().filter(|(_, i, f)| owns(id, ifname, i, f)) {
             match self.holder(*ip)? {
-                Some((fid, fif)) if fid == *hid && fif == *hif => out.push(*ip),
+                Some((fid, fif)) if fid == *hid && fif == *hif => out.push((*ip, fid, fif)),
                 other => {
                     tracing::debug!(%ip, ?other, "host-local index names a holder its file does not: rebuilt");
                     self.invalidate();
@@ -234,28 +262,26 @@ impl DiskStore {
     }
 
     /// What `(id, ifname)` holds, by reading every file of the folder (and rebuilding the index).
-    pub fn scan_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+    pub fn scan_by_id(&self, id: &str, ifname: &str) -> Result<Vec<Holding>> {
         Ok(self
             .scan()?
             .into_iter()
             .filter(|(_, i, f)| owns(id, ifname, i, f))
-            .map(|(ip, _, _)| ip)
             .collect())
     }
 
     /// Every holding, read from the folder (killed writers' temporaries removed); the index is rebuilt
     /// from what was read.
     fn scan(&self) -> Result<Vec<Holding>> {
-        let all = holders(&self.dir, true)
+        let (all, mut sets) = holders_and_sets(&self.dir, true)
             .map_err(|e| Error::io(format!("listing {}", self.dir.display()), e))?;
         let mut buckets: BTreeMap<u8, Vec<Holding>> = (0..=255u8).map(|b| (b, vec![])).collect();
         for h in &all {
             buckets.entry(bucket_of(&h.1)).or_default().push(h.clone());
         }
-        let sets = match &*self.index.borrow() {
-            Index::Current { sets, .. } => sets.clone(),
-            _ => BTreeSet::new(),
-        };
+        if let Index::Current { sets: known, .. } = &*self.index.borrow() {
+            sets.extend(known);
+        }
         if self.remove_stamp().is_ok() {
             *self.index.borrow_mut() = Index::Current {
                 dirty: buckets.keys().copied().collect(),
@@ -477,7 +503,7 @@ impl DiskStore {
                 },
             }
         }
-        let watched = sets.iter().copied().chain(0..WATCHED_SETS);
+        let watched = sets.iter().copied().chain(0..self.watch_sets);
         let stamp = self.stamp_now(watched.collect::<BTreeSet<_>>().into_iter())?;
         let bytes = serde_json::to_vec(&stamp).map_err(std::io::Error::other)?;
         crate::files::write_new(&self.index_dir.join(STAMP), &bytes, 0o600).map(|_| ())
@@ -523,10 +549,23 @@ pub fn snapshot(data_dir: &Path, network: &str) -> Result<Vec<(IpAddr, String, S
 /// Every `(ip, id, ifname)` of the IP files in `dir`, sorted; with `clean`, killed writers' temporaries
 /// are removed on the way (only a lock holder may: a live writer's temporary is never touched).
 fn holders(dir: &Path, clean: bool) -> std::io::Result<Vec<(IpAddr, String, String)>> {
+    holders_and_sets(dir, clean).map(|(h, _)| h)
+}
+
+/// [`holders`], and the range sets that have a `last_reserved_ip`.
+fn holders_and_sets(dir: &Path, clean: bool) -> std::io::Result<(Vec<Holding>, BTreeSet<usize>)> {
     let mut out = Vec::new();
+    let mut sets = BTreeSet::new();
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name();
         let name = name.to_str().unwrap_or_default();
+        if let Some(set) = name
+            .strip_prefix(LAST_PREFIX)
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            sets.insert(set);
+            continue;
+        }
         if clean
             && let Some(pid) = name
                 .strip_prefix(TEMP_PREFIX)
@@ -547,7 +586,7 @@ fn holders(dir: &Path, clean: bool) -> std::io::Result<Vec<(IpAddr, String, Stri
         out.push((ip, id, ifname));
     }
     out.sort();
-    Ok(out)
+    Ok((out, sets))
 }
 
 impl Store for DiskStore {
@@ -605,27 +644,22 @@ impl Store for DiskStore {
     }
 
     fn release(&mut self, ip: IpAddr) -> Result<()> {
-        let p = self.ip_path(ip);
-        crate::fail::point("ipam.release")?;
         // Its holder says which bucket forgets it; nobody's is released already.
-        let Some((id, ifname)) = self.holder(ip)? else {
-            return Ok(());
-        };
-        self.begin_change()?;
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("releasing {}", p.display()), e)),
+        match self.holder(ip)? {
+            Some((id, ifname)) => self.release_held(ip, id, ifname),
+            None => Ok(()),
         }
-        self.note((ip, id, ifname), false, None);
-        Ok(())
     }
 
     /// From the index when it can answer, else from a full read (which rebuilds it).
     fn get_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
         match self.indexed(id, ifname)? {
             Some(ips) => Ok(ips),
-            None => self.scan_by_id(id, ifname),
+            None => Ok(self
+                .scan_by_id(id, ifname)?
+                .into_iter()
+                .map(|h| h.0)
+                .collect()),
         }
     }
 }
@@ -766,22 +800,27 @@ mod tests {
     #[test]
     fn a_foreign_reservation_makes_the_index_stale() {
         let d = tmp("foreign");
-        let mut s = DiskStore::open(&d, "net").unwrap();
+        let open = || {
+            let mut s = DiskStore::open(&d, "net").unwrap();
+            s.watch_sets(3);
+            s
+        };
+        let mut s = open();
         s.get_by_id("x", "eth0").unwrap();
         assert!(s.reserve("c1", "eth0", ip("10.0.0.5"), 0).unwrap());
         drop(s);
         // The reference reserves for f1: the folder's times move.
         foreign_reserve(&d, "10.0.0.6", "f1", 0);
-        let s = DiskStore::open(&d, "net").unwrap();
+        let s = open();
         assert!(!current(&s));
         assert_eq!(s.indexed("f1", "eth0").unwrap(), None);
         assert_eq!(s.get_by_id("f1", "eth0").unwrap(), vec![ip("10.0.0.6")]);
         drop(s);
-        assert!(current(&DiskStore::open(&d, "net").unwrap()), "rebuilt");
+        assert!(current(&open()), "rebuilt");
         // In the same clock tick as attache's sync: last_reserved_ip tells.
         foreign_reserve(&d, "10.0.0.7", "f2", 0);
         same_tick(&d);
-        let s = DiskStore::open(&d, "net").unwrap();
+        let s = open();
         assert_eq!(s.indexed("f2", "eth0").unwrap(), None);
         assert_eq!(s.get_by_id("f2", "eth0").unwrap(), vec![ip("10.0.0.7")]);
         drop(s);
@@ -790,23 +829,23 @@ mod tests {
         std::fs::remove_file(d.join("net/10.0.0.7")).unwrap();
         foreign_reserve(&d, "10.0.0.7", "f3", 0);
         same_tick(&d);
-        let s = DiskStore::open(&d, "net").unwrap();
+        let s = open();
         assert_eq!(s.indexed("f3", "eth0").unwrap(), None);
         assert_eq!(s.get_by_id("f3", "eth0").unwrap(), vec![ip("10.0.0.7")]);
         drop(s);
-        // A first reservation in a set the stamp watches though it had no last_reserved_ip yet.
+        // A first reservation in a set of the configuration that had no last_reserved_ip yet.
         foreign_reserve(&d, "fd00::9", "f4", 2);
         same_tick(&d);
-        let s = DiskStore::open(&d, "net").unwrap();
+        let s = open();
         assert_eq!(s.indexed("f4", "eth0").unwrap(), None);
         drop(s);
         // A foreign release needs no stamp: the bucket's address is checked against its file.
-        let s = DiskStore::open(&d, "net").unwrap();
+        let s = open();
         assert_eq!(s.get_by_id("c1", "eth0").unwrap(), vec![ip("10.0.0.5")]);
         drop(s);
         std::fs::remove_file(d.join("net/10.0.0.5")).unwrap();
         same_tick(&d);
-        let s = DiskStore::open(&d, "net").unwrap();
+        let s = open();
         assert!(current(&s));
         assert_eq!(s.indexed("c1", "eth0").unwrap(), None);
         assert!(s.get_by_id("c1", "eth0").unwrap().is_empty());
