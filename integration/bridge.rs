@@ -271,6 +271,22 @@ fn interleaved_with_the_reference_on_one_data_dir() {
     live.pop();
     node.exec(&node.call("DEL", "dup", &pa, "eth0"), &c).ok();
     check(&node, &live, 101);
+    // Reserved by the reference right after attache's last call, released by attache without
+    // prevResult: found all the same.
+    let pc = node.pod();
+    node.exec(&node.call("ADD", "own", &pc, "eth1"), &c).ok();
+    let pd = node.pod();
+    node.exec(
+        &with_bin(
+            node.call("ADD", "theirs", &pd, "eth0"),
+            reference_bin("bridge"),
+        ),
+        &c,
+    )
+    .ok();
+    node.exec(&node.call("DEL", "theirs", &pd, "eth0"), &c).ok();
+    node.exec(&node.call("DEL", "own", &pc, "eth1"), &c).ok();
+    check(&node, &live, 102);
     for (id, pod, res) in std::mem::take(&mut live) {
         let mut del = c.clone();
         del["prevResult"] = res;

@@ -18,7 +18,9 @@
 //!
 //! **Why an index.** Which addresses does `(containerID, ifname)` hold? The reference answers by reading
 //! every file of the folder — ADD asks it (no duplicate allocation), DEL too (release by ID) — which with
-//! 10 000 addresses held costs 10x a whole ADD. The index answers with one small bucket read.
+//! 10 000 addresses held costs 10x a whole ADD. The index answers with one small bucket read: ADD's
+//! duplicate check, `held`, and DEL ([`super::host_local::HostLocal::release_named`]) use it; GC reads
+//! the whole folder (and rebuilds the index from what it read).
 //!
 //! **Why it can be trusted on a shared node.** Every host-local writer (the reference too) holds the
 //! folder's `lock` while it changes the folder, and attache touches the index only under that lock. The
@@ -31,8 +33,9 @@
 //! not either (a requested address may be the one last handed out). What the stamp cannot see: within
 //! one clock tick of attache's sync, other writers reserving an address, releasing the address last
 //! handed out in that set, and reserving it again for the same holder — three foreign operations in
-//! ~4 ms, one of them a DEL and re-ADD of one container with a requested address. (Kernels since 6.13
-//! give ext4 and tmpfs fine-grained times once they have been read, which closes even that.) Before it
+//! ~4 ms, one of them a DEL and re-ADD of one container with a requested address. (Kernels with
+//! multigrain timestamps, 6.13 and later, give ext4 and tmpfs a fine-grained time for a change after
+//! the time was read, as the sync reads it, which makes even that visible.) Before it
 //! answers, the index is checked against the stamp; if anything differs it is rebuilt by a full read
 //! of the folder. Positive answers are checked besides: every address a bucket names is read, and must
 //! still name its holder. A bucket or stamp that is unreadable, too large or not JSON is a mismatch.
