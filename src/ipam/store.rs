@@ -11,7 +11,8 @@
 //! looks anywhere else):
 //!
 //! ```text
-//! <dataDir>/.attache/<network>.index/stamp     the state of <network>/ the buckets describe (JSON)
+//! <dataDir>/.attache/<network>.index/stamp     the state of <network>/ the buckets describe, and
+//!                                              each bucket's number of entries (JSON)
 //! <dataDir>/.attache/<network>.index/<xx>      bucket xx (hex, FNV-1a of the container ID mod 256):
 //!                                              JSON [[ip, containerID, ifname], ...]
 //! ```
@@ -38,7 +39,8 @@
 //! the time was read, as the sync reads it, which makes even that visible.) Before it
 //! answers, the index is checked against the stamp; if anything differs it is rebuilt by a full read
 //! of the folder. Positive answers are checked besides: every address a bucket names is read, and must
-//! still name its holder. A bucket or stamp that is unreadable, too large or not JSON is a mismatch.
+//! still name its holder. A bucket or stamp that is unreadable, too large or not JSON, or a bucket
+//! whose number of entries is not the one the stamp records for it (lost, cut short), is a mismatch.
 //!
 //! **Why a crash cannot leave it trusted and wrong.** Before attache changes the folder it removes the
 //! stamp; it writes the changed buckets and then a new stamp only after the change, still under the
@@ -130,11 +132,13 @@ enum Index {
     Unknown,
     /// The stamp matched the folder: the buckets name every reservation. `buckets` holds those read or
     /// changed, `dirty` those to write back; `open`: the stamp is removed (a change is under way) and is
-    /// written again when the store is dropped; `sets`: the range sets the stamp watches.
+    /// written again when the store is dropped; `sets`: the range sets the stamp watches; `counts`:
+    /// how many entries each bucket has.
     Current {
         buckets: BTreeMap<u8, Vec<Holding>>,
         dirty: BTreeSet<u8>,
         sets: BTreeSet<usize>,
+        counts: Vec<u32>,
         open: bool,
     },
     /// Not to be trusted, its stamp removed: the next full read rebuilds it.
@@ -151,6 +155,8 @@ struct Stamp {
     ctime: (i64, i64),
     /// Set -> content of `last_reserved_ip.<set>` and of the IP file it names (`None`: no such file).
     sets: BTreeMap<usize, (Option<String>, Option<String>)>,
+    /// The number of entries of each bucket (so a bucket lost or cut short is seen).
+    counts: Vec<u32>,
 }
 
 /// The bucket of a container ID: FNV-1a, stable across processes and versions.
@@ -288,6 +294,7 @@ impl DiskStore {
         if self.remove_stamp().is_ok() {
             *self.index.borrow_mut() = Index::Current {
                 dirty: buckets.keys().copied().collect(),
+                counts: buckets.values().map(|v| v.len() as u32).collect(),
                 buckets,
                 sets,
                 open: true,
@@ -304,15 +311,17 @@ impl DiskStore {
             return;
         }
         let loaded = self.read_stamp().and_then(|stored| {
-            let now = self.stamp_now(stored.sets.keys().copied())?;
-            Ok((stored == now).then(|| stored.sets.keys().copied().collect()))
+            let mut now = self.stamp_now(stored.sets.keys().copied())?;
+            now.counts = stored.counts.clone();
+            Ok((stored == now && stored.counts.len() == 256).then_some(stored))
         });
         match loaded {
-            Ok(Some(sets)) => {
+            Ok(Some(stamp)) => {
                 *self.index.borrow_mut() = Index::Current {
                     buckets: BTreeMap::new(),
                     dirty: BTreeSet::new(),
-                    sets,
+                    sets: stamp.sets.keys().copied().collect(),
+                    counts: stamp.counts,
                     open: false,
                 }
             }
@@ -391,30 +400,44 @@ impl DiskStore {
             mtime: (md.mtime(), md.mtime_nsec()),
             ctime: (md.ctime(), md.ctime_nsec()),
             sets: out,
+            counts: vec![],
         })
     }
 
     /// Bucket `b` of a current index (read on first use); `None` if the index is not current or the
     /// bucket cannot be read (the index is then stale).
     fn bucket(&self, b: u8) -> Option<Vec<Holding>> {
-        {
+        let count = {
             let idx = self.index.borrow();
             match &*idx {
-                Index::Current { buckets, .. } => {
+                Index::Current {
+                    buckets, counts, ..
+                } => {
                     if let Some(v) = buckets.get(&b) {
                         return Some(v.clone());
                     }
+                    counts[usize::from(b)] as usize
                 }
                 _ => return None,
             }
-        }
+        };
         let p = self.index_dir.join(format!("{b:02x}"));
         let read = match crate::files::read_bounded(&p, MAX_BUCKET) {
             Ok(bytes) => serde_json::from_slice::<Vec<Holding>>(&bytes)
                 .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(vec![]),
             Err(e) => Err(e),
-        };
+        }
+        .and_then(|v| {
+            if v.len() == count {
+                Ok(v)
+            } else {
+                Err(std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("{} entries where the stamp says {count}", v.len()),
+                ))
+            }
+        });
         match read {
             Ok(v) => {
                 if let Index::Current { buckets, .. } = &mut *self.index.borrow_mut() {
@@ -459,6 +482,7 @@ impl DiskStore {
             buckets,
             dirty,
             sets,
+            counts,
             ..
         } = &mut *self.index.borrow_mut()
         {
@@ -467,6 +491,7 @@ impl DiskStore {
             if add {
                 v.push(holding);
             }
+            counts[usize::from(b)] = v.len() as u32;
             dirty.insert(b);
             sets.extend(set);
         }
@@ -478,6 +503,7 @@ impl DiskStore {
             buckets,
             dirty,
             sets,
+            counts,
             open: true,
         } = &*self.index.borrow()
         else {
@@ -507,7 +533,8 @@ impl DiskStore {
             }
         }
         let watched = sets.iter().copied().chain(0..self.watch_sets);
-        let stamp = self.stamp_now(watched.collect::<BTreeSet<_>>().into_iter())?;
+        let mut stamp = self.stamp_now(watched.collect::<BTreeSet<_>>().into_iter())?;
+        stamp.counts = counts.clone();
         let bytes = serde_json::to_vec(&stamp).map_err(std::io::Error::other)?;
         crate::files::write_new(&self.index_dir.join(STAMP), &bytes, 0o600).map(|_| ())
     }
@@ -888,6 +915,10 @@ mod tests {
         check("oversized stamp");
         std::fs::write(&bucket, "[[\"10.0.0.2\"").unwrap();
         check("truncated bucket");
+        std::fs::remove_file(&bucket).unwrap();
+        check("lost bucket");
+        std::fs::write(&bucket, "[]").unwrap();
+        check("emptied bucket");
         // A bucket naming a holder the file does not: positive answers are checked.
         let forged = String::from_utf8(good_bucket.clone())
             .unwrap()
