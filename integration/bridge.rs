@@ -184,6 +184,117 @@ fn state_is_shared_with_the_reference_both_ways() {
     assert_eq!(leased(&node).len(), 2);
 }
 
+/// attache and the reference take turns on one dataDir — ADDs and DELs interleaved, DEL by the other
+/// plugin than ADD, with and without prevResult, in a small range that wraps — and the folder always
+/// holds exactly the live pods' addresses, each once. attache's index (`<dataDir>/.attache/`) must
+/// notice every reservation the reference makes: a stale index would let a duplicate ADD through or a
+/// DEL miss an address.
+#[test]
+fn interleaved_with_the_reference_on_one_data_dir() {
+    require_reference_plugins();
+    let mut node = Node::new("mixed");
+    let c = conf(
+        &node,
+        json!({"ipam": {"rangeStart": "10.66.0.10", "rangeEnd": "10.66.0.17"}}),
+    );
+    let bins = [testbed::attache_bin(), reference_bin("bridge")];
+    let mut live: Vec<(String, String, Value)> = Vec::new(); // (id, pod, result)
+    let mut seed: u64 = 0x5eed;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let check = |node: &Node, live: &[(String, String, Value)], step: usize| {
+        let mut held: Vec<String> = leased(node)
+            .into_iter()
+            .map(|f| f.trim_start_matches("difnet/").to_string())
+            .collect();
+        held.sort();
+        let mut want: Vec<String> = live
+            .iter()
+            .map(|(_, _, r)| first_ip(r).split('/').next().unwrap().to_string())
+            .collect();
+        want.sort();
+        let before = want.len();
+        want.dedup();
+        assert_eq!(
+            want.len(),
+            before,
+            "step {step}: an address handed out twice"
+        );
+        assert_eq!(
+            held, want,
+            "step {step}: the folder and the live pods differ"
+        );
+    };
+    for step in 0..36 {
+        let bin = bins[next(2) as usize].clone();
+        if live.len() < 6 && (live.is_empty() || next(3) > 0) {
+            let id = format!("m{step}");
+            let pod = node.pod();
+            let res = node
+                .exec(&with_bin(node.call("ADD", &id, &pod, "eth0"), bin), &c)
+                .ok();
+            live.push((id, pod, res));
+        } else {
+            let (id, pod, res) = live.remove(next(live.len() as u64) as usize);
+            let mut del = c.clone();
+            if next(2) == 0 {
+                del["prevResult"] = res;
+            }
+            node.exec(&with_bin(node.call("DEL", &id, &pod, "eth0"), bin), &del)
+                .ok();
+        }
+        check(&node, &live, step);
+    }
+    // The reference reserves for a container, then attache is asked to ADD the same one: refused as a
+    // duplicate, nothing left behind; attache's DEL releases the reference's reservation.
+    let (pa, pb) = (node.pod(), node.pod());
+    let res = node
+        .exec(
+            &with_bin(
+                node.call("ADD", "dup", &pa, "eth0"),
+                reference_bin("bridge"),
+            ),
+            &c,
+        )
+        .ok();
+    live.push(("dup".into(), pa.clone(), res.clone()));
+    let e = node
+        .exec(&node.call("ADD", "dup", &pb, "eth0"), &c)
+        .err(999);
+    assert!(e["msg"].as_str().unwrap().contains("duplicate"), "{e}");
+    check(&node, &live, 100);
+    assert_eq!(node.links(Some(&pb)), vec!["lo".to_string()]);
+    live.pop();
+    node.exec(&node.call("DEL", "dup", &pa, "eth0"), &c).ok();
+    check(&node, &live, 101);
+    // Reserved by the reference right after attache's last call, released by attache without
+    // prevResult: found all the same.
+    let pc = node.pod();
+    node.exec(&node.call("ADD", "own", &pc, "eth1"), &c).ok();
+    let pd = node.pod();
+    node.exec(
+        &with_bin(
+            node.call("ADD", "theirs", &pd, "eth0"),
+            reference_bin("bridge"),
+        ),
+        &c,
+    )
+    .ok();
+    node.exec(&node.call("DEL", "theirs", &pd, "eth0"), &c).ok();
+    node.exec(&node.call("DEL", "own", &pc, "eth1"), &c).ok();
+    check(&node, &live, 102);
+    for (id, pod, res) in std::mem::take(&mut live) {
+        let mut del = c.clone();
+        del["prevResult"] = res;
+        node.exec(&node.call("DEL", &id, &pod, "eth0"), &del).ok();
+    }
+    assert!(leased(&node).is_empty(), "{:?}", leased(&node));
+}
+
 #[test]
 fn check_del_idempotence_and_netns_gone() {
     require_reference_plugins();

@@ -391,12 +391,16 @@ impl Node {
             .args(cmdline))
     }
 
-    /// Files under a folder of the node's private dir (recursively), relative names, sorted.
+    /// Files under a folder of the node's private dir (recursively), relative names, sorted; attache's
+    /// host-local index (`<dataDir>/.attache/`, a cache of what the folders say) is left out.
     pub fn files(&self, rel: &str) -> Vec<String> {
         fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
             if let Ok(rd) = std::fs::read_dir(d) {
                 for e in rd.flatten() {
                     let p = e.path();
+                    if e.file_name() == ".attache" {
+                        continue;
+                    }
                     if p.is_dir() {
                         walk(base, &p, out);
                     } else {
