@@ -1,7 +1,8 @@
 //! The durable per-attachment record in `cacheDir`: what attache attached to a pod, with which
-//! configuration and which result. It is written **before** the first side effect of an ADD, updated as
-//! each attachment completes, and removed only after a DEL that fully succeeded — so a DEL never needs the
-//! configuration that was current at ADD time, an API server, or the netns.
+//! configuration and which result. It is written **before** the first side effect of an ADD (naming every
+//! attachment planned), updated when an attachment with an exec'd plugin completes (its DEL needs the
+//! result as prevResult) and when the ADD completes, and removed only after a DEL that fully succeeded — so
+//! a DEL never needs the configuration that was current at ADD time, an API server, or the netns.
 //!
 //! Layout: `<cacheDir>/<containerID>/<ifname>.json`, written atomically (temporary file + rename).
 
