@@ -156,7 +156,8 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
             let out = bed.run("ADD", "f1", Some(&spec), Some("trial.log"));
             assert!(
                 bed.times_reached("trial.log", &name) >= n,
-                "{spec} was never reached"
+                "{spec} was never reached; the ADD answered {}",
+                out.stdout
             );
             if out.exit == 0 {
                 assert!(

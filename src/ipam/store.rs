@@ -707,24 +707,22 @@ impl Store for DiskStore {
 /// leave trailing digits, which makes the address unparsable: the allocator then starts from the range's
 /// beginning, as the reference does when this file is missing.
 fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all_at(bytes, 0)?;
-    f.set_len(bytes.len() as u64)
+    overwrite(path, bytes, true)
 }
 
 /// Overwrite a file that exists, in place (never through a symlink); `NotFound` if there is none.
 fn overwrite_existing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    overwrite(path, bytes, false)
+}
+
+fn overwrite(path: &Path, bytes: &[u8], create: bool) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let f = OpenOptions::new()
         .write(true)
+        .create(create)
+        .truncate(false)
         .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
         .open(path)?;
     f.write_all_at(bytes, 0)?;
     f.set_len(bytes.len() as u64)
