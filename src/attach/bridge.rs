@@ -203,10 +203,6 @@ impl Driver for BridgeConf {
     async fn del(args: &CmdArgs, conf: &NetConf) -> Result<()> {
         del(args, conf, &Teardown::new(conf, args)).await
     }
-
-    fn gc(args: &CmdArgs, conf: &NetConf) -> Result<()> {
-        gc(conf, &Teardown::new(conf, args))
-    }
 }
 
 impl BridgeConf {
@@ -737,17 +733,6 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf, prev: &CniResult
         pod_iface.unwrap_or(2),
     )
     .await
-}
-
-/// GC: host-local's addresses of this network (its own folder, `<dataDir>/<name>`) that the runtime no
-/// longer lists are released; other networks' are never looked at.
-fn gc(conf: &NetConf, td: &Teardown) -> Result<()> {
-    let valid = crate::cni::conf::valid_attachments(conf)?;
-    let released = td.ipam.gc(&valid)?;
-    if !released.is_empty() {
-        tracing::info!(network = %td.network, ?released, "GC released stale addresses");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -40,8 +40,18 @@ pub trait Driver: Sized {
     ) -> impl Future<Output = Result<()>>;
     /// Undo the attachment, best effort; "already gone" is done.
     fn del(args: &CmdArgs, conf: &NetConf) -> impl Future<Output = Result<()>>;
-    /// Release what the runtime's valid-attachments list no longer names.
-    fn gc(args: &CmdArgs, conf: &NetConf) -> Result<()>;
+    /// GC: the IPAM's addresses of this network (host-local: its own folder, `<dataDir>/<name>`) that the
+    /// runtime's valid-attachments list no longer names are released; other networks' are never looked
+    /// at. The same for every driver: what a native attachment holds on the node beyond its link is its
+    /// addresses.
+    fn gc(args: &CmdArgs, conf: &NetConf) -> Result<()> {
+        let valid = crate::cni::conf::valid_attachments(conf)?;
+        let released = crate::ipam::Ipam::for_teardown(conf, args).gc(&valid)?;
+        if !released.is_empty() {
+            tracing::info!(network = %conf.name, ?released, "GC released stale addresses");
+        }
+        Ok(())
+    }
 }
 
 /// The plugin types attache implements itself.

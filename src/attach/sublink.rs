@@ -186,11 +186,6 @@ impl Driver for SubConf {
     async fn del(args: &CmdArgs, conf: &NetConf) -> Result<()> {
         del(args, conf, &Ipam::for_teardown(conf, args)).await
     }
-
-    fn gc(args: &CmdArgs, conf: &NetConf) -> Result<()> {
-        let valid = crate::cni::conf::valid_attachments(conf)?;
-        Ipam::for_teardown(conf, args).gc(&valid).map(|_| ())
-    }
 }
 
 /// The master: the configured one, or the interface of the default route. Missing is code 7.
