@@ -197,6 +197,7 @@ impl Error {
             Error::Mismatch(m) => Error::Mismatch(format!("{ctx}: {m}")),
             Error::Ipam(m) => Error::Ipam(format!("{ctx}: {m}")),
             Error::NotReady(m) => Error::NotReady(format!("{ctx}: {m}")),
+            Error::TryAgain(m) => Error::TryAgain(format!("{ctx}: {m}")),
             Error::Kernel { op, errno } => Error::Kernel {
                 op: format!("{ctx}: {op}"),
                 errno,

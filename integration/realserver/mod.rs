@@ -195,6 +195,32 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
         }
     }
 
+    /// Start the API server again (after [`RealApi::stop_apiserver`]): same etcd, same certificates.
+    pub fn restart_apiserver(&mut self) {
+        self.stop_apiserver();
+        self.start_apiserver(&kube_apiserver());
+    }
+
+    /// A Node object (as the kubelet would register it).
+    pub fn create_node(&self, name: &str) -> String {
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+        let out = self.apply(&node.to_string(), &[]);
+        assert!(
+            out.status.success(),
+            "creating node {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.get(&["node", name])["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The netns the API server listens in (`/run/netns/<node>`).
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
     /// A kubeconfig for `token` (or, with `token_file`, naming a file that holds it) at `path`.
     pub fn write_kubeconfig(&self, path: &Path, token: &str, token_file: bool) {
         let user = if token_file {

@@ -75,6 +75,9 @@ impl Engine {
         if let Some(t) = NativeType::of(&self.invoked_as) {
             return t.name();
         }
+        if self.invoked_as == crate::ipam::cluster::TYPE {
+            return crate::ipam::cluster::TYPE;
+        }
         match conf_type {
             _ if self.invoked_as != META_NAME => UNKNOWN_ROLE,
             Some(META_NAME) => META_NAME,
@@ -114,8 +117,54 @@ pub fn require_capabilities(command: Command) -> Result<()> {
     )))
 }
 
+/// attache installed as `attache-ipam`: the cluster-wide IPAM plugin, for exec'd plugins (sriov,
+/// the reference macvlan ...) as for attache's own drivers. It touches no link and enters no namespace,
+/// so it needs no capability.
+async fn run_ipam(args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
+    use crate::ipam::Ipam;
+    let version = conf.version;
+    match args.command {
+        Command::Add => {
+            let ipam = Ipam::from_conf(conf, args)?;
+            if !matches!(ipam, Ipam::Cluster(_)) {
+                return Err(Error::config(format!(
+                    "attache was invoked as {} and the configuration's ipam.type is not {0:?}",
+                    crate::ipam::cluster::TYPE
+                )));
+            }
+            let r = ipam.add(args, conf).await?;
+            Ok(Some(r.to_value(version)))
+        }
+        Command::Check => {
+            Ipam::from_conf(conf, args)?.check(args, conf).await?;
+            Ok(None)
+        }
+        Command::Del => {
+            Ipam::for_teardown(conf, args).del(args, conf).await?;
+            Ok(None)
+        }
+        Command::Gc => {
+            let valid = crate::cni::conf::valid_attachments(conf)?;
+            let released = Ipam::for_teardown(conf, args).gc(&valid)?;
+            if !released.is_empty() {
+                tracing::info!(network = %conf.name, ?released, "GC released stale addresses");
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
 impl Plugin for Engine {
     fn run(&self, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
+        if self.invoked_as == crate::ipam::cluster::TYPE {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .map_err(|e| Error::io("starting the async runtime", e))?;
+            return rt.block_on(run_ipam(args, &conf));
+        }
         let role = self.role(&conf)?;
         if self.depth >= MAX_EXEC_DEPTH {
             return Err(Error::config(format!(
@@ -206,7 +255,7 @@ mod tests {
             ("attache", "calico"),
             ("bridge", "whatever"),
             ("vlan", "attache"),
-            ("attache-ipam", "bridge"),
+            ("attache-helper", "bridge"),
         ] {
             let e = Engine::new(invoked_as);
             let c = conf(t);
@@ -217,5 +266,10 @@ mod tests {
         }
         assert_eq!(Engine::new("attache").role_label(None), UNKNOWN_ROLE);
         assert_eq!(Engine::new("ipvlan").role_label(None), "ipvlan");
+        // Installed as the IPAM plugin, it is that whatever the main plugin's type.
+        assert_eq!(
+            Engine::new("attache-ipam").role_label(Some("sriov")),
+            "attache-ipam"
+        );
     }
 }

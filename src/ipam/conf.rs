@@ -130,11 +130,8 @@ fn range_sets(conf: &NetConf, raw: &RawHostLocal) -> Result<Vec<RangeSet>> {
     Ok(range_sets)
 }
 
-/// Validate a host-local section for ADD and CHECK.
-pub(super) fn host_local(conf: &NetConf, args: &CmdArgs, section: Value) -> Result<HostLocal> {
-    let raw: RawHostLocal = decode("ipam (host-local)", section)?;
-    let network = conf.require_name()?.to_string();
-    let range_sets = range_sets(conf, &raw)?;
+/// The addresses asked for: `CNI_ARGS IP=`, then `args.cni.ips`, then `runtimeConfig.ips`.
+pub(super) fn requested(conf: &NetConf, args: &CmdArgs) -> Result<Vec<IpAddr>> {
     let mut requested = Vec::new();
     if let Some(ip) = args.args.get("IP") {
         for part in ip.split(',').filter(|p| !p.trim().is_empty()) {
@@ -145,6 +142,15 @@ pub(super) fn host_local(conf: &NetConf, args: &CmdArgs, section: Value) -> Resu
     for s in cni_args.iter().chain(runtime.iter()) {
         requested.push(parse_ip_or_cidr(s)?);
     }
+    Ok(requested)
+}
+
+/// Validate a host-local section for ADD and CHECK.
+pub(super) fn host_local(conf: &NetConf, args: &CmdArgs, section: Value) -> Result<HostLocal> {
+    let raw: RawHostLocal = decode("ipam (host-local)", section)?;
+    let network = conf.require_name()?.to_string();
+    let range_sets = range_sets(conf, &raw)?;
+    let requested = requested(conf, args)?;
     let dns = match &raw.resolv_conf {
         Some(p) => parse_resolv_conf(p)?,
         None => Dns::default(),

@@ -3,6 +3,7 @@
 //! before anything happens; IPAM never touches netlink. This file is the dispatch; each kind lives in
 //! its own module ([`conf`] reads the `ipam` object into them).
 
+pub mod cluster;
 pub mod conf;
 mod exec;
 pub mod host_local;
@@ -31,6 +32,10 @@ pub enum Ipam {
     None,
     HostLocal(HostLocal),
     Static(Static),
+    /// attache-ipam, validated for ADD and CHECK.
+    Cluster(Box<cluster::ClusterIpam>),
+    /// attache-ipam as DEL and GC read it: its folder.
+    ClusterTeardown(cluster::Teardown),
     /// A type attache does not own (`dhcp`, `whereabouts`, ...), run by exec with the whole configuration.
     External(String),
 }
@@ -61,6 +66,8 @@ impl Ipam {
         match kind {
             "host-local" => conf::host_local(conf, args, section).map(Ipam::HostLocal),
             "static" => conf::static_ip(conf, args, section).map(Ipam::Static),
+            cluster::TYPE => cluster::ClusterIpam::from_conf(conf, args, section)
+                .map(|c| Ipam::Cluster(Box::new(c))),
             other => {
                 crate::cni::conf::validate_plugin_type(other)?;
                 Ok(Ipam::External(other.to_string()))
@@ -83,6 +90,9 @@ impl Ipam {
                 .map(Ipam::HostLocal)
                 .unwrap_or(Ipam::None),
             Some("static") => Ipam::Static(conf::static_for_teardown(section, args)),
+            Some(cluster::TYPE) => cluster::Teardown::from_section(section)
+                .map(Ipam::ClusterTeardown)
+                .unwrap_or(Ipam::None),
             Some(t) if crate::cni::conf::validate_plugin_type(t).is_ok() => {
                 Ipam::External(t.to_string())
             }
@@ -90,6 +100,15 @@ impl Ipam {
                 tracing::warn!("ipam type {t:?} names no plugin: nothing to release");
                 Ipam::None
             }
+        }
+    }
+
+    /// attache-ipam's folder, from either reading.
+    fn teardown(&self, _conf: &NetConf) -> Option<cluster::Teardown> {
+        match self {
+            Ipam::Cluster(c) => Some(cluster::Teardown::of(c)),
+            Ipam::ClusterTeardown(t) => Some(t.clone()),
+            _ => None,
         }
     }
 
@@ -103,6 +122,10 @@ impl Ipam {
             Ipam::None => Ok(CniResult::default()),
             Ipam::HostLocal(h) => h.add(&args.container_id, &args.ifname),
             Ipam::Static(s) => Ok(s.result()),
+            Ipam::Cluster(c) => c.add(args).await,
+            Ipam::ClusterTeardown(_) => Err(Error::Internal(
+                "attache-ipam read for teardown was asked to allocate".into(),
+            )),
             Ipam::External(t) => exec::add(t, args, conf).await,
         }
     }
@@ -121,6 +144,16 @@ impl Ipam {
                 h.release_named(&args.container_id, &args.ifname, &named)
                     .map(|_| ())
             }
+            Ipam::Cluster(_) | Ipam::ClusterTeardown(_) => {
+                let named: Vec<IpAddr> = match conf.prev_result() {
+                    Ok(Some(prev)) => prev.ips.iter().map(|i| i.address.addr()).collect(),
+                    _ => vec![],
+                };
+                if let Some(t) = self.teardown(conf) {
+                    t.del(&args.container_id, &args.ifname, &named)?;
+                }
+                Ok(())
+            }
             Ipam::External(t) => exec::run(Command::Del, t, args, conf).await,
         }
     }
@@ -138,6 +171,8 @@ impl Ipam {
                 }
                 Ok(())
             }
+            Ipam::Cluster(c) => c.check(args),
+            Ipam::ClusterTeardown(_) => Ok(()),
             Ipam::External(t) => exec::run(Command::Check, t, args, conf).await,
         }
     }
@@ -146,6 +181,8 @@ impl Ipam {
     pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
         match self {
             Ipam::HostLocal(h) => h.gc(valid),
+            Ipam::ClusterTeardown(t) => t.gc(valid),
+            Ipam::Cluster(c) => cluster::Teardown::of(c).gc(valid),
             _ => Ok(vec![]),
         }
     }
@@ -155,6 +192,8 @@ impl Ipam {
         match self {
             Ipam::HostLocal(h) => h.held(&args.container_id, &args.ifname),
             Ipam::Static(s) => Ok(s.addresses.iter().map(|a| a.address.addr()).collect()),
+            Ipam::ClusterTeardown(t) => t.held(&args.container_id, &args.ifname),
+            Ipam::Cluster(c) => cluster::Teardown::of(c).held(&args.container_id, &args.ifname),
             _ => Ok(vec![]),
         }
     }

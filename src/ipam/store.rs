@@ -117,6 +117,8 @@ pub struct DiskStore {
     index_dirs_real: std::cell::Cell<bool>,
     /// Range sets `0..n` the stamp watches besides those it saw used (the configuration's).
     watch_sets: usize,
+    /// Lines written after the holder in every reservation (attache-ipam's; never host-local's).
+    extra: Vec<String>,
     /// Tests: drop without bringing the index up to date, as a killed writer would.
     #[cfg(test)]
     crashed: bool,
@@ -200,6 +202,7 @@ impl DiskStore {
             index: RefCell::new(Index::Unknown),
             index_dirs_real: std::cell::Cell::new(false),
             watch_sets: 1,
+            extra: vec![],
             #[cfg(test)]
             crashed: false,
             _lock: lock,
@@ -210,6 +213,23 @@ impl DiskStore {
     /// files exist yet or not, so that another writer's first reservation in a set shows.
     pub fn watch_sets(&mut self, n: usize) {
         self.watch_sets = n.max(1);
+    }
+
+    /// Write `lines` after the holder in the reservations this store makes (one line each, no line
+    /// breaks inside). Only attache-ipam's stores do: the reference plugin compares a whole IP file with
+    /// `id\r\nifname`, so it must never find extra lines in a folder it shares.
+    pub fn set_extra(&mut self, lines: Vec<String>) {
+        self.extra = lines;
+    }
+
+    /// The content of `ip`'s file (`None`: nobody holds it).
+    pub fn content(&self, ip: IpAddr) -> Result<Option<Vec<u8>>> {
+        let p = self.ip_path(ip);
+        match crate::files::read_bounded(&p, MAX_STATE_FILE) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
+        }
     }
 
     /// Release `ip`, which `(id, ifname)` holds: its file was read under this lock.
@@ -562,13 +582,26 @@ impl Drop for DiskStore {
 
 /// An IP file's `(containerID, ifname)`: current format "id\r\nifname"; older reference versions
 /// wrote only the id (ifname empty).
+///
+/// attache-ipam's block stores add lines after these two (the pod: see [`DiskStore::set_extra`]);
+/// the holder is the first two lines whatever follows.
 fn parse_holder(content: &[u8]) -> (String, String) {
     let content = String::from_utf8_lossy(content);
     let content = content.trim();
-    match content.split_once(LINE_BREAK) {
-        Some((i, f)) => (i.trim().to_string(), f.trim().to_string()),
-        None => (content.to_string(), String::new()),
-    }
+    let mut lines = content.split(LINE_BREAK);
+    let id = lines.next().unwrap_or_default().trim().to_string();
+    let ifname = lines.next().unwrap_or_default().trim().to_string();
+    (id, ifname)
+}
+
+/// The lines after the holder in an IP file (attache-ipam's pod identity), empty for host-local's.
+pub fn extra_lines(content: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(content)
+        .trim()
+        .split(LINE_BREAK)
+        .skip(2)
+        .map(|l| l.trim().to_string())
+        .collect()
 }
 
 /// Every `(ip, id, ifname)` held in `<data_dir>/<network>`, read without the lock and without creating
@@ -635,7 +668,11 @@ impl Store for DiskStore {
             return Ok(false);
         }
         self.begin_change()?;
-        let content = format!("{id}{LINE_BREAK}{ifname}");
+        let mut content = format!("{id}{LINE_BREAK}{ifname}");
+        for line in &self.extra {
+            content.push_str(LINE_BREAK);
+            content.push_str(line);
+        }
         // The reservation appears whole or not at all: its content goes into a temporary that is then
         // hard-linked into place (link fails if the name exists, as O_EXCL does). A process killed in
         // between leaves a temporary — which `all` removes once its writer is dead — never an empty

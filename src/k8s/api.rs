@@ -132,6 +132,29 @@ impl KubeApi {
         }
     }
 
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Run one call under the phase's deadline; an answer with a status in `expected` (404, 409 ...)
+    /// is the caller's to handle: `Ok(Err(code))`.
+    pub(crate) async fn call<T>(
+        &self,
+        what: &str,
+        expected: &[u16],
+        fut: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
+    ) -> Result<std::result::Result<T, u16>> {
+        match tokio::time::timeout_at(self.deadline, fut).await {
+            Ok(Ok(v)) => Ok(Ok(v)),
+            Ok(Err(kube::Error::Api(s))) if expected.contains(&s.code) => Ok(Err(s.code)),
+            Ok(Err(e)) => Err(self.err(what, e)),
+            Err(_) => Err(Error::TryAgain(format!(
+                "Kubernetes API {}: {what}: no answer within the API deadline ({:?}, apiTimeout)",
+                self.server, self.timeout
+            ))),
+        }
+    }
+
     /// Run one call under the phase's deadline.
     async fn bounded<T>(
         &self,

@@ -1,0 +1,590 @@
+//! attache-ipam against a real kube-apiserver (v1.20.2 over etcd, see realserver/): many simulated nodes on
+//! one machine — each its own node name and dataDir, a Node object, the `attache` ServiceAccount's token —
+//! exec'ing the binary installed as `attache-ipam`, the way an exec'd main plugin (sriov, the reference
+//! macvlan) runs its IPAM. What a user checks: no address twice anywhere, every address inside a block its
+//! node owns in the API, one API write per block (not per pod), clean errors that leave nothing behind,
+//! and nodes that keep working while the API server is down.
+
+mod realserver;
+mod testbed;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use realserver::RealApi;
+use serde_json::{Value, json};
+use testbed::{CniOutput, Node, attache_bin};
+
+const ATTACHE_USER: &str = "system:serviceaccount:kube-system:attache";
+
+fn deploy() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/attache.yaml")).unwrap()
+}
+
+/// The API server in `host`'s netns with `deploy/` applied, and a kubeconfig with the attache
+/// ServiceAccount's token (so RBAC is the deployed one).
+struct Cluster {
+    api: RealApi,
+    kubeconfig: PathBuf,
+    bin: PathBuf,
+    /// The pod netns every call names.
+    netns: String,
+}
+
+impl Cluster {
+    fn start(host: &mut Node) -> Cluster {
+        let api = RealApi::start(host);
+        let out = api.apply(&deploy(), &[]);
+        assert!(
+            out.status.success(),
+            "applying deploy/: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            testbed::eventually(30, || api
+                .kubectl(&["get", "addressblocks.ipam.attache.dev"])
+                .status
+                .success()),
+            "the AddressBlock CRD is not served"
+        );
+        let token = api.token("kube-system", "attache", None);
+        let kubeconfig = host.path("attache.kubeconfig");
+        api.write_kubeconfig(&kubeconfig, &token, false);
+        // The binary under the name an IPAM plugin is found by.
+        let bindir = host.path("bin");
+        std::fs::create_dir_all(&bindir).unwrap();
+        let bin = bindir.join("attache-ipam");
+        std::os::unix::fs::symlink(attache_bin(), &bin).unwrap();
+        Cluster {
+            api,
+            kubeconfig,
+            bin,
+            // An IPAM plugin is given the pod's netns and never enters it.
+            netns: host.pod(),
+        }
+    }
+
+    /// A simulated node: a Node object and its own dataDir under `host`.
+    fn node(&self, host: &Node, name: &str) -> Sim {
+        self.api.create_node(name);
+        Sim {
+            name: name.to_string(),
+            data_dir: host.path(&format!("ipam-{name}")),
+        }
+    }
+
+    /// The IPAM configuration `sim` runs with (on top of `extra`).
+    fn conf(&self, sim: &Sim, ipam: Value) -> Value {
+        let mut i = json!({"type": "attache-ipam", "dataDir": sim.data_dir, "nodeName": sim.name,
+                           "kubeconfig": self.kubeconfig, "apiTimeout": 10});
+        for (k, v) in ipam.as_object().unwrap() {
+            i[k] = v.clone();
+        }
+        json!({"cniVersion": "1.0.0", "name": "blue", "type": "macvlan", "ipam": i})
+    }
+
+    /// Run attache-ipam as `sim`.
+    fn run(&self, host: &Node, cmd: &str, id: &str, conf: &Value) -> CniOutput {
+        self.run_args(host, cmd, id, conf, "")
+    }
+
+    fn run_args(&self, host: &Node, cmd: &str, id: &str, conf: &Value, args: &str) -> CniOutput {
+        let mut call = host.call(cmd, id, &self.netns, "net1");
+        call.bin = self.bin.clone();
+        call.args = args;
+        host.exec(&call, conf)
+    }
+
+    /// Every AddressBlock: name -> (cidr, node).
+    fn blocks(&self) -> BTreeMap<String, (IpNet, String)> {
+        let list = self.api.get(&["addressblocks.ipam.attache.dev"]);
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["metadata"]["name"].as_str().unwrap().to_string(),
+                    (
+                        b["spec"]["cidr"].as_str().unwrap().parse().unwrap(),
+                        b["spec"]["node"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// attache's writes (create, update, patch, delete) to attache-ipam's resources, by verb and resource,
+    /// counting only those the API server accepted.
+    fn writes(&self) -> Vec<(String, String)> {
+        self.api
+            .audit_of(ATTACHE_USER)
+            .into_iter()
+            .filter(|e| {
+                e["objectRef"]["apiGroup"] == "ipam.attache.dev"
+                    && !matches!(e["verb"].as_str(), Some("get" | "list" | "watch"))
+                    && e["responseStatus"]["code"]
+                        .as_u64()
+                        .is_some_and(|c| c < 300)
+            })
+            .map(|e| {
+                (
+                    e["verb"].as_str().unwrap().to_string(),
+                    e["objectRef"]["resource"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+struct Sim {
+    name: String,
+    data_dir: PathBuf,
+}
+
+impl Sim {
+    /// Files this node keeps for pool `pool`: `owned/` and the IP files of its block stores.
+    fn state(&self, pool: &str) -> (Vec<String>, Vec<String>) {
+        let dir = self.data_dir.join(pool);
+        let list = |p: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        let owned = list(&dir.join("owned"));
+        let mut ips = Vec::new();
+        for b in list(&dir.join("blocks")) {
+            for f in list(&dir.join("blocks").join(&b)) {
+                if f.parse::<IpAddr>().is_ok() {
+                    ips.push(f);
+                }
+            }
+        }
+        ips.sort();
+        (owned, ips)
+    }
+}
+
+fn ip_of(res: &Value) -> IpAddr {
+    testbed::first_ip(res).parse().unwrap()
+}
+
+/// The invariants every test checks: addresses distinct, each inside a block its node owns in the API,
+/// blocks pairwise disjoint.
+fn assert_consistent(c: &Cluster, handed: &[(String, IpAddr)]) {
+    let blocks = c.blocks();
+    let nets: Vec<&IpNet> = blocks.values().map(|(n, _)| n).collect();
+    for (i, a) in nets.iter().enumerate() {
+        for b in nets.iter().skip(i + 1) {
+            assert!(
+                !a.contains(&b.network()) && !b.contains(&a.network()),
+                "blocks {a} and {b} overlap"
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (node, ip) in handed {
+        assert!(seen.insert(*ip), "{ip} was handed out twice");
+        let owner = blocks.values().find(|(n, _)| n.contains(ip));
+        assert!(
+            owner.is_some_and(|(_, o)| o == node),
+            "{ip} handed out by {node} lies in {owner:?}"
+        );
+    }
+}
+
+#[test]
+fn a_thousand_pods_on_ten_nodes_share_one_range_without_a_duplicate() {
+    let mut host = Node::new("cipam");
+    let c = Cluster::start(&mut host);
+    let sims: Vec<Sim> = (0..10)
+        .map(|i| c.node(&host, &format!("worker-{i}")))
+        .collect();
+    let ipam =
+        json!({"range": "10.40.0.0/20", "blockSize": 26, "routes": [{"dst": "10.41.0.0/16"}]});
+    let start = std::time::Instant::now();
+    // One thread per node, and on worker-0 four at once (one claim at a time per node).
+    let handed: Vec<(String, IpAddr)> = std::thread::scope(|s| {
+        let mut jobs = Vec::new();
+        for (i, sim) in sims.iter().enumerate() {
+            let threads = if i == 0 { 4 } else { 1 };
+            for t in 0..threads {
+                let (c, host, ipam) = (&c, &host, &ipam);
+                jobs.push(s.spawn(move || {
+                    let conf = c.conf(sim, ipam.clone());
+                    (0..100 / threads)
+                        .map(|k| {
+                            let id = format!("{}-t{t}-c{k}", sim.name);
+                            let res = c.run(host, "ADD", &id, &conf).ok();
+                            assert_eq!(res["routes"][0]["dst"], "10.41.0.0/16");
+                            assert!(res["ips"][0]["address"].as_str().unwrap().ends_with("/20"));
+                            (sim.name.clone(), ip_of(&res))
+                        })
+                        .collect::<Vec<_>>()
+                }));
+            }
+        }
+        jobs.into_iter().flat_map(|j| j.join().unwrap()).collect()
+    });
+    let took = start.elapsed();
+    assert_eq!(handed.len(), 1000);
+    assert_consistent(&c, &handed);
+    let blocks = c.blocks();
+    // 100 pods need two /26 blocks per node; a node never claims a block it does not need.
+    for sim in &sims {
+        let n = blocks.values().filter(|(_, o)| *o == sim.name).count();
+        assert_eq!(n, 2, "{} owns {n} blocks", sim.name);
+        let (owned, ips) = sim.state("default");
+        assert_eq!(owned.len(), 2);
+        assert_eq!(ips.len(), 100);
+    }
+    // One write per block claimed, plus the range's registration in the pool: not one per pod.
+    let writes = c.writes();
+    let creates = writes
+        .iter()
+        .filter(|(v, r)| v == "create" && r == "addressblocks")
+        .count();
+    assert_eq!(creates, blocks.len(), "{writes:?}");
+    assert!(
+        writes.len() <= blocks.len() + 2,
+        "more writes than blocks: {writes:?}"
+    );
+    testbed::figure(&format!(
+        "attache-ipam: 1000 ADDs on 10 nodes in {:.1} s (exec'd, parallel), {} blocks, {} API writes ({:.3} per pod)",
+        took.as_secs_f64(),
+        blocks.len(),
+        writes.len(),
+        writes.len() as f64 / 1000.0
+    ));
+    // DEL releases locally: no API call, nothing left.
+    let before = c.api.audit_of(ATTACHE_USER).len();
+    for sim in &sims[1..] {
+        let conf = c.conf(sim, ipam.clone());
+        for k in 0..100 {
+            let id = format!("{}-t0-c{k}", sim.name);
+            assert_eq!(c.run(&host, "DEL", &id, &conf).exit, 0);
+        }
+        assert!(
+            sim.state("default").1.is_empty(),
+            "{} kept addresses",
+            sim.name
+        );
+    }
+    assert_eq!(
+        c.api.audit_of(ATTACHE_USER).len(),
+        before,
+        "DEL called the API"
+    );
+}
+
+#[test]
+fn two_nodes_racing_for_the_last_block_one_wins_the_other_fails_cleanly() {
+    let mut host = Node::new("cipam-race");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let (b, d) = (c.node(&host, "node-b"), c.node(&host, "node-c"));
+    for round in 0..5 {
+        // A /27 in /28 blocks: node-a takes one, node-b and node-c race for the other.
+        let ipam = json!({"range": format!("10.50.{round}.0/27"), "blockSize": 28,
+                          "network_name": format!("race-{round}")});
+        let pool = format!("race-{round}");
+        c.run(
+            &host,
+            "ADD",
+            &format!("a-{round}"),
+            &c.conf(&a, ipam.clone()),
+        )
+        .ok();
+        let (rb, rd) = std::thread::scope(|s| {
+            let jb = s.spawn(|| {
+                c.run(
+                    &host,
+                    "ADD",
+                    &format!("b-{round}"),
+                    &c.conf(&b, ipam.clone()),
+                )
+            });
+            let jd = s.spawn(|| {
+                c.run(
+                    &host,
+                    "ADD",
+                    &format!("c-{round}"),
+                    &c.conf(&d, ipam.clone()),
+                )
+            });
+            (jb.join().unwrap(), jd.join().unwrap())
+        });
+        let (win, lose, loser) = match (rb.exit, rd.exit) {
+            (0, 0) => panic!("both won the last block: {} {}", rb.stdout, rd.stdout),
+            (0, _) => (rb, rd, &d),
+            (_, 0) => (rd, rb, &b),
+            _ => panic!("nobody won: {} / {}", rb.stdout, rd.stdout),
+        };
+        let winner_ip = ip_of(&win.json());
+        let e = lose.err(999);
+        let msg = e["msg"].as_str().unwrap();
+        assert!(msg.contains("is full"), "{msg}");
+        assert!(msg.contains(&pool), "{msg}");
+        // The loser keeps nothing: no block, no address.
+        assert_eq!(loser.state(&pool), (vec![], vec![]));
+        let in_pool: Vec<_> = c
+            .blocks()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&format!("{pool}-")))
+            .collect();
+        assert_eq!(in_pool.len(), 2, "{in_pool:?}");
+        assert!(in_pool.iter().all(|(_, (net, _))| net.prefix_len() == 28));
+        assert!(in_pool.iter().any(|(_, (net, _))| net.contains(&winner_ip)));
+    }
+}
+
+#[test]
+fn with_the_api_server_down_nodes_with_room_keep_attaching_and_others_fail_with_code_11() {
+    let mut host = Node::new("cipam-down");
+    let mut c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let b = c.node(&host, "node-b");
+    let ipam = json!({"range": "10.60.0.0/24", "blockSize": 26, "apiTimeout": 2});
+    let (ca, cb) = (c.conf(&a, ipam.clone()), c.conf(&b, ipam.clone()));
+    let mut handed = vec![(
+        "node-a".to_string(),
+        ip_of(&c.run(&host, "ADD", "a-0", &ca).ok()),
+    )];
+
+    c.api.stop_apiserver();
+    for k in 1..=20 {
+        let ip = ip_of(&c.run(&host, "ADD", &format!("a-{k}"), &ca).ok());
+        handed.push(("node-a".into(), ip));
+    }
+    assert_eq!(c.run(&host, "DEL", "a-20", &ca).exit, 0);
+    handed.pop();
+    let e = c.run(&host, "ADD", "b-0", &cb).err(11);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("node-b needs a new block of pool default (range 10.60.0.0/24)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unreachable") || msg.contains("deadline"),
+        "{msg}"
+    );
+    assert_eq!(b.state("default"), (vec![], vec![]), "node-b kept state");
+
+    c.api.restart_apiserver();
+    handed.push((
+        "node-b".into(),
+        ip_of(&c.run(&host, "ADD", "b-0", &cb).ok()),
+    ));
+    handed.push((
+        "node-a".into(),
+        ip_of(&c.run(&host, "ADD", "a-21", &ca).ok()),
+    ));
+    assert_consistent(&c, &handed);
+    assert_eq!(c.blocks().len(), 2);
+}
+
+#[test]
+fn overlapping_ranges_block_sizes_exclusions_and_a_full_pool() {
+    let mut host = Node::new("cipam-overlap");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let b = c.node(&host, "node-b");
+    c.run(
+        &host,
+        "ADD",
+        "x0",
+        &c.conf(&a, json!({"range": "10.30.0.0/16"})),
+    )
+    .ok();
+    // Another range of the same space that overlaps: refused, naming both.
+    let e = c
+        .run(
+            &host,
+            "ADD",
+            "x1",
+            &c.conf(&b, json!({"range": "10.30.5.0/24"})),
+        )
+        .err(7);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("10.30.5.0/24") && msg.contains("10.30.0.0/16"),
+        "{msg}"
+    );
+    // The same range with another block size: refused.
+    let e = c
+        .run(
+            &host,
+            "ADD",
+            "x2",
+            &c.conf(&b, json!({"range": "10.30.0.0/16", "blockSize": 24})),
+        )
+        .err(7);
+    assert!(e["msg"].as_str().unwrap().contains("blockSize"), "{e}");
+    assert_eq!(b.state("default"), (vec![], vec![]));
+    // Another network_name is another space: overlap allowed by intent.
+    c.run(
+        &host,
+        "ADD",
+        "x3",
+        &c.conf(
+            &b,
+            json!({"range": "10.30.5.0/24", "network_name": "other"}),
+        ),
+    )
+    .ok();
+
+    // Two nodes registering overlapping ranges in a new space at once: exactly one is accepted.
+    let (r1, r2) = std::thread::scope(|s| {
+        let j1 = s.spawn(|| {
+            c.run(
+                &host,
+                "ADD",
+                "y1",
+                &c.conf(&a, json!({"range": "10.31.0.0/16", "network_name": "dup"})),
+            )
+        });
+        let j2 = s.spawn(|| {
+            c.run(
+                &host,
+                "ADD",
+                "y2",
+                &c.conf(
+                    &b,
+                    json!({"range": "10.31.128.0/17", "network_name": "dup"}),
+                ),
+            )
+        });
+        (j1.join().unwrap(), j2.join().unwrap())
+    });
+    assert_eq!(
+        [r1.exit, r2.exit].iter().filter(|e| **e == 0).count(),
+        1,
+        "{} / {}",
+        r1.stdout,
+        r2.stdout
+    );
+    let pool = c.api.get(&["addresspool.ipam.attache.dev", "dup"]);
+    assert_eq!(
+        pool["spec"]["ranges"].as_array().unwrap().len(),
+        1,
+        "{pool}"
+    );
+
+    // exclude and gateway hold; a full pool is a clean error.
+    let ipam = json!({"range": "10.32.0.0/28", "gateway": "10.32.0.1", "exclude": ["10.32.0.8/30"],
+                      "network_name": "small"});
+    let conf = c.conf(&a, ipam);
+    let mut got = BTreeSet::new();
+    for k in 0..9 {
+        let r = c.run(&host, "ADD", &format!("s{k}"), &conf).ok();
+        assert_eq!(r["ips"][0]["gateway"], "10.32.0.1");
+        got.insert(ip_of(&r).to_string());
+    }
+    let want: BTreeSet<String> = [2, 3, 4, 5, 6, 7, 12, 13, 14]
+        .iter()
+        .map(|i| format!("10.32.0.{i}"))
+        .collect();
+    assert_eq!(got, want);
+    let e = c.run(&host, "ADD", "s9", &conf).err(999);
+    assert!(e["msg"].as_str().unwrap().contains("is full"), "{e}");
+    assert_eq!(a.state("small").1.len(), 9, "the failed ADD left a file");
+    // Another node finds no block at all in this range.
+    let e = c
+        .run(
+            &host,
+            "ADD",
+            "s10",
+            &c.conf(
+                &b,
+                json!({"range": "10.32.0.0/28", "gateway": "10.32.0.1",
+        "exclude": ["10.32.0.8/30"], "network_name": "small"}),
+            ),
+        )
+        .err(999);
+    assert!(e["msg"].as_str().unwrap().contains("is full"), "{e}");
+    assert_eq!(b.state("small"), (vec![], vec![]));
+}
+
+#[test]
+fn requested_addresses_come_only_from_the_node_that_owns_their_block() {
+    let mut host = Node::new("cipam-req");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let b = c.node(&host, "node-b");
+    let ipam = json!({"range": "10.70.0.0/24", "blockSize": 26});
+    let first = ip_of(&c.run(&host, "ADD", "a0", &c.conf(&a, ipam.clone())).ok());
+    let block: IpNet = format!("{first}/26").parse::<IpNet>().unwrap().trunc();
+    let inside = block.hosts().nth(20).unwrap();
+    let r = c
+        .run_args(
+            &host,
+            "ADD",
+            "a1",
+            &c.conf(&a, ipam.clone()),
+            &format!("IP={inside}"),
+        )
+        .ok();
+    assert_eq!(ip_of(&r), inside);
+    // node-b asks for an address of node-a's block: refused, nothing kept.
+    let other = block.hosts().nth(30).unwrap();
+    let e = c
+        .run_args(
+            &host,
+            "ADD",
+            "b0",
+            &c.conf(&b, ipam.clone()),
+            &format!("IP={other}"),
+        )
+        .err(999);
+    assert!(e["msg"].as_str().unwrap().contains("node-a"), "{e}");
+    assert_eq!(b.state("default"), (vec![], vec![]));
+    // ... and one in a free block: node-b claims that block.
+    let free: IpAddr = (0..4)
+        .map(|i| {
+            format!("10.70.0.{}", i * 64 + 10)
+                .parse::<IpAddr>()
+                .unwrap()
+        })
+        .find(|ip| !block.contains(ip))
+        .unwrap();
+    let r = c
+        .run_args(
+            &host,
+            "ADD",
+            "b1",
+            &c.conf(&b, ipam.clone()),
+            &format!("IP={free}"),
+        )
+        .ok();
+    assert_eq!(ip_of(&r), free);
+    assert_consistent(
+        &c,
+        &[
+            ("node-a".into(), first),
+            ("node-a".into(), inside),
+            ("node-b".into(), free),
+        ],
+    );
+    // CHECK and GC.
+    assert_eq!(
+        c.run(&host, "CHECK", "a1", &c.conf(&a, ipam.clone())).exit,
+        0
+    );
+    let mut gc = c.conf(&a, ipam.clone());
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "a0", "ifname": "net1"}]);
+    let mut call = host.call("GC", "", &c.netns, "");
+    call.bin = c.bin.clone();
+    call.netns = None;
+    let out = host.exec(&call, &gc);
+    assert_eq!(out.exit, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(a.state("default").1, vec![first.to_string()]);
+}

@@ -1,0 +1,286 @@
+//! attache-ipam's custom resources (group `ipam.attache.dev`, version `v1alpha1`, cluster-scoped), read and
+//! written through the `kube` client as dynamic objects, every call under the invocation's API deadline.
+//! Writes are conditional: a create is refused (409) when the name exists, a replace or delete when the
+//! object changed since it was read — the API server's optimistic concurrency is the only lock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions};
+use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::k8s::api::KubeApi;
+
+pub const GROUP: &str = "ipam.attache.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const POOL_LABEL: &str = "ipam.attache.dev/pool";
+pub const NODE_LABEL: &str = "ipam.attache.dev/node";
+const FIELD_MANAGER: &str = "attache";
+
+fn resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural)
+}
+
+/// One range registered in a pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolRange {
+    pub range: String,
+    pub block_size: u8,
+}
+
+/// An `AddressPool`: the ranges of one address space (never two overlapping).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolObj {
+    pub ranges: Vec<PoolRange>,
+    pub resource_version: String,
+}
+
+/// An `AddressBlock`: one block of a range, owned by one node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockObj {
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub pool: String,
+    pub range: String,
+    pub cidr: String,
+    pub node: String,
+    pub instance: String,
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, PartialEq)]
+pub enum Written<T> {
+    Done(T),
+    /// 409: the name exists (create), or the object changed since it was read (replace, delete).
+    Conflict,
+    /// 404: there is no such object (replace, delete).
+    Gone,
+}
+
+/// A node name as a label value (at most 63 characters: a longer one is hashed).
+pub fn label_value(s: &str) -> String {
+    if s.len() <= 63 {
+        return s.to_string();
+    }
+    let h = super::block::seed(&[s]);
+    format!("{}-{h:016x}", &s[..46].trim_end_matches(['.', '-']))
+}
+
+fn spec_str(o: &DynamicObject, k: &str) -> String {
+    o.data["spec"][k].as_str().unwrap_or_default().to_string()
+}
+
+fn block_of(o: DynamicObject) -> BlockObj {
+    BlockObj {
+        uid: o.metadata.uid.clone().unwrap_or_default(),
+        resource_version: o.metadata.resource_version.clone().unwrap_or_default(),
+        pool: spec_str(&o, "pool"),
+        range: spec_str(&o, "range"),
+        cidr: spec_str(&o, "cidr"),
+        node: spec_str(&o, "node"),
+        instance: spec_str(&o, "instance"),
+        name: o.metadata.name.unwrap_or_default(),
+    }
+}
+
+fn pool_of(o: &DynamicObject) -> PoolObj {
+    let ranges = o.data["spec"]["ranges"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| {
+                    Some(PoolRange {
+                        range: r["range"].as_str()?.to_string(),
+                        block_size: u8::try_from(r["blockSize"].as_u64()?).ok()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    PoolObj {
+        ranges,
+        resource_version: o.metadata.resource_version.clone().unwrap_or_default(),
+    }
+}
+
+fn ranges_json(ranges: &[PoolRange]) -> Value {
+    json!({"ranges": ranges.iter().map(|r| json!({"range": r.range, "blockSize": r.block_size})).collect::<Vec<_>>()})
+}
+
+fn post() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+pub struct ClusterApi {
+    kube: KubeApi,
+    pools: Api<DynamicObject>,
+    blocks: Api<DynamicObject>,
+}
+
+impl ClusterApi {
+    pub async fn connect(kubeconfig: Option<&Path>, timeout: Duration) -> Result<ClusterApi> {
+        let kube = KubeApi::connect(kubeconfig, timeout).await?;
+        let client = kube.client();
+        Ok(ClusterApi {
+            pools: Api::all_with(client.clone(), &resource("AddressPool", "addresspools")),
+            blocks: Api::all_with(client, &resource("AddressBlock", "addressblocks")),
+            kube,
+        })
+    }
+
+    pub async fn pool(&self, name: &str) -> Result<Option<PoolObj>> {
+        let got = self
+            .kube
+            .call(
+                &format!("get AddressPool {name}"),
+                &[404],
+                self.pools.get(name),
+            )
+            .await?;
+        Ok(got.ok().map(|o| pool_of(&o)))
+    }
+
+    /// Create the pool with `ranges`; `Conflict` if another node created it first.
+    pub async fn create_pool(&self, name: &str, ranges: &[PoolRange]) -> Result<Written<PoolObj>> {
+        crate::fail::point("ipam.pool.register")?;
+        let mut obj = DynamicObject::new(name, &resource("AddressPool", "addresspools"));
+        obj.data = json!({"spec": ranges_json(ranges)});
+        let r = self
+            .kube
+            .call(
+                &format!("create AddressPool {name}"),
+                &[409],
+                self.pools.create(&post(), &obj),
+            )
+            .await?;
+        Ok(match r {
+            Ok(o) => Written::Done(pool_of(&o)),
+            Err(_) => Written::Conflict,
+        })
+    }
+
+    /// Replace the pool's ranges, if it has not changed since `resource_version`.
+    pub async fn replace_pool(
+        &self,
+        name: &str,
+        ranges: &[PoolRange],
+        resource_version: &str,
+    ) -> Result<Written<PoolObj>> {
+        crate::fail::point("ipam.pool.register")?;
+        let mut obj = DynamicObject::new(name, &resource("AddressPool", "addresspools"));
+        obj.metadata.resource_version = Some(resource_version.to_string());
+        obj.data = json!({"spec": ranges_json(ranges)});
+        let r = self
+            .kube
+            .call(
+                &format!("update AddressPool {name}"),
+                &[404, 409],
+                self.pools.replace(name, &post(), &obj),
+            )
+            .await?;
+        Ok(match r {
+            Ok(o) => Written::Done(pool_of(&o)),
+            Err(404) => Written::Gone,
+            Err(_) => Written::Conflict,
+        })
+    }
+
+    /// The Node's UID, `None` if there is no such Node.
+    pub async fn node_uid(&self, name: &str) -> Result<Option<String>> {
+        let nodes: Api<Node> = Api::all(self.kube.client());
+        let r = self
+            .kube
+            .call(&format!("get node {name}"), &[404], nodes.get(name))
+            .await?;
+        Ok(r.ok().map(|n| n.metadata.uid.unwrap_or_default()))
+    }
+
+    /// Every block of `pool`: one complete list (a failure is an error, never an empty list).
+    pub async fn blocks(&self, pool: &str) -> Result<Vec<BlockObj>> {
+        let lp = ListParams::default().labels(&format!("{POOL_LABEL}={pool}"));
+        let list = self
+            .kube
+            .call(
+                &format!("list the AddressBlocks of pool {pool}"),
+                &[],
+                self.blocks.list(&lp),
+            )
+            .await?
+            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+        Ok(list.items.into_iter().map(block_of).collect())
+    }
+
+    pub async fn block(&self, name: &str) -> Result<Option<BlockObj>> {
+        let r = self
+            .kube
+            .call(
+                &format!("get AddressBlock {name}"),
+                &[404],
+                self.blocks.get(name),
+            )
+            .await?;
+        Ok(r.ok().map(block_of))
+    }
+
+    /// Create the block's object: `Conflict` if it exists (someone owns the block).
+    pub async fn create_block(&self, b: &BlockObj) -> Result<Written<BlockObj>> {
+        crate::fail::point("ipam.block.create")?;
+        let mut obj = DynamicObject::new(&b.name, &resource("AddressBlock", "addressblocks"));
+        obj.metadata = ObjectMeta {
+            name: Some(b.name.clone()),
+            labels: Some(BTreeMap::from([
+                (POOL_LABEL.to_string(), b.pool.clone()),
+                (NODE_LABEL.to_string(), label_value(&b.node)),
+            ])),
+            ..Default::default()
+        };
+        obj.data = json!({"spec": {
+            "pool": b.pool, "range": b.range, "cidr": b.cidr, "node": b.node, "instance": b.instance,
+        }});
+        let r = self
+            .kube
+            .call(
+                &format!("create AddressBlock {} ({})", b.name, b.cidr),
+                &[409],
+                self.blocks.create(&post(), &obj),
+            )
+            .await?;
+        crate::fail::point("ipam.block.created")?;
+        Ok(match r {
+            Ok(o) => Written::Done(block_of(o)),
+            Err(_) => Written::Conflict,
+        })
+    }
+
+    /// Delete the block's object if it is still the one read (`uid`, `resource_version`).
+    pub async fn delete_block(&self, b: &BlockObj) -> Result<Written<()>> {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(b.uid.clone()),
+                resource_version: Some(b.resource_version.clone()),
+            }),
+            ..Default::default()
+        };
+        let r = self
+            .kube
+            .call(
+                &format!("delete AddressBlock {}", b.name),
+                &[404, 409],
+                self.blocks.delete(&b.name, &dp),
+            )
+            .await?;
+        Ok(match r {
+            Ok(_) => Written::Done(()),
+            Err(404) => Written::Gone,
+            Err(_) => Written::Conflict,
+        })
+    }
+}

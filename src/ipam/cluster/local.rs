@@ -1,0 +1,409 @@
+//! A node's own part of attache-ipam: which blocks it owns and what it handed out of them, on disk.
+//!
+//! ```text
+//! <dataDir>/instance                    random id of this dataDir (in every block it claims: a node
+//!                                       adopts after a crash only the blocks it created itself)
+//! <dataDir>/<pool>/claim.lock           flock: one claim at a time per node and pool
+//! <dataDir>/<pool>/owned/<block>        the block is this node's: {name, uid, cidr, range} of its object
+//! <dataDir>/<pool>/blocks/<block>/      host-local's store of the block (lock, <ip>, last_reserved_ip.0)
+//! <dataDir>/<pool>/pool.json            the ranges this node saw registered in the pool (append-only)
+//! ```
+//!
+//! `<block>` is the block's CIDR as [`Block::dir_name`] writes it. An IP file holds
+//! `<containerID>\r\n<ifname>\r\n<podUID>\r\n<namespace>/<name>`: the pod, so that a reconcile can tell
+//! whether the pod still exists (by UID, never by name alone).
+//!
+//! An allocation holds the block store's lock and checks, under it, that `owned/<block>` still exists:
+//! whoever gives a block back removes that file under the same lock first, so no address is handed out
+//! of a block being given back.
+
+use std::fs::{File, OpenOptions};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::libc;
+use serde::{Deserialize, Serialize};
+
+use super::ClusterIpam;
+use super::block::{Block, Layout};
+use crate::error::{Error, Result};
+use crate::ipam::range::{Range, RangeSet, from_u128};
+use crate::ipam::store::{DiskStore, Store};
+
+/// What `owned/<block>` records of the block's object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Owned {
+    pub name: String,
+    pub uid: String,
+    pub cidr: String,
+    pub range: String,
+}
+
+/// One address handed out on this node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reservation {
+    pub block: Block,
+    pub ip: IpAddr,
+    pub id: String,
+    pub ifname: String,
+    /// The pod's UID (`K8S_POD_UID`), empty outside Kubernetes.
+    pub pod_uid: String,
+    /// `namespace/name`.
+    pub pod: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Local {
+    data_dir: PathBuf,
+    dir: PathBuf,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |e| Error::io(what, e)
+}
+
+impl Local {
+    pub fn new(data_dir: &Path, pool: &str) -> Local {
+        Local {
+            data_dir: data_dir.to_path_buf(),
+            dir: data_dir.join(pool),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn owned_dir(&self) -> PathBuf {
+        self.dir.join("owned")
+    }
+
+    fn blocks_dir(&self) -> PathBuf {
+        self.dir.join("blocks")
+    }
+
+    fn pool_file(&self) -> PathBuf {
+        self.dir.join("pool.json")
+    }
+
+    /// The blocks this node owns, lowest first (a missing folder: none).
+    pub fn owned(&self) -> Result<Vec<Block>> {
+        let mut out: Vec<Block> = match std::fs::read_dir(self.owned_dir()) {
+            Ok(rd) => rd
+                .flatten()
+                .filter_map(|e| Block::from_dir_name(e.file_name().to_str()?))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => {
+                return Err(Error::io(
+                    format!("listing {}", self.owned_dir().display()),
+                    e,
+                ));
+            }
+        };
+        out.sort();
+        Ok(out)
+    }
+
+    /// The record of an owned block.
+    pub fn owned_record(&self, block: &Block) -> Result<Option<Owned>> {
+        let p = self.owned_dir().join(block.dir_name());
+        match crate::files::read_bounded(&p, 64 << 10) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
+        }
+    }
+
+    fn is_owned(&self, block: &Block) -> bool {
+        std::fs::symlink_metadata(self.owned_dir().join(block.dir_name())).is_ok()
+    }
+
+    /// Record that `block` is this node's (after its object was created, or found to be ours).
+    pub fn adopt(&self, block: &Block, owned: &Owned) -> Result<()> {
+        crate::files::ensure_real_dir(&self.owned_dir())?;
+        let bytes = serde_json::to_vec(owned).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::cli::install::write_atomic(&self.owned_dir().join(block.dir_name()), &bytes, 0o600)
+    }
+
+    /// Give up `block` locally, under its store's lock, if it holds nothing: `false` if it does.
+    pub fn disown_if_empty(&self, block: &Block) -> Result<bool> {
+        let store = DiskStore::open(&self.blocks_dir(), &block.dir_name())?;
+        if !store.all()?.is_empty() {
+            return Ok(false);
+        }
+        let p = self.owned_dir().join(block.dir_name());
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
+        }
+    }
+
+    /// One claim at a time per node and pool.
+    pub fn claim_lock(&self) -> Result<Flock<File>> {
+        crate::files::ensure_real_dir(&self.dir)?;
+        let p = self.dir.join("claim.lock");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&p)
+            .map_err(io(format!("opening {}", p.display())))?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::kernel(format!("locking {}", p.display()), errno))
+    }
+
+    /// This dataDir's random id, made once.
+    pub fn instance(&self) -> Result<String> {
+        let p = self.data_dir.join("instance");
+        if let Ok(b) = crate::files::read_bounded(&p, 256) {
+            let s = String::from_utf8_lossy(&b).trim().to_string();
+            if !s.is_empty() {
+                return Ok(s);
+            }
+        }
+        crate::files::ensure_real_dir(&self.data_dir)?;
+        let mut bytes = [0u8; 16];
+        {
+            use std::io::Read;
+            File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut bytes))
+                .map_err(io("reading /dev/urandom"))?;
+        }
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = self
+            .data_dir
+            .join(format!(".instance.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        crate::files::write_new(&tmp, id.as_bytes(), 0o600)
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        // link, not rename: a concurrent first claim must not replace an id already handed out.
+        let linked = std::fs::hard_link(&tmp, &p);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(id),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.instance(),
+            Err(e) => Err(Error::io(format!("writing {}", p.display()), e)),
+        }
+    }
+
+    /// The ranges (`range -> blockSize`) this node saw registered in its pool.
+    pub fn registered(&self) -> Vec<(String, u8)> {
+        crate::files::read_bounded(&self.pool_file(), 1 << 20)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn set_registered(&self, ranges: &[(String, u8)]) -> Result<()> {
+        crate::files::ensure_real_dir(&self.dir)?;
+        let bytes = serde_json::to_vec(ranges).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::cli::install::write_atomic(&self.pool_file(), &bytes, 0o600)
+    }
+
+    fn store(&self, block: &Block) -> Result<DiskStore> {
+        DiskStore::open(&self.blocks_dir(), &block.dir_name())
+    }
+
+    /// An address for `(id, ifname)` from a block this node owns, or `None` when none has room (or the
+    /// requested address lies in no block of this node). Never calls the API.
+    pub fn allocate(&self, c: &ClusterIpam, id: &str, ifname: &str) -> Result<Option<IpAddr>> {
+        let owned: Vec<Block> = self
+            .owned()?
+            .into_iter()
+            .filter(|b| c.layout.has(b))
+            .collect();
+        let extra = vec![
+            c.pod.uid.clone(),
+            format!("{}/{}", c.pod.namespace, c.pod.name),
+        ];
+        if let Some(ip) = c.requested.first() {
+            let Some(b) = owned.iter().find(|b| b.contains(*ip)) else {
+                return Ok(None);
+            };
+            let mut store = self.store(b)?;
+            store.set_extra(extra);
+            if !self.is_owned(b) {
+                return Ok(None);
+            }
+            refuse_duplicate(&store, id, ifname)?;
+            if !store.reserve(id, ifname, *ip, 0)? {
+                return Err(Error::Ipam(format!(
+                    "requested IP address {ip} is not available in pool {} (block {})",
+                    c.pool,
+                    b.net()
+                )));
+            }
+            return Ok(Some(*ip));
+        }
+        for b in &owned {
+            let free = c.layout.free_intervals(b, &c.holes);
+            if free.is_empty() {
+                continue;
+            }
+            let mut store = self.store(b)?;
+            if !self.is_owned(b) {
+                continue; // given back meanwhile
+            }
+            store.set_extra(extra.clone());
+            refuse_duplicate(&store, id, ifname)?;
+            let set = RangeSet(
+                free.iter()
+                    .map(|&(s, e)| Range {
+                        subnet: c.layout.range,
+                        start: from_u128(s, b.v4),
+                        end: from_u128(e, b.v4),
+                        gateway: None,
+                    })
+                    .collect(),
+            );
+            let last = store.last_reserved(0)?;
+            for (ip, _) in set.candidates(last) {
+                if store.reserve(id, ifname, ip, 0)? {
+                    return Ok(Some(ip));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every block folder of the pool (owned or not: a reservation outlives a lost record).
+    fn block_dirs(&self) -> Result<Vec<Block>> {
+        let mut out: Vec<Block> = match std::fs::read_dir(self.blocks_dir()) {
+            Ok(rd) => rd
+                .flatten()
+                .filter_map(|e| Block::from_dir_name(e.file_name().to_str()?))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => {
+                return Err(Error::io(
+                    format!("listing {}", self.blocks_dir().display()),
+                    e,
+                ));
+            }
+        };
+        out.sort();
+        Ok(out)
+    }
+
+    /// The blocks to look in for `(id, ifname)`: those of the `named` addresses when the layout is
+    /// known and they all have a folder, else all.
+    fn blocks_for(&self, named: &[IpAddr], layout: Option<&Layout>) -> Result<Vec<Block>> {
+        let all = self.block_dirs()?;
+        if let Some(l) = layout
+            && !named.is_empty()
+        {
+            let mut bs: Vec<Block> = named.iter().filter_map(|ip| l.block_of(*ip)).collect();
+            bs.sort();
+            bs.dedup();
+            if bs.len() == named.len() && bs.iter().all(|b| all.contains(b)) {
+                return Ok(bs);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Release what `(id, ifname)` holds; what was released.
+    pub fn release(
+        &self,
+        id: &str,
+        ifname: &str,
+        named: &[IpAddr],
+        layout: Option<&Layout>,
+    ) -> Result<Vec<IpAddr>> {
+        let mut out = Vec::new();
+        for b in self.blocks_for(named, layout)? {
+            out.extend(self.store(&b)?.release_by_id(id, ifname)?);
+        }
+        Ok(out)
+    }
+
+    pub fn held(&self, id: &str, ifname: &str, layout: Option<&Layout>) -> Result<Vec<IpAddr>> {
+        let mut out = Vec::new();
+        for b in self.block_dirs()? {
+            if layout.is_some_and(|l| !l.has(&b)) {
+                continue;
+            }
+            out.extend(self.store(&b)?.get_by_id(id, ifname)?);
+        }
+        Ok(out)
+    }
+
+    /// Release every address whose `(containerID, ifname)` is not in `valid`.
+    pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
+        let mut released = Vec::new();
+        for b in self.block_dirs()? {
+            let mut store = self.store(&b)?;
+            for (ip, id, ifname) in store.all()? {
+                let keep = valid
+                    .iter()
+                    .any(|(v_id, v_if)| *v_id == id && (*v_if == ifname || ifname.is_empty()));
+                if !keep {
+                    store.release(ip)?;
+                    released.push(ip);
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// Every reservation in the pool's block stores, with the pod it was made for.
+    pub fn reservations(&self) -> Result<Vec<Reservation>> {
+        let mut out = Vec::new();
+        for b in self.block_dirs()? {
+            let store = self.store(&b)?;
+            for (ip, id, ifname) in store.all()? {
+                let mut extra = store
+                    .content(ip)?
+                    .map(|c| crate::ipam::store::extra_lines(&c))
+                    .unwrap_or_default()
+                    .into_iter();
+                out.push(Reservation {
+                    block: b,
+                    ip,
+                    id,
+                    ifname,
+                    pod_uid: extra.next().unwrap_or_default(),
+                    pod: extra.next().unwrap_or_default(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Release `ip` of `block` if `(id, ifname)` still holds it (checked under the lock).
+    pub fn release_if_held(
+        &self,
+        block: &Block,
+        ip: IpAddr,
+        id: &str,
+        ifname: &str,
+    ) -> Result<bool> {
+        let mut store = self.store(block)?;
+        match store.holder(ip)? {
+            Some((i, f)) if i == id && f == ifname => {
+                store.release(ip)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+fn refuse_duplicate(store: &DiskStore, id: &str, ifname: &str) -> Result<()> {
+    if let Some(have) = store.get_by_id(id, ifname)?.first() {
+        return Err(Error::Ipam(format!(
+            "{have} has been allocated to {id}, duplicate allocation is not allowed"
+        )));
+    }
+    Ok(())
+}
