@@ -588,3 +588,180 @@ fn requested_addresses_come_only_from_the_node_that_owns_their_block() {
     assert_eq!(out.exit, 0, "{} {}", out.stdout, out.stderr);
     assert_eq!(a.state("default").1, vec![first.to_string()]);
 }
+
+/// A pod bound to `node` (no kubelet runs: it stays Pending); its UID.
+fn bound_pod(api: &RealApi, ns: &str, name: &str, node: &str) -> String {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "registry.example/app:1"}]}});
+    let out = api.apply(&pod.to_string(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api.get(&["pod", "-n", ns, name])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn delete_pod(api: &RealApi, ns: &str, name: &str) {
+    api.must(&[
+        "delete",
+        "pod",
+        "-n",
+        ns,
+        name,
+        "--grace-period=0",
+        "--force",
+    ]);
+}
+
+fn pod_args(ns: &str, name: &str, uid: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}")
+}
+
+/// `attache ipam reconcile` as `sim`, in the API server's netns; its JSON report, or its error.
+fn reconcile(host: &Node, c: &Cluster, sim: &Sim, kubeconfig: &Path) -> Result<Value, String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &host.name])
+        .arg(attache_bin())
+        .args([
+            "ipam",
+            "reconcile",
+            "--grace",
+            "0",
+            "--node-grace",
+            "0",
+            "--api-timeout",
+            "5",
+        ])
+        .arg("--data-dir")
+        .arg(&sim.data_dir)
+        .arg("--node")
+        .arg(&sim.name)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    let _ = c;
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn reconcile_releases_the_addresses_of_pods_that_are_gone_by_uid_and_nothing_on_a_failed_list() {
+    let mut host = Node::new("cipam-rec");
+    let mut c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    c.api.must(&["create", "namespace", "team"]);
+    let ipam = json!({"range": "10.80.0.0/24", "blockSize": 26});
+    let conf = c.conf(&a, ipam.clone());
+    let add =
+        |c: &Cluster, id: &str, args: &str| ip_of(&c.run_args(&host, "ADD", id, &conf, args).ok());
+    let u1 = bound_pod(&c.api, "team", "p1", "node-a");
+    let u2 = bound_pod(&c.api, "team", "p2", "node-a");
+    let u3 = bound_pod(&c.api, "team", "p3", "node-a");
+    let ip1 = add(&c, "c1", &pod_args("team", "p1", &u1));
+    let ip2 = add(&c, "c2", &pod_args("team", "p2", &u2));
+    let ip3 = add(&c, "c3", &pod_args("team", "p3", &u3));
+    let plain = add(&c, "c-plain", ""); // no pod: never reconciled away
+    // While node-a was "down": p1 deleted; p2 deleted and recreated under its name (a new pod).
+    delete_pod(&c.api, "team", "p1");
+    delete_pod(&c.api, "team", "p2");
+    let u2b = bound_pod(&c.api, "team", "p2", "node-a");
+    assert_ne!(u2, u2b);
+    let ip2b = add(&c, "c2b", &pod_args("team", "p2", &u2b));
+    let held = |s: &Sim| s.state("default").1;
+    let before = held(&a);
+    assert_eq!(before.len(), 5);
+
+    // A token that may not list pods: refused, nothing released.
+    c.api.apply(
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "weak", "namespace": "kube-system"}}).to_string(),
+        &[],
+    );
+    let weak = host.path("weak.kubeconfig");
+    c.api
+        .write_kubeconfig(&weak, &c.api.token("kube-system", "weak", None), false);
+    let e = reconcile(&host, &c, &a, &weak).unwrap_err();
+    assert!(e.contains("403") || e.contains("forbids"), "{e}");
+    assert!(e.contains("nothing released"), "{e}");
+    assert_eq!(held(&a), before);
+    // The API server gone: nothing released.
+    c.api.stop_apiserver();
+    let e = reconcile(&host, &c, &a, &c.kubeconfig).unwrap_err();
+    assert!(e.contains("nothing released"), "{e}");
+    assert_eq!(held(&a), before);
+    c.api.restart_apiserver();
+
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    let mut released: Vec<String> = r["released"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["ip"].as_str().unwrap().to_string())
+        .collect();
+    released.sort();
+    let mut want = vec![ip1.to_string(), ip2.to_string()];
+    want.sort();
+    assert_eq!(released, want, "{r}");
+    assert_eq!(r["errors"], json!([]), "{r}");
+    assert_eq!(r["unverifiable"], 1, "{r}");
+    let mut left = held(&a);
+    left.sort();
+    let mut keep = vec![ip3.to_string(), ip2b.to_string(), plain.to_string()];
+    keep.sort();
+    assert_eq!(left, keep);
+    // Blocks that still hold addresses stay.
+    assert!(r["blocksReturned"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(c.blocks().len(), 1);
+
+    // Everything DELeted: the empty block goes back to the pool.
+    for id in ["c3", "c2b", "c-plain"] {
+        assert_eq!(c.run(&host, "DEL", id, &conf).exit, 0);
+    }
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    assert_eq!(r["blocksReturned"].as_array().unwrap().len(), 1, "{r}");
+    assert!(c.blocks().is_empty());
+    assert_eq!(a.state("default"), (vec![], vec![]));
+    // ... and is claimed again when needed.
+    add(&c, "c4", "");
+    assert_eq!(c.blocks().len(), 1);
+}
+
+#[test]
+fn reconcile_reclaims_the_blocks_of_deleted_nodes_but_not_while_their_pods_exist() {
+    let mut host = Node::new("cipam-gone");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let b = c.node(&host, "node-b");
+    let d = c.node(&host, "node-c");
+    c.api.must(&["create", "namespace", "team"]);
+    let ipam = json!({"range": "10.81.0.0/24", "blockSize": 26});
+    for s in [&a, &b, &d] {
+        c.run(
+            &host,
+            "ADD",
+            &format!("{}-0", s.name),
+            &c.conf(s, ipam.clone()),
+        )
+        .ok();
+    }
+    bound_pod(&c.api, "team", "still-there", "node-c");
+    c.api.must(&["delete", "node", "node-b", "node-c"]);
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    assert_eq!(r["blocksReclaimed"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["nodesMissing"], json!(["node-c"]), "{r}");
+    let owners: BTreeSet<String> = c.blocks().values().map(|(_, n)| n.clone()).collect();
+    assert_eq!(
+        owners,
+        ["node-a", "node-c"].iter().map(|s| s.to_string()).collect()
+    );
+}

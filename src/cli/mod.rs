@@ -4,6 +4,7 @@
 
 pub mod inspect;
 pub mod install;
+pub mod ipam;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ enum Cmd {
     /// Show the node's attachments, address pools and leaks; `--gc` releases the leaks.
     #[command(after_help = inspect::AFTER_HELP)]
     Inspect(inspect::InspectArgs),
+    /// attache-ipam's upkeep on this node (`attache ipam reconcile`).
+    #[command(subcommand)]
+    Ipam(ipam::IpamCmd),
 }
 
 /// Whether this invocation is the operator's (arguments, no `CNI_COMMAND`) rather than a runtime's.
@@ -58,6 +62,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Cmd::Install(a) => install::install(&a),
         Cmd::Uninstall(a) => install::uninstall(&a),
         Cmd::Inspect(a) => inspect::run(&a, &mut std::io::stdout().lock()),
+        Cmd::Ipam(c) => ipam::run(&c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

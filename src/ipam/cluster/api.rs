@@ -3,11 +3,11 @@
 //! Writes are conditional: a create is refused (409) when the name exists, a replace or delete when the
 //! object changed since it was read — the API server's optimistic concurrency is the only lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions};
 use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 use serde_json::{Value, json};
@@ -260,12 +260,102 @@ impl ClusterApi {
         })
     }
 
-    /// Delete the block's object if it is still the one read (`uid`, `resource_version`).
+    /// Every block of every pool (one complete list).
+    pub async fn all_blocks(&self) -> Result<Vec<BlockObj>> {
+        let list = self
+            .kube
+            .call(
+                "list the AddressBlocks",
+                &[],
+                self.blocks.list(&ListParams::default()),
+            )
+            .await?
+            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+        Ok(list.items.into_iter().map(block_of).collect())
+    }
+
+    /// The UIDs of the pods bound to `node`, from a complete list (pages of 500 read to the end; any
+    /// failure, an expired continue token included, is an error: never a shorter list).
+    pub async fn pod_uids_on(&self, node: &str) -> Result<BTreeSet<String>> {
+        let pods: Api<Pod> = Api::all(self.kube.client());
+        let mut lp = ListParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .limit(500);
+        let mut out = BTreeSet::new();
+        loop {
+            let page = self
+                .kube
+                .call(
+                    &format!("list the pods of node {node}"),
+                    &[],
+                    pods.list_metadata(&lp),
+                )
+                .await?
+                .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+            for p in &page.items {
+                match &p.metadata.uid {
+                    Some(u) if !u.is_empty() => {
+                        out.insert(u.clone());
+                    }
+                    _ => {
+                        return Err(Error::Internal(format!(
+                            "the API listed a pod of node {node} without a UID"
+                        )));
+                    }
+                }
+            }
+            match page.metadata.continue_.as_deref() {
+                Some(t) if !t.is_empty() => lp = lp.continue_token(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The UID of pod `namespace/name`, `None` if there is none.
+    pub async fn pod_uid(&self, namespace: &str, name: &str) -> Result<Option<String>> {
+        Ok(self.kube.pod(namespace, name).await?.map(|p| p.uid))
+    }
+
+    /// The names of every Node (one complete list).
+    pub async fn node_names(&self) -> Result<BTreeSet<String>> {
+        let nodes: Api<Node> = Api::all(self.kube.client());
+        let list = self
+            .kube
+            .call(
+                "list the nodes",
+                &[],
+                nodes.list_metadata(&ListParams::default()),
+            )
+            .await?
+            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+        if list
+            .metadata
+            .continue_
+            .as_deref()
+            .is_some_and(|t| !t.is_empty())
+        {
+            return Err(Error::Internal("the node list came back paged".into()));
+        }
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect())
+    }
+
+    /// A fresh deadline for the calls that follow (a reconcile runs several phases).
+    pub fn renew(&mut self) {
+        self.kube = self.kube.renewed();
+    }
+
+    /// Delete the block's object if it is still the one read (`uid`, and `resource_version` when
+    /// known).
     pub async fn delete_block(&self, b: &BlockObj) -> Result<Written<()>> {
+        crate::fail::point("ipam.block.release")?;
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(b.uid.clone()),
-                resource_version: Some(b.resource_version.clone()),
+                resource_version: Some(b.resource_version.clone()).filter(|v| !v.is_empty()),
             }),
             ..Default::default()
         };

@@ -52,6 +52,8 @@ pub struct Reservation {
     pub pod_uid: String,
     /// `namespace/name`.
     pub pod: String,
+    /// When the reservation was made (its file's mtime).
+    pub made: Option<std::time::SystemTime>,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +145,59 @@ impl Local {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
             Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
         }
+    }
+
+    /// The pools with state under `data_dir`.
+    pub fn pools(data_dir: &Path) -> Result<Vec<Local>> {
+        let mut out = Vec::new();
+        match std::fs::read_dir(data_dir) {
+            Ok(rd) => {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if super::validate_pool(&name).is_ok()
+                        && e.file_type().is_ok_and(|t| t.is_dir())
+                    {
+                        out.push(Local::new(data_dir, &name));
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("listing {}", data_dir.display()), e)),
+        }
+        out.sort_by(|a, b| a.dir.cmp(&b.dir));
+        Ok(out)
+    }
+
+    /// The pool's name (its folder's).
+    pub fn pool(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// When the block was claimed (its record's mtime) and last changed (its store's folder).
+    pub fn block_times(
+        &self,
+        block: &Block,
+    ) -> (Option<std::time::SystemTime>, Option<std::time::SystemTime>) {
+        let t = |p: PathBuf| std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
+        (
+            t(self.owned_dir().join(block.dir_name())),
+            t(self.blocks_dir().join(block.dir_name())),
+        )
+    }
+
+    /// Remove a given-back block's store (and host-local's index of it). Best effort: a later DEL that
+    /// opens it finds it empty.
+    pub fn forget(&self, block: &Block) {
+        let name = block.dir_name();
+        let _ = std::fs::remove_dir_all(self.blocks_dir().join(&name));
+        let _ = std::fs::remove_dir_all(
+            self.blocks_dir()
+                .join(crate::ipam::store::INDEX_DIR)
+                .join(format!("{name}.index")),
+        );
     }
 
     /// One claim at a time per node and pool.
@@ -367,7 +422,13 @@ impl Local {
                     .map(|c| crate::ipam::store::extra_lines(&c))
                     .unwrap_or_default()
                     .into_iter();
+                let made = std::fs::symlink_metadata(
+                    self.blocks_dir().join(b.dir_name()).join(ip.to_string()),
+                )
+                .and_then(|m| m.modified())
+                .ok();
                 out.push(Reservation {
+                    made,
                     block: b,
                     ip,
                     id,

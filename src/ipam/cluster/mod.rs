@@ -12,6 +12,7 @@ pub mod api;
 pub mod block;
 pub mod claim;
 pub mod local;
+pub mod reconcile;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -138,7 +139,7 @@ fn parse_range(s: &str) -> Result<(IpNet, Option<IpAddr>, Option<IpAddr>)> {
 }
 
 /// The address space's name: a DNS label of at most 40 characters (it prefixes block names).
-fn validate_pool(name: &str) -> Result<()> {
+pub(crate) fn validate_pool(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 40
         && name
@@ -156,7 +157,7 @@ fn validate_pool(name: &str) -> Result<()> {
 }
 
 /// A node name as Kubernetes has them: a DNS subdomain.
-fn validate_node(name: &str, source: &str) -> Result<()> {
+pub(crate) fn validate_node(name: &str, source: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name
@@ -176,7 +177,7 @@ fn validate_node(name: &str, source: &str) -> Result<()> {
 
 /// The node: `nodeName` in the configuration, else the file `attache install` writes, else the host
 /// name.
-fn node_name(conf: Option<String>) -> Result<(String, String)> {
+pub(crate) fn node_name(conf: Option<String>) -> Result<(String, String)> {
     if let Some(n) = conf {
         return Ok((n, "the ipam configuration's nodeName".into()));
     }

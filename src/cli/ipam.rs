@@ -1,0 +1,99 @@
+//! `attache ipam ...`: attache-ipam's node-side upkeep (see [`crate::ipam::cluster::reconcile`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::ipam::cluster::{self, reconcile};
+
+#[derive(Subcommand)]
+pub enum IpamCmd {
+    /// Release the addresses of pods that are gone (by UID), give back empty blocks, reclaim the blocks
+    /// of deleted nodes. Prints what it did as JSON; a failed API call releases nothing.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Args)]
+pub struct ReconcileArgs {
+    /// attache-ipam's dataDir on this node.
+    #[arg(long, default_value = cluster::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// This node's name (default: $NODE_NAME, the file `attache install` writes, the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// The kubeconfig (default: the one `attache install` writes, else the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Seconds one API phase may take.
+    #[arg(long, default_value_t = 10.0)]
+    api_timeout: f64,
+    /// Seconds a block must have been empty before it is given back.
+    #[arg(long, default_value_t = 300)]
+    grace: u64,
+    /// Seconds a node must have been missing before its blocks are reclaimed.
+    #[arg(long, default_value_t = 300)]
+    node_grace: u64,
+    /// Run again every this many seconds, forever (the DaemonSet's mode); a failed pass is logged.
+    #[arg(long)]
+    every: Option<u64>,
+}
+
+pub fn run(cmd: &IpamCmd) -> Result<()> {
+    match cmd {
+        IpamCmd::Reconcile(a) => reconcile_cmd(a),
+    }
+}
+
+fn reconcile_cmd(a: &ReconcileArgs) -> Result<()> {
+    let node = a.node.clone().or_else(|| {
+        std::env::var("NODE_NAME")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+    });
+    let (node, source) = cluster::node_name(node)?;
+    cluster::validate_node(&node, &source)?;
+    if !(a.api_timeout > 0.0 && a.api_timeout <= 300.0) {
+        return Err(Error::config(
+            "--api-timeout must be more than 0 and at most 300 seconds",
+        ));
+    }
+    let opts = reconcile::Options {
+        data_dir: a.data_dir.clone(),
+        node,
+        kubeconfig: a.kubeconfig.clone().or_else(|| {
+            let p = PathBuf::from(cluster::KUBECONFIG_FILE);
+            p.exists().then_some(p)
+        }),
+        api_timeout: Duration::from_secs_f64(a.api_timeout),
+        grace: Duration::from_secs(a.grace),
+        node_grace: Duration::from_secs(a.node_grace),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))?;
+    loop {
+        let failed = match rt.block_on(reconcile::reconcile(&opts)) {
+            Ok(report) => {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| Error::Internal(e.to_string()))?
+                );
+                (!report.errors.is_empty()).then(|| Error::TryAgain(report.errors.join("; ")))
+            }
+            Err(e) => Some(e),
+        };
+        match (failed, a.every) {
+            (Some(e), Some(_)) => eprintln!("attache ipam reconcile: {e}"),
+            (Some(e), None) => return Err(e),
+            (None, _) => {}
+        }
+        match a.every {
+            Some(s) => std::thread::sleep(Duration::from_secs(s.max(1))),
+            None => return Ok(()),
+        }
+    }
+}

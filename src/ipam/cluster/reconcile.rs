@@ -1,0 +1,265 @@
+//! `attache ipam reconcile`: what CNI DEL and GC cannot see. A pod deleted while its node was down never
+//! got a DEL; a node deleted from the cluster never gives its blocks back. Run on every node (the
+//! DaemonSet does, periodically), it:
+//!
+//! 1. releases the addresses of this node whose pod no longer exists — judged by UID, never by name
+//!    (a pod recreated under the same name is another pod), from a complete list of the node's pods
+//!    read before the reservations, each candidate confirmed by a GET of the pod; a reservation made
+//!    after the list was started, or without a UID (not made for a Kubernetes pod), is never touched;
+//! 2. gives back this node's blocks that hold nothing (and have held nothing for `grace`), under the
+//!    pool's claim lock and the block's lock, with a delete conditioned on the block object's UID;
+//! 3. reclaims the blocks of nodes that no longer exist: missing from a complete node list on two
+//!    passes at least `node_grace` apart, confirmed by a GET of the Node (404) and an empty list of the
+//!    pods bound to it, deleted conditioned on UID and resourceVersion.
+//!
+//! Any failure of the API before a step's decision (an error, a timeout, a 403, an expired continue
+//! token) makes that step release nothing: a failed list is not an empty list.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::api::{BlockObj, ClusterApi, Written};
+use super::local::{Local, Reservation};
+use crate::error::{Error, Result};
+
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub node: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub api_timeout: Duration,
+    /// How long a block must have held nothing before it is given back.
+    pub grace: Duration,
+    /// How long a node must have been missing before its blocks are reclaimed.
+    pub node_grace: Duration,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Released {
+    pub pool: String,
+    pub ip: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    pub pod: String,
+    #[serde(rename = "podUID")]
+    pub pod_uid: String,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub node: String,
+    /// Addresses of pods that are gone.
+    pub released: Vec<Released>,
+    /// Reservations without a pod UID: never released here (CNI GC still applies).
+    pub unverifiable: usize,
+    /// Reservations whose pod the list did not show but a GET did (a stale list): kept.
+    pub confirmed_alive: usize,
+    /// This node's empty blocks given back.
+    #[serde(rename = "blocksReturned")]
+    pub blocks_returned: Vec<String>,
+    /// Blocks of deleted nodes reclaimed.
+    #[serde(rename = "blocksReclaimed")]
+    pub blocks_reclaimed: Vec<String>,
+    /// Nodes missing from the cluster whose blocks wait for the grace period.
+    #[serde(rename = "nodesMissing")]
+    pub nodes_missing: Vec<String>,
+    /// Steps that failed after the addresses were dealt with (each released nothing of its own).
+    pub errors: Vec<String>,
+}
+
+fn older_than(t: Option<SystemTime>, age: Duration, now: SystemTime) -> bool {
+    t.is_some_and(|t| now.duration_since(t).is_ok_and(|d| d >= age))
+}
+
+pub async fn reconcile(o: &Options) -> Result<Report> {
+    let mut api = ClusterApi::connect(o.kubeconfig.as_deref(), o.api_timeout).await?;
+    let pools = Local::pools(&o.data_dir)?;
+    let mut report = Report {
+        node: o.node.clone(),
+        ..Default::default()
+    };
+    release_gone_pods(o, &mut api, &pools, &mut report)
+        .await
+        .map_err(|e| e.context("nothing released"))?;
+    api.renew();
+    if let Err(e) = return_empty_blocks(o, &mut api, &pools, &mut report).await {
+        report.errors.push(format!("giving back empty blocks: {e}"));
+    }
+    api.renew();
+    if let Err(e) = reclaim_deleted_nodes(o, &mut api, &mut report).await {
+        report
+            .errors
+            .push(format!("reclaiming the blocks of deleted nodes: {e}"));
+    }
+    Ok(report)
+}
+
+async fn release_gone_pods(
+    o: &Options,
+    api: &mut ClusterApi,
+    pools: &[Local],
+    report: &mut Report,
+) -> Result<()> {
+    // Anything reserved from here on may be a pod the list does not show yet.
+    let started = SystemTime::now();
+    let alive = api.pod_uids_on(&o.node).await?;
+    crate::fail::point("ipam.reconcile.listed")?;
+    for local in pools {
+        let pool = local.pool();
+        for r in local.reservations()? {
+            let Reservation {
+                block,
+                ip,
+                id,
+                ifname,
+                pod_uid,
+                pod,
+                made,
+            } = r;
+            if pod_uid.is_empty() {
+                report.unverifiable += 1;
+                continue;
+            }
+            if alive.contains(&pod_uid) || !made.is_some_and(|m| m < started) {
+                continue;
+            }
+            let Some((ns, name)) = pod.split_once('/') else {
+                report.unverifiable += 1;
+                continue;
+            };
+            api.renew();
+            if api.pod_uid(ns, name).await?.as_deref() == Some(pod_uid.as_str()) {
+                tracing::warn!(%ip, pod, "the pod list of node {} did not show a pod that exists: its address is kept (is nodeName right?)", o.node);
+                report.confirmed_alive += 1;
+                continue;
+            }
+            if local.release_if_held(&block, ip, &id, &ifname)? {
+                tracing::info!(%ip, pod, pod_uid, "released: the pod is gone");
+                report.released.push(Released {
+                    pool: pool.clone(),
+                    ip: ip.to_string(),
+                    container_id: id,
+                    ifname,
+                    pod,
+                    pod_uid,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn return_empty_blocks(
+    o: &Options,
+    api: &mut ClusterApi,
+    pools: &[Local],
+    report: &mut Report,
+) -> Result<()> {
+    let now = SystemTime::now();
+    for local in pools {
+        // No claim on this node while blocks are given back: a claim would adopt a block this pass
+        // has disowned locally and is about to delete.
+        let _claiming = local.claim_lock()?;
+        for b in local.owned()? {
+            let (claimed, changed) = local.block_times(&b);
+            if !older_than(claimed, o.grace, now)
+                || (changed.is_some() && !older_than(changed, o.grace, now))
+            {
+                continue;
+            }
+            let Some(rec) = local.owned_record(&b)? else {
+                continue;
+            };
+            if !local.disown_if_empty(&b)? {
+                continue;
+            }
+            let obj = BlockObj {
+                name: rec.name.clone(),
+                uid: rec.uid.clone(),
+                resource_version: String::new(),
+                pool: local.pool(),
+                range: rec.range.clone(),
+                cidr: rec.cidr.clone(),
+                node: o.node.clone(),
+                instance: String::new(),
+            };
+            api.renew();
+            match api.delete_block(&obj).await {
+                Ok(Written::Done(()) | Written::Gone) => {
+                    local.forget(&b);
+                    tracing::info!(block = %rec.name, "empty block given back");
+                    report.blocks_returned.push(rec.name);
+                }
+                Ok(Written::Conflict) => {
+                    // Another object of that name: not the one this node created. Not ours to keep.
+                    tracing::warn!(block = %rec.name, "the block's object is not the one this node created: forgotten locally");
+                    local.forget(&b);
+                }
+                Err(e) => {
+                    // Still ours in the API: owned again, usable again.
+                    local.adopt(&b, &rec)?;
+                    return Err(e.context(format!("giving back block {}", rec.name)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `<dataDir>/reclaim.json`: node -> when this node first saw it missing (seconds since the epoch).
+fn missing_file(o: &Options) -> PathBuf {
+    o.data_dir.join("reclaim.json")
+}
+
+async fn reclaim_deleted_nodes(
+    o: &Options,
+    api: &mut ClusterApi,
+    report: &mut Report,
+) -> Result<()> {
+    let nodes = api.node_names().await?;
+    let blocks = api.all_blocks().await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let seen: BTreeMap<String, u64> = crate::files::read_bounded(&missing_file(o), 1 << 20)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut missing: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Vec<BlockObj>> = BTreeMap::new();
+    for b in blocks.into_iter().filter(|b| !nodes.contains(&b.node)) {
+        by_node.entry(b.node.clone()).or_default().push(b);
+    }
+    for (node, blocks) in by_node {
+        let first = *seen.get(&node).unwrap_or(&now);
+        missing.insert(node.clone(), first);
+        if now.saturating_sub(first) < o.node_grace.as_secs() {
+            report.nodes_missing.push(node);
+            continue;
+        }
+        api.renew();
+        if api.node_uid(&node).await?.is_some() || !api.pod_uids_on(&node).await?.is_empty() {
+            report.nodes_missing.push(node);
+            continue;
+        }
+        for b in blocks {
+            match api.delete_block(&b).await? {
+                Written::Done(()) => {
+                    tracing::info!(block = %b.name, node, "reclaimed the block of a deleted node");
+                    report.blocks_reclaimed.push(b.name);
+                }
+                // Changed or gone meanwhile (another node's reconcile): decided again next pass.
+                Written::Conflict | Written::Gone => {}
+            }
+        }
+        missing.remove(&node);
+    }
+    let bytes = serde_json::to_vec(&missing).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::files::ensure_real_dir(&o.data_dir)?;
+    crate::cli::install::write_atomic(&missing_file(o), &bytes, 0o600)
+}
