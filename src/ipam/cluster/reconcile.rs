@@ -124,7 +124,7 @@ async fn release_gone_pods(
                 report.unverifiable += 1;
                 continue;
             }
-            if alive.contains(&pod_uid) || !made.is_some_and(|m| m < started) {
+            if alive.contains(&pod_uid) || made.is_none_or(|m| m >= started) {
                 continue;
             }
             let Some((ns, name)) = pod.split_once('/') else {
