@@ -765,3 +765,59 @@ fn reconcile_reclaims_the_blocks_of_deleted_nodes_but_not_while_their_pods_exist
         ["node-a", "node-c"].iter().map(|s| s.to_string()).collect()
     );
 }
+
+#[test]
+fn native_macvlan_allocates_in_process_and_the_reference_macvlan_execs_attache_ipam() {
+    testbed::require_reference_plugins();
+    let mut host = Node::with_nic("cipam-mv");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let ipam = json!({"range": "10.90.0.0/24", "blockSize": 26, "gateway": "10.90.0.1"});
+    let mut conf = c.conf(&a, ipam);
+    conf["master"] = json!("nic0");
+
+    // attache as macvlan: attache-ipam runs in the same process.
+    let pod = host.pod();
+    let mut call = host.call("ADD", "native-1", &pod, "net1");
+    call.bin = testbed::attache_bin();
+    let native = host.exec(&call, &conf).ok();
+    let ip = testbed::first_ip(&native);
+    assert_eq!(host.addrs(Some(&pod), "net1"), vec![format!("{ip}/24")]);
+    assert_eq!(native["ips"][0]["gateway"], "10.90.0.1");
+
+    // The reference macvlan execs the IPAM plugin by its type from CNI_PATH: the attache-ipam name.
+    let pod2 = host.pod();
+    let mut call = host.call("ADD", "ref-1", &pod2, "net1");
+    call.bin = Path::new(testbed::REFERENCE_DIR).join("macvlan");
+    call.path = format!(
+        "{}:{}",
+        c.bin.parent().unwrap().display(),
+        testbed::REFERENCE_DIR
+    );
+    let reference = host.exec(&call, &conf).ok();
+    let ip2 = testbed::first_ip(&reference);
+    assert_eq!(host.addrs(Some(&pod2), "net1"), vec![format!("{ip2}/24")]);
+    assert_consistent(
+        &c,
+        &[
+            ("node-a".into(), ip.parse().unwrap()),
+            ("node-a".into(), ip2.parse().unwrap()),
+        ],
+    );
+    assert_eq!(c.blocks().len(), 1, "one block serves both");
+    assert!(host.pings(&pod, &ip2), "the two pods reach each other");
+
+    // DEL (each its own way) releases the addresses.
+    let mut call = host.call("DEL", "native-1", &pod, "net1");
+    call.bin = testbed::attache_bin();
+    assert_eq!(host.exec(&call, &conf).exit, 0);
+    let mut call = host.call("DEL", "ref-1", &pod2, "net1");
+    call.bin = Path::new(testbed::REFERENCE_DIR).join("macvlan");
+    call.path = format!(
+        "{}:{}",
+        c.bin.parent().unwrap().display(),
+        testbed::REFERENCE_DIR
+    );
+    assert_eq!(host.exec(&call, &conf).exit, 0);
+    assert!(a.state("default").1.is_empty());
+}

@@ -102,6 +102,7 @@ fn install_wraps_the_cluster_network_and_uninstall_takes_the_configuration_away_
         "--once".into(),
         "--wait=5".into(),
         "--drop-in=bridge,macvlan".into(),
+        "--node-name=worker-7".into(),
     ]);
     args.push(r#"--config={"networksDir":"/etc/attache/networks"}"#.into());
     ok(
@@ -110,9 +111,10 @@ fn install_wraps_the_cluster_network_and_uninstall_takes_the_configuration_away_
             .unwrap(),
     );
 
-    // Binaries: attache, and the drop-in names; the reference bridge it replaced is kept aside.
+    // Binaries: attache, attache-ipam and the drop-in names; the reference bridge it replaced is kept
+    // aside.
     let me = std::fs::read(attache_bin()).unwrap();
-    for name in ["attache", "bridge", "macvlan"] {
+    for name in ["attache", "attache-ipam", "bridge", "macvlan"] {
         let p = h.bin.join(name);
         assert_eq!(std::fs::read(&p).unwrap(), me, "{name}");
         use std::os::unix::fs::PermissionsExt;
@@ -153,6 +155,11 @@ fn install_wraps_the_cluster_network_and_uninstall_takes_the_configuration_away_
     assert_eq!(
         std::fs::read_to_string(h.net.join("attache.d/token")).unwrap(),
         "token-one"
+    );
+    // The node's name, for attache-ipam (a CNI plugin has no Downward API).
+    assert_eq!(
+        std::fs::read_to_string(h.net.join("attache.d/node-name")).unwrap(),
+        "worker-7"
     );
     // Nothing half-written is left beside them.
     for d in [&h.bin, &h.net] {

@@ -25,6 +25,8 @@ pub const CONF_NAME: &str = "00-attache.conflist";
 /// attache's folder in the configuration dir: kubeconfig and token file.
 const STATE_DIR: &str = "attache.d";
 const POD_ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
+/// The node's name, in [`STATE_DIR`] (see [`crate::ipam::cluster::NODE_NAME_FILE`]).
+const NODE_NAME: &str = "node-name";
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 #[derive(clap::Args, Debug, Clone)]
@@ -74,6 +76,10 @@ pub struct InstallArgs {
     /// The binary to install (default: this one).
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// This node's name, written for attache-ipam (default: $NODE_NAME, which the DaemonSet sets from
+    /// the Downward API; none: attache-ipam falls back to the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -225,9 +231,12 @@ fn install_binaries(args: &InstallArgs) -> Result<()> {
         std::fs::read(&me).map_err(|e| Error::io(format!("reading {}", me.display()), e))?;
     std::fs::create_dir_all(&args.bin_dir)
         .map_err(|e| Error::io(format!("creating {}", args.bin_dir.display()), e))?;
-    let main = args.bin_dir.join(crate::engine::META_NAME);
-    if write_if_changed(&main, &bytes, 0o755)? {
-        eprintln!("attache: installed {}", main.display());
+    // attache, and attache-ipam (the cluster IPAM plugin, found by exec'd plugins under that name).
+    for name in [crate::engine::META_NAME, crate::ipam::cluster::TYPE] {
+        let p = args.bin_dir.join(name);
+        if write_if_changed(&p, &bytes, 0o755)? {
+            eprintln!("attache: installed {}", p.display());
+        }
     }
     for name in &args.drop_in {
         crate::cni::conf::validate_plugin_type(name)?;
@@ -316,10 +325,26 @@ fn refresh_token(args: &InstallArgs, source: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `attache.d/node-name`: the node's name for attache-ipam (a CNI plugin sees no Downward API).
+fn write_node_name(args: &InstallArgs) -> Result<()> {
+    let name = args.node_name.clone().or_else(|| {
+        std::env::var("NODE_NAME")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+    });
+    let Some(name) = name else { return Ok(()) };
+    crate::ipam::cluster::validate_node(name.trim(), "--node-name / $NODE_NAME")?;
+    let dir = args.conf_dir.join(STATE_DIR);
+    crate::files::ensure_real_dir(&dir)?;
+    write_if_changed(&dir.join(NODE_NAME), name.trim().as_bytes(), 0o644)?;
+    Ok(())
+}
+
 /// One pass: the kubeconfig and token, then (if the cluster network is configured) attache's
 /// configuration. Whether the configuration is in place.
 fn pass(args: &InstallArgs) -> Result<bool> {
     let kubeconfig = write_kubeconfig(args)?;
+    write_node_name(args)?;
     let Some((file, cluster)) = find_cluster_conf(&args.conf_dir, args.cluster_network.as_deref())
     else {
         return Ok(false);
@@ -407,7 +432,7 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
     // The configuration first: from now on runtimes use the cluster network's own.
     rm(&args.conf_dir.join(CONF_NAME))?;
     let state = args.conf_dir.join(STATE_DIR);
-    for f in ["attache.kubeconfig", "token", "ca.crt"] {
+    for f in ["attache.kubeconfig", "token", "ca.crt", NODE_NAME] {
         rm(&state.join(f))?;
     }
     let _ = std::fs::remove_dir(&state);
@@ -426,6 +451,10 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
                 .map_err(|e| Error::io(format!("restoring {}", target.display()), e))?;
             eprintln!("attache: restored {}", target.display());
         }
+    }
+    let ipam = args.bin_dir.join(crate::ipam::cluster::TYPE);
+    if ours.is_some() && std::fs::read(&ipam).ok() == ours {
+        rm(&ipam)?;
     }
     rm(&main)
 }
@@ -450,6 +479,7 @@ mod tests {
             wait: 0,
             interval: 1,
             binary: None,
+            node_name: None,
         }
     }
 
