@@ -821,3 +821,128 @@ fn native_macvlan_allocates_in_process_and_the_reference_macvlan_execs_attache_i
     assert_eq!(host.exec(&call, &conf).exit, 0);
     assert!(a.state("default").1.is_empty());
 }
+
+/// `attache ipam agent` for `sim`, killed on drop.
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn start(host: &Node, c: &Cluster, sim: &Sim) -> Agent {
+        let log = std::fs::File::create(host.path(&format!("agent-{}.log", sim.name))).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &host.name])
+            .arg(attache_bin())
+            .args(["ipam", "agent", "--resync", "5"])
+            .arg("--data-dir")
+            .arg(&sim.data_dir)
+            .arg("--node")
+            .arg(&sim.name)
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .env_remove("NODE_NAME")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn grants(c: &Cluster) -> Vec<Value> {
+    c.api.get(&["addressgrants.ipam.attache.dev"])["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn with_no_free_block_a_node_borrows_from_another_and_gives_back_on_del() {
+    let mut host = Node::new("cipam-borrow");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let b = c.node(&host, "node-b");
+    let _agents = (Agent::start(&host, &c, &a), Agent::start(&host, &c, &b));
+    // Two /28 blocks: .1-.15 and .16-.30 (the range's network and broadcast are never handed out).
+    let ipam = json!({"range": "10.95.0.0/27", "blockSize": 28, "apiTimeout": 10});
+    let (ca, cb) = (c.conf(&a, ipam.clone()), c.conf(&b, ipam.clone()));
+    let mut handed = vec![(
+        "node-a".to_string(),
+        ip_of(&c.run(&host, "ADD", "a0", &ca).ok()),
+    )];
+    for k in 0..15 {
+        handed.push((
+            "node-b".into(),
+            ip_of(&c.run(&host, "ADD", &format!("b{k}"), &cb).ok()),
+        ));
+    }
+    assert_eq!(c.blocks().len(), 2);
+    // node-b's block is full and no block is free: node-b borrows from node-a's.
+    let out = c.run(&host, "ADD", "b-borrow", &cb);
+    assert_eq!(
+        out.exit,
+        0,
+        "{}\nagent of node-a: {}",
+        out.stdout,
+        std::fs::read_to_string(host.path("agent-node-a.log")).unwrap_or_default()
+    );
+    let lent = ip_of(&out.json());
+    let a_block = c
+        .blocks()
+        .into_values()
+        .find(|(_, n)| n == "node-a")
+        .unwrap()
+        .0;
+    assert!(a_block.contains(&lent), "{lent} not in {a_block}");
+    let g = grants(&c);
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0]["status"]["state"], "Granted");
+    assert_eq!(g[0]["status"]["ip"], json!(lent.to_string()));
+    assert_eq!(g[0]["spec"]["holder"]["containerID"], "b-borrow");
+    assert_eq!(c.run(&host, "CHECK", "b-borrow", &cb).exit, 0);
+    // node-a's own ADDs never get the lent address: it fills its block around it (15 - 1 - 1 = 13).
+    for k in 1..=13 {
+        let ip = ip_of(&c.run(&host, "ADD", &format!("a{k}"), &ca).ok());
+        assert_ne!(ip, lent);
+        handed.push(("node-a".into(), ip));
+    }
+    // Everything taken: node-a finds no block and node-b's agent has nothing to lend. A clean error,
+    // and no grant or file left by it.
+    let e = c.run(&host, "ADD", "a-full", &ca).err(999);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("is full") && msg.contains("no other node lent"),
+        "{msg}"
+    );
+    assert_eq!(grants(&c).len(), 1, "the refused grant was left behind");
+    assert_eq!(
+        a.state("default").1.len(),
+        15,
+        "14 of node-a's own + the lent one"
+    );
+    // borrowed or not, the invariants hold (the lent address counts as node-a's block's).
+    let mut all = handed.clone();
+    all.push(("node-a".into(), lent));
+    assert_consistent(&c, &all);
+
+    // DEL on node-b: released locally at once, the grant deleted by node-b's agent, the address taken
+    // back by node-a's agent: node-a can hand it out again.
+    assert_eq!(c.run(&host, "DEL", "b-borrow", &cb).exit, 0);
+    assert!(
+        testbed::eventually(20, || grants(&c).is_empty()),
+        "the grant was not deleted: {:?}",
+        grants(&c)
+    );
+    assert!(
+        testbed::eventually(20, || a.state("default").1.len() == 14),
+        "node-a did not take its address back: {:?}",
+        a.state("default").1
+    );
+    let again = ip_of(&c.run(&host, "ADD", "a-again", &ca).ok());
+    assert_eq!(again, lent);
+}

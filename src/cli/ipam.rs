@@ -13,6 +13,26 @@ pub enum IpamCmd {
     /// Release the addresses of pods that are gone (by UID), give back empty blocks, reclaim the blocks
     /// of deleted nodes. Prints what it did as JSON; a failed API call releases nothing.
     Reconcile(ReconcileArgs),
+    /// Lend addresses of this node's blocks to nodes whose range has no free block (answering their
+    /// AddressGrants as they come), take them back when the grants go, and delete the grants this node's
+    /// DELs queued. Runs until killed (the DaemonSet's mode).
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// attache-ipam's dataDir on this node.
+    #[arg(long, default_value = cluster::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// This node's name (default: $NODE_NAME, the file `attache install` writes, the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// The kubeconfig (default: the one `attache install` writes, else the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Seconds between full resyncs (a complete list of the grants asked of this node).
+    #[arg(long, default_value_t = 60)]
+    resync: u64,
 }
 
 #[derive(Args)]
@@ -43,17 +63,49 @@ pub struct ReconcileArgs {
 pub fn run(cmd: &IpamCmd) -> Result<()> {
     match cmd {
         IpamCmd::Reconcile(a) => reconcile_cmd(a),
+        IpamCmd::Agent(a) => agent_cmd(a),
     }
 }
 
-fn reconcile_cmd(a: &ReconcileArgs) -> Result<()> {
-    let node = a.node.clone().or_else(|| {
+fn node_of(arg: &Option<String>) -> Result<String> {
+    let node = arg.clone().or_else(|| {
         std::env::var("NODE_NAME")
             .ok()
             .filter(|n| !n.trim().is_empty())
     });
     let (node, source) = cluster::node_name(node)?;
     cluster::validate_node(&node, &source)?;
+    Ok(node)
+}
+
+fn kubeconfig_of(arg: &Option<PathBuf>) -> Option<PathBuf> {
+    arg.clone().or_else(|| {
+        let p = PathBuf::from(cluster::KUBECONFIG_FILE);
+        p.exists().then_some(p)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))
+}
+
+fn agent_cmd(a: &AgentArgs) -> Result<()> {
+    let node = node_of(&a.node)?;
+    let kubeconfig = kubeconfig_of(&a.kubeconfig);
+    runtime()?.block_on(crate::ipam::cluster::grant::agent(
+        &a.data_dir,
+        &node,
+        kubeconfig.as_deref(),
+        Duration::from_secs(a.resync.max(1)),
+    ))
+}
+
+fn reconcile_cmd(a: &ReconcileArgs) -> Result<()> {
+    let node = node_of(&a.node)?;
     if !(a.api_timeout > 0.0 && a.api_timeout <= 300.0) {
         return Err(Error::config(
             "--api-timeout must be more than 0 and at most 300 seconds",
@@ -62,19 +114,12 @@ fn reconcile_cmd(a: &ReconcileArgs) -> Result<()> {
     let opts = reconcile::Options {
         data_dir: a.data_dir.clone(),
         node,
-        kubeconfig: a.kubeconfig.clone().or_else(|| {
-            let p = PathBuf::from(cluster::KUBECONFIG_FILE);
-            p.exists().then_some(p)
-        }),
+        kubeconfig: kubeconfig_of(&a.kubeconfig),
         api_timeout: Duration::from_secs_f64(a.api_timeout),
         grace: Duration::from_secs(a.grace),
         node_grace: Duration::from_secs(a.node_grace),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::io("starting the async runtime", e))?;
+    let rt = runtime()?;
     loop {
         let failed = match rt.block_on(reconcile::reconcile(&opts)) {
             Ok(report) => {

@@ -119,10 +119,67 @@ fn post() -> PostParams {
     }
 }
 
+pub const LENDER_LABEL: &str = "ipam.attache.dev/lender";
+pub const HOLDER_LABEL: &str = "ipam.attache.dev/holder";
+
+/// An `AddressGrant`: one address of another node's block, asked for by a node whose range has no free
+/// block. Only the lender (the block's owner) picks the address, in its own store, and answers in
+/// `status`; so no address is ever handed out twice.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GrantObj {
+    pub name: String,
+    pub uid: String,
+    pub pool: String,
+    pub range: String,
+    /// The block's object name and CIDR.
+    pub block: String,
+    pub cidr: String,
+    pub lender: String,
+    /// The intervals of the block the borrower's definition may use (`first-last`, inclusive).
+    pub window: Vec<String>,
+    pub holder_node: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub pod_uid: String,
+    pub pod: String,
+    /// `Granted` (with `ip`) or `Refused` (with `message`); empty while pending.
+    pub state: String,
+    pub ip: String,
+    pub message: String,
+}
+
+fn grant_of(o: DynamicObject) -> GrantObj {
+    let spec = &o.data["spec"];
+    let st = &o.data["status"];
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    GrantObj {
+        uid: o.metadata.uid.clone().unwrap_or_default(),
+        pool: s(&spec["pool"]),
+        range: s(&spec["range"]),
+        block: s(&spec["block"]),
+        cidr: s(&spec["cidr"]),
+        lender: s(&spec["lender"]),
+        window: spec["window"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default(),
+        holder_node: s(&spec["holder"]["node"]),
+        container_id: s(&spec["holder"]["containerID"]),
+        ifname: s(&spec["holder"]["ifname"]),
+        pod_uid: s(&spec["holder"]["podUID"]),
+        pod: s(&spec["holder"]["pod"]),
+        state: s(&st["state"]),
+        ip: s(&st["ip"]),
+        message: s(&st["message"]),
+        name: o.metadata.name.unwrap_or_default(),
+    }
+}
+
 pub struct ClusterApi {
     kube: KubeApi,
     pools: Api<DynamicObject>,
     blocks: Api<DynamicObject>,
+    grants: Api<DynamicObject>,
 }
 
 impl ClusterApi {
@@ -131,7 +188,8 @@ impl ClusterApi {
         let client = kube.client();
         Ok(ClusterApi {
             pools: Api::all_with(client.clone(), &resource("AddressPool", "addresspools")),
-            blocks: Api::all_with(client, &resource("AddressBlock", "addressblocks")),
+            blocks: Api::all_with(client.clone(), &resource("AddressBlock", "addressblocks")),
+            grants: Api::all_with(client, &resource("AddressGrant", "addressgrants")),
             kube,
         })
     }
@@ -341,6 +399,195 @@ impl ClusterApi {
             .into_iter()
             .filter_map(|n| n.metadata.name)
             .collect())
+    }
+
+    /// Ask `g.lender` for an address: `Conflict` if a grant of that name exists.
+    pub async fn create_grant(&self, g: &GrantObj) -> Result<Written<GrantObj>> {
+        crate::fail::point("ipam.grant.create")?;
+        let mut obj = DynamicObject::new(&g.name, &resource("AddressGrant", "addressgrants"));
+        obj.metadata.labels = Some(BTreeMap::from([
+            (POOL_LABEL.to_string(), g.pool.clone()),
+            (LENDER_LABEL.to_string(), label_value(&g.lender)),
+            (HOLDER_LABEL.to_string(), label_value(&g.holder_node)),
+        ]));
+        // Empty strings are left out (a pod-less ADD has no pod; see `answer_grant`).
+        let holder: serde_json::Map<String, Value> = [
+            ("node", &g.holder_node),
+            ("containerID", &g.container_id),
+            ("ifname", &g.ifname),
+            ("podUID", &g.pod_uid),
+            ("pod", &g.pod),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+        obj.data = json!({"spec": {
+            "pool": g.pool, "range": g.range, "block": g.block, "cidr": g.cidr, "lender": g.lender,
+            "window": g.window, "holder": holder,
+        }});
+        let r = self
+            .kube
+            .call(
+                &format!(
+                    "create AddressGrant {} (an address of block {} of node {})",
+                    g.name, g.cidr, g.lender
+                ),
+                &[409],
+                self.grants.create(&post(), &obj),
+            )
+            .await?;
+        Ok(match r {
+            Ok(o) => Written::Done(grant_of(o)),
+            Err(_) => Written::Conflict,
+        })
+    }
+
+    pub async fn grant(&self, name: &str) -> Result<Option<GrantObj>> {
+        let r = self
+            .kube
+            .call(
+                &format!("get AddressGrant {name}"),
+                &[404],
+                self.grants.get(name),
+            )
+            .await?;
+        Ok(r.ok().map(grant_of))
+    }
+
+    /// The lender's answer, written once: `Conflict` if the grant changed (or was answered) meanwhile.
+    pub async fn answer_grant(
+        &self,
+        g: &GrantObj,
+        state: &str,
+        ip: &str,
+        message: &str,
+    ) -> Result<Written<()>> {
+        // Empty strings are left out: the v1.20 API server of the tests answered a "" here with 422
+        // ("status.message: Invalid value: \"null\": must be of type string").
+        let status: serde_json::Map<String, Value> =
+            [("state", state), ("ip", ip), ("message", message)]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+        let patch = json!({"metadata": {"uid": g.uid}, "status": status});
+        let params = kube::api::PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let r = self
+            .kube
+            .call(
+                &format!("answer AddressGrant {}", g.name),
+                &[404, 409],
+                self.grants
+                    .patch(&g.name, &params, &kube::api::Patch::Merge(&patch)),
+            )
+            .await?;
+        Ok(match r {
+            Ok(_) => Written::Done(()),
+            Err(404) => Written::Gone,
+            Err(_) => Written::Conflict,
+        })
+    }
+
+    /// Delete a grant (conditioned on its UID when known).
+    pub async fn delete_grant(&self, name: &str, uid: Option<&str>) -> Result<Written<()>> {
+        let dp = DeleteParams {
+            preconditions: uid.map(|u| Preconditions {
+                uid: Some(u.to_string()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let r = self
+            .kube
+            .call(
+                &format!("delete AddressGrant {name}"),
+                &[404, 409],
+                self.grants.delete(name, &dp),
+            )
+            .await?;
+        Ok(match r {
+            Ok(_) => Written::Done(()),
+            Err(404) => Written::Gone,
+            Err(_) => Written::Conflict,
+        })
+    }
+
+    /// The grants asked of `lender` (one complete list), and the list's resourceVersion (to watch from).
+    pub async fn grants_of_lender(&self, lender: &str) -> Result<(Vec<GrantObj>, String)> {
+        let lp = ListParams::default().labels(&format!("{LENDER_LABEL}={}", label_value(lender)));
+        let list = self
+            .kube
+            .call(
+                &format!("list the AddressGrants of lender {lender}"),
+                &[],
+                self.grants.list(&lp),
+            )
+            .await?
+            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+        let rv = list.metadata.resource_version.clone().unwrap_or_default();
+        Ok((
+            list.items
+                .into_iter()
+                .map(grant_of)
+                .filter(|g| g.lender == lender)
+                .collect(),
+            rv,
+        ))
+    }
+
+    /// The grants `holder` asked for (one complete list).
+    pub async fn grants_of_holder(&self, holder: &str) -> Result<Vec<GrantObj>> {
+        let lp = ListParams::default().labels(&format!("{HOLDER_LABEL}={}", label_value(holder)));
+        let list = self
+            .kube
+            .call(
+                &format!("list the AddressGrants of holder {holder}"),
+                &[],
+                self.grants.list(&lp),
+            )
+            .await?
+            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(grant_of)
+            .filter(|g| g.holder_node == holder)
+            .collect())
+    }
+
+    /// Watch the grants asked of `lender` from `resource_version`: `Some((deleted, grant))` per event,
+    /// `None` when the watch ended (the server closes it after `secs`; a 410 ends it too).
+    pub async fn watch_grants(
+        &self,
+        lender: &str,
+        resource_version: &str,
+        secs: u32,
+    ) -> Result<impl futures::Stream<Item = Option<(bool, GrantObj)>> + use<>> {
+        use futures::StreamExt;
+        let wp = kube::api::WatchParams::default()
+            .labels(&format!("{LENDER_LABEL}={}", label_value(lender)))
+            .timeout(secs);
+        let stream = self
+            .kube
+            .call(
+                &format!("watch the AddressGrants of lender {lender}"),
+                &[],
+                self.grants.watch(&wp, resource_version),
+            )
+            .await?
+            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+        Ok(stream.map(|ev| match ev {
+            Ok(kube::api::WatchEvent::Added(o) | kube::api::WatchEvent::Modified(o)) => {
+                Some((false, grant_of(o)))
+            }
+            Ok(kube::api::WatchEvent::Deleted(o)) => Some((true, grant_of(o))),
+            Ok(kube::api::WatchEvent::Bookmark(_)) => Some((false, GrantObj::default())),
+            Ok(kube::api::WatchEvent::Error(_)) | Err(_) => None,
+        }))
     }
 
     /// A fresh deadline for the calls that follow (a reconcile runs several phases).

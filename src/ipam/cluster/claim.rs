@@ -99,8 +99,17 @@ async fn register(c: &ClusterIpam, local: &Local, api: &ClusterApi) -> Result<()
     )))
 }
 
-/// Make one more block of the configuration's range this node's (or fail saying why).
-pub async fn claim(c: &ClusterIpam, local: &Local) -> Result<()> {
+/// What a claim got.
+pub enum Claimed {
+    /// A block is this node's now (created, or adopted): allocate from it.
+    Block,
+    /// No block was free: an address of another node's block, through a grant.
+    Borrowed(std::net::IpAddr),
+}
+
+/// Make one more block of the configuration's range this node's — or, when the range has none left,
+/// borrow one address for `(id, ifname)` — or fail saying why.
+pub async fn claim(c: &ClusterIpam, local: &Local, id: &str, ifname: &str) -> Result<Claimed> {
     let range = c.layout.range;
     let why = format!(
         "node {} needs a new block of pool {} (range {range})",
@@ -109,12 +118,18 @@ pub async fn claim(c: &ClusterIpam, local: &Local) -> Result<()> {
     let api = ClusterApi::connect(c.kubeconfig_path().as_deref(), c.api_timeout)
         .await
         .map_err(|e| e.context(&why))?;
-    claim_with(c, local, &api)
+    claim_with(c, local, &api, id, ifname)
         .await
         .map_err(|e| e.context(&why))
 }
 
-async fn claim_with(c: &ClusterIpam, local: &Local, api: &ClusterApi) -> Result<()> {
+async fn claim_with(
+    c: &ClusterIpam,
+    local: &Local,
+    api: &ClusterApi,
+    id: &str,
+    ifname: &str,
+) -> Result<Claimed> {
     register(c, local, api).await?;
     if api.node_uid(&c.node).await?.is_none() {
         return Err(Error::config(format!(
@@ -150,7 +165,7 @@ async fn claim_with(c: &ClusterIpam, local: &Local, api: &ClusterApi) -> Result<
         }
     }
     if adopted {
-        return Ok(());
+        return Ok(Claimed::Block);
     }
     let taken: BTreeSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
     let requested = c.requested.first().and_then(|ip| c.layout.block_of(*ip));
@@ -188,10 +203,10 @@ async fn claim_with(c: &ClusterIpam, local: &Local, api: &ClusterApi) -> Result<
         match api.create_block(&want).await? {
             Written::Done(o) => {
                 tracing::info!(block = %name, "claimed");
-                return adopt(&b, &o);
+                return adopt(&b, &o).map(|()| Claimed::Block);
             }
             _ => match api.block(&name).await? {
-                Some(o) if ours(&o) => return adopt(&b, &o),
+                Some(o) if ours(&o) => return adopt(&b, &o).map(|()| Claimed::Block),
                 _ => {
                     lost += 1;
                     if lost >= MAX_RACES {
@@ -207,8 +222,15 @@ async fn claim_with(c: &ClusterIpam, local: &Local, api: &ClusterApi) -> Result<
     let range = c.layout.range.to_string();
     let listed: Vec<&BlockObj> = listed.iter().filter(|o| o.range == range).collect();
     let mine = listed.iter().filter(|o| o.node == c.node).count();
+    let mut borrowed = String::new();
+    if c.borrow && c.requested.is_empty() {
+        if let Some(ip) = super::grant::borrow(c, local, api, &listed, id, ifname).await? {
+            return Ok(Claimed::Borrowed(ip));
+        }
+        borrowed = ", and no other node lent an address".into();
+    }
     Err(Error::Ipam(format!(
-        "pool {} range {range} is full: this node's {mine} block(s) have no free address for this definition, and every other block of the range ({} of {}) is claimed by another node",
+        "pool {} range {range} is full: this node's {mine} block(s) have no free address for this definition, every other block of the range ({} of {}) is claimed by another node{borrowed}",
         c.pool,
         listed.len() - mine,
         c.layout.count()

@@ -41,6 +41,12 @@ pub struct Owned {
     pub range: String,
 }
 
+/// The folder of borrowed addresses, and of grants to delete.
+const BORROWED: &str = "borrowed";
+const RETURNS: &str = "returns";
+/// The container ID of a lender's reservation for a grant: `grant:<name>` (no container has it).
+pub const GRANT_PREFIX: &str = "grant:";
+
 /// One address handed out on this node.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reservation {
@@ -54,6 +60,8 @@ pub struct Reservation {
     pub pod: String,
     /// When the reservation was made (its file's mtime).
     pub made: Option<std::time::SystemTime>,
+    /// Borrowed through this grant (`block` is then the address alone).
+    pub grant: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -379,7 +387,90 @@ impl Local {
         for b in self.blocks_for(named, layout)? {
             out.extend(self.store(&b)?.release_by_id(id, ifname)?);
         }
+        if let Some(mut store) = self.borrowed_store()? {
+            for ip in store.get_by_id(id, ifname)? {
+                self.release_borrowed(&mut store, ip)?;
+                out.push(ip);
+            }
+        }
         Ok(out)
+    }
+
+    /// `<pool>/borrowed/`: addresses this node uses from other nodes' blocks, each through an
+    /// `AddressGrant` (its name is the IP file's last line). `None` if it never borrowed.
+    pub fn borrowed_store(&self) -> Result<Option<DiskStore>> {
+        if !self.dir.join(BORROWED).exists() {
+            return Ok(None);
+        }
+        DiskStore::open(&self.dir, BORROWED).map(Some)
+    }
+
+    /// Record an address granted to `(id, ifname)` by `grant`.
+    pub fn hold_borrowed(
+        &self,
+        c: &ClusterIpam,
+        id: &str,
+        ifname: &str,
+        ip: IpAddr,
+        grant: &str,
+    ) -> Result<bool> {
+        let mut store = DiskStore::open(&self.dir, BORROWED)?;
+        store.set_extra(vec![
+            c.pod.uid.clone(),
+            format!("{}/{}", c.pod.namespace, c.pod.name),
+            grant.to_string(),
+        ]);
+        refuse_duplicate(&store, id, ifname)?;
+        store.reserve(id, ifname, ip, 0)
+    }
+
+    /// Release a borrowed address and queue its grant's deletion (`returns/<grant>`: the agent or the
+    /// reconcile deletes it, so that a DEL never waits for the API).
+    fn release_borrowed(&self, store: &mut DiskStore, ip: IpAddr) -> Result<()> {
+        let grant = store
+            .content(ip)?
+            .map(|c| crate::ipam::store::extra_lines(&c))
+            .and_then(|l| l.get(2).cloned())
+            .unwrap_or_default();
+        if !grant.is_empty() {
+            self.queue_return(&grant)?;
+        }
+        store.release(ip)
+    }
+
+    pub fn queue_return(&self, grant: &str) -> Result<()> {
+        let dir = self.dir.join(RETURNS);
+        crate::files::ensure_real_dir(&dir)?;
+        let p = dir.join(grant);
+        match crate::files::write_new(&p, b"", 0o600) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Error::io(format!("writing {}", p.display()), e)),
+        }
+    }
+
+    /// Grants whose deletion is queued.
+    pub fn returns(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.join(RETURNS))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn returned(&self, grant: &str) {
+        let _ = std::fs::remove_file(self.dir.join(RETURNS).join(grant));
+    }
+
+    /// Is `block` this node's?
+    pub(super) fn owns(&self, block: &Block) -> bool {
+        self.is_owned(block)
+    }
+
+    pub(super) fn block_store(&self, block: &Block) -> Result<DiskStore> {
+        self.store(block)
     }
 
     pub fn held(&self, id: &str, ifname: &str, layout: Option<&Layout>) -> Result<Vec<IpAddr>> {
@@ -389,6 +480,9 @@ impl Local {
                 continue;
             }
             out.extend(self.store(&b)?.get_by_id(id, ifname)?);
+        }
+        if let Some(store) = self.borrowed_store()? {
+            out.extend(store.get_by_id(id, ifname)?);
         }
         Ok(out)
     }
@@ -402,8 +496,19 @@ impl Local {
                 let keep = valid
                     .iter()
                     .any(|(v_id, v_if)| *v_id == id && (*v_if == ifname || ifname.is_empty()));
-                if !keep {
+                if !keep && !id.starts_with(GRANT_PREFIX) {
                     store.release(ip)?;
+                    released.push(ip);
+                }
+            }
+        }
+        if let Some(mut store) = self.borrowed_store()? {
+            for (ip, id, ifname) in store.all()? {
+                let keep = valid
+                    .iter()
+                    .any(|(v_id, v_if)| *v_id == id && (*v_if == ifname || ifname.is_empty()));
+                if !keep {
+                    self.release_borrowed(&mut store, ip)?;
                     released.push(ip);
                 }
             }
@@ -435,21 +540,51 @@ impl Local {
                     ifname,
                     pod_uid: extra.next().unwrap_or_default(),
                     pod: extra.next().unwrap_or_default(),
+                    grant: None,
+                });
+            }
+        }
+        if let Some(store) = self.borrowed_store()? {
+            for (ip, id, ifname) in store.all()? {
+                let made = std::fs::symlink_metadata(self.dir.join(BORROWED).join(ip.to_string()))
+                    .and_then(|m| m.modified())
+                    .ok();
+                let mut extra = store
+                    .content(ip)?
+                    .map(|c| crate::ipam::store::extra_lines(&c))
+                    .unwrap_or_default()
+                    .into_iter();
+                out.push(Reservation {
+                    made,
+                    block: Block::of(ipnet::IpNet::from(ip)),
+                    ip,
+                    id,
+                    ifname,
+                    pod_uid: extra.next().unwrap_or_default(),
+                    pod: extra.next().unwrap_or_default(),
+                    grant: extra.next().filter(|g| !g.is_empty()),
                 });
             }
         }
         Ok(out)
     }
 
-    /// Release `ip` of `block` if `(id, ifname)` still holds it (checked under the lock).
-    pub fn release_if_held(
-        &self,
-        block: &Block,
-        ip: IpAddr,
-        id: &str,
-        ifname: &str,
-    ) -> Result<bool> {
-        let mut store = self.store(block)?;
+    /// Release the reservation `r` if its holder still holds it (checked under the lock).
+    pub fn release_if_held(&self, r: &Reservation) -> Result<bool> {
+        let (ip, id, ifname) = (r.ip, r.id.as_str(), r.ifname.as_str());
+        if r.grant.is_some() {
+            let Some(mut store) = self.borrowed_store()? else {
+                return Ok(false);
+            };
+            return match store.holder(ip)? {
+                Some((i, f)) if i == id && f == ifname => {
+                    self.release_borrowed(&mut store, ip)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            };
+        }
+        let mut store = self.store(&r.block)?;
         match store.holder(ip)? {
             Some((i, f)) if i == id && f == ifname => {
                 store.release(ip)?;

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod block;
 pub mod claim;
+pub mod grant;
 pub mod local;
 pub mod reconcile;
 
@@ -68,6 +69,7 @@ struct RawCluster {
     api_timeout: Option<f64>,
     #[serde(rename = "ipRanges")]
     ip_ranges: Option<Value>,
+    borrow: Option<bool>,
 }
 
 /// The pod an allocation is for, from `CNI_ARGS` (empty outside Kubernetes).
@@ -114,6 +116,8 @@ pub struct ClusterIpam {
     pub api_timeout: Duration,
     pub requested: Vec<IpAddr>,
     pub pod: PodRef,
+    /// Borrow single addresses from other nodes' blocks when the range has no free block.
+    pub borrow: bool,
 }
 
 /// A Whereabouts-style `range`: a CIDR (host bits allowed: the window then starts there) or
@@ -349,6 +353,7 @@ impl ClusterIpam {
             api_timeout,
             requested,
             pod: PodRef::of(args),
+            borrow: raw.borrow.unwrap_or(true),
         })
     }
 
@@ -382,7 +387,11 @@ impl ClusterIpam {
         }
         // A claim adopts the blocks this node lost track of (which may be full) or creates one.
         for _ in 0..4 {
-            claim::claim(self, &local).await?;
+            if let claim::Claimed::Borrowed(ip) =
+                claim::claim(self, &local, &args.container_id, &args.ifname).await?
+            {
+                return Ok(self.result(ip));
+            }
             if let Some(ip) = local.allocate(self, &args.container_id, &args.ifname)? {
                 return Ok(self.result(ip));
             }

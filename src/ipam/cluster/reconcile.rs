@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::api::{BlockObj, ClusterApi, Written};
-use super::local::{Local, Reservation};
+use super::local::Local;
 use crate::error::{Error, Result};
 
 pub struct Options {
@@ -67,6 +67,9 @@ pub struct Report {
     /// Nodes missing from the cluster whose blocks wait for the grace period.
     #[serde(rename = "nodesMissing")]
     pub nodes_missing: Vec<String>,
+    /// Grants of this node that no local address stood for, deleted.
+    #[serde(rename = "grantsDeleted")]
+    pub grants_deleted: Vec<String>,
     /// Steps that failed after the addresses were dealt with (each released nothing of its own).
     pub errors: Vec<String>,
 }
@@ -90,6 +93,12 @@ pub async fn reconcile(o: &Options) -> Result<Report> {
         report.errors.push(format!("giving back empty blocks: {e}"));
     }
     api.renew();
+    if let Err(e) = settle_grants(o, &mut api, &pools, &mut report).await {
+        report
+            .errors
+            .push(format!("settling borrowed addresses: {e}"));
+    }
+    api.renew();
     if let Err(e) = reclaim_deleted_nodes(o, &mut api, &mut report).await {
         report
             .errors
@@ -111,41 +120,35 @@ async fn release_gone_pods(
     for local in pools {
         let pool = local.pool();
         for r in local.reservations()? {
-            let Reservation {
-                block,
-                ip,
-                id,
-                ifname,
-                pod_uid,
-                pod,
-                made,
-            } = r;
-            if pod_uid.is_empty() {
+            if r.id.starts_with(super::local::GRANT_PREFIX) {
+                continue; // lent to another node: its grant decides
+            }
+            if r.pod_uid.is_empty() {
                 report.unverifiable += 1;
                 continue;
             }
-            if alive.contains(&pod_uid) || made.is_none_or(|m| m >= started) {
+            if alive.contains(&r.pod_uid) || r.made.is_none_or(|m| m >= started) {
                 continue;
             }
-            let Some((ns, name)) = pod.split_once('/') else {
+            let Some((ns, name)) = r.pod.split_once('/') else {
                 report.unverifiable += 1;
                 continue;
             };
             api.renew();
-            if api.pod_uid(ns, name).await?.as_deref() == Some(pod_uid.as_str()) {
-                tracing::warn!(%ip, pod, "the pod list of node {} did not show a pod that exists: its address is kept (is nodeName right?)", o.node);
+            if api.pod_uid(ns, name).await?.as_deref() == Some(r.pod_uid.as_str()) {
+                tracing::warn!(ip = %r.ip, pod = r.pod, "the pod list of node {} did not show a pod that exists: its address is kept (is nodeName right?)", o.node);
                 report.confirmed_alive += 1;
                 continue;
             }
-            if local.release_if_held(&block, ip, &id, &ifname)? {
-                tracing::info!(%ip, pod, pod_uid, "released: the pod is gone");
+            if local.release_if_held(&r)? {
+                tracing::info!(ip = %r.ip, pod = r.pod, pod_uid = r.pod_uid, "released: the pod is gone");
                 report.released.push(Released {
                     pool: pool.clone(),
-                    ip: ip.to_string(),
-                    container_id: id,
-                    ifname,
-                    pod,
-                    pod_uid,
+                    ip: r.ip.to_string(),
+                    container_id: r.id,
+                    ifname: r.ifname,
+                    pod: r.pod,
+                    pod_uid: r.pod_uid,
                 });
             }
         }
@@ -203,6 +206,39 @@ async fn return_empty_blocks(
                     // Still ours in the API: owned again, usable again.
                     local.adopt(&b, &rec)?;
                     return Err(e.context(format!("giving back block {}", rec.name)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The borrower's side of grants: queued returns carried out, and grants of this node that no local
+/// address stands for (a crash between the lender's answer and the local record) deleted — under each
+/// pool's claim lock, so no borrow is in flight.
+async fn settle_grants(
+    o: &Options,
+    api: &mut ClusterApi,
+    pools: &[Local],
+    report: &mut Report,
+) -> Result<()> {
+    super::grant::drain_returns(api, &o.data_dir).await?;
+    let grants = api.grants_of_holder(&o.node).await?;
+    for local in pools {
+        let _claiming = local.claim_lock()?;
+        let held: std::collections::BTreeSet<String> = local
+            .reservations()?
+            .into_iter()
+            .filter_map(|r| r.grant)
+            .collect();
+        for g in grants.iter().filter(|g| g.pool == local.pool()) {
+            if !held.contains(&g.name) {
+                api.renew();
+                if matches!(
+                    api.delete_grant(&g.name, Some(&g.uid)).await?,
+                    Written::Done(())
+                ) {
+                    report.grants_deleted.push(g.name.clone());
                 }
             }
         }
