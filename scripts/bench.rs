@@ -1,5 +1,6 @@
 //! The benchmark behind `scripts/bench` (not a test: it prints figures and, for each of issue 12's speed
-//! and memory targets, the measured value, the target and MET / NOT MET; it fails only when a plugin does).
+//! and memory targets and issue 13's attache-ipam targets, the measured value, the target and MET / NOT
+//! MET; it fails only when a plugin does, or when attache-ipam hands an address out twice).
 //!
 //! Runs inside a private "node" netns (it refuses to run in the host's). Every comparison is a set of
 //! [`Model`]s — what a runtime execs for one pod — run on fresh pod namespaces, alternately (A B, then
@@ -12,7 +13,11 @@
 //! pod-level rows (the meta-plugin with the reference ptp as cluster network and N native macvlan
 //! attachments, against the reference ptp and N reference macvlans exec'd one after the other, as
 //! Multus does); flatness with node state (10 000 addresses held in the range, 1 000 meta-plugin
-//! records); peak RSS; binary size. Everything lands in a JSON file too (`--json`).
+//! records); peak RSS; attache-ipam (`ipam`: warm ADD exec'd as an IPAM plugin against the reference
+//! host-local, from a pre-seeded block with no API reachable; the same in-process under the drop-in macvlan;
+//! and 10 simulated nodes x 100 exec'd ADDs at once against a real kube-apiserver + etcd started in the
+//! node netns, counting the plugin's API writes in the audit log); binary size. Everything lands in a
+//! JSON file too (`--json`).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,7 +53,9 @@ struct Args {
 }
 
 /// The sections, in the order they run. The kernel floor also runs for `dropin` (its DEL target).
-const SECTIONS: &[&str] = &["start", "floor", "dropin", "pod", "flat", "rss", "size"];
+const SECTIONS: &[&str] = &[
+    "start", "floor", "dropin", "pod", "flat", "rss", "ipam", "size",
+];
 
 impl Args {
     fn runs(&self, section: &str) -> bool {
@@ -491,7 +498,7 @@ impl Report {
 
     fn summary(&self) {
         println!();
-        println!("targets (issue 12):");
+        println!("targets (issue 12; attache-ipam: issue 13):");
         for t in &self.targets {
             println!(
                 "  {:<8} {:<60} {:>8.3} {:<3} <= {} {}",
@@ -1111,6 +1118,723 @@ fn rss_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
     );
 }
 
+/// The warm rows' range: one block (`blockSize` = the range's prefix), pre-seeded as this node's.
+const IPAM_WARM_RANGE: &str = "10.220.0.0/16";
+const IPAM_WARM_GATEWAY: &str = "10.220.0.1";
+/// The scale row: simulated nodes, exec'd ADDs each (all at once), the range and its block size.
+const SCALE_NODES: usize = 10;
+const SCALE_PODS: usize = 100;
+const SCALE_RANGE: &str = "10.40.0.0/20";
+const SCALE_BLOCK: u8 = 26;
+/// The users of the bench's API server (static tokens): kubectl's admin, and the plugin (whose requests
+/// the audit log counts).
+const ADMIN_USER: &str = "bench-admin";
+const PLUGIN_USER: &str = "attache-ipam-bench";
+const API_URL: &str = "https://127.0.0.1:6443";
+
+/// The kube-apiserver binary (`ATTACHE_KUBE_APISERVER`, else scripts/kube-apiserver's cache): resolved
+/// before anything runs, so that a machine without it fails at once, not after the other sections.
+fn kube_apiserver() -> PathBuf {
+    let p = std::env::var_os("ATTACHE_KUBE_APISERVER")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/attache-test/kube-apiserver"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/kube-apiserver (it builds kube-apiserver v1.20.2 once per machine), or set ATTACHE_KUBE_APISERVER",
+        p.display()
+    );
+    for tool in ["/usr/bin/etcd", "/usr/bin/openssl"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: scripts/bench installs etcd-server and openssl"
+        );
+    }
+    assert!(
+        !output(&["sh", "-c", "command -v kubectl"]).is_empty(),
+        "kubectl is missing: scripts/bench installs kubernetes-client"
+    );
+    p
+}
+
+/// An IPAM plugin's network configuration: a main plugin (never run here) with `ipam`.
+fn ipam_netconf(name: &str, kind: &str, ipam: Value) -> Value {
+    json!({"cniVersion": "1.0.0", "name": name, "type": kind, "ipam": ipam})
+}
+
+/// attache-ipam's `ipam` object for the warm rows: the range in one block, and a kubeconfig that does not
+/// exist, so that any API access fails the ADD (and the benchmark) loudly.
+fn warm_cluster_ipam(data_dir: &Path, a: &Args) -> Value {
+    json!({"type": "attache-ipam", "range": IPAM_WARM_RANGE, "blockSize": 16,
+        "gateway": IPAM_WARM_GATEWAY, "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": data_dir, "nodeName": "bench-node",
+        "kubeconfig": a.work.join("no-such-kubeconfig"), "apiTimeout": 10})
+}
+
+/// host-local's `ipam` object equivalent to [`warm_cluster_ipam`]: the same range as its subnet (whose
+/// default gateway is the same first address).
+fn warm_host_local_ipam(data_dir: &Path) -> Value {
+    json!({"type": "host-local", "subnet": IPAM_WARM_RANGE, "gateway": IPAM_WARM_GATEWAY,
+        "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data_dir})
+}
+
+/// Make the warm range's one block this node's, as a claim leaves it: the `owned/<block>` record,
+/// written by attache-ipam's own code. The ADDs then take the hot path (no API call).
+fn seed_warm_block(data_dir: &Path) {
+    use attache::ipam::cluster::block::Block;
+    use attache::ipam::cluster::local::{Local, Owned};
+    let net: ipnet::IpNet = IPAM_WARM_RANGE.parse().unwrap();
+    let block = Block::of(net);
+    let local = Local::new(data_dir, attache::ipam::cluster::DEFAULT_POOL);
+    local
+        .adopt(
+            &block,
+            &Owned {
+                name: format!(
+                    "{}-{}",
+                    attache::ipam::cluster::DEFAULT_POOL,
+                    block.dir_name()
+                ),
+                uid: "bench-seeded-block".into(),
+                cidr: net.to_string(),
+                range: net.to_string(),
+            },
+        )
+        .unwrap();
+    assert_eq!(local.owned().unwrap(), vec![block]);
+}
+
+/// The binary under the name an IPAM plugin is found by, `attache-ipam`: a symlink to the release
+/// binary, in `<work>/bin`.
+fn attache_ipam_bin(a: &Args) -> PathBuf {
+    let dir = a.work.join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join(attache::ipam::cluster::TYPE);
+    if !bin.exists() {
+        let target = std::fs::canonicalize(&a.attache).unwrap();
+        std::os::unix::fs::symlink(target, &bin).unwrap();
+    }
+    bin
+}
+
+/// One exec of an IPAM plugin, as a main plugin runs it (an IPAM plugin never enters `netns`).
+fn ipam_exec(a: &Args, bin: &Path, cmd: &str, id: &str, netns: &str, conf: &str) -> Exec {
+    let env = [
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "net1"),
+        ("CNI_ARGS", POD_ARGS),
+        ("CNI_PATH", a.reference_dir.to_str().unwrap()),
+    ];
+    exec(bin, &env, conf.as_bytes())
+}
+
+/// Warm ADD: attache-ipam exec'd as an IPAM plugin, from a block the node owns, against the reference
+/// host-local with the same range; then the same IPAMs in-process under attache's drop-in macvlan.
+fn ipam_warm_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
+    let bin = attache_ipam_bin(a);
+    let cluster_data = a.work.join("ipam-cluster-warm");
+    let cluster_mv_data = a.work.join("ipam-cluster-warm-macvlan");
+    let hl_data = a.work.join("ipam-host-local-warm");
+    seed_warm_block(&cluster_data);
+    seed_warm_block(&cluster_mv_data);
+    // The guard holds: without a block of its own, the same ADD needs the API, and fails.
+    let probe = ipam_exec(
+        a,
+        &bin,
+        "ADD",
+        "ipam-probe",
+        &pods.add(format!("{}-ipam-probe", a.tag)),
+        &ipam_netconf(
+            "ipamcl",
+            "macvlan",
+            warm_cluster_ipam(&a.work.join("ipam-cluster-probe"), a),
+        )
+        .to_string(),
+    );
+    let said = String::from_utf8_lossy(&probe.out);
+    assert!(
+        !probe.ok,
+        "attache-ipam allocated with no block and no kubeconfig: {said}"
+    );
+    let host_local = Model::one(
+        &a.reference_dir.join("host-local"),
+        &ipam_netconf("ipamhl", "macvlan", warm_host_local_ipam(&hl_data)),
+    );
+    let cluster = Model::one(
+        &bin,
+        &ipam_netconf("ipamcl", "macvlan", warm_cluster_ipam(&cluster_data, a)),
+    );
+    let [hl, cl]: [Side; 2] = compare(a, pods, "ipam", &[&host_local, &cluster], a.rounds)
+        .try_into()
+        .ok()
+        .unwrap();
+    println!();
+    println!(
+        "attache-ipam, warm (exec'd as an IPAM plugin; a block of the node's covers the range, the kubeconfig does not exist: no API call can happen):"
+    );
+    let msg: Value = serde_json::from_str(&said).unwrap_or_default();
+    println!(
+        "  (without the block, the same ADD fails: {})",
+        msg["msg"].as_str().unwrap_or(&said)
+    );
+    let ha = r.row("ipam_host_local_add", "reference host-local ADD", &hl.add);
+    let ca = r.row("ipam_attache_ipam_add", "attache-ipam ADD", &cl.add);
+    let hd = r.row("ipam_host_local_del", "reference host-local DEL", &hl.del);
+    let cd = r.row("ipam_attache_ipam_del", "attache-ipam DEL", &cl.del);
+    println!(
+        "  ratio attache-ipam/host-local (medians): ADD {:.2}x   DEL {:.2}x",
+        ca / ha,
+        cd / hd
+    );
+    cpu_line(r, "ipam", ["host_local", "attache_ipam"], [&hl, &cl]);
+    r.figure("ipam_ratio_add", ca / ha);
+    r.figure("ipam_ratio_del", cd / hd);
+    r.figure("ipam_host_local_add_peak_rss_kib", hl.add_rss_kib);
+    r.figure("ipam_attache_ipam_add_peak_rss_kib", cl.add_rss_kib);
+    let owned = attache::ipam::cluster::local::Local::new(
+        &cluster_data,
+        attache::ipam::cluster::DEFAULT_POOL,
+    )
+    .owned()
+    .unwrap();
+    assert_eq!(owned.len(), 1, "the warm rows claimed a block: {owned:?}");
+    r.target(
+        "attache-ipam warm ADD (exec'd), attache-ipam/host-local",
+        ca / ha,
+        1.10,
+        "x",
+    );
+    pods.flush();
+
+    // The same IPAMs in-process: attache as the drop-in macvlan, with each.
+    let macvlan = |name: &str, ipam: Value| {
+        let mut c = ipam_netconf(name, "macvlan", ipam);
+        c["master"] = json!(a.master);
+        c["mode"] = json!("bridge");
+        Model::one(&a.attache, &c)
+    };
+    let mv_hl = macvlan(
+        "ipammvhl",
+        warm_host_local_ipam(&a.work.join("ipam-host-local-warm-macvlan")),
+    );
+    let mv_cl = macvlan("ipammvcl", warm_cluster_ipam(&cluster_mv_data, a));
+    let [hl, cl]: [Side; 2] = compare(a, pods, "ipammv", &[&mv_hl, &mv_cl], a.rounds)
+        .try_into()
+        .ok()
+        .unwrap();
+    println!();
+    println!(
+        "attache drop-in macvlan, its IPAM in-process: host-local vs attache-ipam (warm block):"
+    );
+    let ha = r.row(
+        "ipam_macvlan_host_local_add",
+        "macvlan + host-local ADD",
+        &hl.add,
+    );
+    let ca = r.row(
+        "ipam_macvlan_attache_ipam_add",
+        "macvlan + attache-ipam ADD",
+        &cl.add,
+    );
+    let hd = r.row(
+        "ipam_macvlan_host_local_del",
+        "macvlan + host-local DEL",
+        &hl.del,
+    );
+    let cd = r.row(
+        "ipam_macvlan_attache_ipam_del",
+        "macvlan + attache-ipam DEL",
+        &cl.del,
+    );
+    println!(
+        "  ratio attache-ipam/host-local (medians): ADD {:.2}x   DEL {:.2}x",
+        ca / ha,
+        cd / hd
+    );
+    cpu_line(
+        r,
+        "ipam_macvlan",
+        ["host_local", "attache_ipam"],
+        [&hl, &cl],
+    );
+    r.figure("ipam_macvlan_ratio_add", ca / ha);
+    r.figure("ipam_macvlan_ratio_del", cd / hd);
+    pods.flush();
+}
+
+/// etcd and kube-apiserver in the benchmark's node netns (the bench runs inside it: they listen on its
+/// 127.0.0.1 only), with their own PKI, static tokens, AlwaysAllow and an audit log of every request
+/// (level Metadata). Stopped, and their folder removed, on drop — also when the benchmark fails. They
+/// die with the benchmark too (`PR_SET_PDEATHSIG`), and scripts/bench kills what is left in its netns.
+struct ApiServer {
+    dir: PathBuf,
+    admin_kubeconfig: PathBuf,
+    plugin_kubeconfig: PathBuf,
+    audit_log: PathBuf,
+    children: Vec<(String, std::process::Child)>,
+}
+
+impl ApiServer {
+    fn start(dir: &Path, bin: &Path) -> ApiServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let pki = Command::new("sh")
+            .arg("-ec")
+            .arg(
+                r#"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=attache-bench-ca
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=kube-apiserver
+printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:kubernetes.default.svc\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext
+openssl genrsa -out sa.key 2048
+openssl rsa -in sa.key -pubout -out sa.pub
+"#,
+            )
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            pki.status.success(),
+            "openssl (the API server's PKI): {}",
+            String::from_utf8_lossy(&pki.stderr)
+        );
+        let token = |user: &str| format!("{user}-token-{}", std::process::id());
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!(
+                "{},{ADMIN_USER},{ADMIN_USER}-uid,system:masters\n{},{PLUGIN_USER},{PLUGIN_USER}-uid\n",
+                token(ADMIN_USER),
+                token(PLUGIN_USER)
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("audit.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
+        )
+        .unwrap();
+        let mut me = ApiServer {
+            dir: dir.to_path_buf(),
+            admin_kubeconfig: dir.join("admin.kubeconfig"),
+            plugin_kubeconfig: dir.join("plugin.kubeconfig"),
+            audit_log: dir.join("audit.log"),
+            children: vec![],
+        };
+        me.kubeconfig(&me.admin_kubeconfig, &token(ADMIN_USER));
+        me.kubeconfig(&me.plugin_kubeconfig, &token(PLUGIN_USER));
+        let d = dir.display();
+        me.spawn(
+            "etcd",
+            &[
+                "/usr/bin/etcd".into(),
+                "--name=attache-bench".into(),
+                format!("--data-dir={d}/etcd"),
+                "--listen-client-urls=http://127.0.0.1:2379".into(),
+                "--advertise-client-urls=http://127.0.0.1:2379".into(),
+                "--listen-peer-urls=http://127.0.0.1:2380".into(),
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+                "--initial-cluster=attache-bench=http://127.0.0.1:2380".into(),
+                "--listen-metrics-urls=http://127.0.0.1:2381".into(),
+            ],
+        );
+        me.spawn(
+            "kube-apiserver",
+            &[
+                bin.display().to_string(),
+                "--etcd-servers=http://127.0.0.1:2379".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=6443".into(),
+                "--insecure-port=0".into(),
+                "--advertise-address=192.0.2.1".into(),
+                format!("--cert-dir={d}/certs"),
+                format!("--tls-cert-file={d}/server.crt"),
+                format!("--tls-private-key-file={d}/server.key"),
+                format!("--client-ca-file={d}/ca.crt"),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={d}/sa.pub"),
+                format!("--service-account-signing-key-file={d}/sa.key"),
+                format!("--token-auth-file={d}/tokens.csv"),
+                "--authorization-mode=AlwaysAllow".into(),
+                "--service-cluster-ip-range=10.96.0.0/24".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                format!("--audit-policy-file={d}/audit.yaml"),
+                format!("--audit-log-path={d}/audit.log"),
+            ],
+        );
+        me.wait_for("kube-apiserver to be ready", 90, |s| {
+            s.kubectl(&["get", "--raw", "/readyz"]).status.success()
+        });
+        me
+    }
+
+    fn kubeconfig(&self, path: &Path, token: &str) {
+        let kc = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "bench", "cluster": {"server": API_URL, "certificate-authority": self.dir.join("ca.crt")}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "c", "context": {"cluster": "bench", "user": "u"}}],
+            "current-context": "c"
+        });
+        std::fs::write(path, kc.to_string()).unwrap();
+    }
+
+    fn spawn(&mut self, name: &str, argv: &[String]) {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", argv[0]));
+        self.children.push((name.into(), child));
+    }
+
+    /// The last lines of a server's log (for failures).
+    fn log(&self, name: &str) -> String {
+        let l = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = l.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Poll `ok` for up to `secs`, failing loudly if a server exits or time runs out.
+    fn wait_for(&mut self, what: &str, secs: u64, ok: impl Fn(&ApiServer) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            for (name, c) in &mut self.children {
+                if let Ok(Some(st)) = c.try_wait() {
+                    let name = name.clone();
+                    panic!("{name} exited ({st}): {}", self.log(&name));
+                }
+            }
+            if ok(self) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                self.log("kube-apiserver")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn kubectl_with(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut child = Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        self.kubectl_with(args, None)
+    }
+
+    fn must(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_with(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn get(&self, what: &str) -> Value {
+        serde_json::from_str(&self.must(&["get", "-o", "json", what], None)).unwrap()
+    }
+
+    /// The plugin's accepted writes to attache-ipam's resources, as `(verb, resource)`: every audit
+    /// entry of its user at ResponseComplete to group ipam.attache.dev, not a read, with a 2xx answer.
+    fn plugin_writes(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| {
+                e["user"]["username"] == PLUGIN_USER
+                    && e["stage"] == "ResponseComplete"
+                    && e["objectRef"]["apiGroup"] == "ipam.attache.dev"
+                    && !matches!(e["verb"].as_str(), Some("get" | "list" | "watch"))
+                    && e["responseStatus"]["code"]
+                        .as_u64()
+                        .is_some_and(|c| (200..300).contains(&c))
+            })
+            .map(|e| {
+                (
+                    e["verb"].as_str().unwrap_or_default().to_string(),
+                    e["objectRef"]["resource"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every request of the plugin's user (ResponseComplete): reads included.
+    fn plugin_requests(&self) -> usize {
+        std::fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["user"]["username"] == PLUGIN_USER && e["stage"] == "ResponseComplete")
+            .count()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        // The API server first, then its etcd.
+        for (_, c) in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The CustomResourceDefinitions of deploy/attache.yaml (only those documents).
+fn ipam_crds() -> String {
+    let deploy =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/attache.yaml"))
+            .expect("deploy/attache.yaml");
+    let crds: Vec<&str> = deploy
+        .split("\n---\n")
+        .filter(|d| {
+            d.lines()
+                .any(|l| l.trim() == "kind: CustomResourceDefinition")
+        })
+        .collect();
+    assert!(
+        crds.iter()
+            .any(|d| d.contains("addressblocks.ipam.attache.dev")),
+        "deploy/attache.yaml has no AddressBlock CRD"
+    );
+    crds.join("\n---\n")
+}
+
+/// One exec'd ADD of the scale row.
+struct ScaleAdd {
+    node: usize,
+    ip: IpAddr,
+    dur: Duration,
+}
+
+/// Scale against a real API server: 10 simulated nodes (each its own nodeName, dataDir and thread, one
+/// range) exec attache-ipam's ADD 100 times each, all at once; the wall time, the blocks claimed and the
+/// plugin's API writes (from the audit log), and no address twice.
+fn ipam_scale_rows(a: &Args, pods: &mut Pods, r: &mut Report, apiserver_bin: &Path) {
+    let bin = attache_ipam_bin(a);
+    println!();
+    println!(
+        "attache-ipam at scale: a real kube-apiserver (+ etcd) in the node netns; {SCALE_NODES} simulated nodes x {SCALE_PODS} exec'd ADDs, all nodes at once, range {SCALE_RANGE} in /{SCALE_BLOCK} blocks"
+    );
+    let t = Instant::now();
+    let mut api = ApiServer::start(&a.work.join("apiserver"), apiserver_bin);
+    api.must(&["apply", "-f", "-"], Some(&ipam_crds()));
+    api.wait_for("the AddressBlock CRD to be served", 60, |s| {
+        s.kubectl(&["get", "addressblocks.ipam.attache.dev"])
+            .status
+            .success()
+    });
+    let nodes: Vec<String> = (0..SCALE_NODES).map(|i| format!("worker-{i}")).collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": nodes.iter()
+        .map(|n| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
+        .collect::<Vec<_>>()});
+    api.must(&["create", "-f", "-"], Some(&list.to_string()));
+    println!(
+        "  API server up, CRDs served, {SCALE_NODES} Node objects in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // An IPAM plugin is given the pod's netns and never enters it: one for every call.
+    let netns = pods.add(format!("{}-scale", a.tag));
+    let confs: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            ipam_netconf(
+                "scale",
+                "macvlan",
+                json!({"type": "attache-ipam", "range": SCALE_RANGE, "blockSize": SCALE_BLOCK,
+                    "dataDir": a.work.join("scale").join(n), "nodeName": n,
+                    "kubeconfig": api.plugin_kubeconfig, "network_name": "default",
+                    "apiTimeout": 10}),
+            )
+            .to_string()
+        })
+        .collect();
+    let start = Instant::now();
+    let adds: Vec<ScaleAdd> = std::thread::scope(|s| {
+        let jobs: Vec<_> = confs
+            .iter()
+            .enumerate()
+            .map(|(node, conf)| {
+                let (netns, bin) = (&netns, &bin);
+                s.spawn(move || {
+                    (0..SCALE_PODS)
+                        .map(|k| {
+                            let id = format!("scale-{node}-{k}");
+                            let e = ipam_exec(a, bin, "ADD", &id, netns, conf);
+                            let out = String::from_utf8_lossy(&e.out);
+                            assert!(e.ok, "attache-ipam ADD {id} failed: {out}");
+                            let res: Value = serde_json::from_slice(&e.out)
+                                .unwrap_or_else(|err| panic!("ADD {id}: {err}: {out}"));
+                            let addr: ipnet::IpNet = res["ips"][0]["address"]
+                                .as_str()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or_else(|| panic!("ADD {id}: no address: {out}"));
+                            ScaleAdd {
+                                node,
+                                ip: addr.addr(),
+                                dur: e.dur,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        jobs.into_iter().flat_map(|j| j.join().unwrap()).collect()
+    });
+    let wall = start.elapsed();
+    assert_eq!(adds.len(), SCALE_NODES * SCALE_PODS);
+
+    // No address twice; every address in a block its node owns in the API; blocks disjoint.
+    let mut seen = std::collections::BTreeMap::new();
+    for add in &adds {
+        if let Some(other) = seen.insert(add.ip, add.node) {
+            panic!(
+                "BUG: {} was handed out twice (to worker-{other} and worker-{})",
+                add.ip, add.node
+            );
+        }
+    }
+    let blocks: Vec<(ipnet::IpNet, String)> = api.get("addressblocks.ipam.attache.dev")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["spec"]["cidr"].as_str().unwrap().parse().unwrap(),
+                b["spec"]["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (i, (x, _)) in blocks.iter().enumerate() {
+        for (y, _) in &blocks[i + 1..] {
+            assert!(
+                !x.contains(&y.network()) && !y.contains(&x.network()),
+                "BUG: blocks {x} and {y} overlap"
+            );
+        }
+    }
+    for add in &adds {
+        let owner = blocks.iter().find(|(n, _)| n.contains(&add.ip));
+        assert!(
+            owner.is_some_and(|(_, o)| *o == nodes[add.node]),
+            "BUG: {} handed out by {} lies in {owner:?}",
+            add.ip,
+            nodes[add.node]
+        );
+    }
+    let pools = api.get("addresspools.ipam.attache.dev");
+    let ranges: usize = pools["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["spec"]["ranges"].as_array().map_or(0, Vec::len))
+        .sum();
+    // The audit log's last entries may trail the answers a moment.
+    let mut writes = api.plugin_writes();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        let again = api.plugin_writes();
+        if again.len() == writes.len() {
+            break;
+        }
+        writes = again;
+    }
+    let requests = api.plugin_requests();
+    let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
+    for (verb, res) in &writes {
+        *by_kind.entry(format!("{verb} {res}")).or_default() += 1;
+    }
+    let pods_n = adds.len() as f64;
+    let lat = Series(adds.iter().map(|x| x.dur).collect());
+    let slowest = lat.0.iter().max().copied().unwrap_or_default();
+    println!(
+        "  {} ADDs in {:.2} s wall ({:.1} ADDs/s); no address twice, each in a block of its node",
+        adds.len(),
+        wall.as_secs_f64(),
+        pods_n / wall.as_secs_f64()
+    );
+    r.row("ipam_scale_add", "one exec'd ADD, 10 nodes at once", &lat);
+    println!(
+        "  slowest ADD {:.1} ms; AddressBlocks {}, ranges registered {ranges}; the plugin's requests {requests}, of which API writes {} ({}): {:.3} per pod",
+        slowest.as_secs_f64() * 1000.0,
+        blocks.len(),
+        writes.len(),
+        by_kind
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        writes.len() as f64 / pods_n
+    );
+    r.figure("ipam_scale_wall_s", wall.as_secs_f64());
+    r.figure("ipam_scale_adds", adds.len());
+    r.figure("ipam_scale_blocks", blocks.len());
+    r.figure("ipam_scale_ranges_registered", ranges);
+    r.figure("ipam_scale_plugin_requests", requests);
+    r.figure("ipam_scale_writes", writes.len());
+    r.figure("ipam_scale_writes_per_pod", writes.len() as f64 / pods_n);
+    r.figure("ipam_scale_slowest_add_ms", slowest.as_secs_f64() * 1000.0);
+    r.figure(
+        "ipam_scale_writes_by_kind",
+        serde_json::to_value(&by_kind).unwrap(),
+    );
+    r.target(
+        &format!(
+            "attache-ipam: {} exec'd ADDs on {SCALE_NODES} nodes in parallel, wall",
+            adds.len()
+        ),
+        wall.as_secs_f64(),
+        10.0,
+        "s",
+    );
+    r.target(
+        "attache-ipam: API writes <= blocks claimed + ranges registered",
+        writes.len() as f64,
+        (blocks.len() + ranges) as f64,
+        "",
+    );
+    drop(api);
+    pods.flush();
+}
+
 fn size_row(a: &Args, r: &mut Report) {
     let bytes = std::fs::metadata(&a.attache).unwrap().len();
     println!();
@@ -1137,6 +1861,8 @@ fn refuse_host_netns() {
 fn main() {
     let a = parse_args();
     refuse_host_netns();
+    // The ipam section's API server: missing tools fail now, not after the other sections.
+    let apiserver = a.runs("ipam").then(kube_apiserver);
     std::fs::create_dir_all(&a.work).unwrap();
     let _work = Work(a.work.clone());
     let mut pods = Pods { names: vec![] };
@@ -1175,6 +1901,10 @@ fn main() {
     if a.runs("rss") {
         rss_rows(&a, &mut pods, &mut r);
         pods.flush();
+    }
+    if a.runs("ipam") {
+        ipam_warm_rows(&a, &mut pods, &mut r);
+        ipam_scale_rows(&a, &mut pods, &mut r, apiserver.as_deref().unwrap());
     }
     if a.runs("size") {
         size_row(&a, &mut r);
