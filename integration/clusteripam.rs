@@ -946,3 +946,220 @@ fn with_no_free_block_a_node_borrows_from_another_and_gives_back_on_del() {
     let again = ip_of(&c.run(&host, "ADD", "a-again", &ca).ok());
     assert_eq!(again, lent);
 }
+
+fn apply(api: &RealApi, doc: Value) {
+    let out = api.apply(&doc.to_string(), &[]);
+    assert!(
+        out.status.success(),
+        "{doc}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A StatefulSet's pod `name` bound to `node` (no controller runs: the test plays it); its UID.
+fn stateful_pod(
+    api: &RealApi,
+    ns: &str,
+    set: &str,
+    set_uid: &str,
+    name: &str,
+    node: &str,
+) -> String {
+    apply(
+        api,
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "ownerReferences": [{"apiVersion": "apps/v1",
+                "kind": "StatefulSet", "name": set, "uid": set_uid, "controller": true}]},
+            "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                     "containers": [{"name": "c", "image": "registry.example/db:1"}]}}),
+    );
+    api.get(&["pod", "-n", ns, name])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_statefulset_pod_keeps_its_address_across_nodes_until_it_is_scaled_away() {
+    let mut host = Node::new("cipam-sticky");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let b = c.node(&host, "node-b");
+    c.api.must(&["create", "namespace", "team"]);
+    apply(
+        &c.api,
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "team"},
+            "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                     "template": {"metadata": {"labels": {"app": "db"}},
+                                  "spec": {"containers": [{"name": "c", "image": "registry.example/db:1"}]}}}}),
+    );
+    let set_uid = c.api.get(&["statefulset", "-n", "team", "db"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ipam = json!({"range": "10.96.0.0/24", "blockSize": 26, "sticky": true});
+    let (ca, cb) = (c.conf(&a, ipam.clone()), c.conf(&b, ipam.clone()));
+
+    let u0 = stateful_pod(&c.api, "team", "db", &set_uid, "db-0", "node-a");
+    let x = ip_of(
+        &c.run_args(&host, "ADD", "db0-1", &ca, &pod_args("team", "db-0", &u0))
+            .ok(),
+    );
+    // A pod no StatefulSet owns gets an ordinary address, and no grant.
+    let plain = bound_pod(&c.api, "team", "web", "node-a");
+    c.run_args(&host, "ADD", "web-1", &ca, &pod_args("team", "web", &plain))
+        .ok();
+    assert_eq!(grants(&c).len(), 1);
+    assert_eq!(grants(&c)[0]["spec"]["purpose"], "Sticky");
+    // DEL keeps the address for the identity: node-a's own ADDs never get it meanwhile.
+    assert_eq!(c.run(&host, "DEL", "db0-1", &ca).exit, 0);
+    for k in 0..5 {
+        let ip = ip_of(&c.run(&host, "ADD", &format!("other-{k}"), &ca).ok());
+        assert_ne!(ip, x);
+    }
+    // db-0 comes back as a new pod on node-b: the same address, and node-a was not asked.
+    c.api.must(&[
+        "delete",
+        "pod",
+        "-n",
+        "team",
+        "db-0",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let u0b = stateful_pod(&c.api, "team", "db", &set_uid, "db-0", "node-b");
+    let again = ip_of(
+        &c.run_args(&host, "ADD", "db0-2", &cb, &pod_args("team", "db-0", &u0b))
+            .ok(),
+    );
+    assert_eq!(again, x);
+    assert!(
+        b.state("default").0.is_empty(),
+        "node-b claimed no block for it"
+    );
+    let g = &grants(&c)[0];
+    assert_eq!(g["spec"]["holder"]["node"], "node-b");
+    assert_eq!(g["spec"]["holder"]["podUID"], json!(u0b));
+
+    // Scaled to 0 and the pod gone: node-a's reconcile releases the address.
+    assert_eq!(c.run(&host, "DEL", "db0-2", &cb).exit, 0);
+    c.api
+        .must(&["scale", "statefulset", "-n", "team", "db", "--replicas=0"]);
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    assert!(
+        r["persistentReleased"].as_array().unwrap().is_empty(),
+        "the pod still exists: {r}"
+    );
+    c.api.must(&[
+        "delete",
+        "pod",
+        "-n",
+        "team",
+        "db-0",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    assert_eq!(r["persistentReleased"].as_array().unwrap().len(), 1, "{r}");
+    assert!(grants(&c).is_empty());
+    assert!(
+        !a.state("default").1.contains(&x.to_string()),
+        "node-a still reserves {x}"
+    );
+}
+
+#[test]
+fn an_ipamclaim_keeps_its_address_records_it_and_serves_one_pod_at_a_time() {
+    let mut host = Node::new("cipam-claim");
+    let c = Cluster::start(&mut host);
+    let crd = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/ipamclaims.yaml"
+    ))
+    .unwrap();
+    let out = c.api.apply(&crd, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = c.node(&host, "node-a");
+    let b = c.node(&host, "node-b");
+    c.api.must(&["create", "namespace", "vms"]);
+    let claim = json!({"apiVersion": "k8s.cni.cncf.io/v1alpha1", "kind": "IPAMClaim",
+        "metadata": {"name": "vm1-net1", "namespace": "vms"}, "spec": {"network": "blue", "interface": "net1"}});
+    assert!(
+        testbed::eventually(30, || c.api.apply(&claim.to_string(), &[]).status.success()),
+        "the IPAMClaim CRD is not served"
+    );
+    let ipam = json!({"range": "10.97.0.0/24", "blockSize": 26, "ipamClaimReference": "vm1-net1"});
+    let (ca, cb) = (c.conf(&a, ipam.clone()), c.conf(&b, ipam.clone()));
+    let u1 = bound_pod(&c.api, "vms", "virt-launcher-1", "node-a");
+    let x = ip_of(
+        &c.run_args(
+            &host,
+            "ADD",
+            "vm-1",
+            &ca,
+            &pod_args("vms", "virt-launcher-1", &u1),
+        )
+        .ok(),
+    );
+    let st = c.api.get(&["ipamclaim", "-n", "vms", "vm1-net1"]);
+    assert_eq!(st["status"]["ips"], json!([format!("{x}/24")]), "{st}");
+    assert_eq!(st["status"]["ownerPod"]["name"], "virt-launcher-1");
+
+    // A second pod while the first exists: refused (code 7), nothing kept.
+    let u2 = bound_pod(&c.api, "vms", "virt-launcher-2", "node-b");
+    let e = c
+        .run_args(
+            &host,
+            "ADD",
+            "vm-2",
+            &cb,
+            &pod_args("vms", "virt-launcher-2", &u2),
+        )
+        .err(7);
+    assert!(
+        e["msg"].as_str().unwrap().contains("virt-launcher-1"),
+        "{e}"
+    );
+    assert_eq!(b.state("default"), (vec![], vec![]));
+    // Live migration done: the first pod gone, the second gets the same address.
+    assert_eq!(c.run(&host, "DEL", "vm-1", &ca).exit, 0);
+    delete_pod(&c.api, "vms", "virt-launcher-1");
+    let again = ip_of(
+        &c.run_args(
+            &host,
+            "ADD",
+            "vm-2",
+            &cb,
+            &pod_args("vms", "virt-launcher-2", &u2),
+        )
+        .ok(),
+    );
+    assert_eq!(again, x);
+    assert_eq!(
+        c.api.get(&["ipamclaim", "-n", "vms", "vm1-net1"])["status"]["ownerPod"]["name"],
+        "virt-launcher-2"
+    );
+    // A claim that does not exist, or for another interface: code 7.
+    let mut missing = ca.clone();
+    missing["ipam"]["ipamClaimReference"] = json!("nope");
+    c.run_args(
+        &host,
+        "ADD",
+        "vm-3",
+        &missing,
+        &pod_args("vms", "virt-launcher-1", &u1),
+    )
+    .err(7);
+    // The claim deleted: the lender's reconcile releases the address.
+    assert_eq!(c.run(&host, "DEL", "vm-2", &cb).exit, 0);
+    c.api
+        .must(&["delete", "ipamclaim", "-n", "vms", "vm1-net1"]);
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    assert_eq!(r["persistentReleased"].as_array().unwrap().len(), 1, "{r}");
+    assert!(grants(&c).is_empty());
+    assert!(a.state("default").1.is_empty(), "{:?}", a.state("default"));
+}

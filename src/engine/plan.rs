@@ -519,6 +519,7 @@ async fn attachment_for(
     if let Some(extra) = &s.cni_args {
         merge_cni_args(&mut list, extra);
     }
+    inject_cluster_ipam(&mut list, s.ipam_claim_reference.as_deref(), ac, conf);
     let mut runtime = Map::new();
     for (cap, v) in selection_runtime_config(&s) {
         if !declares_capability(&list, cap) {
@@ -606,6 +607,33 @@ fn network_of(nad: &Nad, ac: &AttacheConf, conf: &NetConf) -> Result<NetworkList
         .map_err(|e| e.context(format!("network {qualified}")))
 }
 
+/// attache-ipam sections get what the meta configuration knows and they do not say: the kubeconfig,
+/// the node's name (`nodeName`), and the selection's `ipam-claim-reference` (as `ipamClaimReference`).
+fn inject_cluster_ipam(
+    list: &mut NetworkList,
+    claim: Option<&str>,
+    ac: &AttacheConf,
+    conf: &NetConf,
+) {
+    for p in &mut list.plugins {
+        let Some(Value::Object(ipam)) = p.get_mut("ipam") else {
+            continue;
+        };
+        if ipam.get("type").and_then(Value::as_str) != Some(crate::ipam::cluster::TYPE) {
+            continue;
+        }
+        if let Some(kc) = &ac.kubeconfig {
+            ipam.entry("kubeconfig").or_insert_with(|| json!(kc));
+        }
+        if let Some(n) = conf.raw.get("nodeName").filter(|n| n.is_string()) {
+            ipam.entry("nodeName").or_insert_with(|| n.clone());
+        }
+        if let Some(c) = claim {
+            ipam.insert("ipamClaimReference".into(), json!(c));
+        }
+    }
+}
+
 /// A selection's `cni-args` join each plugin's `args.cni`, the annotation's winning over the
 /// definition's.
 fn merge_cni_args(list: &mut NetworkList, extra: &Map<String, Value>) {
@@ -657,5 +685,31 @@ impl SelectionCtx {
             self.families_routed[fam] = true;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attache_ipam_gets_the_kubeconfig_node_name_and_claim_of_the_meta_plugin() {
+        let conf = NetConf::from_value(json!({"cniVersion": "1.0.0", "name": "m", "type": "attache",
+            "clusterNetwork": {"type": "ptp"}, "kubeconfig": "/etc/kc", "nodeName": "worker-3"}))
+        .unwrap();
+        let ac = AttacheConf::from_conf(&conf).unwrap();
+        let mut list = NetworkList::from_value(
+            &json!({"cniVersion": "1.0.0", "name": "blue", "plugins": [
+                {"type": "macvlan", "ipam": {"type": "attache-ipam", "range": "10.1.0.0/16", "nodeName": "mine"}},
+                {"type": "tuning", "ipam": {"type": "host-local"}}]}),
+            "1.0.0",
+        )
+        .unwrap();
+        inject_cluster_ipam(&mut list, Some("vm1"), &ac, &conf);
+        let ipam = &list.plugins[0]["ipam"];
+        assert_eq!(ipam["kubeconfig"], "/etc/kc");
+        assert_eq!(ipam["nodeName"], "mine", "the definition's own wins");
+        assert_eq!(ipam["ipamClaimReference"], "vm1");
+        assert_eq!(list.plugins[1]["ipam"], json!({"type": "host-local"}));
     }
 }

@@ -146,7 +146,19 @@ pub struct GrantObj {
     pub state: String,
     pub ip: String,
     pub message: String,
+    /// `Borrowed` (an address for one container, deleted by its DEL), or a persistent address that
+    /// outlives pods: `Sticky` (a StatefulSet pod's identity) or `Claim` (an IPAMClaim).
+    pub purpose: String,
+    /// Sticky: the StatefulSet and the pod's ordinal; Claim: the IPAMClaim.
+    pub owner_namespace: String,
+    pub owner_name: String,
+    pub ordinal: Option<u64>,
+    pub resource_version: String,
 }
+
+pub const BORROWED: &str = "Borrowed";
+pub const STICKY: &str = "Sticky";
+pub const CLAIM: &str = "Claim";
 
 fn grant_of(o: DynamicObject) -> GrantObj {
     let spec = &o.data["spec"];
@@ -171,6 +183,11 @@ fn grant_of(o: DynamicObject) -> GrantObj {
         state: s(&st["state"]),
         ip: s(&st["ip"]),
         message: s(&st["message"]),
+        purpose: spec["purpose"].as_str().unwrap_or(BORROWED).to_string(),
+        owner_namespace: s(&spec["owner"]["namespace"]),
+        owner_name: s(&spec["owner"]["name"]),
+        ordinal: spec["owner"]["ordinal"].as_u64(),
+        resource_version: o.metadata.resource_version.clone().unwrap_or_default(),
         name: o.metadata.name.unwrap_or_default(),
     }
 }
@@ -425,7 +442,17 @@ impl ClusterApi {
         obj.data = json!({"spec": {
             "pool": g.pool, "range": g.range, "block": g.block, "cidr": g.cidr, "lender": g.lender,
             "window": g.window, "holder": holder,
+            "purpose": if g.purpose.is_empty() { BORROWED } else { g.purpose.as_str() },
         }});
+        if g.purpose == STICKY || g.purpose == CLAIM {
+            let mut owner = json!({"namespace": g.owner_namespace, "name": g.owner_name});
+            if let Some(o) = g.ordinal {
+                owner["ordinal"] = json!(o);
+            }
+            obj.data["spec"]["owner"] = owner;
+            // Persistent grants are answered by their creator, the lender itself.
+            obj.data["status"] = json!({"state": "Granted", "ip": g.ip});
+        }
         let r = self
             .kube
             .call(
@@ -439,6 +466,50 @@ impl ClusterApi {
             .await?;
         Ok(match r {
             Ok(o) => Written::Done(grant_of(o)),
+            Err(_) => Written::Conflict,
+        })
+    }
+
+    /// Make `g`'s holder this container (a persistent address moving to its pod's new incarnation), if
+    /// the grant has not changed since it was read: `Conflict` otherwise.
+    pub async fn take_grant(&self, g: &GrantObj, holder: &GrantObj) -> Result<Written<()>> {
+        // One merge patch, conditioned on the resourceVersion read: every holder key is set (an
+        // empty one to null, which a merge patch removes).
+        let h: serde_json::Map<String, Value> = [
+            ("node", &holder.holder_node),
+            ("containerID", &holder.container_id),
+            ("ifname", &holder.ifname),
+            ("podUID", &holder.pod_uid),
+            ("pod", &holder.pod),
+        ]
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if v.is_empty() { Value::Null } else { json!(v) };
+            (k.to_string(), v)
+        })
+        .collect();
+        let mut labels = serde_json::Map::new();
+        labels.insert(HOLDER_LABEL.into(), json!(label_value(&holder.holder_node)));
+        let patch = json!({
+            "metadata": {"uid": g.uid, "resourceVersion": g.resource_version, "labels": labels},
+            "spec": {"holder": h},
+        });
+        let params = kube::api::PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let r = self
+            .kube
+            .call(
+                &format!("take over AddressGrant {}", g.name),
+                &[404, 409],
+                self.grants
+                    .patch(&g.name, &params, &kube::api::Patch::Merge(&patch)),
+            )
+            .await?;
+        Ok(match r {
+            Ok(_) => Written::Done(()),
+            Err(404) => Written::Gone,
             Err(_) => Written::Conflict,
         })
     }
@@ -588,6 +659,116 @@ impl ClusterApi {
             Ok(kube::api::WatchEvent::Bookmark(_)) => Some((false, GrantObj::default())),
             Ok(kube::api::WatchEvent::Error(_)) | Err(_) => None,
         }))
+    }
+
+    /// Pod `namespace/name`: its UID and the StatefulSet that owns it, if one does (`None`: no pod).
+    pub async fn pod_owner(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(String, Option<String>)>> {
+        let pods: Api<Pod> = Api::namespaced(self.kube.client(), namespace);
+        let r = self
+            .kube
+            .call(
+                &format!("get pod {namespace}/{name}"),
+                &[404],
+                pods.get_metadata(name),
+            )
+            .await?;
+        Ok(r.ok().map(|p| {
+            let set = p
+                .metadata
+                .owner_references
+                .unwrap_or_default()
+                .into_iter()
+                .find(|o| o.kind == "StatefulSet" && o.api_version.starts_with("apps/"))
+                .map(|o| o.name);
+            (p.metadata.uid.unwrap_or_default(), set)
+        }))
+    }
+
+    /// A StatefulSet's `spec.replicas` (`None`: no such StatefulSet).
+    pub async fn statefulset_replicas(&self, namespace: &str, name: &str) -> Result<Option<i32>> {
+        let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+            Api::namespaced(self.kube.client(), namespace);
+        let r = self
+            .kube
+            .call(
+                &format!("get StatefulSet {namespace}/{name}"),
+                &[404],
+                sets.get(name),
+            )
+            .await?;
+        Ok(r.ok().map(|s| s.spec.replicas.unwrap_or(1)))
+    }
+
+    fn ipamclaims(&self, namespace: &str) -> Api<DynamicObject> {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1alpha1", "IPAMClaim"),
+            "ipamclaims",
+        );
+        Api::namespaced_with(self.kube.client(), namespace, &ar)
+    }
+
+    /// An IPAMClaim: its `spec.interface` and `status.ips` (`None`: no such claim).
+    pub async fn ipamclaim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(String, Vec<String>)>> {
+        let r = self
+            .kube
+            .call(
+                &format!("get IPAMClaim {namespace}/{name}"),
+                &[404],
+                self.ipamclaims(namespace).get(name),
+            )
+            .await?;
+        Ok(r.ok().map(|o| {
+            let iface = o.data["spec"]["interface"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ips = o.data["status"]["ips"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (iface, ips)
+        }))
+    }
+
+    /// Record the claim's address and the pod using it in its status (NPWG v1.3: the address lives as
+    /// long as the claim).
+    pub async fn set_claim_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        ips: &[String],
+        owner_pod: &str,
+    ) -> Result<()> {
+        let patch = json!({"status": {"ips": ips, "ownerPod": {"name": owner_pod}}});
+        let params = kube::api::PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        self.kube
+            .call(
+                &format!("record the address in IPAMClaim {namespace}/{name}"),
+                &[],
+                self.ipamclaims(namespace).patch_status(
+                    name,
+                    &params,
+                    &kube::api::Patch::Merge(&patch),
+                ),
+            )
+            .await?
+            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+        Ok(())
     }
 
     /// A fresh deadline for the calls that follow (a reconcile runs several phases).

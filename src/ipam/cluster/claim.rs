@@ -118,12 +118,13 @@ pub async fn claim(c: &ClusterIpam, local: &Local, id: &str, ifname: &str) -> Re
     let api = ClusterApi::connect(c.kubeconfig_path().as_deref(), c.api_timeout)
         .await
         .map_err(|e| e.context(&why))?;
-    claim_with(c, local, &api, id, ifname)
+    claim_block(c, local, &api, id, ifname)
         .await
         .map_err(|e| e.context(&why))
 }
 
-async fn claim_with(
+/// [`claim`] with a connected client.
+pub async fn claim_block(
     c: &ClusterIpam,
     local: &Local,
     api: &ClusterApi,

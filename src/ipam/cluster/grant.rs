@@ -103,7 +103,7 @@ pub async fn borrow(
                     interval(w, v4).is_some_and(|(a, b)| (a..=b).contains(&to_u128(ip)))
                 }) =>
             {
-                if local.hold_borrowed(c, id, ifname, ip, &name)? {
+                if local.hold_borrowed(c, id, ifname, ip, &name, super::api::BORROWED)? {
                     tracing::info!(%ip, lender = %o.node, grant = %name, "borrowed");
                     return Ok(Some(ip));
                 }

@@ -405,7 +405,8 @@ impl Local {
         DiskStore::open(&self.dir, BORROWED).map(Some)
     }
 
-    /// Record an address granted to `(id, ifname)` by `grant`.
+    /// Record an address granted to `(id, ifname)` by `grant`, for `purpose` (a borrowed address's
+    /// grant is deleted when it is released; a sticky or claimed one's outlives the container).
     pub fn hold_borrowed(
         &self,
         c: &ClusterIpam,
@@ -413,12 +414,14 @@ impl Local {
         ifname: &str,
         ip: IpAddr,
         grant: &str,
+        purpose: &str,
     ) -> Result<bool> {
         let mut store = DiskStore::open(&self.dir, BORROWED)?;
         store.set_extra(vec![
             c.pod.uid.clone(),
             format!("{}/{}", c.pod.namespace, c.pod.name),
             grant.to_string(),
+            purpose.to_string(),
         ]);
         refuse_duplicate(&store, id, ifname)?;
         store.reserve(id, ifname, ip, 0)
@@ -427,12 +430,15 @@ impl Local {
     /// Release a borrowed address and queue its grant's deletion (`returns/<grant>`: the agent or the
     /// reconcile deletes it, so that a DEL never waits for the API).
     fn release_borrowed(&self, store: &mut DiskStore, ip: IpAddr) -> Result<()> {
-        let grant = store
+        let lines = store
             .content(ip)?
             .map(|c| crate::ipam::store::extra_lines(&c))
-            .and_then(|l| l.get(2).cloned())
             .unwrap_or_default();
-        if !grant.is_empty() {
+        let grant = lines.get(2).cloned().unwrap_or_default();
+        let persistent = lines
+            .get(3)
+            .is_some_and(|p| p == super::api::STICKY || p == super::api::CLAIM);
+        if !grant.is_empty() && !persistent {
             self.queue_return(&grant)?;
         }
         store.release(ip)

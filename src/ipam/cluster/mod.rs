@@ -13,6 +13,7 @@ pub mod block;
 pub mod claim;
 pub mod grant;
 pub mod local;
+pub mod persist;
 pub mod reconcile;
 
 use std::net::IpAddr;
@@ -70,6 +71,10 @@ struct RawCluster {
     #[serde(rename = "ipRanges")]
     ip_ranges: Option<Value>,
     borrow: Option<bool>,
+    sticky: Option<bool>,
+    /// Set by the meta-plugin from the selection's `ipam-claim-reference`.
+    #[serde(rename = "ipamClaimReference")]
+    ipam_claim_reference: Option<String>,
 }
 
 /// The pod an allocation is for, from `CNI_ARGS` (empty outside Kubernetes).
@@ -118,6 +123,10 @@ pub struct ClusterIpam {
     pub pod: PodRef,
     /// Borrow single addresses from other nodes' blocks when the range has no free block.
     pub borrow: bool,
+    /// A StatefulSet's pods keep their address across incarnations and nodes.
+    pub sticky: bool,
+    /// The IPAMClaim (in the pod's namespace) the address belongs to.
+    pub claim: Option<String>,
 }
 
 /// A Whereabouts-style `range`: a CIDR (host bits allowed: the window then starts there) or
@@ -325,6 +334,12 @@ impl ClusterIpam {
             }
         };
         let requested = crate::ipam::conf::requested(conf, args)?;
+        if !requested.is_empty() && (raw.sticky == Some(true) || raw.ipam_claim_reference.is_some())
+        {
+            return Err(Error::config(format!(
+                "ipam ({TYPE}): a requested address cannot be combined with sticky or ipamClaimReference"
+            )));
+        }
         for ip in &requested {
             in_net(*ip, "requested address")?;
             if holes.iter().any(|(s, e)| (*s..=*e).contains(&to_u128(*ip))) {
@@ -354,6 +369,8 @@ impl ClusterIpam {
             requested,
             pod: PodRef::of(args),
             borrow: raw.borrow.unwrap_or(true),
+            sticky: raw.sticky.unwrap_or(false),
+            claim: raw.ipam_claim_reference.filter(|c| !c.is_empty()),
         })
     }
 
@@ -377,6 +394,11 @@ impl ClusterIpam {
     /// ADD: from a block this node owns (no API call), else after claiming one.
     pub async fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let local = self.local();
+        if (self.sticky || self.claim.is_some())
+            && let Some(ip) = persist::add(self, &local, &args.container_id, &args.ifname).await?
+        {
+            return Ok(self.result(ip));
+        }
         if let Some(ip) = local.allocate(self, &args.container_id, &args.ifname)? {
             return Ok(self.result(ip));
         }

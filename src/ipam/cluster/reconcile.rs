@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::api::{BlockObj, ClusterApi, Written};
+use super::api::{BlockObj, CLAIM, ClusterApi, STICKY, Written};
 use super::local::Local;
 use crate::error::{Error, Result};
 
@@ -70,6 +70,9 @@ pub struct Report {
     /// Grants of this node that no local address stood for, deleted.
     #[serde(rename = "grantsDeleted")]
     pub grants_deleted: Vec<String>,
+    /// Sticky and claimed addresses lent from this node's blocks whose owner is gone, released.
+    #[serde(rename = "persistentReleased")]
+    pub persistent_released: Vec<String>,
     /// Steps that failed after the addresses were dealt with (each released nothing of its own).
     pub errors: Vec<String>,
 }
@@ -97,6 +100,12 @@ pub async fn reconcile(o: &Options) -> Result<Report> {
         report
             .errors
             .push(format!("settling borrowed addresses: {e}"));
+    }
+    api.renew();
+    if let Err(e) = release_persistent(o, &mut api, &mut report).await {
+        report
+            .errors
+            .push(format!("releasing sticky and claimed addresses: {e}"));
     }
     api.renew();
     if let Err(e) = reclaim_deleted_nodes(o, &mut api, &mut report).await {
@@ -246,6 +255,53 @@ async fn settle_grants(
     Ok(())
 }
 
+/// The lender's side of persistent addresses: a claim's goes with the claim; a StatefulSet pod's when
+/// the StatefulSet is gone or scaled below the pod's ordinal, and the pod is gone.
+async fn release_persistent(o: &Options, api: &mut ClusterApi, report: &mut Report) -> Result<()> {
+    let (grants, _) = api.grants_of_lender(&o.node).await?;
+    for g in grants {
+        api.renew();
+        let gone = match g.purpose.as_str() {
+            CLAIM => api
+                .ipamclaim(&g.owner_namespace, &g.owner_name)
+                .await?
+                .is_none(),
+            STICKY => {
+                let scaled_away = match api
+                    .statefulset_replicas(&g.owner_namespace, &g.owner_name)
+                    .await?
+                {
+                    None => true,
+                    Some(r) => g
+                        .ordinal
+                        .is_some_and(|n| n >= u64::try_from(r).unwrap_or(0)),
+                };
+                let pod_gone = match g.pod.split_once('/') {
+                    Some((ns, name)) => api.pod_uid(ns, name).await?.is_none(),
+                    None => true,
+                };
+                scaled_away && pod_gone
+            }
+            _ => false,
+        };
+        if gone
+            && matches!(
+                api.delete_grant(&g.name, Some(&g.uid)).await?,
+                Written::Done(()) | Written::Gone
+            )
+        {
+            super::grant::unlend(&o.data_dir, &g)?;
+            tracing::info!(
+                grant = g.name,
+                ip = g.ip,
+                "persistent address released: its owner is gone"
+            );
+            report.persistent_released.push(g.name);
+        }
+    }
+    Ok(())
+}
+
 /// `<dataDir>/reclaim.json`: node -> when this node first saw it missing (seconds since the epoch).
 fn missing_file(o: &Options) -> PathBuf {
     o.data_dir.join("reclaim.json")
@@ -279,7 +335,10 @@ async fn reclaim_deleted_nodes(
             continue;
         }
         api.renew();
-        if api.node_uid(&node).await?.is_some() || !api.pod_uids_on(&node).await?.is_empty() {
+        if api.node_uid(&node).await?.is_some()
+            || !api.pod_uids_on(&node).await?.is_empty()
+            || !api.grants_of_lender(&node).await?.0.is_empty()
+        {
             report.nodes_missing.push(node);
             continue;
         }
