@@ -655,6 +655,28 @@ fn reconcile(host: &Node, c: &Cluster, sim: &Sim, kubeconfig: &Path) -> Result<V
     }
 }
 
+/// `attache ipam inspect --json` as `sim`.
+fn inspect(host: &Node, sim: &Sim, kubeconfig: &Path) -> Value {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &host.name])
+        .arg(attache_bin())
+        .args(["ipam", "inspect", "--json"])
+        .arg("--data-dir")
+        .arg(&sim.data_dir)
+        .arg("--node")
+        .arg(&sim.name)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn reconcile_releases_the_addresses_of_pods_that_are_gone_by_uid_and_nothing_on_a_failed_list() {
     let mut host = Node::new("cipam-rec");
@@ -700,6 +722,29 @@ fn reconcile_releases_the_addresses_of_pods_that_are_gone_by_uid_and_nothing_on_
     assert!(e.contains("nothing released"), "{e}");
     assert_eq!(held(&a), before);
     c.api.restart_apiserver();
+
+    // inspect shows the block, the pool by node and the two leaks, and changes nothing.
+    let i = inspect(&host, &a, &c.kubeconfig);
+    assert_eq!(i["blocks"][0]["used"], 5, "{i}");
+    assert_eq!(i["blocks"][0]["free"], 64 - 5, "{i}");
+    assert_eq!(i["unverifiable"], 1, "{i}");
+    assert_eq!(
+        i["pools"][0]["nodes"]["node-a"].as_array().unwrap().len(),
+        1,
+        "{i}"
+    );
+    assert_eq!(i["pools"][0]["freeBlocks"], 3, "{i}");
+    let mut leaks: Vec<String> = i["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ip"].as_str().unwrap().to_string())
+        .collect();
+    leaks.sort();
+    let mut gone = vec![ip1.to_string(), ip2.to_string()];
+    gone.sort();
+    assert_eq!(leaks, gone, "{i}");
+    assert_eq!(held(&a), before);
 
     let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
     let mut released: Vec<String> = r["released"]

@@ -876,7 +876,7 @@ fn leak_line(pool: &Pool, a: &Allocation) -> String {
 }
 
 /// Columns padded to their widest cell, two spaces apart; the last one unpadded.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| printable(c)).collect())

@@ -17,6 +17,29 @@ pub enum IpamCmd {
     /// AddressGrants as they come), take them back when the grants go, and delete the grants this node's
     /// DELs queued. Runs until killed (the DaemonSet's mode).
     Agent(AgentArgs),
+    /// Show this node's blocks (used, lent, free), what it borrowed, and — when the API answers — the
+    /// pools (blocks per node, free blocks, grants) and the leaks (addresses whose pod is not in the
+    /// node's pod list). Changes nothing.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// attache-ipam's dataDir on this node.
+    #[arg(long, default_value = cluster::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// This node's name (default: $NODE_NAME, the file `attache install` writes, the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// The kubeconfig (default: the one `attache install` writes, else the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Do not ask the API (this node's files only).
+    #[arg(long)]
+    local: bool,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -64,6 +87,7 @@ pub fn run(cmd: &IpamCmd) -> Result<()> {
     match cmd {
         IpamCmd::Reconcile(a) => reconcile_cmd(a),
         IpamCmd::Agent(a) => agent_cmd(a),
+        IpamCmd::Inspect(a) => inspect_cmd(a),
     }
 }
 
@@ -91,6 +115,26 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_time()
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))
+}
+
+fn inspect_cmd(a: &InspectArgs) -> Result<()> {
+    let node = node_of(&a.node)?;
+    let kubeconfig = kubeconfig_of(&a.kubeconfig);
+    let report = runtime()?.block_on(crate::ipam::cluster::inspect::gather(
+        &a.data_dir,
+        &node,
+        kubeconfig.as_deref(),
+        a.local,
+    ))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }
 
 fn agent_cmd(a: &AgentArgs) -> Result<()> {

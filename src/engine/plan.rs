@@ -694,8 +694,10 @@ mod tests {
 
     #[test]
     fn attache_ipam_gets_the_kubeconfig_node_name_and_claim_of_the_meta_plugin() {
-        let conf = NetConf::from_value(json!({"cniVersion": "1.0.0", "name": "m", "type": "attache",
-            "clusterNetwork": {"type": "ptp"}, "kubeconfig": "/etc/kc", "nodeName": "worker-3"}))
+        let conf = NetConf::from_value(
+            json!({"cniVersion": "1.0.0", "name": "m", "type": "attache",
+            "clusterNetwork": {"type": "ptp"}, "kubeconfig": "/etc/kc", "nodeName": "worker-3"}),
+        )
         .unwrap();
         let ac = AttacheConf::from_conf(&conf).unwrap();
         let mut list = NetworkList::from_value(

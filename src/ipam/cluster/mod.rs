@@ -12,6 +12,7 @@ pub mod api;
 pub mod block;
 pub mod claim;
 pub mod grant;
+pub mod inspect;
 pub mod local;
 pub mod persist;
 pub mod reconcile;
