@@ -1208,3 +1208,128 @@ fn an_ipamclaim_keeps_its_address_records_it_and_serves_one_pod_at_a_time() {
     assert!(grants(&c).is_empty());
     assert!(a.state("default").1.is_empty(), "{:?}", a.state("default"));
 }
+
+/// Fault injection on attache-ipam's API paths (every point of `fail::CLUSTER_IPAM`, with an error and
+/// with a panic where a CNI call reaches it): a failed ADD leaves this node's files as they were and no
+/// grant; a block created just before the failure is this node's and the next ADD adopts it (one create
+/// in all); a failed reconcile releases nothing, and a failed give-back keeps the block usable.
+#[cfg(feature = "failpoints")]
+#[test]
+fn failures_on_the_api_paths_leave_nothing_half_made() {
+    let mut host = Node::new("cipam-faults");
+    let c = Cluster::start(&mut host);
+    let log = host.path("points.log");
+    let mut reached: BTreeSet<String> = BTreeSet::new();
+    let mut note = |reached: &mut BTreeSet<String>| {
+        for l in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+            reached.insert(l.to_string());
+        }
+    };
+    let run_failing = |sim: &Sim, id: &str, conf: &Value, spec: &str| -> CniOutput {
+        let mut call = host.call("ADD", id, &c.netns, "net1");
+        call.bin = c.bin.clone();
+        call.extra_env = vec![
+            ("ATTACHE_FAILPOINT".into(), spec.into()),
+            ("ATTACHE_FAILPOINT_LOG".into(), log.display().to_string()),
+        ];
+        let _ = sim;
+        host.exec(&call, conf)
+    };
+    let a = c.node(&host, "node-a");
+    let ipam = json!({"range": "10.98.0.0/27", "blockSize": 28});
+    let ca = c.conf(&a, ipam.clone());
+    // The cold path: registration and block creation fail before anything is written.
+    for point in ["ipam.pool.register", "ipam.block.create"] {
+        for mode in ["error", "panic"] {
+            let spec = format!("{point}@1:{mode}");
+            let out = run_failing(&a, "a-fail", &ca, &spec);
+            let e = out.err(999);
+            assert!(
+                e["msg"].as_str().unwrap().contains("failpoint"),
+                "{spec}: {e}"
+            );
+            assert_eq!(a.state("default"), (vec![], vec![]), "{spec}");
+        }
+    }
+    assert!(c.blocks().is_empty());
+    // The block created, then the failure: the API has it for node-a, nothing local; the next ADD
+    // adopts it instead of creating another.
+    run_failing(&a, "a-fail", &ca, "ipam.block.created@1:panic").err(999);
+    assert_eq!(a.state("default"), (vec![], vec![]));
+    let created = c.blocks();
+    assert_eq!(created.len(), 1);
+    let ip = ip_of(&c.run(&host, "ADD", "a0", &ca).ok());
+    assert_eq!(c.blocks(), created, "adopted, not created again");
+    assert!(created.values().next().unwrap().0.contains(&ip));
+    let creates = c
+        .writes()
+        .iter()
+        .filter(|(v, r)| v == "create" && r == "addressblocks")
+        .count();
+    assert_eq!(creates, 1);
+    note(&mut reached);
+
+    // Borrowing: node-b owns the other block, full; it borrows from node-a, with failures.
+    let b = c.node(&host, "node-b");
+    let _agent = Agent::start(&host, &c, &a);
+    let cb = c.conf(&b, ipam.clone());
+    for k in 0..15 {
+        c.run(&host, "ADD", &format!("b{k}"), &cb).ok();
+    }
+    let before_b = b.state("default");
+    for point in ["ipam.grant.create", "ipam.grant.wait"] {
+        for mode in ["error", "panic"] {
+            let spec = format!("{point}@1:{mode}");
+            run_failing(&b, "b-fail", &cb, &spec).err(999);
+            assert_eq!(b.state("default"), before_b, "{spec}");
+            assert!(
+                testbed::eventually(20, || grants(&c).is_empty()),
+                "{spec} left a grant: {:?}",
+                grants(&c)
+            );
+            // node-a takes back whatever it reserved for that grant.
+            assert!(
+                testbed::eventually(20, || a.state("default").1.len() == 1),
+                "{spec}: node-a still lends {:?}",
+                a.state("default").1
+            );
+        }
+    }
+    note(&mut reached);
+
+    // Reconcile: a failure after the list releases nothing; a failed give-back keeps the block.
+    assert_eq!(c.run(&host, "DEL", "a0", &ca).exit, 0);
+    let rec = |spec: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &host.name])
+            .arg(attache_bin())
+            .args(["ipam", "reconcile", "--grace", "0", "--node-grace", "0"])
+            .arg("--data-dir")
+            .arg(&a.data_dir)
+            .args(["--node", "node-a", "--kubeconfig"])
+            .arg(&c.kubeconfig)
+            .env("ATTACHE_FAILPOINT", spec)
+            .env("ATTACHE_FAILPOINT_LOG", &log)
+            .output()
+            .unwrap()
+    };
+    let out = rec("ipam.reconcile.listed@1:error");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing released"));
+    let out = rec("ipam.block.release@1:error");
+    assert!(!out.status.success(), "the failed give-back is reported");
+    assert_eq!(a.state("default").0.len(), 1, "the block is still node-a's");
+    assert_eq!(c.blocks().len(), 2);
+    let again = ip_of(&c.run(&host, "ADD", "a1", &ca).ok());
+    assert!(
+        created.values().next().unwrap().0.contains(&again),
+        "and usable: {again}"
+    );
+    note(&mut reached);
+
+    let missing: Vec<&&str> = attache::fail::CLUSTER_IPAM
+        .iter()
+        .filter(|p| !reached.contains(**p))
+        .collect();
+    assert!(missing.is_empty(), "failpoints not reached: {missing:?}");
+}

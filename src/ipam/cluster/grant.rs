@@ -97,7 +97,9 @@ pub async fn borrow(
                 }
             }
         };
-        match wait_answer(api, &name).await {
+        // A panic while waiting must not skip the grant's deletion below (a crash leaves it to the
+        // reconcile, which deletes grants no local address stands for).
+        match crate::fail::guarded(wait_answer(api, &name)).await {
             Ok(Some(ip))
                 if want.window.iter().any(|w| {
                     interval(w, v4).is_some_and(|(a, b)| (a..=b).contains(&to_u128(ip)))
