@@ -1220,7 +1220,7 @@ fn failures_on_the_api_paths_leave_nothing_half_made() {
     let c = Cluster::start(&mut host);
     let log = host.path("points.log");
     let mut reached: BTreeSet<String> = BTreeSet::new();
-    let mut note = |reached: &mut BTreeSet<String>| {
+    let note = |reached: &mut BTreeSet<String>| {
         for l in std::fs::read_to_string(&log).unwrap_or_default().lines() {
             reached.insert(l.to_string());
         }
