@@ -809,6 +809,15 @@ fn reconcile_reclaims_the_blocks_of_deleted_nodes_but_not_while_their_pods_exist
         owners,
         ["node-a", "node-c"].iter().map(|s| s.to_string()).collect()
     );
+    // node-b comes back with its dataDir: its reconcile sees the block is not its own any more, and
+    // no address is handed out of it from then on (its ADD now needs a block, and it is no Node).
+    let r = reconcile(&host, &c, &b, &c.kubeconfig).unwrap();
+    assert_eq!(r["blocksLost"].as_array().unwrap().len(), 1, "{r}");
+    assert!(b.state("default").0.is_empty());
+    let e = c
+        .run(&host, "ADD", "node-b-1", &c.conf(&b, ipam.clone()))
+        .err(7);
+    assert!(e["msg"].as_str().unwrap().contains("names no Node"), "{e}");
 }
 
 #[test]

@@ -208,6 +208,17 @@ impl Local {
         );
     }
 
+    /// Stop using `block` (under its store's lock, whatever it holds): `false` if it was not owned.
+    pub fn disown(&self, block: &Block) -> Result<bool> {
+        let _store = DiskStore::open(&self.blocks_dir(), &block.dir_name())?;
+        let p = self.owned_dir().join(block.dir_name());
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
+        }
+    }
+
     /// One claim at a time per node and pool.
     pub fn claim_lock(&self) -> Result<Flock<File>> {
         crate::files::ensure_real_dir(&self.dir)?;

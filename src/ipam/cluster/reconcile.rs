@@ -61,6 +61,9 @@ pub struct Report {
     /// This node's empty blocks given back.
     #[serde(rename = "blocksReturned")]
     pub blocks_returned: Vec<String>,
+    /// Blocks this node recorded as its own that the API says are not: no longer used.
+    #[serde(rename = "blocksLost")]
+    pub blocks_lost: Vec<String>,
     /// Blocks of deleted nodes reclaimed.
     #[serde(rename = "blocksReclaimed")]
     pub blocks_reclaimed: Vec<String>,
@@ -91,6 +94,12 @@ pub async fn reconcile(o: &Options) -> Result<Report> {
     release_gone_pods(o, &mut api, &pools, &mut report)
         .await
         .map_err(|e| e.context("nothing released"))?;
+    api.renew();
+    if let Err(e) = verify_owned(o, &mut api, &pools, &mut report).await {
+        report
+            .errors
+            .push(format!("checking this node's blocks: {e}"));
+    }
     api.renew();
     if let Err(e) = return_empty_blocks(o, &mut api, &pools, &mut report).await {
         report.errors.push(format!("giving back empty blocks: {e}"));
@@ -159,6 +168,38 @@ async fn release_gone_pods(
                     pod: r.pod,
                     pod_uid: r.pod_uid,
                 });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Blocks this node records as its own that the API says are not (reclaimed while the node was
+/// away, or its object replaced): no address is handed out of them any more. What they still hold
+/// stays until its pods go (it may now collide with the new owner's: reported loudly).
+async fn verify_owned(
+    o: &Options,
+    api: &mut ClusterApi,
+    pools: &[Local],
+    report: &mut Report,
+) -> Result<()> {
+    for local in pools {
+        let owned = local.owned()?;
+        if owned.is_empty() {
+            continue;
+        }
+        let listed = api.blocks(&local.pool()).await?;
+        let _claiming = local.claim_lock()?;
+        for b in owned {
+            let Some(rec) = local.owned_record(&b)? else {
+                continue;
+            };
+            let ours = listed
+                .iter()
+                .any(|x| x.name == rec.name && x.uid == rec.uid && x.node == o.node);
+            if !ours && local.disown(&b)? {
+                tracing::error!(block = %rec.name, "the API says this block is not this node's any more: no address is handed out of it now");
+                report.blocks_lost.push(rec.name);
             }
         }
     }
