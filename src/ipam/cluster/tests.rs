@@ -269,3 +269,75 @@ fn owned_blocks_hand_out_lowest_first_and_skip_holes() {
         "the block still holds addresses"
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn v4(n: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(n))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Whatever the range, block size, window, exclusions and gateway: every address handed out lies
+        /// in the window, in no hole, once; and every allowed address of the owned blocks is handed out.
+        #[test]
+        fn allocation_stays_in_the_window_and_never_repeats(
+            prefix in 24u8..=29,
+            extra_bits in 0u8..=3,
+            lo_off in 0u32..64,
+            hi_cut in 0u32..64,
+            excludes in proptest::collection::vec((0u32..256, 28u8..=32), 0..3),
+            gw in proptest::option::of(0u32..256),
+        ) {
+            let base: u32 = u32::from(std::net::Ipv4Addr::new(10, 77, 0, 0));
+            let size = 1u32 << (32 - prefix);
+            let block = (prefix + extra_bits).min(30);
+            let lo = base + (lo_off % size);
+            let hi = (base + size - 1 - (hi_cut % size)).max(lo);
+            let mut ipam = json!({"range": format!("{}/{prefix}", v4(base)), "blockSize": block,
+                                  "range_start": v4(lo).to_string(), "range_end": v4(hi).to_string()});
+            let ex: Vec<String> = excludes
+                .iter()
+                .map(|(off, p)| {
+                    let net = IpNet::new(v4(base + off % size), *p).unwrap().trunc();
+                    net.to_string()
+                })
+                .collect();
+            ipam["exclude"] = json!(ex);
+            if let Some(g) = gw {
+                ipam["gateway"] = json!(v4(base + g % size).to_string());
+            }
+            let dir = crate::testutil::tempdir("cluster-prop");
+            ipam["dataDir"] = json!(dir);
+            let c = parse(ipam, "").unwrap();
+            let local = c.local();
+            for i in 0..c.layout.count() {
+                let b = c.layout.nth(i);
+                let owned = local::Owned {
+                    name: format!("default-{}", b.dir_name()),
+                    uid: "u".into(),
+                    cidr: b.net().to_string(),
+                    range: c.layout.range.to_string(),
+                };
+                local.adopt(&b, &owned).unwrap();
+            }
+            let allowed: std::collections::BTreeSet<u128> = (to_u128(v4(lo))..=to_u128(v4(hi)))
+                .filter(|n| !c.holes.iter().any(|(s, e)| (s..=e).contains(&n)))
+                .collect();
+            let mut got = std::collections::BTreeSet::new();
+            let mut k = 0;
+            while let Some(ip) = local.allocate(&c, &format!("c{k}"), "eth0").unwrap() {
+                let n = to_u128(ip);
+                prop_assert!(allowed.contains(&n), "{ip} is not allowed");
+                prop_assert!(got.insert(n), "{ip} twice");
+                k += 1;
+                prop_assert!(k <= 256);
+            }
+            prop_assert_eq!(got, allowed);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
