@@ -368,23 +368,23 @@ fn foreign_names_refuse_and_attache_never_execs_itself() {
     let pod = node.pod();
     let bin = node.path("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for name in ["attache-ipam", "macvlan"] {
+    for name in ["whereabouts", "macvlan"] {
         std::os::unix::fs::symlink(testbed::attache_bin(), bin.join(name)).unwrap();
     }
     let conf = json!({"cniVersion": "1.0.0", "name": "m", "type": "macvlan", "master": "nic0",
-                      "ipam": {"type": "attache-ipam"}});
+                      "ipam": {"type": "whereabouts"}});
     let path = format!("{}:{REFERENCE_DIR}", bin.display());
     let t = Instant::now();
-    // Invoked as attache-ipam: refused at once.
+    // Invoked as a name it does not answer to (another IPAM): refused at once.
     let mut call = node.call("ADD", "s1", &pod, "eth0");
-    call.bin = bin.join("attache-ipam");
+    call.bin = bin.join("whereabouts");
     call.path = path.clone();
     let e = node.exec(&call, &conf).err(7);
     assert!(
         e["msg"]
             .as_str()
             .unwrap()
-            .contains("invoked as \"attache-ipam\""),
+            .contains("invoked as \"whereabouts\""),
         "{e}"
     );
     // Invoked as macvlan, its IPAM type resolves to attache itself: refused, not exec'd.
