@@ -573,7 +573,10 @@ fn requested_addresses_come_only_from_the_node_that_owns_their_block() {
             ("node-b".into(), free),
         ],
     );
-    // CHECK and GC.
+    // CHECK and GC. Another network of the same pool (same range) is not GC's business.
+    let mut red = c.conf(&a, ipam.clone());
+    red["name"] = json!("red");
+    let red_ip = ip_of(&c.run(&host, "ADD", "r0", &red).ok());
     assert_eq!(
         c.run(&host, "CHECK", "a1", &c.conf(&a, ipam.clone())).exit,
         0
@@ -586,7 +589,11 @@ fn requested_addresses_come_only_from_the_node_that_owns_their_block() {
     call.netns = None;
     let out = host.exec(&call, &gc);
     assert_eq!(out.exit, 0, "{} {}", out.stdout, out.stderr);
-    assert_eq!(a.state("default").1, vec![first.to_string()]);
+    let mut left = a.state("default").1;
+    left.sort();
+    let mut want = vec![first.to_string(), red_ip.to_string()];
+    want.sort();
+    assert_eq!(left, want);
 }
 
 /// A pod bound to `node` (no kubelet runs: it stays Pending); its UID.
@@ -623,8 +630,19 @@ fn pod_args(ns: &str, name: &str, uid: &str) -> String {
     format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}")
 }
 
-/// `attache ipam reconcile` as `sim`, in the API server's netns; its JSON report, or its error.
+/// `attache ipam reconcile` as `sim`, in the API server's netns (no grace periods, no block kept);
+/// its JSON report, or its error.
 fn reconcile(host: &Node, c: &Cluster, sim: &Sim, kubeconfig: &Path) -> Result<Value, String> {
+    reconcile_with(host, c, sim, kubeconfig, &["--keep-blocks", "0"])
+}
+
+fn reconcile_with(
+    host: &Node,
+    c: &Cluster,
+    sim: &Sim,
+    kubeconfig: &Path,
+    extra: &[&str],
+) -> Result<Value, String> {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &host.name])
         .arg(attache_bin())
@@ -644,6 +662,7 @@ fn reconcile(host: &Node, c: &Cluster, sim: &Sim, kubeconfig: &Path) -> Result<V
         .arg(&sim.name)
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        .args(extra)
         .env_remove("NODE_NAME")
         .output()
         .unwrap();
@@ -772,6 +791,10 @@ fn reconcile_releases_the_addresses_of_pods_that_are_gone_by_uid_and_nothing_on_
     for id in ["c3", "c2b", "c-plain"] {
         assert_eq!(c.run(&host, "DEL", id, &conf).exit, 0);
     }
+    // By default a node keeps one empty block per range: its next pod needs no API call.
+    let r = reconcile_with(&host, &c, &a, &c.kubeconfig, &[]).unwrap();
+    assert!(r["blocksReturned"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(c.blocks().len(), 1);
     let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
     assert_eq!(r["blocksReturned"].as_array().unwrap().len(), 1, "{r}");
     assert!(c.blocks().is_empty());
@@ -1065,8 +1088,12 @@ fn a_statefulset_pod_keeps_its_address_across_nodes_until_it_is_scaled_away() {
         .ok();
     assert_eq!(grants(&c).len(), 1);
     assert_eq!(grants(&c)[0]["spec"]["purpose"], "Sticky");
-    // DEL keeps the address for the identity: node-a's own ADDs never get it meanwhile.
+    // DEL keeps the address for the identity — the holder's reconcile too —, and node-a's own ADDs
+    // never get it meanwhile.
     assert_eq!(c.run(&host, "DEL", "db0-1", &ca).exit, 0);
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    assert!(r["grantsDeleted"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(grants(&c).len(), 1);
     for k in 0..5 {
         let ip = ip_of(&c.run(&host, "ADD", &format!("other-{k}"), &ca).ok());
         assert_ne!(ip, x);
@@ -1173,7 +1200,7 @@ fn an_ipamclaim_keeps_its_address_records_it_and_serves_one_pod_at_a_time() {
             &cb,
             &pod_args("vms", "virt-launcher-2", &u2),
         )
-        .err(7);
+        .err(11);
     assert!(
         e["msg"].as_str().unwrap().contains("virt-launcher-1"),
         "{e}"
@@ -1313,6 +1340,7 @@ fn failures_on_the_api_paths_leave_nothing_half_made() {
             .args(["netns", "exec", &host.name])
             .arg(attache_bin())
             .args(["ipam", "reconcile", "--grace", "0", "--node-grace", "0"])
+            .args(["--keep-blocks", "0"])
             .arg("--data-dir")
             .arg(&a.data_dir)
             .args(["--node", "node-a", "--kubeconfig"])

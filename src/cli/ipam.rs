@@ -75,6 +75,9 @@ pub struct ReconcileArgs {
     /// Seconds a block must have been empty before it is given back.
     #[arg(long, default_value_t = 300)]
     grace: u64,
+    /// Empty blocks kept per range on this node (so that its next pod needs no API call).
+    #[arg(long, default_value_t = 1)]
+    keep_blocks: usize,
     /// Seconds a node must have been missing before its blocks are reclaimed.
     #[arg(long, default_value_t = 300)]
     node_grace: u64,
@@ -103,10 +106,7 @@ fn node_of(arg: &Option<String>) -> Result<String> {
 }
 
 fn kubeconfig_of(arg: &Option<PathBuf>) -> Option<PathBuf> {
-    arg.clone().or_else(|| {
-        let p = PathBuf::from(cluster::KUBECONFIG_FILE);
-        p.exists().then_some(p)
-    })
+    cluster::claim::kubeconfig_or_installed(arg.clone())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -156,6 +156,7 @@ fn reconcile_cmd(a: &ReconcileArgs) -> Result<()> {
         ));
     }
     let opts = reconcile::Options {
+        keep_blocks: a.keep_blocks,
         data_dir: a.data_dir.clone(),
         node,
         kubeconfig: kubeconfig_of(&a.kubeconfig),

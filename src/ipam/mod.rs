@@ -90,7 +90,7 @@ impl Ipam {
                 .map(Ipam::HostLocal)
                 .unwrap_or(Ipam::None),
             Some("static") => Ipam::Static(conf::static_for_teardown(section, args)),
-            Some(cluster::TYPE) => cluster::Teardown::from_section(section)
+            Some(cluster::TYPE) => cluster::Teardown::from_section(&conf.name, section)
                 .map(Ipam::ClusterTeardown)
                 .unwrap_or(Ipam::None),
             Some(t) if crate::cni::conf::validate_plugin_type(t).is_ok() => {
@@ -104,7 +104,7 @@ impl Ipam {
     }
 
     /// attache-ipam's folder, from either reading.
-    fn teardown(&self, _conf: &NetConf) -> Option<cluster::Teardown> {
+    fn teardown(&self) -> Option<cluster::Teardown> {
         match self {
             Ipam::Cluster(c) => Some(cluster::Teardown::of(c)),
             Ipam::ClusterTeardown(t) => Some(t.clone()),
@@ -149,7 +149,7 @@ impl Ipam {
                     Ok(Some(prev)) => prev.ips.iter().map(|i| i.address.addr()).collect(),
                     _ => vec![],
                 };
-                if let Some(t) = self.teardown(conf) {
+                if let Some(t) = self.teardown() {
                     t.del(&args.container_id, &args.ifname, &named)?;
                 }
                 Ok(())

@@ -120,6 +120,8 @@ fn post() -> PostParams {
 }
 
 pub const LENDER_LABEL: &str = "ipam.attache.dev/lender";
+/// A mirror pod's annotation: the static pod's UID as the kubelet (and so `K8S_POD_UID`) knows it.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 pub const HOLDER_LABEL: &str = "ipam.attache.dev/holder";
 
 /// An `AddressGrant`: one address of another node's block, asked for by a node whose range has no free
@@ -368,6 +370,16 @@ impl ClusterApi {
                 .await?
                 .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
             for p in &page.items {
+                // A static pod's containers carry the kubelet's UID, which its mirror pod names in
+                // this annotation (the mirror's own UID is another).
+                if let Some(m) = p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(MIRROR_ANNOTATION))
+                {
+                    out.insert(m.clone());
+                }
                 match &p.metadata.uid {
                     Some(u) if !u.is_empty() => {
                         out.insert(u.clone());
@@ -389,6 +401,13 @@ impl ClusterApi {
     /// The UID of pod `namespace/name`, `None` if there is none.
     pub async fn pod_uid(&self, namespace: &str, name: &str) -> Result<Option<String>> {
         Ok(self.kube.pod(namespace, name).await?.map(|p| p.uid))
+    }
+
+    /// Is `uid` pod `namespace/name`'s (its UID, or for a static pod its mirror's annotation)?
+    pub async fn pod_is(&self, namespace: &str, name: &str, uid: &str) -> Result<bool> {
+        Ok(self.kube.pod(namespace, name).await?.is_some_and(|p| {
+            p.uid == uid || p.annotations.get(MIRROR_ANNOTATION).map(String::as_str) == Some(uid)
+        }))
     }
 
     /// The names of every Node (one complete list).
@@ -565,10 +584,20 @@ impl ClusterApi {
 
     /// Delete a grant (conditioned on its UID when known).
     pub async fn delete_grant(&self, name: &str, uid: Option<&str>) -> Result<Written<()>> {
+        self.delete_grant_if(name, uid, None).await
+    }
+
+    /// Delete a grant conditioned on its UID and, when given, the resourceVersion read.
+    pub async fn delete_grant_if(
+        &self,
+        name: &str,
+        uid: Option<&str>,
+        resource_version: Option<&str>,
+    ) -> Result<Written<()>> {
         let dp = DeleteParams {
             preconditions: uid.map(|u| Preconditions {
                 uid: Some(u.to_string()),
-                resource_version: None,
+                resource_version: resource_version.map(str::to_string),
             }),
             ..Default::default()
         };
@@ -774,6 +803,16 @@ impl ClusterApi {
     /// A fresh deadline for the calls that follow (a reconcile runs several phases).
     pub fn renew(&mut self) {
         self.kube = self.kube.renewed();
+    }
+
+    /// The same client with a fresh deadline.
+    pub fn renewed(&self) -> ClusterApi {
+        ClusterApi {
+            kube: self.kube.renewed(),
+            pools: self.pools.clone(),
+            blocks: self.blocks.clone(),
+            grants: self.grants.clone(),
+        }
     }
 
     /// Delete the block's object if it is still the one read (`uid`, and `resource_version` when

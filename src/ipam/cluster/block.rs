@@ -43,10 +43,17 @@ impl Block {
     }
 
     /// The on-disk name: the canonical text with `.`, `:` and `/` as `-` (`10-20-3-64-26`,
-    /// `fd00--40-122`). A v4 name has four decimal groups before the prefix; a canonical v6 text with
-    /// that few groups has a `::`, which shows as `--`: the two never collide.
+    /// `fd00--40-122`; a v6 text that starts with `::` gets a leading `0`, `0--40-122`, since a name
+    /// must start with a letter or digit). A v4 name has four decimal groups before the prefix; a
+    /// canonical v6 text with that few groups has a `::`, which shows as `--`: the two never collide.
     pub fn dir_name(&self) -> String {
-        self.net().to_string().replace(['.', ':', '/'], "-")
+        let text = self.net().to_string();
+        let text = if text.starts_with(':') {
+            format!("0{text}")
+        } else {
+            text
+        };
+        text.replace(['.', ':', '/'], "-")
     }
 
     /// The inverse of [`Block::dir_name`]; `None` for any other name.
@@ -209,11 +216,17 @@ mod tests {
             "fd00::40/122",
             "fd00:1:2:3:4:5:6:0/112",
             "::/0",
+            "::40/122",
             "1:2:3:4::/64",
         ] {
             let b = Block::of(net.parse().unwrap());
             let name = b.dir_name();
             assert_eq!(Block::from_dir_name(&name), Some(b), "{name}");
+            // It names a host-local store folder.
+            assert!(
+                crate::cni::conf::validate_network_name(&name).is_ok(),
+                "{name}"
+            );
         }
         assert_eq!(
             Block::of("10.20.3.64/26".parse().unwrap()).dir_name(),

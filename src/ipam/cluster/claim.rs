@@ -26,15 +26,20 @@ impl ClusterIpam {
     /// The kubeconfig: `kubeconfig` in the configuration, else the one `attache install` writes, else
     /// the in-cluster service account.
     pub fn kubeconfig_path(&self) -> Option<std::path::PathBuf> {
-        self.kubeconfig.clone().or_else(|| {
-            let p = std::path::PathBuf::from(KUBECONFIG_FILE);
-            p.exists().then_some(p)
-        })
+        kubeconfig_or_installed(self.kubeconfig.clone())
     }
 
     fn api_name(&self, b: &Block) -> String {
         format!("{}-{}", self.pool, b.dir_name())
     }
+}
+
+/// `given`, else the kubeconfig `attache install` writes if there is one (`None`: in-cluster).
+pub fn kubeconfig_or_installed(given: Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    given.or_else(|| {
+        let p = std::path::PathBuf::from(KUBECONFIG_FILE);
+        p.exists().then_some(p)
+    })
 }
 
 /// Register the configuration's range in its pool: refused (code 7) if it overlaps another range of the

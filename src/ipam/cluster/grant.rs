@@ -61,6 +61,8 @@ pub async fn borrow(
     lenders.sort_by_key(|(o, _)| seed(&[&c.node, id, ifname, &o.name]));
     let name = format!("{}-b-{:016x}", c.pool, seed(&[&range, &c.node, id, ifname]));
     for (o, free) in lenders.into_iter().take(LENDERS) {
+        // Each lender gets its own API deadline: a slow one must not use up the next one's.
+        let api = &api.renewed();
         let want = GrantObj {
             name: name.clone(),
             pool: c.pool.clone(),
@@ -85,7 +87,14 @@ pub async fn borrow(
                 // A grant of this name (ours: the name is this node's, container's and interface's)
                 // left by an earlier try: asked of another lender, or answered after that try gave up.
                 match api.grant(&name).await? {
-                    Some(g) if g.lender == o.node && g.state != "Refused" => g.uid,
+                    // Reused only if no DEL queued its deletion (which would delete it under us).
+                    Some(g)
+                        if g.lender == o.node
+                            && g.state != "Refused"
+                            && !local.return_queued(&name) =>
+                    {
+                        g.uid
+                    }
                     Some(g) => {
                         api.delete_grant(&name, Some(&g.uid)).await?;
                         match api.create_grant(&want).await? {
@@ -105,7 +114,7 @@ pub async fn borrow(
                     interval(w, v4).is_some_and(|(a, b)| (a..=b).contains(&to_u128(ip)))
                 }) =>
             {
-                if local.hold_borrowed(c, id, ifname, ip, &name, super::api::BORROWED)? {
+                if local.hold_borrowed(c, id, ifname, ip, &name, super::api::BORROWED, &uid)? {
                     tracing::info!(%ip, lender = %o.node, grant = %name, "borrowed");
                     return Ok(Some(ip));
                 }
@@ -113,7 +122,7 @@ pub async fn borrow(
             }
             Ok(_) => {}
             Err(e) => {
-                let _ = api.delete_grant(&name, Some(&uid)).await;
+                let _ = api.renewed().delete_grant(&name, Some(&uid)).await;
                 return Err(e);
             }
         }
@@ -156,11 +165,11 @@ pub fn lend(data_dir: &Path, g: &GrantObj) -> Result<std::result::Result<IpAddr,
     }
     let block = Block::of(net);
     let local = Local::new(data_dir, &g.pool);
-    if !local.owns(&block) {
+    if !local.is_owned(&block) {
         return Ok(Err(format!("block {net} is not this node's")));
     }
-    let mut store = local.block_store(&block)?;
-    if !local.owns(&block) {
+    let mut store = local.store(&block)?;
+    if !local.is_owned(&block) {
         return Ok(Err(format!("block {net} is being given back")));
     }
     let id = format!("{GRANT_PREFIX}{}", g.name);
@@ -211,7 +220,7 @@ pub fn unlend(data_dir: &Path, g: &GrantObj) -> Result<()> {
         return Ok(());
     }
     let released = local
-        .block_store(&block)?
+        .store(&block)?
         .release_by_id(&format!("{GRANT_PREFIX}{}", g.name), GRANT_IFNAME)?;
     if !released.is_empty() {
         tracing::info!(grant = g.name, ?released, "lent address back");
@@ -244,6 +253,8 @@ async fn serve(api: &ClusterApi, data_dir: &Path, g: &GrantObj) -> Result<()> {
 /// One sync of the lender's side from a complete list: pending grants answered, reservations of
 /// grants that no longer exist released; and this node's queued returns carried out.
 async fn sync(api: &ClusterApi, data_dir: &Path, node: &str) -> Result<String> {
+    // A reservation made from here on may be for a grant the list does not show yet.
+    let started = std::time::SystemTime::now();
     let (grants, rv) = api.grants_of_lender(node).await?;
     for g in &grants {
         serve(api, data_dir, g).await?;
@@ -254,7 +265,10 @@ async fn sync(api: &ClusterApi, data_dir: &Path, node: &str) -> Result<String> {
         .collect();
     for local in Local::pools(data_dir)? {
         for r in local.reservations()? {
-            if r.id.starts_with(GRANT_PREFIX) && !names.contains(&r.id) && r.grant.is_none() {
+            if r.id.starts_with(GRANT_PREFIX)
+                && !names.contains(&r.id)
+                && r.made.is_some_and(|m| m < started)
+            {
                 local.release_if_held(&r)?;
                 tracing::info!(ip = %r.ip, grant = r.id, "lent address back (its grant is gone)");
             }
@@ -267,10 +281,12 @@ async fn sync(api: &ClusterApi, data_dir: &Path, node: &str) -> Result<String> {
 /// Delete the grants this node's DELs queued.
 pub async fn drain_returns(api: &ClusterApi, data_dir: &Path) -> Result<()> {
     for local in Local::pools(data_dir)? {
-        for grant in local.returns() {
-            match api.delete_grant(&grant, None).await? {
-                Written::Done(()) | Written::Gone => local.returned(&grant),
-                Written::Conflict => {}
+        for (grant, uid) in local.returns() {
+            let uid = Some(uid.as_str()).filter(|u| !u.is_empty());
+            match api.delete_grant(&grant, uid).await {
+                // A 409: a grant of that name with another UID, made later: not this one.
+                Ok(_) => local.returned(&grant),
+                Err(e) => eprintln!("attache ipam: deleting AddressGrant {grant}: {e}"),
             }
         }
     }
@@ -322,7 +338,12 @@ pub async fn agent(
             api.renew();
             let r = match next {
                 None | Some(None) => break,
-                Some(Some((true, g))) => unlend(data_dir, &g),
+                // Deleted: the address comes back, unless a grant of that name exists again.
+                Some(Some((true, g))) => match api.grant(&g.name).await {
+                    Ok(None) => unlend(data_dir, &g),
+                    Ok(Some(_)) => Ok(()),
+                    Err(e) => Err(e),
+                },
                 Some(Some((false, g))) if g.name.is_empty() => drain_returns(&api, data_dir).await,
                 Some(Some((false, g))) => serve(&api, data_dir, &g).await,
             };

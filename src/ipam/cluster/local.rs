@@ -60,8 +60,57 @@ pub struct Reservation {
     pub pod: String,
     /// When the reservation was made (its file's mtime).
     pub made: Option<std::time::SystemTime>,
-    /// Borrowed through this grant (`block` is then the address alone).
+    /// The network (the configuration's `name`) it was made for.
+    pub network: String,
+    /// Held here through this grant (`block` is then the address alone), its purpose and UID.
     pub grant: Option<String>,
+    pub purpose: String,
+    pub grant_uid: String,
+}
+
+impl Reservation {
+    /// From an IP file's lines after the holder: `podUID`, `namespace/name`, `network`, and in
+    /// `borrowed/` the grant, its purpose and its UID.
+    fn parse(
+        block: Block,
+        ip: IpAddr,
+        id: String,
+        ifname: String,
+        extra: Vec<String>,
+        made: Option<std::time::SystemTime>,
+        borrowed: bool,
+    ) -> Reservation {
+        let mut e = extra.into_iter();
+        let mut next = || e.next().unwrap_or_default();
+        let (pod_uid, pod, network) = (next(), next(), next());
+        let (grant, purpose, grant_uid) = if borrowed {
+            (Some(next()).filter(|g| !g.is_empty()), next(), next())
+        } else {
+            (None, String::new(), String::new())
+        };
+        Reservation {
+            block,
+            ip,
+            id,
+            ifname,
+            pod_uid,
+            pod,
+            made,
+            network,
+            grant,
+            purpose,
+            grant_uid,
+        }
+    }
+}
+
+/// The lines an allocation writes after the holder: the pod and the network.
+fn pod_lines(c: &ClusterIpam) -> Vec<String> {
+    vec![
+        c.pod.uid.clone(),
+        format!("{}/{}", c.pod.namespace, c.pod.name),
+        c.network.clone(),
+    ]
 }
 
 #[derive(Clone, Debug)]
@@ -130,7 +179,8 @@ impl Local {
         }
     }
 
-    fn is_owned(&self, block: &Block) -> bool {
+    /// Is `block` this node's?
+    pub(super) fn is_owned(&self, block: &Block) -> bool {
         std::fs::symlink_metadata(self.owned_dir().join(block.dir_name())).is_ok()
     }
 
@@ -219,11 +269,13 @@ impl Local {
         }
     }
 
-    /// One claim at a time per node and pool.
-    pub fn claim_lock(&self) -> Result<Flock<File>> {
+    /// One claim at a time per node and pool, waited for at most `wait` (the holder makes API calls,
+    /// each bounded: a longer wait means something is stuck, and the runtime should retry).
+    pub fn claim_lock(&self, wait: std::time::Duration) -> Result<Flock<File>> {
         crate::files::ensure_real_dir(&self.dir)?;
         let p = self.dir.join("claim.lock");
-        let f = OpenOptions::new()
+        let end = std::time::Instant::now() + wait;
+        let mut f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -232,8 +284,24 @@ impl Local {
             .mode(0o600)
             .open(&p)
             .map_err(io(format!("opening {}", p.display())))?;
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::kernel(format!("locking {}", p.display()), errno))
+        loop {
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => return Ok(l),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < end => {
+                    f = back;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(Error::TryAgain(format!(
+                        "{} has been held by another claim of this node for more than {wait:?}",
+                        p.display()
+                    )));
+                }
+                Err((_, errno)) => {
+                    return Err(Error::kernel(format!("locking {}", p.display()), errno));
+                }
+            }
+        }
     }
 
     /// This dataDir's random id, made once.
@@ -259,13 +327,25 @@ impl Local {
             .join(format!(".instance.{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         crate::files::write_new(&tmp, id.as_bytes(), 0o600)
+            .and_then(|f| f.sync_all())
             .map_err(io(format!("writing {}", tmp.display())))?;
         // link, not rename: a concurrent first claim must not replace an id already handed out.
         let linked = std::fs::hard_link(&tmp, &p);
         let _ = std::fs::remove_file(&tmp);
         match linked {
             Ok(()) => Ok(id),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.instance(),
+            // Another process made it meanwhile: its id, if it can be read.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                match crate::files::read_bounded(&p, 256) {
+                    Ok(b) if !String::from_utf8_lossy(&b).trim().is_empty() => {
+                        Ok(String::from_utf8_lossy(&b).trim().to_string())
+                    }
+                    _ => Err(Error::Ipam(format!(
+                        "{} is empty or unreadable: this node's attache-ipam identity is lost (remove it only if this dataDir owns no block)",
+                        p.display()
+                    ))),
+                }
+            }
             Err(e) => Err(Error::io(format!("writing {}", p.display()), e)),
         }
     }
@@ -284,7 +364,7 @@ impl Local {
         crate::cli::install::write_atomic(&self.pool_file(), &bytes, 0o600)
     }
 
-    fn store(&self, block: &Block) -> Result<DiskStore> {
+    pub(super) fn store(&self, block: &Block) -> Result<DiskStore> {
         DiskStore::open(&self.blocks_dir(), &block.dir_name())
     }
 
@@ -296,10 +376,8 @@ impl Local {
             .into_iter()
             .filter(|b| c.layout.has(b))
             .collect();
-        let extra = vec![
-            c.pod.uid.clone(),
-            format!("{}/{}", c.pod.namespace, c.pod.name),
-        ];
+        let extra = pod_lines(c);
+        self.refuse_borrowed_duplicate(id, ifname)?;
         if let Some(ip) = c.requested.first() {
             let Some(b) = owned.iter().find(|b| b.contains(*ip)) else {
                 return Ok(None);
@@ -426,16 +504,26 @@ impl Local {
         ip: IpAddr,
         grant: &str,
         purpose: &str,
+        grant_uid: &str,
     ) -> Result<bool> {
         let mut store = DiskStore::open(&self.dir, BORROWED)?;
-        store.set_extra(vec![
-            c.pod.uid.clone(),
-            format!("{}/{}", c.pod.namespace, c.pod.name),
+        let mut lines = pod_lines(c);
+        lines.extend([
             grant.to_string(),
             purpose.to_string(),
+            grant_uid.to_string(),
         ]);
+        store.set_extra(lines);
         refuse_duplicate(&store, id, ifname)?;
         store.reserve(id, ifname, ip, 0)
+    }
+
+    /// A container that holds a borrowed (or sticky, claimed) address already gets no second one.
+    fn refuse_borrowed_duplicate(&self, id: &str, ifname: &str) -> Result<()> {
+        match self.borrowed_store()? {
+            Some(store) => refuse_duplicate(&store, id, ifname),
+            None => Ok(()),
+        }
     }
 
     /// Release a borrowed address and queue its grant's deletion (`returns/<grant>`: the agent or the
@@ -445,49 +533,60 @@ impl Local {
             .content(ip)?
             .map(|c| crate::ipam::store::extra_lines(&c))
             .unwrap_or_default();
-        let grant = lines.get(2).cloned().unwrap_or_default();
-        let persistent = lines
-            .get(3)
-            .is_some_and(|p| p == super::api::STICKY || p == super::api::CLAIM);
-        if !grant.is_empty() && !persistent {
-            self.queue_return(&grant)?;
+        let r = Reservation::parse(
+            Block::of(ipnet::IpNet::from(ip)),
+            ip,
+            String::new(),
+            String::new(),
+            lines,
+            None,
+            true,
+        );
+        if let Some(grant) = &r.grant
+            && r.purpose != super::api::STICKY
+            && r.purpose != super::api::CLAIM
+        {
+            self.queue_return(grant, &r.grant_uid)?;
         }
         store.release(ip)
     }
 
-    pub fn queue_return(&self, grant: &str) -> Result<()> {
+    /// Queue the deletion of `grant` (conditioned on `uid`: a grant of the same name made later is
+    /// not this one).
+    pub fn queue_return(&self, grant: &str, uid: &str) -> Result<()> {
         let dir = self.dir.join(RETURNS);
         crate::files::ensure_real_dir(&dir)?;
         let p = dir.join(grant);
-        match crate::files::write_new(&p, b"", 0o600) {
+        match crate::files::write_new(&p, uid.as_bytes(), 0o600) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(Error::io(format!("writing {}", p.display()), e)),
         }
     }
 
-    /// Grants whose deletion is queued.
-    pub fn returns(&self) -> Vec<String> {
+    /// Grants whose deletion is queued, with their UIDs (empty: unknown).
+    pub fn returns(&self) -> Vec<(String, String)> {
         std::fs::read_dir(self.dir.join(RETURNS))
             .map(|rd| {
                 rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .map(|e| {
+                        let uid = crate::files::read_bounded(&e.path(), 256)
+                            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                            .unwrap_or_default();
+                        (e.file_name().to_string_lossy().into_owned(), uid)
+                    })
                     .collect()
             })
             .unwrap_or_default()
     }
 
+    /// Is the deletion of `grant` queued?
+    pub fn return_queued(&self, grant: &str) -> bool {
+        self.dir.join(RETURNS).join(grant).exists()
+    }
+
     pub fn returned(&self, grant: &str) {
         let _ = std::fs::remove_file(self.dir.join(RETURNS).join(grant));
-    }
-
-    /// Is `block` this node's?
-    pub(super) fn owns(&self, block: &Block) -> bool {
-        self.is_owned(block)
-    }
-
-    pub(super) fn block_store(&self, block: &Block) -> Result<DiskStore> {
-        self.store(block)
     }
 
     pub fn held(&self, id: &str, ifname: &str, layout: Option<&Layout>) -> Result<Vec<IpAddr>> {
@@ -504,30 +603,19 @@ impl Local {
         Ok(out)
     }
 
-    /// Release every address whose `(containerID, ifname)` is not in `valid`.
-    pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
+    /// Release every address of `network` whose `(containerID, ifname)` is not in `valid`. A pool is
+    /// shared by every definition of its address space, and a runtime's valid list names only the
+    /// attachments of the network it collects: the others' addresses are never looked at.
+    pub fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
         let mut released = Vec::new();
-        for b in self.block_dirs()? {
-            let mut store = self.store(&b)?;
-            for (ip, id, ifname) in store.all()? {
-                let keep = valid
-                    .iter()
-                    .any(|(v_id, v_if)| *v_id == id && (*v_if == ifname || ifname.is_empty()));
-                if !keep && !id.starts_with(GRANT_PREFIX) {
-                    store.release(ip)?;
-                    released.push(ip);
-                }
-            }
-        }
-        if let Some(mut store) = self.borrowed_store()? {
-            for (ip, id, ifname) in store.all()? {
-                let keep = valid
-                    .iter()
-                    .any(|(v_id, v_if)| *v_id == id && (*v_if == ifname || ifname.is_empty()));
-                if !keep {
-                    self.release_borrowed(&mut store, ip)?;
-                    released.push(ip);
-                }
+        for r in self.reservations()? {
+            let keep = r.id.starts_with(GRANT_PREFIX)
+                || r.network != network
+                || valid.iter().any(|(v_id, v_if)| {
+                    *v_id == r.id && (*v_if == r.ifname || r.ifname.is_empty())
+                });
+            if !keep && self.release_if_held(&r)? {
+                released.push(r.ip);
             }
         }
         Ok(released)
@@ -539,26 +627,16 @@ impl Local {
         for b in self.block_dirs()? {
             let store = self.store(&b)?;
             for (ip, id, ifname) in store.all()? {
-                let mut extra = store
+                let extra = store
                     .content(ip)?
                     .map(|c| crate::ipam::store::extra_lines(&c))
-                    .unwrap_or_default()
-                    .into_iter();
+                    .unwrap_or_default();
                 let made = std::fs::symlink_metadata(
                     self.blocks_dir().join(b.dir_name()).join(ip.to_string()),
                 )
                 .and_then(|m| m.modified())
                 .ok();
-                out.push(Reservation {
-                    made,
-                    block: b,
-                    ip,
-                    id,
-                    ifname,
-                    pod_uid: extra.next().unwrap_or_default(),
-                    pod: extra.next().unwrap_or_default(),
-                    grant: None,
-                });
+                out.push(Reservation::parse(b, ip, id, ifname, extra, made, false));
             }
         }
         if let Some(store) = self.borrowed_store()? {
@@ -566,21 +644,12 @@ impl Local {
                 let made = std::fs::symlink_metadata(self.dir.join(BORROWED).join(ip.to_string()))
                     .and_then(|m| m.modified())
                     .ok();
-                let mut extra = store
+                let extra = store
                     .content(ip)?
                     .map(|c| crate::ipam::store::extra_lines(&c))
-                    .unwrap_or_default()
-                    .into_iter();
-                out.push(Reservation {
-                    made,
-                    block: Block::of(ipnet::IpNet::from(ip)),
-                    ip,
-                    id,
-                    ifname,
-                    pod_uid: extra.next().unwrap_or_default(),
-                    pod: extra.next().unwrap_or_default(),
-                    grant: extra.next().filter(|g| !g.is_empty()),
-                });
+                    .unwrap_or_default();
+                let b = Block::of(ipnet::IpNet::from(ip));
+                out.push(Reservation::parse(b, ip, id, ifname, extra, made, true));
             }
         }
         Ok(out)

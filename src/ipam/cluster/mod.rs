@@ -108,6 +108,8 @@ pub struct ClusterIpam {
     /// The address space (`network_name`, else `default`): one `AddressPool` object, whose ranges
     /// never overlap.
     pub pool: String,
+    /// The network (the configuration's `name`): recorded with each address, for GC.
+    pub network: String,
     pub layout: Layout,
     /// Addresses never handed out: the gateway, `exclude`, the range's network (and v4 broadcast).
     pub holes: Vec<(u128, u128)>,
@@ -342,7 +344,12 @@ impl ClusterIpam {
             )));
         }
         for ip in &requested {
-            in_net(*ip, "requested address")?;
+            let n = in_net(*ip, "requested address")?;
+            if n < layout.lo || n > layout.hi {
+                return Err(Error::config(format!(
+                    "ipam ({TYPE}): requested address {ip} is outside range_start..range_end"
+                )));
+            }
             if holes.iter().any(|(s, e)| (*s..=*e).contains(&to_u128(*ip))) {
                 return Err(Error::config(format!(
                     "ipam ({TYPE}): requested address {ip} is excluded (gateway, exclude, network or broadcast)"
@@ -356,6 +363,7 @@ impl ClusterIpam {
             )));
         }
         Ok(ClusterIpam {
+            network: conf.name.clone(),
             pool,
             layout,
             holes,
@@ -404,7 +412,7 @@ impl ClusterIpam {
             return Ok(self.result(ip));
         }
         // Cold: one claim at a time per node and pool; another ADD may have claimed meanwhile.
-        let _claiming = local.claim_lock()?;
+        let _claiming = local.claim_lock(self.api_timeout * 3)?;
         if let Some(ip) = local.allocate(self, &args.container_id, &args.ifname)? {
             return Ok(self.result(ip));
         }
@@ -445,6 +453,7 @@ impl ClusterIpam {
 pub struct Teardown {
     pub local: Local,
     pub layout: Option<Layout>,
+    pub network: String,
 }
 
 impl Teardown {
@@ -452,10 +461,11 @@ impl Teardown {
         Teardown {
             local: c.local(),
             layout: Some(c.layout.clone()),
+            network: c.network.clone(),
         }
     }
 
-    pub fn from_section(section: &Map<String, Value>) -> Option<Teardown> {
+    pub fn from_section(network: &str, section: &Map<String, Value>) -> Option<Teardown> {
         let data_dir = match section.get("dataDir") {
             None | Some(Value::Null) => PathBuf::from(DEFAULT_DATA_DIR),
             Some(Value::String(d)) if Path::new(d).is_absolute() => PathBuf::from(d),
@@ -480,10 +490,15 @@ impl Teardown {
             .and_then(|r| parse_range(r).ok())
             .map(|(net, _, _)| {
                 let v4 = net.addr().is_ipv4();
+                let slice = section
+                    .get("node_slice_size")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.trim_start_matches('/').parse::<u64>().ok());
                 let block = section
                     .get("blockSize")
                     .and_then(Value::as_u64)
-                    .map(|b| b as u8)
+                    .or(slice)
+                    .and_then(|b| u8::try_from(b).ok())
                     .unwrap_or(if v4 { 26 } else { 122 })
                     .max(net.prefix_len())
                     .min(net.max_prefix_len());
@@ -497,6 +512,7 @@ impl Teardown {
         Some(Teardown {
             local: Local::new(&data_dir, &pool),
             layout,
+            network: network.to_string(),
         })
     }
 
@@ -507,7 +523,7 @@ impl Teardown {
     }
 
     pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
-        self.local.gc(valid)
+        self.local.gc(&self.network, valid)
     }
 
     pub fn held(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {

@@ -40,11 +40,27 @@ pub async fn add(c: &ClusterIpam, local: &Local, id: &str, ifname: &str) -> Resu
             c.pod.namespace, c.pod.name
         ),
     };
-    let api = ClusterApi::connect(c.kubeconfig_path().as_deref(), c.api_timeout)
-        .await
-        .map_err(|e| e.context(&what))?;
-    let r = add_with(c, local, &api, id, ifname).await;
-    r.map_err(|e| e.context(&what))
+    let r = match ClusterApi::connect(c.kubeconfig_path().as_deref(), c.api_timeout).await {
+        Ok(api) => add_with(c, local, &api, id, ifname).await,
+        Err(e) => Err(e),
+    };
+    match r {
+        // The API is down and nothing says this pod has an identity: a pod whose name cannot be a
+        // StatefulSet's (`<set>-<ordinal>`) is served like any other, from this node's blocks, so
+        // that a sticky network does not stop every pod while the API is away.
+        Err(Error::TryAgain(m)) if c.claim.is_none() && !stateful_name(&c.pod.name) => {
+            tracing::warn!(pod = %c.pod.name, "sticky: the API is unreachable ({m}); the pod's name is no StatefulSet's: an ordinary address");
+            Ok(None)
+        }
+        r => r.map_err(|e| e.context(&what)),
+    }
+}
+
+/// `<set>-<ordinal>`: a name a StatefulSet's pod has.
+fn stateful_name(name: &str) -> bool {
+    name.rsplit_once('-').is_some_and(|(set, n)| {
+        !set.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 async fn identity(c: &ClusterIpam, api: &ClusterApi, ifname: &str) -> Result<Option<Identity>> {
@@ -115,36 +131,40 @@ async fn add_with(
         ..Default::default()
     };
     for _ in 0..RACES {
-        let ip = match api.grant(&who.grant).await? {
+        let (ip, uid) = match api.grant(&who.grant).await? {
             Some(g) => {
-                let Ok(ip) = g.ip.parse::<IpAddr>() else {
-                    return Err(Error::Internal(format!(
-                        "AddressGrant {} has no address",
-                        g.name
-                    )));
+                let ip = match g.ip.parse::<IpAddr>() {
+                    Ok(ip) if c.layout.range.contains(&ip) => ip,
+                    _ => {
+                        return Err(Error::Ipam(format!(
+                            "AddressGrant {} holds {:?}, which is no address of range {}",
+                            g.name, g.ip, c.layout.range
+                        )));
+                    }
                 };
                 if who.purpose == CLAIM && !g.pod_uid.is_empty() && g.pod_uid != c.pod.uid {
                     // Another pod holds the claim: refused while that pod exists.
                     if let Some((ns, name)) = g.pod.split_once('/')
                         && api.pod_uid(ns, name).await?.as_deref() == Some(g.pod_uid.as_str())
                     {
-                        return Err(Error::config(format!(
-                            "it is used by pod {} (UID {}): one claim, one pod",
+                        // Transient (a live migration's source not gone yet): the runtime retries.
+                        return Err(Error::TryAgain(format!(
+                            "it is used by pod {} (UID {}): one claim, one pod at a time",
                             g.pod, g.pod_uid
                         )));
                     }
                 }
                 match api.take_grant(&g, &me).await? {
-                    Written::Done(()) => ip,
+                    Written::Done(()) => (ip, g.uid.clone()),
                     _ => continue, // changed meanwhile: read again
                 }
             }
             None => match create(c, local, api, &who, &me, id, ifname).await? {
-                Some(ip) => ip,
+                Some(got) => got,
                 None => continue, // another node created it first: take it over
             },
         };
-        if !local.hold_borrowed(c, id, ifname, ip, &who.grant, who.purpose)? {
+        if !local.hold_borrowed(c, id, ifname, ip, &who.grant, who.purpose, &uid)? {
             return Err(Error::Ipam(format!(
                 "{ip} ({}) is already held here by another container",
                 who.grant
@@ -173,11 +193,11 @@ async fn create(
     me: &GrantObj,
     id: &str,
     ifname: &str,
-) -> Result<Option<IpAddr>> {
+) -> Result<Option<(IpAddr, String)>> {
     let lender_id = format!("{GRANT_PREFIX}{}", who.grant);
     let mut ip = local.allocate(c, &lender_id, "grant")?;
     if ip.is_none() {
-        let _claiming = local.claim_lock()?;
+        let _claiming = local.claim_lock(c.api_timeout * 3)?;
         ip = local.allocate(c, &lender_id, "grant")?;
         if ip.is_none() {
             let mut plain = c.clone();
@@ -219,14 +239,16 @@ async fn create(
         ip: ip.to_string(),
         ..me.clone()
     };
-    match api.create_grant(&g).await {
-        Ok(Written::Done(_)) => Ok(Some(ip)),
-        other => {
+    match api.create_grant(&g).await? {
+        Written::Done(made) => Ok(Some((ip, made.uid))),
+        // Another node created it first: this reservation goes. (On an error the create may have
+        // happened: the reservation stays, and the agent's sync releases it if no grant names it.)
+        _ => {
             let released = local.release(&lender_id, "grant", &[ip], Some(&c.layout));
             if let Err(e) = released {
                 tracing::warn!(%ip, "could not release a reservation for {}: {e}", who.grant);
             }
-            other.map(|_| None)
+            Ok(None)
         }
     }
 }

@@ -21,11 +21,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::api::{BlockObj, CLAIM, ClusterApi, STICKY, Written};
+use super::api::{BORROWED, BlockObj, CLAIM, ClusterApi, GrantObj, STICKY, Written};
 use super::local::Local;
 use crate::error::{Error, Result};
 
+/// How long a reconcile waits for a claim in progress on this node.
+const CLAIM_WAIT: Duration = Duration::from_secs(60);
+
 pub struct Options {
+    /// Empty blocks kept per range (the others go back).
+    pub keep_blocks: usize,
     pub data_dir: PathBuf,
     pub node: String,
     pub kubeconfig: Option<PathBuf>,
@@ -153,7 +158,7 @@ async fn release_gone_pods(
                 continue;
             };
             api.renew();
-            if api.pod_uid(ns, name).await?.as_deref() == Some(r.pod_uid.as_str()) {
+            if api.pod_is(ns, name, &r.pod_uid).await? {
                 tracing::warn!(ip = %r.ip, pod = r.pod, "the pod list of node {} did not show a pod that exists: its address is kept (is nodeName right?)", o.node);
                 report.confirmed_alive += 1;
                 continue;
@@ -189,7 +194,7 @@ async fn verify_owned(
             continue;
         }
         let listed = api.blocks(&local.pool()).await?;
-        let _claiming = local.claim_lock()?;
+        let _claiming = local.claim_lock(CLAIM_WAIT)?;
         for b in owned {
             let Some(rec) = local.owned_record(&b)? else {
                 continue;
@@ -216,7 +221,15 @@ async fn return_empty_blocks(
     for local in pools {
         // No claim on this node while blocks are given back: a claim would adopt a block this pass
         // has disowned locally and is about to delete.
-        let _claiming = local.claim_lock()?;
+        let _claiming = local.claim_lock(CLAIM_WAIT)?;
+        // Owned blocks per range: the last `keep_blocks` of each stay (a busy node's next pod must not
+        // need the API, nor claim the block back a minute later).
+        let mut per_range: BTreeMap<String, usize> = BTreeMap::new();
+        for b in local.owned()? {
+            if let Some(rec) = local.owned_record(&b)? {
+                *per_range.entry(rec.range).or_default() += 1;
+            }
+        }
         for b in local.owned()? {
             let (claimed, changed) = local.block_times(&b);
             if !older_than(claimed, o.grace, now)
@@ -227,9 +240,11 @@ async fn return_empty_blocks(
             let Some(rec) = local.owned_record(&b)? else {
                 continue;
             };
-            if !local.disown_if_empty(&b)? {
+            let left = per_range.get(&rec.range).copied().unwrap_or(0);
+            if left <= o.keep_blocks || !local.disown_if_empty(&b)? {
                 continue;
             }
+            per_range.insert(rec.range.clone(), left - 1);
             let obj = BlockObj {
                 name: rec.name.clone(),
                 uid: rec.uid.clone(),
@@ -253,8 +268,14 @@ async fn return_empty_blocks(
                     local.forget(&b);
                 }
                 Err(e) => {
-                    // Still ours in the API: owned again, usable again.
-                    local.adopt(&b, &rec)?;
+                    // The delete may have happened all the same (an answer lost): owned again only
+                    // if the API still has the very object. Unknown: left disowned — a claim adopts
+                    // it later if it is still this node's.
+                    if let Ok(Some(x)) = api.renewed().block(&rec.name).await
+                        && x.uid == rec.uid
+                    {
+                        local.adopt(&b, &rec)?;
+                    }
                     return Err(e.context(format!("giving back block {}", rec.name)));
                 }
             }
@@ -275,13 +296,17 @@ async fn settle_grants(
     super::grant::drain_returns(api, &o.data_dir).await?;
     let grants = api.grants_of_holder(&o.node).await?;
     for local in pools {
-        let _claiming = local.claim_lock()?;
+        let _claiming = local.claim_lock(CLAIM_WAIT)?;
         let held: std::collections::BTreeSet<String> = local
             .reservations()?
             .into_iter()
             .filter_map(|r| r.grant)
             .collect();
-        for g in grants.iter().filter(|g| g.pool == local.pool()) {
+        // Only borrowed grants: a sticky or claimed one outlives its holder's containers on purpose.
+        for g in grants
+            .iter()
+            .filter(|g| g.pool == local.pool() && g.purpose == BORROWED)
+        {
             if !held.contains(&g.name) {
                 api.renew();
                 if matches!(
@@ -302,32 +327,10 @@ async fn release_persistent(o: &Options, api: &mut ClusterApi, report: &mut Repo
     let (grants, _) = api.grants_of_lender(&o.node).await?;
     for g in grants {
         api.renew();
-        let gone = match g.purpose.as_str() {
-            CLAIM => api
-                .ipamclaim(&g.owner_namespace, &g.owner_name)
-                .await?
-                .is_none(),
-            STICKY => {
-                let scaled_away = match api
-                    .statefulset_replicas(&g.owner_namespace, &g.owner_name)
-                    .await?
-                {
-                    None => true,
-                    Some(r) => g
-                        .ordinal
-                        .is_some_and(|n| n >= u64::try_from(r).unwrap_or(0)),
-                };
-                let pod_gone = match g.pod.split_once('/') {
-                    Some((ns, name)) => api.pod_uid(ns, name).await?.is_none(),
-                    None => true,
-                };
-                scaled_away && pod_gone
-            }
-            _ => false,
-        };
-        if gone
+        if owner_gone(api, &g).await?
             && matches!(
-                api.delete_grant(&g.name, Some(&g.uid)).await?,
+                api.delete_grant_if(&g.name, Some(&g.uid), Some(&g.resource_version))
+                    .await?,
                 Written::Done(()) | Written::Gone
             )
         {
@@ -341,6 +344,35 @@ async fn release_persistent(o: &Options, api: &mut ClusterApi, report: &mut Repo
         }
     }
     Ok(())
+}
+
+/// Is a grant's reason to exist gone? Borrowed: its holder's containers decide (never here). Claim:
+/// the IPAMClaim is gone. Sticky: the StatefulSet is gone or scaled below the ordinal, and the pod is
+/// gone.
+async fn owner_gone(api: &ClusterApi, g: &GrantObj) -> Result<bool> {
+    Ok(match g.purpose.as_str() {
+        CLAIM => api
+            .ipamclaim(&g.owner_namespace, &g.owner_name)
+            .await?
+            .is_none(),
+        STICKY => {
+            let scaled_away = match api
+                .statefulset_replicas(&g.owner_namespace, &g.owner_name)
+                .await?
+            {
+                None => true,
+                Some(r) => g
+                    .ordinal
+                    .is_some_and(|n| n >= u64::try_from(r).unwrap_or(0)),
+            };
+            let pod_gone = match g.pod.split_once('/') {
+                Some((ns, name)) => api.pod_uid(ns, name).await?.is_none(),
+                None => true,
+            };
+            scaled_away && pod_gone
+        }
+        _ => false,
+    })
 }
 
 /// `<dataDir>/reclaim.json`: node -> when this node first saw it missing (seconds since the epoch).
@@ -376,10 +408,38 @@ async fn reclaim_deleted_nodes(
             continue;
         }
         api.renew();
-        if api.node_uid(&node).await?.is_some()
+        if node.is_empty()
+            || api.node_uid(&node).await?.is_some()
             || !api.pod_uids_on(&node).await?.is_empty()
-            || !api.grants_of_lender(&node).await?.0.is_empty()
         {
+            report.nodes_missing.push(node);
+            continue;
+        }
+        // The node is gone. Its borrowed grants go (the lenders take the addresses back); grants lent
+        // from its blocks keep those blocks until they end — sticky and claimed ones by the same rules
+        // as on a live lender, decided here since the lender's own reconcile will not run again.
+        for g in api.grants_of_holder(&node).await? {
+            if g.purpose == BORROWED {
+                api.delete_grant(&g.name, Some(&g.uid)).await?;
+                report.grants_deleted.push(g.name);
+            }
+        }
+        let mut lending = false;
+        for g in api.grants_of_lender(&node).await?.0 {
+            let done = g.purpose != BORROWED
+                && owner_gone(api, &g).await?
+                && matches!(
+                    api.delete_grant_if(&g.name, Some(&g.uid), Some(&g.resource_version))
+                        .await?,
+                    Written::Done(()) | Written::Gone
+                );
+            if done {
+                report.persistent_released.push(g.name);
+            } else {
+                lending = true;
+            }
+        }
+        if lending {
             report.nodes_missing.push(node);
             continue;
         }

@@ -192,13 +192,14 @@ fn bad_configurations_are_refused_with_code_7() {
 
 #[test]
 fn teardown_needs_only_the_folder() {
-    let t = Teardown::from_section(json!({"type": TYPE}).as_object().unwrap()).unwrap();
+    let t = Teardown::from_section("n", json!({"type": TYPE}).as_object().unwrap()).unwrap();
     assert!(t.layout.is_none());
     assert_eq!(
         t.local.dir(),
         Path::new(DEFAULT_DATA_DIR).join(DEFAULT_POOL)
     );
     let t = Teardown::from_section(
+        "n",
         json!({"range": "10.20.0.0/16", "blockSize": 24, "network_name": "blue", "dataDir": "/d"})
             .as_object()
             .unwrap(),
@@ -206,7 +207,7 @@ fn teardown_needs_only_the_folder() {
     .unwrap();
     assert_eq!(t.layout.unwrap().prefix, 24);
     assert_eq!(t.local.dir(), Path::new("/d/blue"));
-    assert!(Teardown::from_section(json!({"dataDir": "rel"}).as_object().unwrap()).is_none());
+    assert!(Teardown::from_section("n", json!({"dataDir": "rel"}).as_object().unwrap()).is_none());
 }
 
 /// The warm path against pre-seeded local blocks: no API (none is configured that could answer).
