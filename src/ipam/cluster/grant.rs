@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 use super::api::{BlockObj, ClusterApi, GrantObj, Written};
 use super::block::{Block, seed};
-use super::local::{GRANT_PREFIX, Local};
+use super::local::{GRANT_PREFIX, HeldGrant, Local};
 use super::{ClusterIpam, TYPE};
 use crate::error::Result;
 use crate::ipam::range::{Range, RangeSet, from_u128, to_u128};
@@ -114,7 +114,17 @@ pub async fn borrow(
                     interval(w, v4).is_some_and(|(a, b)| (a..=b).contains(&to_u128(ip)))
                 }) =>
             {
-                if local.hold_borrowed(c, id, ifname, ip, &name, super::api::BORROWED, &uid)? {
+                if local.hold_borrowed(
+                    c,
+                    id,
+                    ifname,
+                    ip,
+                    &HeldGrant {
+                        name: &name,
+                        purpose: super::api::BORROWED,
+                        uid: &uid,
+                    },
+                )? {
                     tracing::info!(%ip, lender = %o.node, grant = %name, "borrowed");
                     return Ok(Some(ip));
                 }

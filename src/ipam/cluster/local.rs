@@ -104,6 +104,13 @@ impl Reservation {
     }
 }
 
+/// The grant an address is held here through: its name, purpose and UID.
+pub struct HeldGrant<'a> {
+    pub name: &'a str,
+    pub purpose: &'a str,
+    pub uid: &'a str,
+}
+
 /// The lines an allocation writes after the holder: the pod and the network.
 fn pod_lines(c: &ClusterIpam) -> Vec<String> {
     vec![
@@ -502,17 +509,11 @@ impl Local {
         id: &str,
         ifname: &str,
         ip: IpAddr,
-        grant: &str,
-        purpose: &str,
-        grant_uid: &str,
+        grant: &HeldGrant<'_>,
     ) -> Result<bool> {
         let mut store = DiskStore::open(&self.dir, BORROWED)?;
         let mut lines = pod_lines(c);
-        lines.extend([
-            grant.to_string(),
-            purpose.to_string(),
-            grant_uid.to_string(),
-        ]);
+        lines.extend([grant.name, grant.purpose, grant.uid].map(str::to_string));
         store.set_extra(lines);
         refuse_duplicate(&store, id, ifname)?;
         store.reserve(id, ifname, ip, 0)

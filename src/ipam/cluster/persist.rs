@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use super::api::{CLAIM, ClusterApi, GrantObj, STICKY, Written};
 use super::block::seed;
-use super::local::{GRANT_PREFIX, Local};
+use super::local::{GRANT_PREFIX, HeldGrant, Local};
 use super::{ClusterIpam, TYPE, claim};
 use crate::error::{Error, Result};
 
@@ -164,7 +164,17 @@ async fn add_with(
                 None => continue, // another node created it first: take it over
             },
         };
-        if !local.hold_borrowed(c, id, ifname, ip, &who.grant, who.purpose, &uid)? {
+        if !local.hold_borrowed(
+            c,
+            id,
+            ifname,
+            ip,
+            &HeldGrant {
+                name: &who.grant,
+                purpose: who.purpose,
+                uid: &uid,
+            },
+        )? {
             return Err(Error::Ipam(format!(
                 "{ip} ({}) is already held here by another container",
                 who.grant
