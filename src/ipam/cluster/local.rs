@@ -7,11 +7,15 @@
 //! <dataDir>/<pool>/owned/<block>        the block is this node's: {name, uid, cidr, range} of its object
 //! <dataDir>/<pool>/blocks/<block>/      host-local's store of the block (lock, <ip>, last_reserved_ip.0)
 //! <dataDir>/<pool>/pool.json            the ranges this node saw registered in the pool (append-only)
+//! <dataDir>/<pool>/borrowed/            addresses used here from other nodes' blocks (through grants)
+//! <dataDir>/<pool>/returns/<grant>      borrowed grants to delete (content: the grant's UID)
 //! ```
 //!
 //! `<block>` is the block's CIDR as [`Block::dir_name`] writes it. An IP file holds
-//! `<containerID>\r\n<ifname>\r\n<podUID>\r\n<namespace>/<name>`: the pod, so that a reconcile can tell
-//! whether the pod still exists (by UID, never by name alone).
+//! `<containerID>\r\n<ifname>\r\n<podUID>\r\n<namespace>/<name>\r\n<network>`: the pod, so that a
+//! reconcile can tell whether the pod still exists (by UID, never by name alone), and the network, so
+//! that a runtime's GC of one network leaves the others' addresses alone; in `borrowed/` the grant, its
+//! purpose and its UID follow.
 //!
 //! An allocation holds the block store's lock and checks, under it, that `owned/<block>` still exists:
 //! whoever gives a block back removes that file under the same lock first, so no address is handed out
