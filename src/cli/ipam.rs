@@ -23,8 +23,9 @@ pub enum IpamCmd {
     Inspect(InspectArgs),
 }
 
+/// Where this node's attache-ipam state is and how it reaches the API.
 #[derive(Args)]
-pub struct InspectArgs {
+pub struct NodeArgs {
     /// attache-ipam's dataDir on this node.
     #[arg(long, default_value = cluster::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
@@ -34,6 +35,12 @@ pub struct InspectArgs {
     /// The kubeconfig (default: the one `attache install` writes, else the in-cluster service account).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// Do not ask the API (this node's files only).
     #[arg(long)]
     local: bool,
@@ -44,15 +51,8 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// attache-ipam's dataDir on this node.
-    #[arg(long, default_value = cluster::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    /// This node's name (default: $NODE_NAME, the file `attache install` writes, the host name).
-    #[arg(long)]
-    node: Option<String>,
-    /// The kubeconfig (default: the one `attache install` writes, else the in-cluster service account).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Seconds between full resyncs (a complete list of the grants asked of this node).
     #[arg(long, default_value_t = 60)]
     resync: u64,
@@ -60,15 +60,8 @@ pub struct AgentArgs {
 
 #[derive(Args)]
 pub struct ReconcileArgs {
-    /// attache-ipam's dataDir on this node.
-    #[arg(long, default_value = cluster::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    /// This node's name (default: $NODE_NAME, the file `attache install` writes, the host name).
-    #[arg(long)]
-    node: Option<String>,
-    /// The kubeconfig (default: the one `attache install` writes, else the in-cluster service account).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Seconds one API phase may take.
     #[arg(long, default_value_t = 10.0)]
     api_timeout: f64,
@@ -118,10 +111,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn inspect_cmd(a: &InspectArgs) -> Result<()> {
-    let node = node_of(&a.node)?;
-    let kubeconfig = kubeconfig_of(&a.kubeconfig);
+    let node = node_of(&a.node.node)?;
+    let kubeconfig = kubeconfig_of(&a.node.kubeconfig);
     let report = runtime()?.block_on(crate::ipam::cluster::inspect::gather(
-        &a.data_dir,
+        &a.node.data_dir,
         &node,
         kubeconfig.as_deref(),
         a.local,
@@ -138,10 +131,10 @@ fn inspect_cmd(a: &InspectArgs) -> Result<()> {
 }
 
 fn agent_cmd(a: &AgentArgs) -> Result<()> {
-    let node = node_of(&a.node)?;
-    let kubeconfig = kubeconfig_of(&a.kubeconfig);
+    let node = node_of(&a.node.node)?;
+    let kubeconfig = kubeconfig_of(&a.node.kubeconfig);
     runtime()?.block_on(crate::ipam::cluster::grant::agent(
-        &a.data_dir,
+        &a.node.data_dir,
         &node,
         kubeconfig.as_deref(),
         Duration::from_secs(a.resync.max(1)),
@@ -149,7 +142,7 @@ fn agent_cmd(a: &AgentArgs) -> Result<()> {
 }
 
 fn reconcile_cmd(a: &ReconcileArgs) -> Result<()> {
-    let node = node_of(&a.node)?;
+    let node = node_of(&a.node.node)?;
     if !(a.api_timeout > 0.0 && a.api_timeout <= 300.0) {
         return Err(Error::config(
             "--api-timeout must be more than 0 and at most 300 seconds",
@@ -157,9 +150,9 @@ fn reconcile_cmd(a: &ReconcileArgs) -> Result<()> {
     }
     let opts = reconcile::Options {
         keep_blocks: a.keep_blocks,
-        data_dir: a.data_dir.clone(),
+        data_dir: a.node.data_dir.clone(),
         node,
-        kubeconfig: kubeconfig_of(&a.kubeconfig),
+        kubeconfig: kubeconfig_of(&a.node.kubeconfig),
         api_timeout: Duration::from_secs_f64(a.api_timeout),
         grace: Duration::from_secs(a.grace),
         node_grace: Duration::from_secs(a.node_grace),

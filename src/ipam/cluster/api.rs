@@ -62,6 +62,17 @@ pub enum Written<T> {
     Gone,
 }
 
+impl<T> Written<T> {
+    /// From a call whose expected answers were 404 and 409 (and for a create, 409 alone).
+    fn of(r: std::result::Result<T, u16>) -> Written<T> {
+        match r {
+            Ok(v) => Written::Done(v),
+            Err(404) => Written::Gone,
+            Err(_) => Written::Conflict,
+        }
+    }
+}
+
 /// A node name as a label value (at most 63 characters: a longer one is hashed).
 pub fn label_value(s: &str) -> String {
     if s.len() <= 63 {
@@ -238,10 +249,7 @@ impl ClusterApi {
                 self.pools.create(&post(), &obj),
             )
             .await?;
-        Ok(match r {
-            Ok(o) => Written::Done(pool_of(&o)),
-            Err(_) => Written::Conflict,
-        })
+        Ok(Written::of(r.map(|o| pool_of(&o))))
     }
 
     /// Replace the pool's ranges, if it has not changed since `resource_version`.
@@ -263,11 +271,7 @@ impl ClusterApi {
                 self.pools.replace(name, &post(), &obj),
             )
             .await?;
-        Ok(match r {
-            Ok(o) => Written::Done(pool_of(&o)),
-            Err(404) => Written::Gone,
-            Err(_) => Written::Conflict,
-        })
+        Ok(Written::of(r.map(|o| pool_of(&o))))
     }
 
     /// The Node's UID, `None` if there is no such Node.
@@ -331,10 +335,7 @@ impl ClusterApi {
             )
             .await?;
         crate::fail::point("ipam.block.created")?;
-        Ok(match r {
-            Ok(o) => Written::Done(block_of(o)),
-            Err(_) => Written::Conflict,
-        })
+        Ok(Written::of(r.map(block_of)))
     }
 
     /// Every block of every pool (one complete list).
@@ -483,10 +484,7 @@ impl ClusterApi {
                 self.grants.create(&post(), &obj),
             )
             .await?;
-        Ok(match r {
-            Ok(o) => Written::Done(grant_of(o)),
-            Err(_) => Written::Conflict,
-        })
+        Ok(Written::of(r.map(grant_of)))
     }
 
     /// Make `g`'s holder this container (a persistent address moving to its pod's new incarnation), if
@@ -513,6 +511,11 @@ impl ClusterApi {
             "metadata": {"uid": g.uid, "resourceVersion": g.resource_version, "labels": labels},
             "spec": {"holder": h},
         });
+        self.patch_grant(&g.name, "take over", &patch).await
+    }
+
+    /// A merge patch of a grant (its preconditions inside it): `Conflict` when they fail.
+    async fn patch_grant(&self, name: &str, verb: &str, patch: &Value) -> Result<Written<()>> {
         let params = kube::api::PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -520,17 +523,13 @@ impl ClusterApi {
         let r = self
             .kube
             .call(
-                &format!("take over AddressGrant {}", g.name),
+                &format!("{verb} AddressGrant {name}"),
                 &[404, 409],
                 self.grants
-                    .patch(&g.name, &params, &kube::api::Patch::Merge(&patch)),
+                    .patch(name, &params, &kube::api::Patch::Merge(patch)),
             )
             .await?;
-        Ok(match r {
-            Ok(_) => Written::Done(()),
-            Err(404) => Written::Gone,
-            Err(_) => Written::Conflict,
-        })
+        Ok(Written::of(r.map(|_| ())))
     }
 
     pub async fn grant(&self, name: &str) -> Result<Option<GrantObj>> {
@@ -545,7 +544,8 @@ impl ClusterApi {
         Ok(r.ok().map(grant_of))
     }
 
-    /// The lender's answer, written once: `Conflict` if the grant changed (or was answered) meanwhile.
+    /// The lender's answer: `Conflict` if the grant was replaced meanwhile (another UID), `Gone` if it
+    /// was deleted.
     pub async fn answer_grant(
         &self,
         g: &GrantObj,
@@ -562,24 +562,7 @@ impl ClusterApi {
                 .map(|(k, v)| (k.to_string(), json!(v)))
                 .collect();
         let patch = json!({"metadata": {"uid": g.uid}, "status": status});
-        let params = kube::api::PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        let r = self
-            .kube
-            .call(
-                &format!("answer AddressGrant {}", g.name),
-                &[404, 409],
-                self.grants
-                    .patch(&g.name, &params, &kube::api::Patch::Merge(&patch)),
-            )
-            .await?;
-        Ok(match r {
-            Ok(_) => Written::Done(()),
-            Err(404) => Written::Gone,
-            Err(_) => Written::Conflict,
-        })
+        self.patch_grant(&g.name, "answer", &patch).await
     }
 
     /// Delete a grant (conditioned on its UID when known).
@@ -609,11 +592,7 @@ impl ClusterApi {
                 self.grants.delete(name, &dp),
             )
             .await?;
-        Ok(match r {
-            Ok(_) => Written::Done(()),
-            Err(404) => Written::Gone,
-            Err(_) => Written::Conflict,
-        })
+        Ok(Written::of(r.map(|_| ())))
     }
 
     /// The grants asked of `lender` (one complete list), and the list's resourceVersion (to watch from).
@@ -834,10 +813,6 @@ impl ClusterApi {
                 self.blocks.delete(&b.name, &dp),
             )
             .await?;
-        Ok(match r {
-            Ok(_) => Written::Done(()),
-            Err(404) => Written::Gone,
-            Err(_) => Written::Conflict,
-        })
+        Ok(Written::of(r.map(|_| ())))
     }
 }

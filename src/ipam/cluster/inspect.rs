@@ -27,17 +27,8 @@ pub struct BlockRow {
     pub free: u128,
 }
 
-#[derive(Debug, Default, Serialize)]
-pub struct Leak {
-    pub pool: String,
-    pub ip: String,
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    pub ifname: String,
-    pub pod: String,
-    #[serde(rename = "podUID")]
-    pub pod_uid: String,
-}
+/// An address whose pod is not in the node's pod list (what reconcile would confirm and release).
+pub type Leak = super::reconcile::Released;
 
 #[derive(Debug, Default, Serialize)]
 pub struct PoolRow {

@@ -161,21 +161,7 @@ impl Local {
 
     /// The blocks this node owns, lowest first (a missing folder: none).
     pub fn owned(&self) -> Result<Vec<Block>> {
-        let mut out: Vec<Block> = match std::fs::read_dir(self.owned_dir()) {
-            Ok(rd) => rd
-                .flatten()
-                .filter_map(|e| Block::from_dir_name(e.file_name().to_str()?))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-            Err(e) => {
-                return Err(Error::io(
-                    format!("listing {}", self.owned_dir().display()),
-                    e,
-                ));
-            }
-        };
-        out.sort();
-        Ok(out)
+        blocks_named_in(&self.owned_dir())
     }
 
     /// The record of an owned block.
@@ -441,21 +427,7 @@ impl Local {
 
     /// Every block folder of the pool (owned or not: a reservation outlives a lost record).
     fn block_dirs(&self) -> Result<Vec<Block>> {
-        let mut out: Vec<Block> = match std::fs::read_dir(self.blocks_dir()) {
-            Ok(rd) => rd
-                .flatten()
-                .filter_map(|e| Block::from_dir_name(e.file_name().to_str()?))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-            Err(e) => {
-                return Err(Error::io(
-                    format!("listing {}", self.blocks_dir().display()),
-                    e,
-                ));
-            }
-        };
-        out.sort();
-        Ok(out)
+        blocks_named_in(&self.blocks_dir())
     }
 
     /// The blocks to look in for `(id, ifname)`: those of the `named` addresses when the layout is
@@ -684,6 +656,20 @@ impl Local {
             _ => Ok(false),
         }
     }
+}
+
+/// The blocks the entries of `dir` are named after, lowest first (a missing folder: none).
+fn blocks_named_in(dir: &Path) -> Result<Vec<Block>> {
+    let mut out: Vec<Block> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| Block::from_dir_name(e.file_name().to_str()?))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    out.sort();
+    Ok(out)
 }
 
 fn refuse_duplicate(store: &DiskStore, id: &str, ifname: &str) -> Result<()> {
