@@ -1370,3 +1370,47 @@ fn failures_on_the_api_paths_leave_nothing_half_made() {
         .collect();
     assert!(missing.is_empty(), "failpoints not reached: {missing:?}");
 }
+
+/// The meta-plugin: a pod whose networks annotation selects a definition with attache-ipam — the
+/// address comes from a block of the node the meta configuration names (`nodeName`), in-process.
+#[test]
+fn the_meta_plugin_hands_attache_ipam_its_node_and_the_pod() {
+    testbed::require_reference_plugins();
+    let mut host = Node::with_nic("cipam-meta");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-a");
+    let nets = testbed::write_nads(
+        &host,
+        "team",
+        &[(
+            "blue",
+            json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
+                   "ipam": {"type": "attache-ipam", "range": "10.99.0.0/24", "dataDir": a.data_dir,
+                            "kubeconfig": c.kubeconfig}}),
+        )],
+    );
+    let mut conf = testbed::meta_conf(&host, &nets, "blue");
+    conf["nodeName"] = json!("node-a");
+    let pod = host.pod();
+    let mut call = host.call("ADD", "meta-1", &pod, "eth0");
+    call.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team;K8S_POD_NAME=web-1;K8S_POD_UID=u-web-1";
+    let res = host.exec(&call, &conf).ok();
+    let net1 = host.addrs(Some(&pod), "net1");
+    assert_eq!(net1.len(), 1, "{res}");
+    let ip: IpAddr = net1[0].split('/').next().unwrap().parse().unwrap();
+    assert_consistent(&c, &[("node-a".into(), ip)]);
+    // The reservation names the pod (for reconcile) and the network.
+    let ipfile = std::fs::read_dir(a.data_dir.join("default/blocks"))
+        .unwrap()
+        .flatten()
+        .find_map(|b| std::fs::read_to_string(b.path().join(ip.to_string())).ok())
+        .expect("the address's file");
+    assert_eq!(
+        ipfile.split("\r\n").collect::<Vec<_>>(),
+        vec!["meta-1", "net1", "u-web-1", "team/web-1", "blue"]
+    );
+    let mut call = host.call("DEL", "meta-1", &pod, "eth0");
+    call.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team;K8S_POD_NAME=web-1;K8S_POD_UID=u-web-1";
+    assert_eq!(host.exec(&call, &conf).exit, 0);
+    assert!(a.state("default").1.is_empty());
+}
