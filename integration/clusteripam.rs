@@ -1409,6 +1409,22 @@ fn the_meta_plugin_hands_attache_ipam_its_node_and_the_pod() {
         ipfile.split("\r\n").collect::<Vec<_>>(),
         vec!["meta-1", "net1", "u-web-1", "team/web-1", "blue"]
     );
+    // attache inspect shows this node's block of the pool, and every address in it recorded.
+    let out = std::process::Command::new(attache_bin())
+        .args(["inspect", "--json", "--cache-dir"])
+        .arg(host.path("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let i: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &i["cluster_pools"][0];
+    assert_eq!(p["pool"], "default", "{i}");
+    assert_eq!(p["blocks"][0]["used"], 1, "{i}");
+    assert_eq!(p["not_recorded"], json!([]), "{i}");
     let mut call = host.call("DEL", "meta-1", &pod, "eth0");
     call.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team;K8S_POD_NAME=web-1;K8S_POD_UID=u-web-1";
     assert_eq!(host.exec(&call, &conf).exit, 0);

@@ -199,6 +199,8 @@ pub struct Report {
     pub cache_dir_from: String,
     pub attachments: Vec<AttachmentRow>,
     pub pools: Vec<Pool>,
+    /// attache-ipam pools the records use: this node's part of each.
+    pub cluster_pools: Vec<ClusterPool>,
     pub stale_records: Vec<StaleRecord>,
     pub unreadable_records: Vec<Unreadable>,
 }
@@ -225,6 +227,20 @@ pub struct AttachmentRow {
     pub state: String,
     pub netns: Option<PathBuf>,
     pub record: PathBuf,
+}
+
+/// This node's part of an attache-ipam pool: its blocks, and the addresses no record here names (an
+/// exec'd plugin's, another cacheDir's, or a leak: `attache ipam inspect` judges them by pod UID and
+/// `attache ipam reconcile` releases the leaks; `--gc` never touches them).
+#[derive(Debug, Serialize)]
+pub struct ClusterPool {
+    pub data_dir: PathBuf,
+    pub pool: String,
+    pub blocks: Vec<crate::ipam::cluster::inspect::BlockRow>,
+    pub addresses: usize,
+    pub not_recorded: Vec<Allocation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -457,6 +473,62 @@ fn host_local_pools(a: &AttachmentRecord) -> Vec<(PoolKey, String, Ranges)> {
     out
 }
 
+/// The attache-ipam pools (`dataDir`, pool) an attachment's configuration uses.
+fn cluster_pools_of(a: &AttachmentRecord) -> Vec<(PathBuf, String)> {
+    let Ok(list) = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string()) else {
+        return vec![];
+    };
+    list.plugins
+        .iter()
+        .filter_map(|p| match p.get("ipam") {
+            Some(Value::Object(section))
+                if section.get("type").and_then(Value::as_str)
+                    == Some(crate::ipam::cluster::TYPE) =>
+            {
+                crate::ipam::cluster::Teardown::from_section(&a.network, section)
+            }
+            _ => None,
+        })
+        .map(|t| (t.local.data_dir().to_path_buf(), t.local.pool()))
+        .collect()
+}
+
+fn cluster_pool(data_dir: PathBuf, pool: String, index: &RecordIndex) -> ClusterPool {
+    let local = crate::ipam::cluster::local::Local::new(&data_dir, &pool);
+    let read = local.reservations().and_then(|res| {
+        let blocks = crate::ipam::cluster::inspect::block_rows(&local, &res)?;
+        Ok((res, blocks))
+    });
+    let (res, blocks, error) = match read {
+        Ok((res, blocks)) => (res, blocks, None),
+        Err(e) => (vec![], vec![], Some(e.to_string())),
+    };
+    let not_recorded = res
+        .iter()
+        .filter(|r| !r.id.starts_with(crate::ipam::cluster::local::GRANT_PREFIX))
+        .filter(|r| !index.named.contains_key(&(r.id.clone(), r.ifname.clone())))
+        .map(|r| Allocation {
+            ip: r.ip,
+            container_id: r.id.clone(),
+            ifname: r.ifname.clone(),
+            status: AllocStatus::NotRecorded,
+            pod: Some(r.pod.clone()).filter(|p| p != "/" && !p.is_empty()),
+            in_ranges: true,
+        })
+        .collect();
+    ClusterPool {
+        data_dir,
+        pool,
+        blocks,
+        addresses: res
+            .iter()
+            .filter(|r| !r.id.starts_with(crate::ipam::cluster::local::GRANT_PREFIX))
+            .count(),
+        not_recorded,
+        error,
+    }
+}
+
 /// Addresses host-local may hand out from the sets: every range's `[start, end]`, gateways excluded.
 fn pool_size(sets: &[RangeSet]) -> u128 {
     sets.iter()
@@ -522,6 +594,7 @@ impl Report {
         let mut attachments = Vec::new();
         let mut stale = Vec::new();
         let mut refs: BTreeMap<PoolKey, Vec<PoolRef>> = BTreeMap::new();
+        let mut cluster_refs: std::collections::BTreeSet<(PathBuf, String)> = Default::default();
         for (path, age, rec) in &records {
             let gone = rec.netns.as_deref().is_some_and(netns_gone);
             let pod = pod_name(rec);
@@ -557,6 +630,7 @@ impl Report {
                     .named
                     .insert((rec.container_id.clone(), a.ifname.clone()), holder.clone());
                 attachments.push(attachment_row(rec, i, a, path, *age, state));
+                cluster_refs.extend(cluster_pools_of(a));
                 for (key, plugin_type, ranges) in host_local_pools(a) {
                     refs.entry(key).or_default().push(PoolRef {
                         age: age.unwrap_or(u64::MAX),
@@ -572,11 +646,16 @@ impl Report {
             .into_iter()
             .map(|((data_dir, network), refs)| pool(data_dir, network, refs, &index))
             .collect();
+        let cluster_pools = cluster_refs
+            .into_iter()
+            .map(|(data_dir, pool)| cluster_pool(data_dir, pool, &index))
+            .collect();
         Report {
             cache_dir: cache_dir.to_path_buf(),
             cache_dir_from: from,
             attachments,
             pools,
+            cluster_pools,
             stale_records: stale,
             unreadable_records: unreadable,
         }
@@ -1025,6 +1104,44 @@ impl Report {
                     &["NETWORK", "IP", "CONTAINER", "IFACE", "POD", "STATUS"],
                     &rows,
                 ));
+            }
+        }
+        if !self.cluster_pools.is_empty() {
+            out.push_str("\nATTACHE-IPAM POOLS (this node's blocks; `attache ipam inspect` for the cluster)\n");
+            let rows: Vec<Vec<String>> = self
+                .cluster_pools
+                .iter()
+                .flat_map(|p| {
+                    p.blocks.iter().map(move |b| {
+                        vec![
+                            p.pool.clone(),
+                            p.data_dir.display().to_string(),
+                            b.cidr.clone(),
+                            b.used.to_string(),
+                            b.lent.to_string(),
+                            b.free.to_string(),
+                        ]
+                    })
+                })
+                .collect();
+            out.push_str(&table(
+                &["POOL", "DATADIR", "BLOCK", "USED", "LENT", "FREE"],
+                &rows,
+            ));
+            for p in &self.cluster_pools {
+                if let Some(e) = &p.error {
+                    out.push_str(&format!("  {}: {e}\n", p.pool));
+                }
+                for a in &p.not_recorded {
+                    out.push_str(&format!(
+                        "  {} {} {}/{} ({}): not recorded in this cacheDir\n",
+                        p.pool,
+                        a.ip,
+                        short_id(&a.container_id),
+                        dash(&a.ifname),
+                        a.pod.as_deref().unwrap_or("-")
+                    ));
+                }
             }
         }
         if !self.stale_records.is_empty() {

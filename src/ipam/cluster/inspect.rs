@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::api::ClusterApi;
 use super::block::Block;
-use super::local::{GRANT_PREFIX, Local};
+use super::local::{GRANT_PREFIX, Local, Reservation};
 use crate::error::Result;
 
 #[derive(Debug, Default, Serialize)]
@@ -74,24 +74,7 @@ pub async fn gather(
     for local in &pools {
         let pool = local.pool();
         let res = local.reservations()?;
-        for b in local.owned()? {
-            let in_block: Vec<_> = res
-                .iter()
-                .filter(|x| x.grant.is_none() && x.block == b)
-                .collect();
-            let lent = in_block
-                .iter()
-                .filter(|x| x.id.starts_with(GRANT_PREFIX))
-                .count();
-            let size = block_size(&b);
-            r.blocks.push(BlockRow {
-                pool: pool.clone(),
-                cidr: b.net().to_string(),
-                used: in_block.len() - lent,
-                lent,
-                free: size.saturating_sub(in_block.len() as u128),
-            });
-        }
+        r.blocks.extend(block_rows(local, &res)?);
         r.borrowed += res.iter().filter(|x| x.grant.is_some()).count();
         r.queued_returns += local.returns().len();
         r.unverifiable += res
@@ -187,6 +170,29 @@ pub async fn gather(
         Err(e) => r.api_error = Some(e.to_string()),
     }
     Ok(r)
+}
+
+/// This node's blocks of `local`'s pool, with what `res` (its reservations) holds in each.
+pub fn block_rows(local: &Local, res: &[Reservation]) -> Result<Vec<BlockRow>> {
+    let mut out = Vec::new();
+    for b in local.owned()? {
+        let in_block: Vec<_> = res
+            .iter()
+            .filter(|x| x.grant.is_none() && x.block == b)
+            .collect();
+        let lent = in_block
+            .iter()
+            .filter(|x| x.id.starts_with(GRANT_PREFIX))
+            .count();
+        out.push(BlockRow {
+            pool: local.pool(),
+            cidr: b.net().to_string(),
+            used: in_block.len() - lent,
+            lent,
+            free: block_size(&b).saturating_sub(in_block.len() as u128),
+        });
+    }
+    Ok(out)
 }
 
 fn block_size(b: &Block) -> u128 {

@@ -147,6 +147,10 @@ impl Local {
         &self.dir
     }
 
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     fn owned_dir(&self) -> PathBuf {
         self.dir.join("owned")
     }
