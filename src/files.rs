@@ -68,3 +68,40 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<std::f
     f.write_all(bytes)?;
     Ok(f)
 }
+
+/// Open (creating it) a lock file, never through a symlink.
+pub fn open_lock(path: &Path) -> std::io::Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Take `f`'s exclusive flock, waiting at most `wait`; `None` when it stayed busy.
+pub fn lock_within(
+    mut f: std::fs::File,
+    wait: std::time::Duration,
+) -> std::result::Result<Option<nix::fcntl::Flock<std::fs::File>>, nix::errno::Errno> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err((back, Errno::EWOULDBLOCK | Errno::EINTR)) => f = back,
+            Err((_, errno)) => return Err(errno),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}

@@ -17,14 +17,12 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 
 use crate::error::{Error, Result};
@@ -489,16 +487,9 @@ pub fn record(dir: &Path, sample: &Sample<'_>) -> Result<Recorded> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let lock_path = dir.join(LOCK);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .mode(0o600)
-        .open(&lock_path)
+    let f = crate::files::open_lock(&lock_path)
         .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-    let Some(_lock) = lock_within(f, LOCK_WAIT)
+    let Some(_lock) = crate::files::lock_within(f, LOCK_WAIT)
         .map_err(|errno| Error::kernel(format!("locking {}", lock_path.display()), errno))?
     else {
         mark_skipped(dir)?;
@@ -524,25 +515,6 @@ pub fn record(dir: &Path, sample: &Sample<'_>) -> Result<Recorded> {
         .as_secs_f64();
     replace(dir, state.render(now).as_bytes())?;
     Ok(Recorded::Written)
-}
-
-/// Take `f`'s exclusive flock, waiting at most `wait`; `None` when it stayed busy.
-fn lock_within(mut f: File, wait: Duration) -> std::result::Result<Option<Flock<File>>, Errno> {
-    let deadline = Instant::now() + wait;
-    let mut pause = Duration::from_micros(100);
-    loop {
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Some(lock)),
-            Err((back, Errno::EWOULDBLOCK | Errno::EINTR)) => f = back,
-            Err((_, errno)) => return Err(errno),
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        std::thread::sleep(pause.min(left));
-        pause = (pause * 2).min(Duration::from_millis(2));
-    }
 }
 
 fn read_bounded(path: &Path) -> std::io::Result<String> {
@@ -615,6 +587,9 @@ fn replace(dir: &Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::testutil::tempdir;
+    use nix::fcntl::{Flock, FlockArg};
+    use std::fs::File;
+    use std::time::Instant;
 
     fn ok<'a>(command: &'a str, kind: &'a str, seconds: f64) -> Sample<'a> {
         Sample {

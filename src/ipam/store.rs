@@ -182,14 +182,7 @@ impl DiskStore {
         let dir = data_dir.join(network);
         crate::files::ensure_real_dir(&dir)?;
         let lock_path = dir.join("lock");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&lock_path)
+        let f = crate::files::open_lock(&lock_path)
             .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, errno)| {
             Error::kernel(format!("locking {}", lock_path.display()), errno)

@@ -115,6 +115,7 @@ pub enum Claimed {
 /// Make one more block of the configuration's range this node's — or, when the range has none left,
 /// borrow one address for `(id, ifname)` — or fail saying why.
 pub async fn claim(c: &ClusterIpam, local: &Local, id: &str, ifname: &str) -> Result<Claimed> {
+    let c = &*c.with_node()?;
     let range = c.layout.range;
     let why = format!(
         "node {} needs a new block of pool {} (range {range})",

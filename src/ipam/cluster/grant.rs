@@ -74,12 +74,7 @@ pub async fn borrow(
                 .iter()
                 .map(|(a, b)| format!("{}-{}", from_u128(*a, v4), from_u128(*b, v4)))
                 .collect(),
-            holder_node: c.node.clone(),
-            container_id: id.to_string(),
-            ifname: ifname.to_string(),
-            pod_uid: c.pod.uid.clone(),
-            pod: format!("{}/{}", c.pod.namespace, c.pod.name),
-            ..Default::default()
+            ..holder(c, id, ifname)
         };
         let uid = match api.create_grant(&want).await? {
             Written::Done(g) => g.uid,
@@ -141,6 +136,18 @@ pub async fn borrow(
         api.delete_grant(&name, Some(&uid)).await?;
     }
     Ok(None)
+}
+
+/// A grant's holder part: this node, `(id, ifname)` and the pod.
+pub fn holder(c: &ClusterIpam, id: &str, ifname: &str) -> GrantObj {
+    GrantObj {
+        holder_node: c.node.clone(),
+        container_id: id.to_string(),
+        ifname: ifname.to_string(),
+        pod_uid: c.pod.uid.clone(),
+        pod: format!("{}/{}", c.pod.namespace, c.pod.name),
+        ..Default::default()
+    }
 }
 
 /// The lender's answer: the address, or `None` (refused, or no answer within [`ANSWER_WAIT`]).

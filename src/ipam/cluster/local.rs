@@ -21,13 +21,11 @@
 //! whoever gives a block back removes that file under the same lock first, so no address is handed out
 //! of a block being given back.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
-use nix::libc;
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterIpam;
@@ -275,34 +273,15 @@ impl Local {
     pub fn claim_lock(&self, wait: std::time::Duration) -> Result<Flock<File>> {
         crate::files::ensure_real_dir(&self.dir)?;
         let p = self.dir.join("claim.lock");
-        let end = std::time::Instant::now() + wait;
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&p)
-            .map_err(io(format!("opening {}", p.display())))?;
-        loop {
-            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-                Ok(l) => return Ok(l),
-                Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < end => {
-                    f = back;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    return Err(Error::TryAgain(format!(
-                        "{} has been held by another claim of this node for more than {wait:?}",
-                        p.display()
-                    )));
-                }
-                Err((_, errno)) => {
-                    return Err(Error::kernel(format!("locking {}", p.display()), errno));
-                }
-            }
-        }
+        let f = crate::files::open_lock(&p).map_err(io(format!("opening {}", p.display())))?;
+        crate::files::lock_within(f, wait)
+            .map_err(|errno| Error::kernel(format!("locking {}", p.display()), errno))?
+            .ok_or_else(|| {
+                Error::TryAgain(format!(
+                    "{} has been held by another claim of this node for more than {wait:?}",
+                    p.display()
+                ))
+            })
     }
 
     /// This dataDir's random id, made once.

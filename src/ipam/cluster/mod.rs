@@ -117,6 +117,7 @@ pub struct ClusterIpam {
     pub routes: Vec<Route>,
     pub dns: Dns,
     pub data_dir: PathBuf,
+    /// This node (empty until [`ClusterIpam::with_node`] when the configuration names none).
     pub node: String,
     /// Where the node name came from (for errors).
     pub node_source: String,
@@ -152,6 +153,41 @@ fn parse_range(s: &str) -> Result<(IpNet, Option<IpAddr>, Option<IpAddr>)> {
     let net = IpNet::new(first, prefix).map_err(|_| bad())?.trunc();
     let start = (first != net.network()).then_some(first);
     Ok((net, start, last))
+}
+
+/// The block size a configuration asks for: `blockSize`, or Whereabouts' `node_slice_size` (`"/26"`);
+/// both and different is refused.
+fn block_size(block_size: Option<u8>, node_slice_size: Option<&Value>) -> Result<Option<u8>> {
+    let Some(v) = node_slice_size else {
+        return Ok(block_size);
+    };
+    let s = match v {
+        Value::String(s) => s.trim_start_matches('/').to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    let n: u8 = s.parse().map_err(|_| {
+        Error::config(format!(
+            "ipam ({TYPE}): node_slice_size {v} is not a prefix length (like \"/26\")"
+        ))
+    })?;
+    if block_size.is_some_and(|b| b != n) {
+        return Err(Error::config(format!(
+            "ipam ({TYPE}): blockSize {} and node_slice_size {v} disagree",
+            block_size.unwrap_or_default()
+        )));
+    }
+    Ok(Some(n))
+}
+
+/// The prefix of `net`'s blocks for a requested size (default 26 / 122): a range smaller than one block
+/// is one block, and no block is smaller than an address.
+fn block_prefix(net: &IpNet, requested: Option<u8>) -> u8 {
+    let v4 = net.addr().is_ipv4();
+    requested
+        .unwrap_or(if v4 { 26 } else { 122 })
+        .max(net.prefix_len())
+        .min(net.max_prefix_len())
 }
 
 /// The address space's name: a DNS label of at most 40 characters (it prefixes block names).
@@ -233,37 +269,18 @@ impl ClusterIpam {
                 "ipam ({TYPE}): range {net} is too small to allocate from"
             )));
         }
-        let block_size = match (raw.block_size, &raw.node_slice_size) {
-            (b, None) => b,
-            (b, Some(v)) => {
-                let s = match v {
-                    Value::String(s) => s.trim_start_matches('/').to_string(),
-                    Value::Number(n) => n.to_string(),
-                    _ => String::new(),
-                };
-                let n: u8 = s.parse().map_err(|_| {
-                    Error::config(format!(
-                        "ipam ({TYPE}): node_slice_size {v} is not a prefix length (like \"/26\")"
-                    ))
-                })?;
-                if b.is_some_and(|b| b != n) {
-                    return Err(Error::config(format!(
-                        "ipam ({TYPE}): blockSize {} and node_slice_size {v} disagree",
-                        b.unwrap_or_default()
-                    )));
-                }
-                Some(n)
-            }
-        };
-        let block = block_size.unwrap_or(if v4 { 26 } else { 122 });
+        let block = block_size(raw.block_size, raw.node_slice_size.as_ref())?.unwrap_or(if v4 {
+            26
+        } else {
+            122
+        });
         if block > max || block < 1 {
             return Err(Error::config(format!(
                 "ipam ({TYPE}): blockSize {block} is not a prefix length of {}",
                 if v4 { "IPv4" } else { "IPv6" }
             )));
         }
-        // A range smaller than one block is one block.
-        let block = block.max(net.prefix_len());
+        let block = block_prefix(&net, Some(block));
         let in_net = |ip: IpAddr, what: &str| -> Result<u128> {
             if ip.is_ipv4() != v4 || !net.contains(&ip) {
                 return Err(Error::config(format!(
@@ -318,8 +335,16 @@ impl ClusterIpam {
         }
         let pool = raw.network_name.unwrap_or_else(|| DEFAULT_POOL.into());
         validate_pool(&pool)?;
-        let (node, node_source) = node_name(raw.node_name)?;
-        validate_node(&node, &node_source)?;
+        // A node name the configuration gives is checked now; the fallbacks (a file, the host name)
+        // are read only by the paths that need the node, off the warm ADD ([`ClusterIpam::with_node`]).
+        let (node, node_source) = match raw.node_name {
+            Some(n) => {
+                let (n, source) = node_name(Some(n))?;
+                validate_node(&n, &source)?;
+                (n, source)
+            }
+            None => (String::new(), String::new()),
+        };
         let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         if !data_dir.is_absolute() {
             return Err(Error::config(format!(
@@ -381,6 +406,21 @@ impl ClusterIpam {
             sticky: raw.sticky.unwrap_or(false),
             claim: raw.ipam_claim_reference.filter(|c| !c.is_empty()),
         })
+    }
+
+    /// This configuration with its node known (resolved from the fallbacks if the configuration named
+    /// none): what the cold paths start with.
+    pub fn with_node(&self) -> Result<std::borrow::Cow<'_, ClusterIpam>> {
+        if !self.node.is_empty() {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        let (node, source) = node_name(None)?;
+        validate_node(&node, &source)?;
+        Ok(std::borrow::Cow::Owned(ClusterIpam {
+            node,
+            node_source: source,
+            ..self.clone()
+        }))
     }
 
     fn local(&self) -> Local {
@@ -489,22 +529,16 @@ impl Teardown {
             .and_then(Value::as_str)
             .and_then(|r| parse_range(r).ok())
             .map(|(net, _, _)| {
-                let v4 = net.addr().is_ipv4();
-                let slice = section
-                    .get("node_slice_size")
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.trim_start_matches('/').parse::<u64>().ok());
-                let block = section
+                let given = section
                     .get("blockSize")
                     .and_then(Value::as_u64)
-                    .or(slice)
-                    .and_then(|b| u8::try_from(b).ok())
-                    .unwrap_or(if v4 { 26 } else { 122 })
-                    .max(net.prefix_len())
-                    .min(net.max_prefix_len());
+                    .and_then(|b| u8::try_from(b).ok());
+                let block = block_size(given, section.get("node_slice_size"))
+                    .ok()
+                    .flatten();
                 Layout {
                     range: net,
-                    prefix: block,
+                    prefix: block_prefix(&net, block),
                     lo: to_u128(net.network()),
                     hi: to_u128(net.broadcast()),
                 }

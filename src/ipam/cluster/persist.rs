@@ -33,6 +33,7 @@ const RACES: usize = 4;
 /// A persistent address for this ADD, or `None` when the pod has no identity (not a StatefulSet's,
 /// with `sticky`): the ordinary path then.
 pub async fn add(c: &ClusterIpam, local: &Local, id: &str, ifname: &str) -> Result<Option<IpAddr>> {
+    let c = &*c.with_node()?;
     let what = match &c.claim {
         Some(cl) => format!("IPAMClaim {}/{cl}", c.pod.namespace),
         None => format!(
@@ -122,14 +123,7 @@ async fn add_with(
     let Some(who) = identity(c, api, ifname).await? else {
         return Ok(None);
     };
-    let me = GrantObj {
-        holder_node: c.node.clone(),
-        container_id: id.to_string(),
-        ifname: ifname.to_string(),
-        pod_uid: c.pod.uid.clone(),
-        pod: format!("{}/{}", c.pod.namespace, c.pod.name),
-        ..Default::default()
-    };
+    let me = super::grant::holder(c, id, ifname);
     for _ in 0..RACES {
         let (ip, uid) = match api.grant(&who.grant).await? {
             Some(g) => {
