@@ -225,6 +225,7 @@ fn cmd_args(command: Command, cni_args: &str) -> CmdArgs {
         container_id: "c1".into(),
         netns: None,
         netns_ignored: None,
+        nothing_to_do: None,
         ifname: "eth0".into(),
         args: CniArgs::parse(cni_args).unwrap_or_default(),
         path: vec![],

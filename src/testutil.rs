@@ -13,6 +13,7 @@ pub fn cmd_args(cni_args: &str) -> CmdArgs {
         container_id: "c1".into(),
         netns: None,
         netns_ignored: None,
+        nothing_to_do: None,
         ifname: "eth0".into(),
         args: CniArgs::parse(cni_args).unwrap(),
         path: vec![],

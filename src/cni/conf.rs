@@ -166,6 +166,13 @@ pub fn check_ifname(name: &str) -> std::result::Result<(), String> {
 /// longer than 64 (see `attach::owner_alias`).
 pub const MAX_CONTAINER_ID: usize = 255;
 
+/// Whether `id` matches `[A-Za-z0-9][A-Za-z0-9_.-]*`, the reference plugins' rule (of any length).
+pub fn container_id_chars_ok(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// A container ID: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most [`MAX_CONTAINER_ID`] bytes.
 pub fn check_container_id(id: &str) -> std::result::Result<(), String> {
     if id.len() > MAX_CONTAINER_ID {
@@ -174,10 +181,7 @@ pub fn check_container_id(id: &str) -> std::result::Result<(), String> {
             id.len()
         ));
     }
-    let mut chars = id.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if container_id_chars_ok(id) {
         Ok(())
     } else {
         Err(format!(

@@ -200,6 +200,10 @@ pub struct CmdArgs {
     pub netns: Option<PathBuf>,
     /// Why a DEL goes on without the `CNI_NETNS` it was given (for the log).
     pub netns_ignored: Option<String>,
+    /// Why this DEL has nothing to tear down and answers success at once, touching nothing: its
+    /// container ID is longer than ADD accepts (the reference plugins take any length), so no ADD of
+    /// attache can have made state for it — and a failing DEL is retried by the runtime forever.
+    pub nothing_to_do: Option<String>,
     pub ifname: String,
     pub args: CniArgs,
     /// `CNI_PATH` split on `:`.
@@ -223,8 +227,15 @@ impl CmdArgs {
             )));
         }
         let container_id = get("CNI_CONTAINERID").unwrap_or_default();
+        let mut nothing_to_do = None;
         if command.requires("CNI_CONTAINERID") {
-            conf::check_container_id(&container_id).map_err(Error::InvalidEnv)?;
+            match conf::check_container_id(&container_id) {
+                Ok(()) => {}
+                Err(m) if command == Command::Del && conf::container_id_chars_ok(&container_id) => {
+                    nothing_to_do = Some(format!("{m}, so no ADD can have attached it"));
+                }
+                Err(m) => return Err(Error::InvalidEnv(m)),
+            }
         }
         let ifname = get("CNI_IFNAME").unwrap_or_default();
         if command.requires("CNI_IFNAME") {
@@ -245,6 +256,7 @@ impl CmdArgs {
             container_id,
             netns: get("CNI_NETNS").map(PathBuf::from),
             netns_ignored: None,
+            nothing_to_do,
             ifname,
             args,
             path,
@@ -606,12 +618,34 @@ mod tests {
         let mut e = full_env("ADD");
         e.insert("CNI_CONTAINERID".into(), "a".repeat(255));
         assert_eq!(call(&e, CONF).0, 0);
-        for cmd in ["ADD", "DEL", "CHECK"] {
+        for cmd in ["ADD", "CHECK"] {
             let mut e = full_env(cmd);
             e.insert("CNI_CONTAINERID".into(), "a".repeat(256));
             let (_, v) = call(&e, CONF);
             assert_eq!(v["code"], 4, "{cmd}: {v}");
             assert!(v["msg"].as_str().unwrap().contains("256 bytes"), "{v}");
+        }
+        // A DEL of an ID only attache's ADD refuses has nothing to do, and says why; one the reference
+        // refuses too (a bad character) is still code 4.
+        let mut e = full_env("DEL");
+        e.insert("CNI_CONTAINERID".into(), "a".repeat(301));
+        let args = CmdArgs::from_env(Command::Del, &e).unwrap();
+        assert!(args.nothing_to_do.unwrap().contains("301 bytes"));
+        assert_eq!(call(&e, CONF).0, 0);
+        assert!(
+            CmdArgs::from_env(Command::Del, &full_env("DEL"))
+                .unwrap()
+                .nothing_to_do
+                .is_none()
+        );
+        for bad in [
+            format!("{}/x", "a".repeat(300)),
+            "-a".repeat(200),
+            "a b".into(),
+        ] {
+            e.insert("CNI_CONTAINERID".into(), bad.clone());
+            let (_, v) = call(&e, CONF);
+            assert_eq!(v["code"], 4, "{bad}: {v}");
         }
         let mut big = String::from(r#"{"cniVersion":"1.0.0","name":"n","type":"attache","x":""#);
         big.push_str(&"y".repeat(MAX_STDIN as usize));

@@ -18,6 +18,7 @@ fn native_args(command: Command, inv: &Invocation<'_>) -> CmdArgs {
         container_id: inv.container_id.to_string(),
         netns: inv.netns.map(|p| p.to_path_buf()),
         netns_ignored: None,
+        nothing_to_do: None,
         ifname: inv.ifname.to_string(),
         args: inv.cni_args.clone(),
         path: inv.path.to_vec(),
