@@ -6,13 +6,17 @@
 //! <metricsDir>/attache.prom                         the metrics (mode 0644: the exporter reads it)
 //! <metricsDir>/.attache.prom.tmp                    its next version, renamed over it (the collector reads only *.prom)
 //! <metricsDir>/.attache-metrics.lock                flock'ed for one update
-//! <metricsDir>/.attache-metrics.skipped.<pid>.<ns>  one per update given up because the lock stayed busy
+//! <metricsDir>/.attache-metrics.pending.<pid>.<ns>  one sample whose process found the lock busy
+//! <metricsDir>/.attache-metrics.skipped.<pid>.<ns>  (older versions: an update given up, counted as skipped)
 //! ```
 //!
-//! The cost is bounded: one lock (waited for at most [`LOCK_WAIT`], else the update is skipped and
-//! counted by the next one), one listing of the folder, one read and one write of a file of a few KiB
-//! (every label takes its values from a bounded set, so the file cannot grow without bound). Metrics never
-//! fail an invocation: [`record`]'s errors are for the log.
+//! The cost is bounded: one lock (waited for at most [`LOCK_WAIT`]), one listing of the folder, one read
+//! and one write of a file of a few KiB (every label takes its values from a bounded set, so the file
+//! cannot grow without bound). A burst does not serialize every process on the lock, nor lose a count:
+//! a process that finds the lock busy leaves its sample as a pending file and goes, and whoever holds the
+//! lock folds the pending samples in — after releasing it, each updater looks once more and takes the
+//! lock again if samples arrived meanwhile, so the last of a burst is not left waiting for the next
+//! invocation. Metrics never fail an invocation: [`record`]'s errors are for the log.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,7 +37,13 @@ pub const FILE: &str = "attache.prom";
 pub const TEMP: &str = ".attache.prom.tmp";
 const LOCK: &str = ".attache-metrics.lock";
 const SKIPPED_PREFIX: &str = ".attache-metrics.skipped.";
-/// How long an invocation waits for another one's update before it gives its own up.
+const PENDING_PREFIX: &str = ".attache-metrics.pending.";
+const WRITING_PREFIX: &str = ".attache-metrics.writing.";
+/// How many times one process folds in samples that arrived while it held the lock, at most.
+const MAX_FOLDS: usize = 8;
+/// The largest pending sample read back.
+const MAX_PENDING: u64 = 4096;
+/// How long an invocation waits for another one's update before it leaves its sample pending.
 pub const LOCK_WAIT: Duration = Duration::from_millis(50);
 /// Upper bounds (seconds) of the latency histogram's buckets; `+Inf` follows.
 pub const BUCKETS: [f64; 11] = [
@@ -468,12 +478,10 @@ fn unescape_label(raw: &str) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
     Written,
-    /// The lock stayed busy for [`LOCK_WAIT`]: the next update counts this one as skipped.
-    Skipped,
+    /// The lock stayed busy for [`LOCK_WAIT`]: the sample is pending, for the lock's holder to fold in.
+    Pending,
 }
 
-/// Add `sample` to `<dir>/attache.prom` (creating `dir`): under the folder's lock, read the file back,
-/// count the updates skipped since, add the sample, and replace the file by rename.
 /// `metricsDir` read straight from the raw keys, as `logFile` is: an invocation is counted whether or
 /// not the rest of the configuration validates, in every mode. Only an absolute path counts.
 pub fn dir_of(raw: &serde_json::Map<String, serde_json::Value>) -> Option<std::path::PathBuf> {
@@ -483,18 +491,52 @@ pub fn dir_of(raw: &serde_json::Map<String, serde_json::Value>) -> Option<std::p
         .filter(|p| p.is_absolute())
 }
 
+/// Add `sample` to `<dir>/attache.prom` (creating `dir`): under the folder's lock, read the file back,
+/// fold in the pending samples and the skipped markers, add the sample, and replace the file by rename.
+/// With the lock busy for [`LOCK_WAIT`], the sample is left pending; then, and after an update, the
+/// pending samples that arrived meanwhile are folded in by whoever can take the lock.
 pub fn record(dir: &Path, sample: &Sample<'_>) -> Result<Recorded> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let lock_path = dir.join(LOCK);
-    let f = crate::files::open_lock(&lock_path)
-        .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-    let Some(_lock) = crate::files::lock_within(f, LOCK_WAIT)
-        .map_err(|errno| Error::kernel(format!("locking {}", lock_path.display()), errno))?
-    else {
-        mark_skipped(dir)?;
-        return Ok(Recorded::Skipped);
+    let lock = |wait| -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+        let f = crate::files::open_lock(&lock_path)
+            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+        crate::files::lock_within(f, wait)
+            .map_err(|errno| Error::kernel(format!("locking {}", lock_path.display()), errno))
     };
+    let outcome = match lock(LOCK_WAIT)? {
+        Some(held) => {
+            update(dir, Some(sample))?;
+            drop(held);
+            Recorded::Written
+        }
+        None => {
+            write_pending(dir, sample)?;
+            Recorded::Pending
+        }
+    };
+    // Samples left pending while the lock was held (by this process or another) are folded in now: a
+    // holder that listed the folder before they were written would leave them to the next invocation.
+    // Whoever wrote one tried the lock after writing it, so it is seen by the holder it lost to.
+    for _ in 0..MAX_FOLDS {
+        if !has_pending(dir) {
+            break;
+        }
+        match lock(Duration::ZERO)? {
+            Some(held) => {
+                update(dir, None)?;
+                drop(held);
+            }
+            None => break, // its holder looks again after releasing it
+        }
+    }
+    Ok(outcome)
+}
+
+/// One update, under the lock: the file read back, pending samples and skipped markers folded in,
+/// `sample` added, the file replaced.
+fn update(dir: &Path, sample: Option<&Sample<'_>>) -> Result<()> {
     let path = dir.join(FILE);
     let mut state = match read_bounded(&path) {
         Ok(text) => State::parse(&text),
@@ -508,13 +550,132 @@ pub fn record(dir: &Path, sample: &Sample<'_>) -> Result<Recorded> {
         }
     };
     state.skipped = state.skipped.saturating_add(collect_skipped(dir));
-    state.observe(sample);
+    let pending = collect_pending(dir);
+    for p in &pending {
+        match p {
+            Some(p) => state.observe(&p.sample()),
+            None => state.skipped = state.skipped.saturating_add(1),
+        }
+    }
+    if let Some(s) = sample {
+        state.observe(s);
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    replace(dir, state.render(now).as_bytes())?;
-    Ok(Recorded::Written)
+    replace(dir, state.render(now).as_bytes())
+}
+
+/// A sample as a pending file holds it: `command kind code plugin seconds` (code 0: success), one line.
+struct PendingSample {
+    command: String,
+    kind: String,
+    code: u32,
+    plugin: String,
+    seconds: f64,
+}
+
+impl PendingSample {
+    fn line(s: &Sample<'_>) -> String {
+        let (code, plugin) = match s.outcome {
+            Outcome::Success => (0, "-"),
+            Outcome::Error { code, plugin } => (code, plugin),
+        };
+        format!("{} {} {code} {plugin} {}\n", s.command, s.kind, s.seconds)
+    }
+
+    fn parse(text: &str) -> Option<PendingSample> {
+        let mut f = text.trim_end_matches('\n').split(' ');
+        let p = PendingSample {
+            command: f.next()?.to_string(),
+            kind: f.next()?.to_string(),
+            code: f.next()?.parse().ok()?,
+            plugin: f.next()?.to_string(),
+            seconds: f
+                .next()?
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)?,
+        };
+        f.next().is_none().then_some(p)
+    }
+
+    fn sample(&self) -> Sample<'_> {
+        Sample {
+            command: &self.command,
+            kind: &self.kind,
+            outcome: match self.code {
+                0 => Outcome::Success,
+                code => Outcome::Error {
+                    code,
+                    plugin: &self.plugin,
+                },
+            },
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// Leave a sample for the lock's holder: a new file of its own (written whole under a temporary name,
+/// then renamed), so that none is lost or counted twice — each is counted by whoever removes it.
+fn write_pending(dir: &Path, sample: &Sample<'_>) -> Result<()> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = format!("{}.{nanos}", std::process::id());
+    let tmp = dir.join(format!("{WRITING_PREFIX}{name}"));
+    let p = dir.join(format!("{PENDING_PREFIX}{name}"));
+    let written = crate::files::write_new(&tmp, PendingSample::line(sample).as_bytes(), 0o600)
+        .and_then(|_| std::fs::rename(&tmp, &p));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("creating {}", p.display()), e)
+    })
+}
+
+fn has_pending(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            e.file_name()
+                .as_encoded_bytes()
+                .starts_with(PENDING_PREFIX.as_bytes())
+        })
+    })
+}
+
+/// Remove the pending samples, each read first; `None` for one that does not read as a sample.
+fn collect_pending(dir: &Path) -> Vec<Option<PendingSample>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            // A pending sample whose writer was killed before its rename goes.
+            if let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WRITING_PREFIX))
+                && !rest
+                    .split('.')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .is_some_and(crate::files::pid_alive)
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+            name.as_encoded_bytes()
+                .starts_with(PENDING_PREFIX.as_bytes())
+        })
+        .filter_map(|e| {
+            let text = crate::files::read_bounded(&e.path(), MAX_PENDING).ok();
+            std::fs::remove_file(e.path()).ok()?;
+            Some(
+                text.and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|t| PendingSample::parse(&t)),
+            )
+        })
+        .collect()
 }
 
 fn read_bounded(path: &Path) -> std::io::Result<String> {
@@ -531,24 +692,6 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
         )));
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Leave a marker for the next update to count: a new file of its own, so that no count is lost or
-/// counted twice (each marker is counted by whoever removes it).
-fn mark_skipped(dir: &Path) -> Result<()> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let p = dir.join(format!("{SKIPPED_PREFIX}{}.{nanos}", std::process::id()));
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .mode(0o600)
-        .open(&p)
-        .map(drop)
-        .map_err(|e| Error::io(format!("creating {}", p.display()), e))
 }
 
 /// Remove the skipped-update markers; how many there were.
@@ -822,7 +965,7 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_lock_skips_the_update_and_the_next_one_counts_it() {
+    fn a_busy_lock_leaves_the_sample_pending_and_the_next_update_counts_it() {
         let d = tempdir("metrics-skip");
         record(&d, &ok("ADD", "attache", 0.01)).unwrap();
         let held = Flock::lock(
@@ -834,27 +977,56 @@ mod tests {
         let t = Instant::now();
         assert_eq!(
             record(&d, &ok("ADD", "attache", 0.01)).unwrap(),
-            Recorded::Skipped
+            Recorded::Pending
         );
         let waited = t.elapsed();
         assert!(waited >= LOCK_WAIT && waited < LOCK_WAIT * 4, "{waited:?}");
         assert_eq!(
-            record(&d, &ok("CHECK", "attache", 0.01)).unwrap(),
-            Recorded::Skipped
+            record(&d, &failed("CHECK", 7, "attache")).unwrap(),
+            Recorded::Pending
         );
+        // An older version's marker, and a pending file that is not a sample: counted as skipped.
+        std::fs::write(d.join(format!("{SKIPPED_PREFIX}1.2")), "").unwrap();
+        std::fs::write(d.join(format!("{PENDING_PREFIX}1.3")), "garbage").unwrap();
+        // A pending sample whose writer died before its rename.
+        std::fs::write(
+            d.join(format!("{WRITING_PREFIX}999999999.4")),
+            "ADD x 0 - 1\n",
+        )
+        .unwrap();
         drop(held);
         record(&d, &ok("DEL", "attache", 0.01)).unwrap();
         let st = State::parse(&std::fs::read_to_string(d.join(FILE)).unwrap());
         assert_eq!(st.skipped, 2);
         let add = ["ADD", "attache", "success", "0"].map(String::from);
-        assert_eq!(st.invocations[&add], 1);
-        assert!(
-            std::fs::read_dir(&d).unwrap().all(|e| !e
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains("skipped"))
-        );
+        assert_eq!(st.invocations[&add], 2);
+        let check = ["CHECK", "attache", "error", "7"].map(String::from);
+        assert_eq!(st.invocations[&check], 1);
+        let mut left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [LOCK, FILE]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_sample_left_pending_is_folded_in_by_the_holder_it_lost_to() {
+        let d = tempdir("metrics-fold");
+        // A process that could not take the lock wrote its sample; the holder, after its own update,
+        // finds it and folds it in: no later invocation is needed.
+        write_pending(&d, &ok("DEL", "bridge", 0.02)).unwrap();
+        assert!(has_pending(&d));
+        record(&d, &ok("ADD", "bridge", 0.01)).unwrap();
+        assert!(!has_pending(&d));
+        let st = State::parse(&std::fs::read_to_string(d.join(FILE)).unwrap());
+        let del = ["DEL", "bridge", "success", "0"].map(String::from);
+        assert_eq!(st.invocations[&del], 1);
+        assert_eq!(st.skipped, 0);
+        let line = PendingSample::line(&failed("ADD", 11, "ptp"));
+        let back = PendingSample::parse(&line).unwrap();
+        assert_eq!(back.sample(), failed("ADD", 11, "ptp"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
