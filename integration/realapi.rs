@@ -323,3 +323,269 @@ fn credentials_and_reachability_errors_say_what_happened_and_a_rotated_token_fil
     );
     assert_eq!(node.links(Some(&netns)), vec!["lo".to_string()]);
 }
+
+/// Run a reference plugin as Multus v4 runs its delegates: `CNI_IFNAME` `ifname`, Multus' `CNI_ARGS`,
+/// the definition's configuration with its name filled in from the definition's.
+/// `pod`: (name, netns, UID).
+fn reference(
+    node: &Node,
+    cmd: &str,
+    plugin: &str,
+    (pod, netns, uid): (&str, &str, &str),
+    ifname: &str,
+    conf: &Value,
+) -> CniOutput {
+    let args = format!(
+        "IgnoreUnknown=true;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c-{pod};K8S_POD_UID={uid}"
+    );
+    let mut call = node.call(cmd, pod, netns, ifname);
+    call.args = &args;
+    call.bin = std::path::Path::new(testbed::REFERENCE_DIR).join(plugin);
+    node.exec(&call, conf)
+}
+
+/// Lines at WARN or above in attache's log.
+fn warnings(node: &Node) -> Vec<String> {
+    std::fs::read_to_string(node.path("attache.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .map(str::to_string)
+        .collect()
+}
+
+// Issue 19: a node that moves from Multus to attache. Multus v4 attached the pod (the cluster network,
+// then a bridge definition as net1 and a macvlan one as net2, each by the reference plugin, definitions
+// without a `name`, host veths named at random, network-status written); attache, with no record of it,
+// tears all of it down on DEL. Then the DELs a runtime repeats cost no API call; a pod deleted before its
+// DEL is no warning; a token file ending in a newline works; a definition with `spec.config: ""` is taken
+// by the server as a real one takes it.
+#[test]
+fn a_pod_multus_attached_is_torn_down_by_attache_and_repeated_dels_make_no_api_call() {
+    require_reference_plugins();
+    let mut node = Node::with_nic("realapi-multus");
+    let netns = node.pod();
+    let api = cluster(&node, &[], "");
+    let ipam = node.path("ipam").display().to_string();
+    let nads = [
+        (
+            "ka-br",
+            json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": "br-ka",
+            "ipam": {"type": "host-local", "subnet": "10.41.0.0/24", "dataDir": ipam}}),
+        ),
+        (
+            "ka-mv",
+            json!({"cniVersion": "0.3.1", "type": "macvlan", "master": "nic0",
+            "ipam": {"type": "host-local", "subnet": "10.42.0.0/24", "dataDir": ipam}}),
+        ),
+    ];
+    for (name, config) in &nads {
+        let nad = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": NS}, "spec": {"config": config.to_string()}});
+        let out = api.apply(&nad.to_string(), &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    create_pod(&api, "migrated", "ka-br,ka-mv");
+    let uid = uid_of(&api, "migrated");
+
+    // Multus' ADD, as it runs it.
+    let eth0 = reference(
+        &node,
+        "ADD",
+        "ptp",
+        ("migrated", &netns, &uid),
+        "eth0",
+        &testbed::ptp_cluster(&node),
+    )
+    .ok();
+    let mut status = vec![
+        json!({"name": "cluster", "interface": "eth0", "default": true,
+        "ips": [testbed::first_ip(&eth0)]}),
+    ];
+    for (i, (name, config)) in nads.iter().enumerate() {
+        let mut c = config.clone();
+        c["name"] = json!(name); // Multus names a nameless definition's network after it
+        let ifname = format!("net{}", i + 1);
+        let plugin = c["type"].as_str().unwrap().to_string();
+        let r = reference(
+            &node,
+            "ADD",
+            &plugin,
+            ("migrated", &netns, &uid),
+            &ifname,
+            &c,
+        )
+        .ok();
+        status.push(json!({"name": format!("{NS}/{name}"), "interface": ifname,
+            "ips": [testbed::first_ip(&r)]}));
+    }
+    api.must(&[
+        "annotate",
+        "pod",
+        "-n",
+        NS,
+        "migrated",
+        &format!("{STATUS}={}", serde_json::to_string(&status).unwrap()),
+    ]);
+    let mut pod_links = node.links(Some(&netns));
+    pod_links.sort();
+    assert_eq!(pod_links, ["eth0", "lo", "net1", "net2"]);
+    let node_veths = || -> Vec<String> {
+        node.links(None)
+            .into_iter()
+            .filter(|l| l.starts_with("veth"))
+            .collect()
+    };
+    assert_eq!(node_veths().len(), 2, "ptp's and the bridge's host ends");
+    assert_eq!(
+        node.files("ipam")
+            .iter()
+            .filter(|f| !f.contains("lock") && !f.contains("last_reserved"))
+            .count(),
+        3
+    );
+
+    // `attache inspect` shows what another plugin attached: a pod netns no record names.
+    let netns_dir = node.path("netns");
+    std::fs::create_dir_all(&netns_dir).unwrap();
+    std::os::unix::fs::symlink(&netns, netns_dir.join("migrated")).unwrap();
+    let inspect = node.sh(
+        None,
+        &[
+            &testbed::attache_bin().display().to_string(),
+            "inspect",
+            "--cache-dir",
+            &node.path("cache").display().to_string(),
+            "--netns-dir",
+            &netns_dir.display().to_string(),
+        ],
+    );
+    let shown = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success(), "{shown}");
+    for part in ["FOREIGN", "net1", "net2", "macvlan", "10.41.0.", "10.42.0."] {
+        assert!(shown.contains(part), "{part:?} not in:\n{shown}");
+    }
+
+    // The node switches to attache; its token file ends in a newline, as `kubectl create token > f`
+    // leaves it.
+    let token = api.token("kube-system", "attache", None);
+    let kubeconfig = node.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &format!("{token}\n"), true);
+    let mut conf = meta_conf(&node, &kubeconfig);
+    conf["logLevel"] = json!("debug");
+    let before = requests_by_attache(&api).len();
+    assert_eq!(cni(&node, "DEL", "migrated", &netns, &uid, &conf).exit, 0);
+    assert_eq!(
+        node.links(Some(&netns)),
+        vec!["lo".to_string()],
+        "the pod keeps nothing"
+    );
+    assert!(node_veths().is_empty(), "{:?}", node_veths());
+    let leases: Vec<String> = node
+        .files("ipam")
+        .into_iter()
+        .filter(|f| !f.contains("lock") && !f.contains("last_reserved"))
+        .collect();
+    assert!(leases.is_empty(), "{leases:?}");
+    assert_eq!(
+        network_status(&api, "migrated"),
+        None,
+        "network-status cleared by UID"
+    );
+    let log = std::fs::read_to_string(node.path("attache.log")).unwrap();
+    for said in ["deleted net1 in the pod", "deleted net2 in the pod"] {
+        assert!(log.contains(said), "{said:?} not in the log:\n{log}");
+    }
+    let first = requests_by_attache(&api).len();
+    assert!(first > before, "the first DEL plans from the API");
+    // The runtime's DELs that follow: nothing to do, no API call.
+    for _ in 0..4 {
+        assert_eq!(cni(&node, "DEL", "migrated", &netns, &uid, &conf).exit, 0);
+    }
+    assert_eq!(
+        requests_by_attache(&api).len(),
+        first,
+        "repeated DELs called the API"
+    );
+    assert_eq!(node.tombstones("cache"), vec!["migrated".to_string()]);
+    let inspect = node.sh(
+        None,
+        &[
+            &testbed::attache_bin().display().to_string(),
+            "inspect",
+            "--cache-dir",
+            &node.path("cache").display().to_string(),
+            "--netns-dir",
+            &netns_dir.display().to_string(),
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains("FOREIGN"));
+
+    // A definition with an empty config names a configuration in confDir; the server takes "".
+    let nad = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "ondisk", "namespace": NS}, "spec": {"config": ""}});
+    let out = api.apply(&nad.to_string(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        api.get(&["network-attachment-definitions", "-n", NS, "ondisk"])["spec"]["config"],
+        ""
+    );
+    std::fs::create_dir_all(node.path("net.d")).unwrap();
+    std::fs::write(
+        node.path("net.d/ondisk.conf"),
+        json!({"cniVersion": "1.0.0", "name": "ondisk",
+        "type": "bridge", "bridge": "br-ondisk",
+        "ipam": {"type": "host-local", "subnet": "10.43.0.0/24", "dataDir": ipam}})
+        .to_string(),
+    )
+    .unwrap();
+    conf["confDir"] = json!(node.path("net.d"));
+    // A pod deleted (force-deleted, evicted) before its DEL: the normal life of a pod, no warning.
+    create_pod(&api, "gone", "ondisk");
+    let uid = uid_of(&api, "gone");
+    let netns2 = node.pod();
+    cni(&node, "ADD", "gone", &netns2, &uid, &conf).ok();
+    assert_eq!(
+        node.addrs(Some(&netns2), "net1").len(),
+        1,
+        "ondisk from confDir"
+    );
+    assert!(node.tombstones("cache").contains(&"migrated".to_string()));
+    api.must(&[
+        "delete",
+        "pod",
+        "-n",
+        NS,
+        "gone",
+        "--grace-period=0",
+        "--force",
+    ]);
+    assert_eq!(cni(&node, "DEL", "gone", &netns2, &uid, &conf).exit, 0);
+    assert_eq!(node.links(Some(&netns2)), vec!["lo".to_string()]);
+    assert!(warnings(&node).is_empty(), "{:?}", warnings(&node));
+    let after = requests_by_attache(&api).len();
+    assert_eq!(cni(&node, "DEL", "gone", &netns2, &uid, &conf).exit, 0);
+    assert_eq!(requests_by_attache(&api).len(), after);
+
+    // A token that cannot be sent is named as the problem.
+    std::fs::write(kubeconfig.with_extension("token"), "abc\u{1}def\n").unwrap();
+    create_pod(&api, "badtoken", "ondisk");
+    let uid = uid_of(&api, "badtoken");
+    let e = cni(&node, "ADD", "badtoken", &netns2, &uid, &conf);
+    assert_ne!(e.exit, 0);
+    let msg = e.json()["msg"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("token")
+            && msg.contains(&kubeconfig.with_extension("token").display().to_string()),
+        "{msg}"
+    );
+    assert_eq!(node.links(Some(&netns2)), vec!["lo".to_string()]);
+}

@@ -392,13 +392,14 @@ impl Node {
     }
 
     /// Files under a folder of the node's private dir (recursively), relative names, sorted; attache's
-    /// host-local index (`<dataDir>/.attache/`, a cache of what the folders say) is left out.
+    /// host-local index (`<dataDir>/.attache/`, a cache of what the folders say) and its DEL tombstones
+    /// (`<cacheDir>/.deleted/`, which DELs are done) are left out: [`Node::tombstones`] lists those.
     pub fn files(&self, rel: &str) -> Vec<String> {
         fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
             if let Ok(rd) = std::fs::read_dir(d) {
                 for e in rd.flatten() {
                     let p = e.path();
-                    if e.file_name() == ".attache" {
+                    if e.file_name() == ".attache" || e.file_name() == ".deleted" {
                         continue;
                     }
                     if p.is_dir() {
@@ -412,6 +413,22 @@ impl Node {
         let base = self.dir.join(rel);
         let mut out = Vec::new();
         walk(&base, &base, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Node {
+    /// The container IDs with a DEL tombstone in `<node>/<cache>/.deleted/`.
+    pub fn tombstones(&self, cache: &str) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.dir.join(cache).join(".deleted"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
         out.sort();
         out
     }

@@ -513,7 +513,7 @@ impl AddCtx<'_> {
                     }
                     match self.node.link(host).await? {
                         Some(l) if l.kind.as_deref() == Some("veth") => {
-                            self.node.del_link(host).await?
+                            self.node.del_link(host).await?;
                         }
                         _ => return Err(e.context(format!("host interface name {host} is taken"))),
                     }
@@ -648,15 +648,23 @@ async fn del(args: &CmdArgs, conf: &NetConf, td: &Teardown) -> Result<()> {
         _ => td.ipam.held(args).unwrap_or_default(),
     };
     let host = host_veth_name(&args.container_id, &args.ifname);
-    // The link goes first: an address is released only once no interface can hold it any more.
+    // The link goes first, by its name in the pod as the reference deletes it (whoever made it: a pod
+    // attached by another plugin has no name attache derives): an address is released only once no
+    // interface can hold it any more.
     let link_gone = match args.netns.as_deref().map(crate::netns::NetNs::open) {
         // Deleting either end of a veth deletes both.
-        Some(Ok(pod)) => Netlink::connect(Some(&pod))?.del_link(&args.ifname).await,
+        Some(Ok(pod)) => Netlink::connect(Some(&pod))?
+            .del_link(&args.ifname)
+            .await
+            .inspect(|deleted| super::log_deleted(*deleted, &args.ifname, "the pod")),
         // No netns (gone, or never given): the pod end went with it; a host end may be left.
-        _ => Netlink::connect(None)?.del_link(&host).await,
+        _ => Netlink::connect(None)?
+            .del_link(&host)
+            .await
+            .inspect(|deleted| super::log_deleted(*deleted, &host, "the node")),
     };
     match link_gone {
-        Ok(()) => {
+        Ok(_) => {
             if let Err(e) = td.ipam.del(args, conf).await {
                 errors.push(e);
             }

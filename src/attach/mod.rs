@@ -83,6 +83,14 @@ pub fn sandbox(args: &CmdArgs) -> String {
         .unwrap_or_default()
 }
 
+/// DEL's account of a link it looked for: what was actually deleted, or that nothing was there.
+pub fn log_deleted(deleted: bool, name: &str, place: &str) {
+    match deleted {
+        true => tracing::debug!("deleted {name} in {place}"),
+        false => tracing::debug!("{name} was not in {place}: nothing to delete"),
+    }
+}
+
 /// Open the pod's netns named by `CNI_NETNS` (code 8 if it is not one).
 pub fn pod_netns(args: &CmdArgs) -> Result<NetNs> {
     let p = args

@@ -367,6 +367,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, ipam: &Ipam) -> Result<()> {
         Netlink::connect(Some(&pod))?
             .del_link(&args.ifname)
             .await
+            .map(|deleted| super::log_deleted(deleted, &args.ifname, "the pod"))
             .map_err(|e| {
                 e.context(format!(
                     "deleting {}; its addresses stay reserved until a DEL succeeds",

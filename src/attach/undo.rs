@@ -31,7 +31,7 @@ pub async fn rollback(undo: Vec<Undo>, args: &CmdArgs, conf: &NetConf, ipam: &cr
         let (what, r) = match &u {
             Undo::Link { netns, name } => {
                 let r = match Netlink::connect(netns.as_ref()) {
-                    Ok(nl) => nl.del_link(name).await,
+                    Ok(nl) => nl.del_link(name).await.map(drop),
                     Err(e) => Err(e),
                 };
                 link_left |= r.is_err();

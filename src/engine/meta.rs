@@ -114,7 +114,7 @@ async fn add(
         }
         // A previous ADD died half-way: finish undoing it before starting again.
         tracing::warn!("found an incomplete record from an interrupted ADD; tearing it down first");
-        teardown(args, ac, store, &old).await?;
+        teardown(args, ac, store, &old, false).await?;
     }
     let t = std::time::Instant::now();
     let planned = plan::plan(args, conf, ac, Purpose::Add).await?;
@@ -132,6 +132,9 @@ async fn add(
     let mut rec = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
     rec.network = conf.name.clone();
     rec.pod = planned.pod_ref();
+    // A container ID's earlier DEL left a tombstone: this ADD makes state again (podman restarts a
+    // container under its ID), so the next DEL must tear it down.
+    store.unbury(&args.container_id)?;
     rec.attachments = planned.attachments;
     store.save(&rec)?;
 
@@ -227,7 +230,7 @@ async fn rollback(args: &CmdArgs, ac: &AttacheConf, store: &RecordStore, rec: &P
         .iter()
         .map(|a| format!("{} ({})", a.network, a.ifname))
         .collect();
-    match teardown(args, ac, store, rec).await {
+    match teardown(args, ac, store, rec, false).await {
         Ok(()) => tracing::debug!(?undone, "rollback after failed ADD: undone"),
         Err(e) => tracing::error!("rollback after failed ADD left something behind: {e}"),
     }
@@ -304,7 +307,16 @@ pub fn network_status(rec: &PodRecord) -> Vec<NetworkStatus> {
 }
 
 async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStore) -> Result<()> {
-    let (rec, from_record) = match store.load(&args.container_id, &args.ifname) {
+    let loaded = store.load(&args.container_id, &args.ifname);
+    // The runtime sends several DELs per pod (the kubelet and containerd 4-5): once one has finished,
+    // the ones that follow have nothing to do, and no API call to make.
+    if matches!(loaded, Ok(None)) && store.is_buried(&args.container_id, &args.ifname) {
+        tracing::debug!("DEL of an attachment whose DEL already finished: nothing to do");
+        return Ok(());
+    }
+    // What a teardown plan had to skip (the API down, the pod gone): it may not name all there was.
+    let skipped = std::cell::Cell::new(0);
+    let (rec, from_record) = match loaded {
         Ok(Some(r)) => {
             tracing::debug!(
                 attachments = r.attachments.len(),
@@ -312,23 +324,37 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
             );
             (r, true)
         }
-        // No record: ADD never got to write one, its DEL already finished, or it was lost. Either way
-        // the configuration and the pod's annotations say what could be there: tear that down.
-        Ok(None) => (replan(args, conf, ac, "no record").await, false),
+        // No record: ADD never got to write one, its DEL already finished, or it was lost — or another
+        // plugin (Multus) attached the pod before attache took over. Either way the configuration and
+        // the pod's annotations say what could be there: tear that down.
+        Ok(None) => (replan(args, conf, ac, "no record", &skipped).await, false),
         Err(e) => (
-            replan(args, conf, ac, &format!("unreadable record ({e})")).await,
+            replan(
+                args,
+                conf,
+                ac,
+                &format!("unreadable record ({e})"),
+                &skipped,
+            )
+            .await,
             false,
         ),
     };
     // The pod's networks are going: its network-status annotation goes too, when the API answers (never
-    // failing DEL), at the same time as the teardown — they are independent.
+    // failing DEL), at the same time as the teardown — they are independent. Without a record, only a
+    // pod the runtime names by UID: the patch is conditioned on it, so a pod of the same name that
+    // replaced it keeps its annotation.
+    let pod = match from_record {
+        true => rec.pod.clone(),
+        false => pod_by_uid(args),
+    };
     let clear = async {
-        if let (true, Some(kc), Some(pod)) = (from_record, ac.kubeconfig.as_deref(), &rec.pod) {
+        if let (Some(kc), Some(pod)) = (ac.kubeconfig.as_deref(), &pod) {
             clear_network_status(kc, ac.api_timeout, pod).await;
         }
     };
     // (The record's removal takes killed writers' temporaries with it.)
-    let (torn, ()) = tokio::join!(teardown(args, ac, store, &rec), clear);
+    let (torn, ()) = tokio::join!(teardown(args, ac, store, &rec, !from_record), clear);
     let mut errors: Vec<Error> = torn.err().into_iter().collect();
     // Without a record nothing says the configuration still describes every network the pod had: what
     // is labelled as the container's on the node goes too. (With one, the record names every link.)
@@ -344,7 +370,36 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
             Err(e) => errors.push(e.context("deleting the container's node links by alias")),
         }
     }
-    Error::from_list(errors)
+    let done = Error::from_list(errors);
+    if done.is_ok() {
+        match skipped.get() {
+            0 => {
+                if let Err(e) = store.bury(&args.container_id, &args.ifname) {
+                    tracing::warn!("DEL finished, but the next DEL will plan again: {e}");
+                }
+            }
+            n => tracing::debug!(
+                "DEL skipped {n} part{} of its plan: the next DEL plans again",
+                if n == 1 { "" } else { "s" }
+            ),
+        }
+    }
+    done
+}
+
+/// The pod the runtime names in `CNI_ARGS`, if it gives its UID too.
+fn pod_by_uid(args: &CmdArgs) -> Option<PodRef> {
+    let get = |k| {
+        args.args
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    Some(PodRef {
+        namespace: get("K8S_POD_NAMESPACE")?,
+        name: get("K8S_POD_NAME")?,
+        uid: get("K8S_POD_UID")?,
+    })
 }
 
 /// Remove the pod's network-status annotation under one API deadline; a failure is logged, not returned.
@@ -370,13 +425,20 @@ async fn clear_network_status(kubeconfig: &Path, timeout: std::time::Duration, p
 
 /// DEL without a usable record: plan the pod again from the configuration and its annotations, as
 /// Multus does, taking what can be resolved (the runtime's prevResult is the cluster network's result).
-async fn replan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, why: &str) -> PodRecord {
+async fn replan(
+    args: &CmdArgs,
+    conf: &NetConf,
+    ac: &AttacheConf,
+    why: &str,
+    skipped: &std::cell::Cell<usize>,
+) -> PodRecord {
     tracing::info!("DEL with {why}: tearing down what the configuration and annotations describe");
     let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
     r.network = conf.name.clone();
-    match plan::plan(args, conf, ac, Purpose::Teardown).await {
+    match plan::plan(args, conf, ac, Purpose::Teardown(skipped)).await {
         Ok(p) => r.attachments = p.attachments,
         Err(e) => {
+            skipped.set(skipped.get() + 1);
             tracing::warn!("DEL could not plan the pod ({e}): nothing from the configuration")
         }
     }
@@ -393,12 +455,15 @@ async fn replan(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, why: &str) -> 
 }
 
 /// Tear down every attachment of a record, newest first, collecting errors; the record goes only when all
-/// succeeded, so a retried DEL can finish the job.
+/// succeeded, so a retried DEL can finish the job. `replanned`: the record is a teardown plan, not what
+/// an ADD of attache made, so the pod's interfaces may be another plugin's (Multus attached the pod):
+/// each driver looks for its own by name in the pod, whatever the link group removed.
 async fn teardown(
     args: &CmdArgs,
     ac: &AttacheConf,
     store: &RecordStore,
     rec: &PodRecord,
+    replanned: bool,
 ) -> Result<()> {
     let (grouped, others): (Vec<&AttachmentRecord>, Vec<&AttachmentRecord>) =
         rec.attachments.iter().partition(|a| a.link_group.is_some());
@@ -417,7 +482,7 @@ async fn teardown(
         {
             let group = super::pod::link_group(&rec.container_id, &rec.ifname);
             match super::pod::delete_link_group(ns, group).await {
-                Ok(()) => gone = true,
+                Ok(()) => gone = !replanned,
                 Err(e) => tracing::warn!(
                     "deleting the pod's interfaces as a group: {e}; deleting them one by one"
                 ),
@@ -434,6 +499,30 @@ async fn teardown(
         tracing::warn!("DEL keeps the record: something is left for a retried DEL");
     }
     Error::from_list(errors)
+}
+
+/// Tear down a record no runtime will DEL any more (`attache inspect --gc`): what DEL does with it when
+/// the pod's netns is gone — its plugins' DELs without a netns, its node links, its addresses — then the
+/// record goes and a tombstone stays. No API call: the pod is gone. `cni_path` is where delegated
+/// plugins are found besides the configuration's `binDir`.
+pub async fn teardown_orphan(
+    ac: &AttacheConf,
+    store: &RecordStore,
+    rec: &PodRecord,
+    cni_path: &[std::path::PathBuf],
+) -> Result<()> {
+    let args = CmdArgs {
+        command: Command::Del,
+        container_id: rec.container_id.clone(),
+        netns: None,
+        netns_ignored: Some("attache inspect --gc: the pod's netns is gone".into()),
+        nothing_to_do: None,
+        ifname: rec.ifname.clone(),
+        args: Default::default(),
+        path: cni_path.to_vec(),
+    };
+    teardown(&args, ac, store, rec, false).await?;
+    store.bury(&rec.container_id, &rec.ifname)
 }
 
 /// DEL the given attachments, newest first, collecting errors.
@@ -554,13 +643,22 @@ async fn gc(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordStor
         stale.netns = rec.netns.clone().filter(|p| {
             NetNs::open(p).is_ok_and(|ns| NetNs::current().is_ok_and(|me| !ns.same_as(&me)))
         });
-        if let Err(e) = teardown(&stale, ac, store, &rec).await {
+        if let Err(e) = teardown(&stale, ac, store, &rec, false).await {
             errors.push(e);
         }
     }
     for c in store.containers() {
         store.remove_temporaries(&c, None);
         let _ = std::fs::remove_dir(store.dir().join(&c));
+    }
+    // The runtime no longer knows these containers: no DEL of them is coming. (A tombstone does not
+    // name its network: another network's is forgotten too, and its next DEL, if any, plans again.)
+    let listed: std::collections::HashSet<&str> = keep.iter().map(|(id, _)| id.as_str()).collect();
+    let forgotten = store.sweep_tombstones(|id, _| !listed.contains(id));
+    if forgotten > 0 {
+        tracing::debug!(
+            "GC forgot {forgotten} tombstone(s) of containers the runtime no longer lists"
+        );
     }
     match ac.cluster_network(&conf.cni_version) {
         Ok(cluster) => {

@@ -1,6 +1,7 @@
 //! The engine: what a validated CNI invocation does. `"type": "attache"` runs the meta-plugin (plan the
 //! pod's attachments, run them in order, roll back on failure, keep a record, tear down from it); a type
-//! attache implements natively runs that driver directly (drop-in mode); anything else is refused.
+//! attache implements natively runs that driver directly (drop-in mode); installed as `attache-ipam` it is
+//! the cluster-wide IPAM plugin; anything else is refused.
 
 pub mod chain;
 pub mod config;
@@ -19,8 +20,8 @@ use crate::metrics::{Outcome, Recorded, Sample};
 
 /// The plugin behind the real binary. `invoked_as` is the binary's file name: installed as `bridge`
 /// (a symlink), attache behaves as that plugin whatever `type` says, as the reference plugin would;
-/// installed as `attache` it runs what `type` names (the meta-plugin or a native type); under any other
-/// name it refuses to run, so that no configuration can make it exec itself in a role it does not have.
+/// installed as `attache` it runs what `type` names (the meta-plugin or a native type); installed as
+/// `attache-ipam`, the cluster IPAM plugin; under any other name it refuses to run, so that no configuration can make it exec itself in a role it does not have.
 pub struct Engine {
     pub invoked_as: String,
     /// How many attache processes exec'd this one (`ATTACHE_EXEC_DEPTH`).
@@ -157,6 +158,17 @@ async fn run_ipam(args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
 
 impl Plugin for Engine {
     fn run(&self, args: &CmdArgs, conf: NetConf) -> Result<Option<Value>> {
+        if let Some(why) = &args.nothing_to_do {
+            let (log_file, log_level) = config::logging_of(&conf);
+            init_logging(log_file.as_deref(), log_level);
+            tracing::info!(
+                command = args.command.as_str(),
+                ifname = %args.ifname,
+                network = %conf.name,
+                "nothing to tear down, answering success: {why}"
+            );
+            return Ok(None);
+        }
         if self.invoked_as == crate::ipam::cluster::TYPE {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
@@ -209,8 +221,8 @@ impl Plugin for Engine {
         };
         match crate::metrics::record(dir, &sample) {
             Ok(Recorded::Written) => {}
-            Ok(Recorded::Skipped) => tracing::warn!(
-                "metrics: {} was locked by another invocation for {:?}; this one is counted as skipped",
+            Ok(Recorded::Pending) => tracing::debug!(
+                "metrics: {} was locked by another invocation for {:?}; this one's sample is pending, for it to count",
                 dir.display(),
                 crate::metrics::LOCK_WAIT
             ),

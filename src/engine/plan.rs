@@ -23,11 +23,12 @@ use crate::k8s::api::{KubeApi, PodInfo};
 use crate::k8s::nad::{Nad, load_folder};
 
 /// What a plan is for. ADD refuses anything wrong before touching anything; a teardown (DEL without a
-/// readable record) takes whatever it can still resolve and skips the rest, saying why in the log.
+/// readable record) takes whatever it can still resolve and skips the rest, saying why in the log and
+/// counting the skips (a plan that skipped something may not describe all the pod had).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purpose {
+pub enum Purpose<'a> {
     Add,
-    Teardown,
+    Teardown(&'a std::cell::Cell<usize>),
 }
 
 /// The outcome of planning.
@@ -42,11 +43,12 @@ pub struct Plan {
 }
 
 /// In a teardown plan, an error skips one item instead of failing the plan.
-fn skip_or_fail<T>(purpose: Purpose, what: &str, r: Result<T>) -> Result<Option<T>> {
+fn skip_or_fail<T>(purpose: Purpose<'_>, what: &str, r: Result<T>) -> Result<Option<T>> {
     match (r, purpose) {
         (Ok(v), _) => Ok(Some(v)),
         (Err(e), Purpose::Add) => Err(e),
-        (Err(e), Purpose::Teardown) => {
+        (Err(e), Purpose::Teardown(skipped)) => {
+            skipped.set(skipped.get() + 1);
             tracing::info!("DEL skips {what}: {e}");
             Ok(None)
         }
@@ -78,7 +80,7 @@ fn runnable(
     ifname: &str,
     runtime: &Map<String, Value>,
     what: &str,
-    purpose: Purpose,
+    purpose: Purpose<'_>,
 ) -> Result<(Vec<Option<Checked>>, Option<u32>)> {
     let path = ac.search_path(&args.path);
     let group = list
@@ -102,7 +104,7 @@ pub fn cluster(
     args: &CmdArgs,
     conf: &NetConf,
     ac: &AttacheConf,
-    purpose: Purpose,
+    purpose: Purpose<'_>,
 ) -> Result<(AttachmentRecord, Vec<Option<Checked>>)> {
     let cluster = ac.cluster_network(&conf.cni_version)?;
     let runtime = normalize_runtime_config(conf.runtime_config());
@@ -137,7 +139,7 @@ pub async fn plan(
     args: &CmdArgs,
     conf: &NetConf,
     ac: &AttacheConf,
-    purpose: Purpose,
+    purpose: Purpose<'_>,
 ) -> Result<Plan> {
     let mut plan = Plan {
         attachments: Vec::new(),
@@ -223,7 +225,7 @@ async fn pod_info(
     api: Option<&KubeApi>,
     ns: &str,
     name: &str,
-    purpose: Purpose,
+    purpose: Purpose<'_>,
 ) -> Result<Option<PodInfo>> {
     let uid = args.args.get("K8S_POD_UID").unwrap_or_default().to_string();
     let from_runtime = conf
@@ -264,10 +266,17 @@ async fn pod_info(
                     }
                     Ok(Some(p))
                 }
-                None => {
-                    tracing::warn!(pod = %format!("{ns}/{name}"), "pod not found in the API: cluster network only");
-                    Ok(None)
-                }
+                None => match purpose {
+                    Purpose::Add => {
+                        tracing::warn!(pod = %format!("{ns}/{name}"), "pod not found in the API: cluster network only");
+                        Ok(None)
+                    }
+                    // A pod deleted before its DEL is the normal life of a pod; but its annotations
+                    // are unknown, so this plan may not name every network it had.
+                    Purpose::Teardown(_) => Err(Error::TryAgain(format!(
+                        "pod {ns}/{name} is not in the API any more, so its networks annotation is unknown"
+                    ))),
+                },
             });
             Ok(skip_or_fail(purpose, "the pod's networks", got)?.flatten())
         }
@@ -282,7 +291,7 @@ async fn pod_info(
 
 /// The networks a pod gets besides the cluster network: `defaultNetworks`, then what its networks
 /// annotation selects — each checked against namespace isolation.
-fn selections_of(ac: &AttacheConf, pod: &PodInfo, purpose: Purpose) -> Result<Vec<Selection>> {
+fn selections_of(ac: &AttacheConf, pod: &PodInfo, purpose: Purpose<'_>) -> Result<Vec<Selection>> {
     let (ns, name) = (&pod.namespace, &pod.name);
     let mut selections = default_selections(ac);
     let Some(value) = pod.annotations.get(NETWORKS) else {
@@ -449,7 +458,7 @@ async fn add_selections(
     pod_ns: &str,
     selections: Vec<Selection>,
     resolver: &mut Resolver<'_>,
-    purpose: Purpose,
+    purpose: Purpose<'_>,
 ) -> Result<()> {
     if selections.len() > ac.max_attachments {
         let e = Error::config(format!(
@@ -510,7 +519,7 @@ async fn attachment_for(
     s: Selection,
     resolver: &mut Resolver<'_>,
     ctx: &mut SelectionCtx,
-    purpose: Purpose,
+    purpose: Purpose<'_>,
 ) -> Result<(AttachmentRecord, Vec<Option<Checked>>)> {
     let ns = s.namespace.clone().unwrap_or_else(|| pod_ns.to_string());
     let nad = resolver.nad(&ns, &s.name).await?;

@@ -5,6 +5,12 @@
 //! a DEL never needs the configuration that was current at ADD time, an API server, or the netns.
 //!
 //! Layout: `<cacheDir>/<containerID>/<ifname>.json`, written atomically (temporary file + rename).
+//!
+//! A DEL that finished leaves a tombstone, `<cacheDir>/.deleted/<containerID>`: one line per interface
+//! whose DEL is done. The runtime's later DELs of it (the kubelet and containerd send 4-5 per pod) then
+//! have nothing to do and make no API call. An ADD of the container ID removes it; GC removes those of
+//! containers the runtime no longer lists, and any DEL that writes one removes those older than
+//! [`TOMBSTONE_AGE`] (at most once per [`TOMBSTONE_SWEEP`]).
 
 use std::path::{Path, PathBuf};
 
@@ -300,6 +306,7 @@ impl RecordStore {
                 Ok(rd) => rd
                     .flatten()
                     .filter(|c| c.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter(|c| !c.file_name().as_encoded_bytes().starts_with(b"."))
                     .map(|c| c.path())
                     .collect(),
                 Err(_) => return out,
@@ -349,9 +356,97 @@ impl RecordStore {
                 rd.flatten()
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                     .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| !n.starts_with('.')) // the tombstones: no container ID starts so
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// The folder of tombstones in cacheDir: a dot name, which no container ID has.
+pub const TOMBSTONES: &str = ".deleted";
+/// How long a tombstone answers the DELs that follow the one that finished.
+pub const TOMBSTONE_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often a DEL looks for tombstones older than [`TOMBSTONE_AGE`].
+pub const TOMBSTONE_SWEEP: std::time::Duration = std::time::Duration::from_secs(600);
+/// The stamp of the last sweep, in the tombstones' folder.
+const SWEPT: &str = ".swept";
+/// The largest tombstone read: a line per interface of one container.
+const MAX_TOMBSTONE: u64 = 64 << 10;
+
+impl RecordStore {
+    fn tombstone(&self, container_id: &str) -> PathBuf {
+        self.dir.join(TOMBSTONES).join(container_id)
+    }
+
+    /// Whether a DEL of `(container_id, ifname)` finished since the container's last ADD.
+    pub fn is_buried(&self, container_id: &str, ifname: &str) -> bool {
+        read_bounded(&self.tombstone(container_id), MAX_TOMBSTONE)
+            .is_ok_and(|b| b.split(|c| *c == b'\n').any(|l| l == ifname.as_bytes()))
+    }
+
+    /// Note that the DEL of `(container_id, ifname)` finished; now and then, forget old tombstones.
+    pub fn bury(&self, container_id: &str, ifname: &str) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.dir.join(TOMBSTONES);
+        ensure_real_dir(&dir)?;
+        let p = self.tombstone(container_id);
+        // One short append is one write: concurrent DELs of a container's interfaces do not mix lines.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(&p)
+            .and_then(|mut f| f.write_all(format!("{ifname}\n").as_bytes()))
+            .map_err(|e| Error::io(format!("writing the tombstone {}", p.display()), e))?;
+        let swept = dir.join(SWEPT);
+        let due = std::fs::symlink_metadata(&swept)
+            .and_then(|m| m.modified())
+            .map_or(true, |t| t.elapsed().map_or(true, |e| e >= TOMBSTONE_SWEEP));
+        if due {
+            let _ = std::fs::remove_file(&swept);
+            let _ = write_new(&swept, b"", 0o600);
+            let n = self.sweep_tombstones(|_, age| age >= TOMBSTONE_AGE);
+            if n > 0 {
+                tracing::debug!("forgot {n} tombstone(s) older than {TOMBSTONE_AGE:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// ADD: the container makes state again, and its next DEL must tear it down.
+    pub fn unbury(&self, container_id: &str) -> Result<()> {
+        let p = self.tombstone(container_id);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(
+                format!("removing the tombstone {}", p.display()),
+                e,
+            )),
+        }
+    }
+
+    /// Remove the tombstones `gone(containerID, age)` picks; how many went.
+    pub fn sweep_tombstones(&self, gone: impl Fn(&str, std::time::Duration) -> bool) -> usize {
+        let Ok(rd) = std::fs::read_dir(self.dir.join(TOMBSTONES)) else {
+            return 0;
+        };
+        rd.flatten()
+            .filter(|e| e.file_name() != SWEPT)
+            .filter(|e| {
+                let age = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                e.file_name().to_str().is_some_and(|id| gone(id, age))
+            })
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
     }
 }
 
@@ -400,6 +495,34 @@ mod tests {
         other["kind"] = json!("somethingElse");
         std::fs::write(d.join("c2").join("eth0.json"), other.to_string()).unwrap();
         assert_eq!(store.load("c2", "eth0").unwrap_err().cni_code(), 5);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn tombstones_answer_repeated_dels_until_an_add_gc_or_their_age() {
+        let d = crate::testutil::tempdir("attache-tombstones");
+        let store = RecordStore::new(&d);
+        assert!(!store.is_buried("c1", "eth0"));
+        store.bury("c1", "eth0").unwrap();
+        store.bury("c1", "net9").unwrap();
+        store.bury("c2", "eth0").unwrap();
+        assert!(store.is_buried("c1", "eth0") && store.is_buried("c1", "net9"));
+        assert!(!store.is_buried("c1", "eth"), "whole lines only");
+        // Tombstones are no containers: GC's sweep and inspect never take them for records.
+        assert!(store.containers().is_empty());
+        assert!(store.entries(None).is_empty());
+        // An ADD of the container makes state again.
+        store.unbury("c1").unwrap();
+        assert!(!store.is_buried("c1", "eth0"));
+        store.unbury("c1").unwrap();
+        // GC forgets what the runtime no longer lists; the age, the old ones.
+        assert_eq!(store.sweep_tombstones(|id, _| id != "c2"), 0);
+        assert_eq!(
+            store.sweep_tombstones(|_, age| age >= std::time::Duration::from_secs(3600)),
+            0
+        );
+        assert_eq!(store.sweep_tombstones(|id, _| id == "c2"), 1);
+        assert!(!store.is_buried("c2", "eth0"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

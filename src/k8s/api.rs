@@ -65,6 +65,43 @@ fn root_message(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// The largest token file read: a service-account token is about 1 KiB.
+const MAX_TOKEN: u64 = 64 << 10;
+
+/// A kubeconfig's (or the service account's) token file, read once for this short-lived process and
+/// trimmed as client-go trims it: `kubectl create token ... > file` ends it in a newline, which the
+/// client would put into the Authorization header and fail every call with "failed to parse header
+/// value". A token that is still no valid header value gets an error naming the file, not a call's.
+fn use_token_file(config: &mut Config) -> Result<()> {
+    let Some(file) = config.auth_info.token_file.clone() else {
+        return Ok(());
+    };
+    if config.auth_info.token.is_some() {
+        return Ok(()); // an inline token takes precedence, as the client would have it
+    }
+    // Not read as a state file: a projected token is a symlink (`..data/token`).
+    let mut bytes = Vec::new();
+    std::fs::File::open(&file)
+        .and_then(|f| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_TOKEN), &mut bytes)
+        })
+        .map_err(|e| Error::config(format!("reading the token file {file}: {e}")))?;
+    let token = String::from_utf8(bytes)
+        .map_err(|_| Error::config(format!("the token file {file} is not text")))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Error::config(format!("the token file {file} is empty")));
+    }
+    if let Some(c) = token.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        return Err(Error::config(format!(
+            "the token in {file} cannot be sent: it contains {c:?}, which no bearer token has (is it the token, whole and alone?)"
+        )));
+    }
+    config.auth_info.token = Some(token.to_string().into());
+    config.auth_info.token_file = None;
+    Ok(())
+}
+
 /// What became of a network-status write.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StatusWrite {
@@ -188,6 +225,7 @@ impl KubeApi {
                 ))
             })?,
         };
+        use_token_file(&mut config)?;
         config.connect_timeout = Some(timeout);
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
@@ -317,7 +355,8 @@ impl KubeApi {
             Ok(Ok(_)) => Ok(StatusWrite::Written),
             // 404: gone; 409 (precondition) or 422 (immutable uid): replaced by another pod.
             Ok(Err(kube::Error::Api(s))) if matches!(s.code, 404 | 409 | 422) => {
-                tracing::warn!(pod = %pod.name, code = s.code, "pod gone or replaced: could not {what} ({})", s.message);
+                // A pod deleted before its DEL (force-deleted, evicted) is the normal life of a pod.
+                tracing::debug!(pod = %pod.name, code = s.code, "pod gone or replaced: could not {what} ({})", s.message);
                 Ok(StatusWrite::PodGone)
             }
             Ok(Err(e)) => Err(self.err(&what, e)),

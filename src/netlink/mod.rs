@@ -540,15 +540,17 @@ impl Netlink {
         )
     }
 
-    /// Delete a link by name. Already gone is success.
-    pub async fn del_link(&self, name: &str) -> Result<()> {
+    /// Delete a link by name: `true` when it was deleted, `false` when it was already gone (success too).
+    pub async fn del_link(&self, name: &str) -> Result<bool> {
         crate::fail::point("netlink.del_link")?;
         let msg = LinkUnspec::new_with_name(name).build();
-        tolerate(
-            self.handle.link().del_with_message(msg).execute().await,
-            format!("delete link {name}"),
-            is_not_found,
-        )
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => match nl(format!("delete link {name}"))(e) {
+                e if is_not_found(&e) => Ok(false),
+                e => Err(e),
+            },
+        }
     }
 
     /// Delete every link of a group in one unregister. None left is success.
