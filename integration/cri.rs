@@ -62,6 +62,12 @@ fn write_definitions(node: &Node) -> PathBuf {
                        "ipam": {"type": "host-local", "subnet": "10.58.0.0/24", "dataDir": ipam}}),
             ),
             (
+                "masq-net",
+                json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-masq", "isGateway": true,
+                       "ipMasq": true,
+                       "ipam": {"type": "host-local", "subnet": "10.59.0.0/24", "dataDir": ipam}}),
+            ),
+            (
                 "bad-subnet",
                 json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-bad",
                        "ipam": {"type": "host-local", "subnet": "10.300.0.0/24", "dataDir": ipam}}),
@@ -377,4 +383,201 @@ fn ctr_run_with_cni_attaches_and_its_del_without_a_netns_leaves_nothing() {
         .collect();
     let left = leftovers(&node, &[id], &addresses);
     assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// `attache ARGS` inside the node netns (its teardowns touch the node's links, never the machine's).
+fn attache_cli(node: &Node, args: &[&str]) -> std::process::Output {
+    let bin = attache_bin().display().to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    node.sh(None, &argv)
+}
+
+/// attache's configuration as `install` would have written it for this node, with `bin_dir`; its path.
+fn installed_conf(node: &Node, bin_dir: &Path) -> String {
+    let mut c = meta_conflist(node, &node.path("networks"));
+    c["plugins"][0]["binDir"] = json!(bin_dir);
+    let p = node.path("00-attache.conflist");
+    std::fs::write(&p, c.to_string()).unwrap();
+    p.display().to_string()
+}
+
+/// host-local's leases under the node's `ipam/`, as `network/ip`.
+fn leases(node: &Node) -> Vec<String> {
+    node.files("ipam")
+        .into_iter()
+        .filter(|f| !f.ends_with("/lock") && !f.contains("last_reserved_ip"))
+        .collect()
+}
+
+fn masq_chains(node: &Node) -> usize {
+    let o = node.sh(None, &["nft", "list", "table", "inet", "attache"]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.trim().starts_with("chain masq-"))
+        .count()
+}
+
+// Issue 19.7: attache taken off a node while a pod is still attached. `uninstall` refuses and says to
+// drain first; forced, containerd's DEL goes to the cluster network alone and the secondary network's
+// lease, record and masquerade chain stay. `inspect --gc` then tears the record down as DEL would — once
+// the CRI no longer lists the sandbox (a stopped one may still get its DEL) or, where no CRI answers,
+// once the record is older than --older-than.
+#[test]
+fn uninstall_refuses_with_pods_attached_and_inspect_gc_tears_down_what_no_runtime_will_del() {
+    let bed = meta_bed("cri-uninst");
+    let node = &bed.node;
+    let pod = PodSpec::new("web").networks("masq-net");
+    let id = bed.ctrd.run_pod(&pod).expect("RunPodSandbox");
+    assert_eq!(leases(node).len(), 2, "{:?}", leases(node));
+    assert_eq!(masq_chains(node), 1);
+
+    let cache = node.path("cache").display().to_string();
+    let (bin, conf) = (node.path("host-bin"), node.path("host-net.d"));
+    for d in [&bin, &conf] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let uninstall = |force: bool| {
+        let mut a = vec![
+            "uninstall".to_string(),
+            format!("--bin-dir={}", bin.display()),
+            format!("--conf-dir={}", conf.display()),
+            format!("--cache-dir={cache}"),
+        ];
+        if force {
+            a.push("--force".into());
+        }
+        attache_cli(node, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let refused = uninstall(false);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("default/web") && said.contains("Drain the node"),
+        "{said}"
+    );
+    assert!(uninstall(true).status.success());
+
+    // What uninstall does to the runtime: containerd's configuration is the cluster network alone.
+    let cluster_only = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [
+        {"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.77.0.0/24",
+                                 "dataDir": node.path("ipam"), "routes": [{"dst": "0.0.0.0/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": true}}]});
+    std::fs::write(
+        bed.ctrd.conf_dir.join("10-test.conflist"),
+        cluster_only.to_string(),
+    )
+    .unwrap();
+    let reloaded = testbed::eventually(30, || {
+        bed.ctrd
+            .status()
+            .is_ok_and(|s| !s.to_string().contains("attache.log"))
+    });
+    assert!(reloaded, "containerd kept attache's configuration");
+    bed.ctrd.stop_pod(&id).expect("StopPodSandbox");
+    let stranded = leases(node);
+    assert_eq!(
+        stranded.len(),
+        1,
+        "the secondary's lease stays: {stranded:?}"
+    );
+    assert!(stranded[0].starts_with("masq-net/"), "{stranded:?}");
+    assert_eq!(node.files("cache").len(), 1, "the record stays");
+    assert_eq!(masq_chains(node), 1);
+
+    // The configuration attache was installed with, as inspect reads it: cacheDir, and binDir for the
+    // cluster network's plugin, whose DEL the teardown runs.
+    let installed = installed_conf(node, &bed.ctrd.bin_dir);
+    let socket = bed.ctrd.socket.display().to_string();
+    let gc = || {
+        let out = attache_cli(
+            node,
+            &[
+                "inspect",
+                "--conf",
+                &installed,
+                "--gc",
+                "--yes",
+                "--cri-socket",
+                &socket,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Stopped, the sandbox is still listed: its removal may still send a DEL.
+    let kept = gc();
+    assert!(
+        kept.contains("left alone") && kept.contains("lists 1 sandbox"),
+        "{kept}"
+    );
+    assert_eq!(node.files("cache").len(), 1);
+    bed.ctrd.remove_pod(&id).expect("RemovePodSandbox");
+    let torn = gc();
+    assert!(torn.contains("tore down default/web"), "{torn}");
+    assert!(node.files("cache").is_empty(), "{:?}", node.files("cache"));
+    assert!(leases(node).is_empty(), "{:?}", leases(node));
+    assert_eq!(masq_chains(node), 0);
+    let veths: Vec<String> = node
+        .links(None)
+        .into_iter()
+        .filter(|l| l.starts_with("veth"))
+        .collect();
+    assert!(veths.is_empty(), "{veths:?}");
+
+    // Where no CRI answers (podman, ctr): the operator's age.
+    let mut node2 = Node::new("cri-uninst-age");
+    let netns = node2.pod();
+    let plugin = meta_conflist(&node2, &write_definitions(&node2))["plugins"][0].clone();
+    let mut meta = plugin;
+    meta["cniVersion"] = json!("1.0.0");
+    meta["name"] = json!("attache");
+    meta["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations":
+        {"k8s.v1.cni.cncf.io/networks": "masq-net"}});
+    let mut call = node2.call("ADD", "noruntime1", &netns, "eth0");
+    call.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=plain";
+    node2.exec(&call, &meta).ok();
+    assert_eq!(leases(&node2).len(), 2);
+    node2.delete_pod(&netns);
+    let installed = installed_conf(&node2, Path::new(REFERENCE_DIR));
+    let out = attache_cli(
+        &node2,
+        &[
+            "inspect",
+            "--conf",
+            &installed,
+            "--gc",
+            "--yes",
+            "--cri-socket",
+            "/nonexistent.sock",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no --older-than"));
+    assert_eq!(node2.files("cache").len(), 1, "kept without an age");
+    let out = attache_cli(
+        &node2,
+        &[
+            "inspect",
+            "--conf",
+            &installed,
+            "--gc",
+            "--yes",
+            "--cri-socket",
+            "/nonexistent.sock",
+            "--older-than",
+            "0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(node2.files("cache").is_empty());
+    assert!(leases(&node2).is_empty(), "{:?}", leases(&node2));
+    assert_eq!(masq_chains(&node2), 0);
 }

@@ -23,6 +23,7 @@
 pub mod attach;
 pub mod cli;
 pub mod cni;
+pub mod cri;
 pub mod delegate;
 pub mod engine;
 pub mod error;

@@ -1,10 +1,12 @@
 //! `attache inspect`: what attache has done on this node, read from its records in cacheDir — one row per
 //! attachment; the host-local pools those attachments use, with every allocation and whether a record
-//! names it; records whose netns is gone; unreadable records. `--gc` releases the leaked addresses.
+//! names it; records whose netns is gone; unreadable records. `--gc` releases the leaked addresses, and
+//! tears down the records whose netns is gone that no runtime will DEL any more.
 //!
 //! Nothing is changed without `--gc`, and nothing is created: the pools are read without host-local's
-//! lock (a snapshot), and every release is re-checked under the lock. Records are never removed here —
-//! tearing a pod down is the runtime's DEL or GC.
+//! lock (a snapshot), and every release is re-checked under the lock. A record is torn down here only
+//! when its netns is gone and the runtime's CRI does not list its sandbox (or, with no CRI to ask, it is
+//! older than `--older-than`): the same teardown DEL does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Read, Write};
@@ -35,8 +37,11 @@ cacheDir names. Only a network whose addresses attache alone hands out can leak:
 and in any network whose plugin attache execs, an address attache did not record may belong to a pod \
 attached before attache was installed: it is listed as \"not recorded by attache\" and never released.\n\n\
 --gc releases the leaks (after asking on stderr, unless --yes), each under host-local's lock and only if \
-its file still names the same container and interface and no record names it by then. Records whose netns \
-is gone are reported, not removed: the runtime's DEL or GC tears them down.\n\n\
+its file still names the same container and interface and no record names it by then. A record whose netns \
+is gone is torn down as DEL would (its plugins' DELs, node links, addresses) when no runtime will DEL it \
+any more: the runtime's CRI (--cri-socket, by default containerd's or CRI-O's socket when present) does not \
+list its sandbox; where no CRI answers, when it is older than --older-than seconds. Otherwise it is \
+reported and left to the runtime's DEL or GC.\n\n\
 Leaks are judged against one cacheDir: where attache configurations with different cacheDirs share a \
 network, inspect them all before --gc.";
 
@@ -64,6 +69,115 @@ pub struct InspectArgs {
     /// With --gc: do not ask.
     #[arg(long, requires = "gc")]
     pub yes: bool,
+    /// With --gc: the runtime's CRI socket, asked which pod sandboxes it still has [default:
+    /// /run/containerd/containerd.sock, else /var/run/crio/crio.sock, when present].
+    #[arg(long, requires = "gc")]
+    pub cri_socket: Option<PathBuf>,
+    /// With --gc, where no CRI answers: tear down records whose netns is gone once they are this many
+    /// seconds old (a runtime without CNI GC never sends their DEL after attache was taken off).
+    #[arg(long, requires = "gc")]
+    pub older_than: Option<u64>,
+    /// Where the runtime keeps pods' network namespaces: those no record names are shown as foreign.
+    #[arg(long, default_value = "/run/netns")]
+    pub netns_dir: PathBuf,
+}
+
+/// The network namespaces in `dir` that no record of `report` names, with their interfaces (`lo` aside);
+/// those with none are left out. Read only.
+fn foreign_netns(dir: &Path, report: &Report) -> Vec<ForeignNetns> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let records = RecordStore::new(&report.cache_dir);
+    let named: Vec<NetNs> = records
+        .list()
+        .iter()
+        .filter_map(|r| r.netns.as_deref())
+        .filter_map(|p| NetNs::open(p).ok())
+        .collect();
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return vec![];
+    };
+    let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let Ok(ns) = NetNs::open(&p) else { continue };
+        if named.iter().any(|n| n.same_as(&ns)) {
+            continue;
+        }
+        match rt.block_on(crate::engine::pod::pod_links(&ns)) {
+            Ok(links) if !links.is_empty() => out.push(ForeignNetns { netns: p, links }),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("inspect: {}: {e}", p.display()),
+        }
+    }
+    out
+}
+
+/// How long the runtime's CRI has to list its sandboxes.
+const CRI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How `--gc` tells that no runtime will DEL a record whose netns is gone.
+enum Judge {
+    /// These sandboxes exist (the CRI at this socket says): a record of any other is an orphan.
+    Cri(HashSet<String>, PathBuf),
+    /// Older than this many seconds.
+    Age(u64),
+    /// No way to tell: none is torn down.
+    Unknown(String),
+}
+
+impl Judge {
+    fn of(args: &InspectArgs) -> Judge {
+        let socket = args.cri_socket.clone().or_else(crate::cri::default_socket);
+        let why = match &socket {
+            Some(p) => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match rt
+                    .map_err(|e| Error::io("starting the async runtime", e))
+                    .and_then(|rt| rt.block_on(crate::cri::sandbox_ids(p, CRI_TIMEOUT)))
+                {
+                    Ok(ids) => return Judge::Cri(ids, p.clone()),
+                    Err(e) => e.to_string(),
+                }
+            }
+            None => "no CRI socket (--cri-socket)".to_string(),
+        };
+        match args.older_than {
+            Some(age) => Judge::Age(age),
+            None => Judge::Unknown(why),
+        }
+    }
+
+    /// Whether no runtime will DEL this record any more (its netns is gone).
+    fn orphaned(&self, r: &StaleRecord) -> bool {
+        match self {
+            Judge::Cri(ids, _) => !ids.contains(&r.container_id),
+            Judge::Age(min) => r.age_seconds.is_some_and(|a| a >= *min),
+            Judge::Unknown(_) => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Judge::Cri(ids, p) => format!(
+                "the runtime at {} lists {} sandbox{}",
+                p.display(),
+                ids.len(),
+                plural_es(ids.len())
+            ),
+            Judge::Age(a) => format!("older than {a}s (--older-than)"),
+            Judge::Unknown(why) => {
+                format!("{why}, and no --older-than: records whose netns is gone are kept")
+            }
+        }
+    }
 }
 
 /// Run with the process's stdin (for the confirmation) and stderr.
@@ -84,7 +198,8 @@ pub fn run_with(
     err: &mut dyn Write,
 ) -> Result<()> {
     let (cache_dir, source) = resolve_cache_dir(args)?;
-    let report = Report::gather(&cache_dir, source, SystemTime::now());
+    let mut report = Report::gather(&cache_dir, source, SystemTime::now());
+    report.foreign = foreign_netns(&args.netns_dir, &report);
     let w = |e| Error::io("writing the report", e);
     if !args.gc {
         return if args.json {
@@ -97,18 +212,42 @@ pub fn run_with(
         out.write_all(report.table().as_bytes()).map_err(w)?;
     }
     let leaks = report.leaks();
-    let confirmed = if leaks.is_empty() || args.yes {
+    let judge = match report.stale_records.is_empty() {
+        true => Judge::Unknown("no record whose netns is gone".into()),
+        false => Judge::of(args),
+    };
+    let orphans: Vec<&StaleRecord> = report
+        .stale_records
+        .iter()
+        .filter(|r| judge.orphaned(r))
+        .collect();
+    let confirmed = if (leaks.is_empty() && orphans.is_empty()) || args.yes {
         true
     } else {
         // The list goes where the question goes when stdout carries the JSON document.
         let shown: &mut dyn Write = if args.json { &mut *err } else { &mut *out };
-        writeln!(shown, "\nwill release:").map_err(w)?;
-        for (pool, a) in &leaks {
-            writeln!(shown, "  {}", leak_line(pool, a)).map_err(w)?;
+        if !orphans.is_empty() {
+            writeln!(
+                shown,
+                "\nwill tear down, as DEL would ({}):",
+                judge.describe()
+            )
+            .map_err(w)?;
+            for r in &orphans {
+                writeln!(shown, "  {}", orphan_line(r)).map_err(w)?;
+            }
+        }
+        if !leaks.is_empty() {
+            writeln!(shown, "\nwill release:").map_err(w)?;
+            for (pool, a) in &leaks {
+                writeln!(shown, "  {}", leak_line(pool, a)).map_err(w)?;
+            }
         }
         write!(
             err,
-            "release {} leaked address{}? [y/N] ",
+            "tear down {} record{} and release {} leaked address{}? [y/N] ",
+            orphans.len(),
+            plural_s(orphans.len()),
             leaks.len(),
             plural_es(leaks.len())
         )
@@ -116,14 +255,19 @@ pub fn run_with(
         err.flush().map_err(w)?;
         confirm(input)
     };
-    let outcome = if confirmed {
-        release(&report, &leaks)
+    let (outcome, torn) = if confirmed {
+        // The orphans first: their teardown releases their addresses as DEL does.
+        let torn = tear_down(args, &report, &orphans);
+        (release(&report, &leaks), torn)
     } else {
-        GcReport::default()
+        (GcReport::default(), TornDown::default())
     };
     let gc = GcReport {
         confirmed,
-        stale_records_kept: report.stale_records.len(),
+        stale_records_kept: report.stale_records.len() - torn.records.len(),
+        torn_down: torn.records,
+        stale_records_judged_by: judge.describe(),
+        errors: outcome.errors.into_iter().chain(torn.errors).collect(),
         ..outcome
     };
     if args.json {
@@ -167,7 +311,7 @@ fn resolve_cache_dir(args: &InspectArgs) -> Result<(PathBuf, String)> {
 }
 
 /// The cacheDir of attache's plugin in a conf or conflist.
-fn cache_dir_of(v: &Value, file: &Path) -> Result<PathBuf> {
+pub fn cache_dir_of(v: &Value, file: &Path) -> Result<PathBuf> {
     let is_attache =
         |p: &&Value| p.get("type").and_then(Value::as_str) == Some(crate::engine::META_NAME);
     let plugin = match v.get("plugins").and_then(Value::as_array) {
@@ -203,6 +347,15 @@ pub struct Report {
     pub cluster_pools: Vec<ClusterPool>,
     pub stale_records: Vec<StaleRecord>,
     pub unreadable_records: Vec<Unreadable>,
+    /// Pods' network namespaces no record names that hold interfaces: attached by another plugin (pods
+    /// Multus attached before the node moved to attache), or whose record was lost.
+    pub foreign: Vec<ForeignNetns>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForeignNetns {
+    pub netns: PathBuf,
+    pub links: Vec<crate::engine::pod::PodLink>,
 }
 
 #[derive(Debug, Serialize)]
@@ -330,6 +483,118 @@ pub struct GcReport {
     pub errors: Vec<String>,
     /// Records whose netns is gone, left to the runtime's DEL or GC.
     pub stale_records_kept: usize,
+    /// Records torn down as DEL would: no runtime will DEL them any more.
+    pub torn_down: Vec<TornRecord>,
+    /// How it was told that no runtime will DEL a record.
+    pub stale_records_judged_by: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TornRecord {
+    pub pod: Option<String>,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Default)]
+struct TornDown {
+    records: Vec<TornRecord>,
+    errors: Vec<String>,
+}
+
+/// The configuration a teardown runs with: the installed (or `--conf`) one, read leniently as DEL reads
+/// it — its `binDir` finds delegated plugins; without one, the defaults.
+fn teardown_conf(args: &InspectArgs, cache_dir: &Path) -> crate::engine::config::AttacheConf {
+    let file = args
+        .conf
+        .clone()
+        .unwrap_or_else(|| Path::new(DEFAULT_CONF_DIR).join(INSTALLED_CONF));
+    let plugin = crate::files::read_bounded(&file, MAX_CONF)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| match v.get("plugins").and_then(Value::as_array) {
+            Some(list) => list
+                .iter()
+                .find(|p| p.get("type").and_then(Value::as_str) == Some(crate::engine::META_NAME))
+                .cloned(),
+            None => Some(v),
+        })
+        .unwrap_or_else(|| serde_json::json!({}));
+    let mut raw = plugin.as_object().cloned().unwrap_or_default();
+    raw.insert("cniVersion".into(), "1.1.0".into());
+    raw.insert("type".into(), crate::engine::META_NAME.into());
+    raw.entry("name").or_insert_with(|| "attache".into());
+    raw.insert("cacheDir".into(), cache_dir.display().to_string().into());
+    let conf = NetConf::from_value(Value::Object(raw)).unwrap_or_else(|_| {
+        NetConf::from_value(serde_json::json!({
+            "cniVersion": "1.1.0", "name": "attache", "type": crate::engine::META_NAME,
+            "cacheDir": cache_dir
+        }))
+        .expect("a literal configuration")
+    });
+    crate::engine::config::AttacheConf::for_teardown(&conf)
+}
+
+/// Tear down the orphaned records as DEL would, each only if it is still there and its netns still gone.
+fn tear_down(args: &InspectArgs, report: &Report, orphans: &[&StaleRecord]) -> TornDown {
+    let mut out = TornDown::default();
+    if orphans.is_empty() {
+        return out;
+    }
+    let ac = teardown_conf(args, &report.cache_dir);
+    let store = RecordStore::new(&report.cache_dir);
+    // Where delegated plugins are looked for besides binDir: CNI_PATH if set, else the usual place.
+    let cni_path: Vec<PathBuf> = std::env::var("CNI_PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_else(|| vec![PathBuf::from("/opt/cni/bin")]);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.errors.push(format!("starting the async runtime: {e}"));
+            return out;
+        }
+    };
+    for o in orphans {
+        let what = format!("container {} {}", short_id(&o.container_id), o.ifname);
+        let rec = match store.load(&o.container_id, &o.ifname) {
+            Ok(Some(r)) if r.netns.as_deref().is_some_and(netns_gone) => r,
+            Ok(_) => continue, // gone meanwhile (a DEL), or its netns is back: not an orphan
+            Err(e) => {
+                out.errors.push(format!("{what}: {e}"));
+                continue;
+            }
+        };
+        match rt.block_on(crate::engine::meta::teardown_orphan(
+            &ac, &store, &rec, &cni_path,
+        )) {
+            Ok(()) => out.records.push(TornRecord {
+                pod: o.pod.clone(),
+                container_id: o.container_id.clone(),
+                ifname: o.ifname.clone(),
+            }),
+            Err(e) => out.errors.push(format!("tearing down {what}: {e}")),
+        }
+    }
+    out
+}
+
+fn orphan_line(r: &StaleRecord) -> String {
+    format!(
+        "{} container {} {} (netns {} gone, record {} old)",
+        r.pod.as_deref().unwrap_or("(no pod)"),
+        short_id(&r.container_id),
+        r.ifname,
+        r.netns
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        r.age_seconds.map(human_age).unwrap_or_else(|| "?".into())
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -434,6 +699,7 @@ fn host_local_pools(a: &AttachmentRecord) -> Vec<(PoolKey, String, Ranges)> {
         container_id: String::new(),
         netns: None,
         netns_ignored: None,
+        nothing_to_do: None,
         ifname: a.ifname.clone(),
         args: CniArgs::default(),
         path: vec![],
@@ -658,6 +924,7 @@ impl Report {
             cluster_pools,
             stale_records: stale,
             unreadable_records: unreadable,
+            foreign: Vec::new(),
         }
     }
 
@@ -991,6 +1258,7 @@ impl Report {
         );
         if self.attachments.is_empty() && self.unreadable_records.is_empty() {
             out.push_str("no attachments\n");
+            out.push_str(&self.foreign_table());
             return out;
         }
         out.push_str("\nATTACHMENTS\n");
@@ -1205,17 +1473,43 @@ impl Report {
                 _ => " (attache inspect --gc releases them)",
             },
         ));
+        out.push_str(&self.foreign_table());
         out
+    }
+
+    /// The pods' namespaces no record names, one row per interface.
+    fn foreign_table(&self) -> String {
+        if self.foreign.is_empty() {
+            return String::new();
+        }
+        let rows: Vec<Vec<String>> = self
+            .foreign
+            .iter()
+            .flat_map(|f| {
+                f.links.iter().map(|l| {
+                    vec![
+                        f.netns.display().to_string(),
+                        printable(&l.name),
+                        dash(l.kind.as_deref().unwrap_or_default()),
+                        dash(&l.addresses.join(",")),
+                    ]
+                })
+            })
+            .collect();
+        format!(
+            "\nFOREIGN (pods' network namespaces no record names: attached by another plugin, such as Multus before the node moved to attache, or their record was lost; a DEL of the pod re-plans and tears them down)\n{}",
+            table(&["NETNS", "IFACE", "KIND", "IPS"], &rows)
+        )
     }
 }
 
 impl GcReport {
     fn table(&self, leaks: usize) -> String {
         let mut out = String::from("\nGC\n");
-        if leaks == 0 {
+        if !self.confirmed {
+            out.push_str("not confirmed: nothing released, nothing torn down\n");
+        } else if leaks == 0 {
             out.push_str("nothing leaked: nothing to release\n");
-        } else if !self.confirmed {
-            out.push_str("not confirmed: nothing released\n");
         }
         for r in &self.released {
             out.push_str(&format!(
@@ -1237,11 +1531,20 @@ impl GcReport {
         for e in &self.errors {
             out.push_str(&format!("error: {e}\n"));
         }
+        for t in &self.torn_down {
+            out.push_str(&format!(
+                "tore down {} container {} {}: no runtime will DEL it\n",
+                t.pod.as_deref().unwrap_or("(no pod)"),
+                short_id(&t.container_id),
+                t.ifname
+            ));
+        }
         if self.stale_records_kept > 0 {
             out.push_str(&format!(
-                "{} record{} whose netns is gone left alone: the runtime's DEL or GC tears {} down\n",
+                "{} record{} whose netns is gone left alone ({}): the runtime's DEL or GC tears {} down\n",
                 self.stale_records_kept,
                 plural_s(self.stale_records_kept),
+                self.stale_records_judged_by,
                 if self.stale_records_kept == 1 {
                     "it"
                 } else {
@@ -1433,6 +1736,10 @@ mod tests {
             json: false,
             gc: false,
             yes: false,
+            // No runtime to ask: records whose netns is gone are kept unless a test says otherwise.
+            cri_socket: Some(cache.join("no-cri.sock")),
+            older_than: None,
+            netns_dir: cache.join("no-netns"),
         }
     }
 

@@ -91,6 +91,13 @@ pub struct UninstallArgs {
     /// The drop-in names install created.
     #[arg(long, value_delimiter = ',')]
     pub drop_in: Vec<String>,
+    /// attache's records, as this process sees them [default: the installed configuration's cacheDir].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Uninstall even though attache has records of pods on this node: nothing will tear their
+    /// secondary networks down after that (the runtime's DEL goes to the cluster network alone).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Write `bytes` to `path` whole: a temporary beside it, then a rename over it. A reader sees the old
@@ -318,8 +325,16 @@ fn write_kubeconfig(args: &InstallArgs) -> Result<Option<PathBuf>> {
 fn refresh_token(args: &InstallArgs, source: &Path) -> Result<()> {
     let token = std::fs::read(source)
         .map_err(|e| Error::io(format!("reading the token {}", source.display()), e))?;
+    // `kubectl create token ... > file` ends it in a newline: the copy is the token alone.
+    let token = token.trim_ascii();
+    if token.is_empty() {
+        return Err(Error::config(format!(
+            "the token {} is empty",
+            source.display()
+        )));
+    }
     let path = args.conf_dir.join(STATE_DIR).join("token");
-    if write_if_changed(&path, &token, 0o600)? {
+    if write_if_changed(&path, token, 0o600)? {
         eprintln!("attache: token file {} updated", path.display());
     }
     Ok(())
@@ -418,7 +433,64 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     Ok(())
 }
 
+/// The pods attache has records of in `args`' cacheDir (`namespace/name`, else the container ID).
+fn recorded_pods(args: &UninstallArgs) -> Result<(PathBuf, Vec<String>)> {
+    let conf = args.conf_dir.join(CONF_NAME);
+    let dir = match &args.cache_dir {
+        Some(d) => d.clone(),
+        None => match std::fs::read(&conf) {
+            Ok(b) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&b).map_err(|source| Error::Decode {
+                        what: conf.display().to_string(),
+                        source,
+                    })?;
+                super::inspect::cache_dir_of(&v, &conf)?
+            }
+            Err(_) => crate::engine::config::DEFAULT_CACHE_DIR.into(),
+        },
+    };
+    let store = crate::engine::record::RecordStore::new(&dir);
+    let mut pods: Vec<String> = store
+        .entries(None)
+        .into_iter()
+        .map(|e| match e.record {
+            Ok(r) => r
+                .pod
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .unwrap_or(r.container_id),
+            Err(_) => e.container_id,
+        })
+        .collect();
+    pods.sort();
+    pods.dedup();
+    Ok((dir, pods))
+}
+
 pub fn uninstall(args: &UninstallArgs) -> Result<()> {
+    // Taken off with pods still attached, nothing tears their other networks down: the runtime's DEL
+    // goes to the cluster network alone, and a runtime without CNI GC never says they are gone.
+    let (cache_dir, pods) = recorded_pods(args)?;
+    if !pods.is_empty() {
+        let shown: Vec<&str> = pods.iter().take(5).map(String::as_str).collect();
+        let more = match pods.len() > shown.len() {
+            true => format!(" and {} more", pods.len() - shown.len()),
+            false => String::new(),
+        };
+        let what = format!(
+            "attache has records of {} pod{} on this node in {} ({}{more})",
+            pods.len(),
+            if pods.len() == 1 { "" } else { "s" },
+            cache_dir.display(),
+            shown.join(", ")
+        );
+        if !args.force {
+            return Err(Error::Conflict(format!(
+                "{what}: uninstalled now, their secondary networks would never be torn down. Drain the node first (kubectl drain), then `attache inspect --gc` tears down what is left; --force uninstalls anyway"
+            )));
+        }
+        eprintln!("attache: --force: {what}; they are left as they are");
+    }
     let rm = |p: &Path| -> Result<()> {
         match std::fs::remove_file(p) {
             Ok(()) => {

@@ -35,12 +35,47 @@ pub async fn delete_owned_links(container_id: &str) -> Result<Vec<String>> {
     for l in node.links().await? {
         if l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix)) {
             match node.del_link(&l.name).await {
-                Ok(()) => deleted.push(l.name),
+                Ok(true) => deleted.push(l.name),
+                Ok(false) => {}
                 Err(e) => errors.push(e),
             }
         }
     }
     Error::from_list(errors).map(|_| deleted)
+}
+
+/// An interface in a pod's namespace, as `attache inspect` shows one it has no record of.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PodLink {
+    pub name: String,
+    /// `veth`, `macvlan`, ... (`None` for plain devices).
+    pub kind: Option<String>,
+    /// Its addresses (CIDR), link-local IPv6 aside.
+    pub addresses: Vec<String>,
+}
+
+/// The interfaces of a network namespace, `lo` aside. Read only.
+pub async fn pod_links(ns: &NetNs) -> Result<Vec<PodLink>> {
+    let nl = Netlink::connect(Some(ns))?;
+    let mut out = Vec::new();
+    for l in nl.links().await? {
+        if l.name == "lo" {
+            continue;
+        }
+        let addresses = nl
+            .addrs(l.index, None)
+            .await?
+            .into_iter()
+            .filter(|a| !matches!(a, IpNet::V6(v6) if v6.addr().segments()[0] & 0xffc0 == 0xfe80))
+            .map(|a| a.to_string())
+            .collect();
+        out.push(PodLink {
+            name: l.name,
+            kind: l.kind,
+            addresses,
+        });
+    }
+    Ok(out)
 }
 
 /// Make `gw` via `ifname` the pod's default route of its family: other default routes of that family
