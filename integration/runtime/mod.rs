@@ -39,6 +39,28 @@ pub fn run(cmd: &mut Command) -> std::process::Output {
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
+/// [`run`] for a runtime's own command (podman, ctr): one that dies by a signal — not its answer, a
+/// crash, such as the SIGBUS a Go runtime took once on a machine loaded by a neighbour's build — is
+/// run once more, and the log says so. A second death is the test's to report.
+pub fn run_runtime(cmd: &mut Command) -> std::process::Output {
+    use std::os::unix::process::ExitStatusExt;
+    let out = run(cmd);
+    match out.status.signal() {
+        None => out,
+        Some(sig) => {
+            eprintln!(
+                "runtime command died by signal {sig}; running it once more: {cmd:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            run(cmd)
+        }
+    }
+}
+
 pub fn must(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert!(
@@ -500,13 +522,15 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
     /// Run `ctr` against this containerd.
     pub fn ctr(&self, args: &[&str], more: &[&std::ffi::OsStr]) -> String {
-        must(
-            Command::new("ctr")
-                .arg("-a")
-                .arg(&self.socket)
-                .args(args)
-                .args(more),
-        )
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a").arg(&self.socket).args(args).args(more);
+        let out = run_runtime(&mut cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn client(&self) -> RuntimeServiceClient<Channel> {
@@ -728,9 +752,15 @@ volume_path = "{d}/volumes"
             ),
         )
         .unwrap();
+        // The image comes from one read-only store the whole suite shares, loaded once per machine.
+        let images = shared_image_store();
         std::fs::write(
             dir.join("storage.conf"),
-            format!("[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n\
+                 [storage.options]\nadditionalimagestores = [\"{}\"]\n",
+                images.display()
+            ),
         )
         .unwrap();
         let me = Podman {
@@ -745,30 +775,30 @@ volume_path = "{d}/volumes"
             "unqualified-search-registries = []\n",
         )
         .unwrap();
-        let image = me.dir.join("image");
-        std::fs::create_dir_all(&image).unwrap();
-        let archive = busybox_archive(&image);
-        let out = me.podman(&["load", "-i", &archive.display().to_string()]);
+        let seen = me.podman(&["image", "exists", IMAGE]);
         assert!(
-            out.status.success(),
-            "podman load: {}",
-            String::from_utf8_lossy(&out.stderr)
+            seen.status.success(),
+            "podman does not see {IMAGE} in the shared store {}: {}",
+            images.display(),
+            String::from_utf8_lossy(&seen.stderr)
         );
         me
     }
 
     /// Run podman with its private configuration inside the node netns.
     pub fn podman(&self, args: &[&str]) -> std::process::Output {
-        run(Command::new("nsenter")
-            .arg(format!("--net={}", self.node_netns))
-            .arg("podman")
-            .args(args)
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
-            .env(
-                "CONTAINERS_REGISTRIES_CONF",
-                self.dir.join("registries.conf"),
-            ))
+        run_runtime(
+            Command::new("nsenter")
+                .arg(format!("--net={}", self.node_netns))
+                .arg("podman")
+                .args(args)
+                .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+                .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+                .env(
+                    "CONTAINERS_REGISTRIES_CONF",
+                    self.dir.join("registries.conf"),
+                ),
+        )
     }
 
     /// `podman run --rm --network NET IMAGE sh -c SCRIPT`, in the test's cgroup.
@@ -778,6 +808,72 @@ volume_path = "{d}/volumes"
         args.extend_from_slice(argv);
         self.podman(&args)
     }
+}
+
+/// The read-only image store every [`Podman`] of every test reads [`IMAGE`] from
+/// (`additionalimagestores`): the busybox image is loaded into it once per machine (in the test cache,
+/// outside the repository) — and once per test binary at most, under a lock — instead of once per test.
+/// A store whose busybox differs from the installed one is loaded afresh.
+pub fn shared_image_store() -> PathBuf {
+    static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STORE
+        .get_or_init(|| {
+            let cache = PathBuf::from(
+                std::env::var("ATTACHE_TEST_CACHE").unwrap_or("/var/cache/attache-test".into()),
+            );
+            let store = cache.join("podman-images");
+            std::fs::create_dir_all(&cache).unwrap();
+            let lock = std::fs::File::create(cache.join("podman-images.lock")).unwrap();
+            let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+                .expect("locking the shared image store");
+            let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
+            let stamp = format!("{IMAGE} busybox {} bytes {:x}", busybox.len(), {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                busybox.hash(&mut h);
+                h.finish()
+            });
+            let stamp_file = cache.join("podman-images.stamp");
+            if std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
+                return store;
+            }
+            let _ = std::fs::remove_file(&stamp_file);
+            unmount_under(&store);
+            let _ = Command::new("rm").arg("-rf").arg(&store).output();
+            let work = cache.join("podman-images.work");
+            let _ = Command::new("rm").arg("-rf").arg(&work).output();
+            std::fs::create_dir_all(&work).unwrap();
+            let archive = busybox_archive(&work);
+            let out = run_runtime(
+                Command::new("podman")
+                    .arg("--root")
+                    .arg(&store)
+                    .arg("--runroot")
+                    .arg(work.join("run"))
+                    .args([
+                        "--storage-driver",
+                        "overlay",
+                        "--cgroup-manager",
+                        "cgroupfs",
+                    ])
+                    .args(["--events-backend", "none", "load", "-i"])
+                    .arg(&archive)
+                    .env("CONTAINERS_CONF", "/dev/null")
+                    .env("CONTAINERS_REGISTRIES_CONF", "/dev/null"),
+            );
+            assert!(
+                out.status.success(),
+                "podman load into {}: {}",
+                store.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            unmount_under(&work);
+            let _ = Command::new("rm").arg("-rf").arg(&work).output();
+            std::fs::write(&stamp_file, &stamp).unwrap();
+            store
+        })
+        .clone()
 }
 
 impl Drop for Podman {
