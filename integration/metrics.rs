@@ -494,3 +494,52 @@ fn a_metrics_dir_attache_cannot_write_never_fails_an_invocation() {
     node.exec(&node.call("DEL", "meta", &pod, "eth1"), &conf)
         .ok();
 }
+
+// Issue 19.9: invocations that find the metrics lock busy (another update, a slow disk) are still
+// counted: each leaves its sample pending, and the next update folds them in — none is skipped.
+#[test]
+fn invocations_that_find_the_lock_busy_are_counted_not_skipped() {
+    require_reference_plugins();
+    let mut node = Node::new("metrics-busy");
+    let metrics = node.path("metrics");
+    let bin = bridge_bin(&node);
+    let conf = bridge(&node, &metrics).to_string();
+    let pod = node.pod();
+    std::fs::create_dir_all(&metrics).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(metrics.join(".attache-metrics.lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    const N: usize = 5;
+    let children: Vec<_> = (0..N)
+        .map(|i| {
+            let id = format!("busy{i}");
+            let mut call = node.call("DEL", &id, &pod, "eth0");
+            call.bin = bin.clone();
+            node.spawn(&call, conf.as_bytes())
+        })
+        .collect();
+    for c in children {
+        assert!(c.wait_with_output().unwrap().status.success());
+    }
+    drop(held);
+    let mut call = node.call("DEL", "busy-last", &pod, "eth0");
+    call.bin = bin.clone();
+    node.exec(&call, &serde_json::from_str(&conf).unwrap()).ok();
+    let s = Scrape::read(&metrics);
+    assert_eq!(
+        s.invocations("DEL", "bridge", "success", 0),
+        (N + 1) as f64,
+        "{}",
+        s.text
+    );
+    assert_eq!(s.skipped(), 0.0, "{}", s.text);
+    s.assert_consistent();
+    assert_eq!(names(&metrics), [".attache-metrics.lock", "attache.prom"]);
+}
