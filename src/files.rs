@@ -69,6 +69,41 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<std::f
     Ok(f)
 }
 
+/// The one temp-and-rename writer: `bytes` become `path` whole — written to a temporary beside it, then
+/// renamed over it — so a reader sees the old content or the new, never part of one, and a running
+/// binary keeps its old inode. The temporary is `.<stem>.<pid>.<n>.tmp` (`<stem>`: the file name without
+/// its last extension), created exclusively and never through a symlink, with `mode` (whatever the
+/// umask); a dot name with no configuration extension, so that no runtime or collector listing the
+/// folder reads it, and [`pid_alive`] tells whether its writer still runs. `durable`: synced before the
+/// rename (installed files; a pod's state is not, see the README's Reliability). On failure the
+/// temporary goes.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let stem = path
+        .file_stem()
+        .or(path.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{stem}.{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let written = write_new(&tmp, bytes, mode).and_then(|f| {
+        if durable {
+            f.sync_all()?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Open (creating it) a lock file, never through a symlink.
 pub fn open_lock(path: &Path) -> std::io::Result<std::fs::File> {
     OpenOptions::new()

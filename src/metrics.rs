@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <metricsDir>/attache.prom                         the metrics (mode 0644: the exporter reads it)
-//! <metricsDir>/.attache.prom.tmp                    its next version, renamed over it (the collector reads only *.prom)
+//! <metricsDir>/.attache.<pid>.<n>.tmp              its next version, renamed over it (the collector reads only *.prom)
 //! <metricsDir>/.attache-metrics.lock                flock'ed for one update
 //! <metricsDir>/.attache-metrics.pending.<pid>.<ns>  one sample whose process found the lock busy
 //! <metricsDir>/.attache-metrics.skipped.<pid>.<ns>  (older versions: an update given up, counted as skipped)
@@ -33,8 +33,6 @@ use crate::error::{Error, Result};
 
 /// The metrics file; the textfile collector reads every `*.prom` of its folder.
 pub const FILE: &str = "attache.prom";
-/// The next version of [`FILE`] while it is written: not `*.prom`, so never read half-written.
-pub const TEMP: &str = ".attache.prom.tmp";
 const LOCK: &str = ".attache-metrics.lock";
 const SKIPPED_PREFIX: &str = ".attache-metrics.skipped.";
 const PENDING_PREFIX: &str = ".attache-metrics.pending.";
@@ -710,20 +708,22 @@ fn collect_skipped(dir: &Path) -> u64 {
         .count() as u64
 }
 
-/// Write `bytes` to the temporary (one a killed writer left is removed first: only the lock holder
-/// writes it) and rename it over the metrics file.
+/// Write the metrics file whole ([`crate::files::replace`]: its temporary, `.attache.<pid>.<n>.tmp`, is
+/// not `*.prom`, so the collector never reads it). Only the lock holder writes: a temporary already
+/// there is a killed writer's, and goes.
 fn replace(dir: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(TEMP);
-    let path = dir.join(FILE);
-    let _ = std::fs::remove_file(&tmp);
-    if let Err(e) = crate::files::write_new(&tmp, bytes, 0o644) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(format!("writing {}", tmp.display()), e));
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".attache.") && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("renaming {} to {FILE}", tmp.display()), e)
-    })
+    let path = dir.join(FILE);
+    crate::files::replace(&path, bytes, 0o644, false)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 #[cfg(test)]
@@ -942,7 +942,8 @@ mod tests {
             );
         }
         // A killed writer's temporary is replaced, never read.
-        std::fs::write(dir.join(TEMP), "junk").unwrap();
+        std::fs::write(dir.join(".attache.999999999.0.tmp"), "junk").unwrap();
+        std::fs::write(dir.join(".attache.prom.tmp"), "junk").unwrap(); // an older version's name
         record(&dir, &failed("DEL", 7, "attache")).unwrap();
         let st = State::parse(&std::fs::read_to_string(dir.join(FILE)).unwrap());
         let key = ["ADD", "attache", "success", "0"].map(String::from);
@@ -1040,7 +1041,17 @@ mod tests {
         let dir = d.join("m");
         std::fs::create_dir_all(dir.join(FILE)).unwrap();
         assert!(record(&dir, &ok("ADD", "attache", 0.0)).is_err());
-        assert!(!dir.join(TEMP).exists());
+        let temps = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count();
+        assert_eq!(temps, 0);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

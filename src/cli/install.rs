@@ -11,7 +11,6 @@
 //! Uninstall removes that configuration first, so the node falls back to the cluster network and never
 //! keeps a configuration naming a missing binary, then the kubeconfig, then the binaries.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,27 +99,10 @@ pub struct UninstallArgs {
     pub force: bool,
 }
 
-/// Write `bytes` to `path` whole: a temporary beside it, then a rename over it. A reader sees the old
-/// content or the new, never part of one; a running binary keeps its old inode.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A dot and no configuration extension: runtimes listing the dir ignore it. (One a killed install
-    // left under this pid goes first.)
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
-    let _ = std::fs::remove_file(&tmp);
-    let f = crate::files::write_new(&tmp, bytes, mode).map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io("chmod", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("renaming into {}", path.display()), e)
-    })
+/// Write an installed file whole and durably ([`crate::files::replace`]).
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    crate::files::replace(path, bytes, mode, true)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 /// Write only when the content differs (no event for runtimes watching the dir, no new inode).
@@ -404,9 +386,10 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     // (files stay: taking attache off the node is `uninstall`'s decision).
     use nix::sys::signal::{SigHandler, Signal, signal};
     for s in [Signal::SIGTERM, Signal::SIGINT] {
+        #[allow(unsafe_code)]
         // SAFETY: the handler only stores to an atomic.
-        unsafe { signal(s, SigHandler::Handler(on_signal)) }
-            .map_err(|e| Error::kernel("installing a signal handler", e))?;
+        let installed = unsafe { signal(s, SigHandler::Handler(on_signal)) };
+        installed.map_err(|e| Error::kernel("installing a signal handler", e))?;
     }
     let mut waiting_said = false;
     while !STOP.load(std::sync::atomic::Ordering::SeqCst) {

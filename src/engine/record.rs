@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::cni::skel::CniArgs;
 use crate::cni::spec::CniResult;
 use crate::error::{Error, Result};
-use crate::files::{ensure_real_dir, pid_alive, read_bounded, write_new};
+use crate::files::{ensure_real_dir, pid_alive, read_bounded, replace, write_new};
 
 pub const RECORD_KIND: &str = "attacheRecordV1";
 
@@ -209,27 +209,15 @@ impl RecordStore {
         let p = self.path(&rec.container_id, &rec.ifname);
         let dir = p.parent().unwrap_or(&self.dir);
         ensure_real_dir(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.{}.{}.tmp",
-            rec.ifname,
-            std::process::id(),
-            TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
         let bytes = serde_json::to_vec_pretty(rec).map_err(|e| Error::Internal(e.to_string()))?;
-        if let Err(e) = write_new(&tmp, &bytes, 0o600) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(format!("writing {}", tmp.display()), e));
-        }
-        let mut renamed = std::fs::rename(&tmp, &p);
+        // (Its temporary, `.<ifname>.<pid>.<n>.tmp`, is what remove_temporaries knows.)
+        let mut saved = replace(&p, &bytes, 0o600, false);
         // A directory planted where the record goes makes every rename fail: it is not ours.
-        if renamed.is_err() && std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+        if saved.is_err() && std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
             let _ = std::fs::remove_dir_all(&p);
-            renamed = std::fs::rename(&tmp, &p);
+            saved = replace(&p, &bytes, 0o600, false);
         }
-        renamed.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(format!("renaming {}", p.display()), e)
-        })
+        saved.map_err(|e| Error::io(format!("writing record {}", p.display()), e))
     }
 
     /// Remove a record, its leftover temporaries, and its container folder once empty. Already gone
@@ -449,8 +437,6 @@ impl RecordStore {
             .count()
     }
 }
-
-static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[cfg(test)]
 mod tests {

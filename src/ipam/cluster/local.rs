@@ -187,7 +187,7 @@ impl Local {
     pub fn adopt(&self, block: &Block, owned: &Owned) -> Result<()> {
         crate::files::ensure_real_dir(&self.owned_dir())?;
         let bytes = serde_json::to_vec(owned).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::cli::install::write_atomic(&self.owned_dir().join(block.dir_name()), &bytes, 0o600)
+        replace_file(&self.owned_dir().join(block.dir_name()), &bytes)
     }
 
     /// Give up `block` locally, under its store's lock, if it holds nothing: `false` if it does.
@@ -341,7 +341,7 @@ impl Local {
     pub fn set_registered(&self, ranges: &[(String, u8)]) -> Result<()> {
         crate::files::ensure_real_dir(&self.dir)?;
         let bytes = serde_json::to_vec(ranges).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::cli::install::write_atomic(&self.pool_file(), &bytes, 0o600)
+        replace_file(&self.pool_file(), &bytes)
     }
 
     pub(super) fn store(&self, block: &Block) -> Result<DiskStore> {
@@ -662,4 +662,11 @@ fn refuse_duplicate(store: &DiskStore, id: &str, ifname: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Write one of attache-ipam's node files whole and durably (it outlives a reboot: which blocks are
+/// this node's).
+pub(super) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::files::replace(path, bytes, 0o600, true)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }

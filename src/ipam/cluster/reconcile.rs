@@ -457,5 +457,5 @@ async fn reclaim_deleted_nodes(
     }
     let bytes = serde_json::to_vec(&missing).map_err(|e| Error::Internal(e.to_string()))?;
     crate::files::ensure_real_dir(&o.data_dir)?;
-    crate::cli::install::write_atomic(&missing_file(o), &bytes, 0o600)
+    super::local::replace_file(&missing_file(o), &bytes)
 }
