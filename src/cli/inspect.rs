@@ -29,6 +29,8 @@ use crate::ipam::range::{RangeSet, to_u128};
 use crate::ipam::store::{self, DiskStore, Store};
 use crate::netns::NetNs;
 
+use super::table::{printable, table};
+
 /// Shown under `attache inspect --help`.
 pub const AFTER_HELP: &str = "\
 Leaks: a host-local address (a file <dataDir>/<network>/<ip>) whose container and interface no record in \
@@ -1182,13 +1184,6 @@ pub fn human_age(secs: u64) -> String {
     }
 }
 
-/// What a terminal shows of text read from disk: control characters (escape sequences) as `?`.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 fn short_id(id: &str) -> String {
     printable(&id.chars().take(12).collect::<String>())
 }
@@ -1219,33 +1214,6 @@ fn leak_line(pool: &Pool, a: &Allocation) -> String {
         short_id(&a.container_id),
         dash(&a.ifname)
     )
-}
-
-/// Columns padded to their widest cell, two spaces apart; the last one unpadded.
-pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| printable(c)).collect())
-        .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let head: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    for r in std::iter::once(&head).chain(&rows) {
-        let last = r.len().saturating_sub(1);
-        for (i, c) in r.iter().enumerate() {
-            out.push_str(c);
-            if i != last {
-                out.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
-            }
-        }
-        out.push('\n');
-    }
-    out
 }
 
 impl Report {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::table::table;
 use crate::error::{Error, Result};
+use crate::ipam::cluster::inspect::Report;
 use crate::ipam::cluster::{self, reconcile};
 
 #[derive(Subcommand)]
@@ -125,7 +127,7 @@ fn inspect_cmd(a: &InspectArgs) -> Result<()> {
             serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?
         );
     } else {
-        print!("{}", report.table());
+        print!("{}", render(&report));
     }
     Ok(())
 }
@@ -179,4 +181,74 @@ fn reconcile_cmd(a: &ReconcileArgs) -> Result<()> {
             None => return Ok(()),
         }
     }
+}
+
+/// attache-ipam's node report as tables.
+fn render(report: &Report) -> String {
+    let mut out = format!("attache-ipam on node {}\n\n", report.node);
+    let rows: Vec<Vec<String>> = report
+        .blocks
+        .iter()
+        .map(|b| {
+            vec![
+                b.pool.clone(),
+                b.cidr.clone(),
+                b.used.to_string(),
+                b.lent.to_string(),
+                b.free.to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("This node owns no block.\n");
+    } else {
+        out.push_str(&table(&["POOL", "BLOCK", "USED", "LENT", "FREE"], &rows));
+    }
+    out.push_str(&format!(
+        "\n{} borrowed address(es), {} grant deletion(s) queued, {} address(es) without a pod UID\n",
+        report.borrowed, report.queued_returns, report.unverifiable
+    ));
+    if let Some(e) = &report.api_error {
+        out.push_str(&format!("\nThe cluster's view is missing: {e}\n"));
+    }
+    if let Some(pools) = &report.pools {
+        for p in pools {
+            out.push_str(&format!(
+                "\npool {}: {} — {} free block(s), grants {:?}\n",
+                p.pool,
+                p.ranges.join(", "),
+                p.free_blocks,
+                p.grants
+            ));
+            let rows: Vec<Vec<String>> = p
+                .nodes
+                .iter()
+                .map(|(n, bs)| vec![n.clone(), bs.len().to_string(), bs.join(" ")])
+                .collect();
+            out.push_str(&table(&["NODE", "BLOCKS", "CIDRS"], &rows));
+        }
+    }
+    if let Some(leaks) = &report.leaks {
+        if leaks.is_empty() {
+            out.push_str("\nNo leak: every address here belongs to a pod of this node.\n");
+        } else {
+            out.push_str(&format!(
+                "\n{} leak(s): the pod is not in this node's pod list (attache ipam reconcile releases them):\n",
+                leaks.len()
+            ));
+            let rows: Vec<Vec<String>> = leaks
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.pool.clone(),
+                        l.ip.clone(),
+                        l.pod.clone(),
+                        l.pod_uid.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["POOL", "IP", "POD", "UID"], &rows));
+        }
+    }
+    out
 }

@@ -5,6 +5,7 @@
 pub mod inspect;
 pub mod install;
 pub mod ipam;
+pub mod table;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
