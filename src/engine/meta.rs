@@ -237,7 +237,11 @@ async fn rollback(args: &CmdArgs, ac: &AttacheConf, store: &RecordStore, rec: &P
 }
 
 /// The network-status annotation, then one Event per secondary interface, under the API deadline.
-async fn report(api: &crate::k8s::api::KubeApi, pod: &crate::k8s::api::PodInfo, rec: &PodRecord) {
+async fn report(
+    api: &crate::k8s::client::KubeApi,
+    pod: &crate::k8s::api::PodInfo,
+    rec: &PodRecord,
+) {
     let status = network_status(rec);
     match api.set_network_status(pod, &status).await {
         Ok(StatusWrite::Written) => {}
@@ -412,7 +416,7 @@ async fn clear_network_status(kubeconfig: &Path, timeout: std::time::Duration, p
         annotations: Default::default(),
     };
     let cleared = async {
-        crate::k8s::api::KubeApi::connect(Some(kubeconfig), timeout)
+        crate::k8s::client::KubeApi::connect(Some(kubeconfig), timeout)
             .await?
             .clear_network_status(&info)
             .await

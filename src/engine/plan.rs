@@ -19,7 +19,8 @@ use crate::engine::record::{AttachmentRecord, PodRef};
 use crate::error::{Error, Result};
 use crate::k8s::POD_ANNOTATIONS_CAPABILITY;
 use crate::k8s::annotation::{NETWORKS, Selection, parse_networks};
-use crate::k8s::api::{KubeApi, PodInfo};
+use crate::k8s::api::PodInfo;
+use crate::k8s::client::KubeApi;
 use crate::k8s::nad::{Nad, load_folder};
 
 /// What a plan is for. ADD refuses anything wrong before touching anything; a teardown (DEL without a

@@ -13,7 +13,7 @@ use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::k8s::api::KubeApi;
+use crate::k8s::client::KubeApi;
 
 pub const GROUP: &str = "ipam.attache.dev";
 pub const VERSION: &str = "v1alpha1";
