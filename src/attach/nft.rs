@@ -16,23 +16,10 @@ use crate::error::{Error, Result};
 
 /// A short stable name for an attachment's chain.
 pub fn chain_id(prefix: &str, network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{prefix}-{:016x}", fnv1a(&[network, container_id, ifname]))
-}
-
-/// FNV-1a over the parts, NUL separated: stable across builds and platforms (unlike std's hasher).
-pub fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            h ^= 0;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        for b in p.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
+    format!(
+        "{prefix}-{:016x}",
+        super::naming::fnv1a(&[network, container_id, ifname])
+    )
 }
 
 const MASQ_BASE: &str = "add table inet attache
@@ -156,14 +143,7 @@ pub async fn remove(r: &Removal) -> Result<()> {
 pub async fn apply(script: &str) -> Result<()> {
     crate::fail::point("nft.apply")?;
     let mut cmd = tokio::process::Command::new("nft");
-    // nft dies with attache (see delegate::exec).
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
+    crate::delegate::dies_with_attache(&mut cmd);
     let mut child = cmd
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
