@@ -205,6 +205,7 @@ fn exec(bin: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Exec {
 
 /// `wait4` the child (std's `wait` does not return its resource usage): its raw status, peak RSS and
 /// CPU time.
+#[allow(unsafe_code)]
 fn reap(pid: u32) -> (i32, u64, Duration) {
     use nix::libc;
     let mut status = 0;
@@ -1487,6 +1488,7 @@ openssl rsa -in sa.key -pubout -out sa.pub
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        #[allow(unsafe_code)]
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {

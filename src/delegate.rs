@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cni::conf;
 use crate::cni::skel::{CniArgs, Command};
@@ -119,15 +119,7 @@ pub async fn exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    // The plugin dies with attache: a runtime that kills attache at its timeout must not leave a
-    // delegate finishing an ADD behind it while the DEL that follows runs.
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
+    dies_with_attache(&mut cmd);
     match inv.netns {
         Some(ns) => cmd.env("CNI_NETNS", ns),
         None => cmd.env_remove("CNI_NETNS"),
@@ -147,14 +139,32 @@ pub async fn exec(
         let _ = stdin.write_all(&stdin_bytes).await;
         drop(stdin);
     }
-    let output = child
-        .wait_with_output()
+    // A result is a few KiB: a plugin that writes without end is stopped, not read without bound.
+    let mut out = Vec::new();
+    if let Some(pipe) = child.stdout.take() {
+        pipe.take(MAX_OUTPUT + 1)
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| Error::io(format!("reading the output of plugin {}", bin.display()), e))?;
+    }
+    if out.len() as u64 > MAX_OUTPUT {
+        let _ = child.kill().await;
+        return Err(Error::io(
+            format!("reading the output of plugin {}", bin.display()),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("it wrote more than {} MiB", MAX_OUTPUT >> 20),
+            ),
+        ));
+    }
+    let status = child
+        .wait()
         .await
         .map_err(|e| Error::io(format!("waiting for plugin {}", bin.display()), e))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&out);
     let text = stdout.trim();
-    if !output.status.success() {
-        return Err(delegate_error(plugin_type, command, text, output.status));
+    if !status.success() {
+        return Err(delegate_error(plugin_type, command, text, status));
     }
     if text.is_empty() {
         return Ok(None);
@@ -165,6 +175,23 @@ pub async fn exec(
             what: format!("the output of plugin {plugin_type:?}"),
             source,
         })
+}
+
+/// The most a delegate may write on stdout (a result with prevResult is a few KiB).
+pub const MAX_OUTPUT: u64 = crate::cni::skel::MAX_STDIN;
+
+/// The child dies with attache (`PR_SET_PDEATHSIG`): a runtime that kills attache at its timeout must not
+/// leave a delegate (or `nft`) finishing an ADD behind it while the DEL that follows runs. The one place
+/// attache sets code to run between fork and exec.
+#[allow(unsafe_code)]
+pub fn dies_with_attache(cmd: &mut tokio::process::Command) {
+    // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
 }
 
 fn delegate_error(
@@ -212,11 +239,9 @@ mod tests {
         assert!(msg.contains("nosuch") && msg.contains("/a, /b"), "{msg}");
     }
 
-    #[test]
-    fn garbage_output_is_999_with_details() {
-        let d = tempdir("garbage");
-        fake_plugin(&d, "junk", "echo 'segfault!'; exit 2");
-        let path = vec![d.clone()];
+    /// The error of an ADD of the plugin `name` found in `dir`.
+    fn add_of(dir: &Path, name: &str) -> Error {
+        let path = vec![dir.to_path_buf()];
         let inv = Invocation {
             container_id: "c1",
             netns: None,
@@ -225,11 +250,26 @@ mod tests {
             link_group: None,
             path: &path,
         };
-        let e = rt()
-            .block_on(exec(Command::Add, "junk", &json!({}), &inv))
-            .unwrap_err();
+        rt().block_on(exec(Command::Add, name, &json!({}), &inv))
+            .unwrap_err()
+    }
+
+    #[test]
+    fn garbage_output_is_999_with_details() {
+        let d = tempdir("garbage");
+        fake_plugin(&d, "junk", "echo 'segfault!'; exit 2");
+        let e = add_of(&d, "junk");
         assert_eq!(e.cni_code(), 999);
         assert!(e.details().contains("segfault"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_plugin_that_writes_without_end_is_stopped_not_read_without_bound() {
+        let d = tempdir("endless");
+        fake_plugin(&d, "endless", "exec yes 0123456789abcdef");
+        let e = add_of(&d, "endless");
+        assert!(e.to_string().contains("more than 4 MiB"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

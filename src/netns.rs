@@ -55,8 +55,10 @@ impl NetNs {
         }
         // nsfs holds every kind of namespace: ask the kernel which kind this one is (Linux 4.11+;
         // an older kernel that does not know the request is taken at its word).
+        #[allow(unsafe_code)]
         // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which `file` keeps open.
-        match unsafe { ns_get_nstype(file.as_raw_fd()) } {
+        let nstype = unsafe { ns_get_nstype(file.as_raw_fd()) };
+        match nstype {
             Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => {}
             Ok(t) => {
                 return Err(bad(format!(
@@ -212,6 +214,7 @@ fn make_route_socket() -> std::io::Result<rtnetlink::sys::Socket> {
     Ok(s)
 }
 
+#[allow(unsafe_code)]
 fn into_tokio(sock: rtnetlink::sys::Socket) -> rtnetlink::sys::TokioSocket {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the fd was just created and is owned by `sock`; ownership moves to the TokioSocket.
