@@ -544,34 +544,16 @@ fn uninstall_refuses_with_pods_attached_and_inspect_gc_tears_down_what_no_runtim
     assert_eq!(leases(&node2).len(), 2);
     node2.delete_pod(&netns);
     let installed = installed_conf(&node2, Path::new(REFERENCE_DIR));
-    let out = attache_cli(
-        &node2,
-        &[
-            "inspect",
-            "--conf",
-            &installed,
-            "--gc",
-            "--yes",
-            "--cri-socket",
-            "/nonexistent.sock",
-        ],
-    );
+    let gc_without_cri = |extra: &[&str]| {
+        let mut argv = vec!["inspect", "--conf", &installed, "--gc", "--yes"];
+        argv.extend(["--cri-socket", "/nonexistent.sock"]);
+        argv.extend_from_slice(extra);
+        attache_cli(&node2, &argv)
+    };
+    let out = gc_without_cri(&[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("no --older-than"));
     assert_eq!(node2.files("cache").len(), 1, "kept without an age");
-    let out = attache_cli(
-        &node2,
-        &[
-            "inspect",
-            "--conf",
-            &installed,
-            "--gc",
-            "--yes",
-            "--cri-socket",
-            "/nonexistent.sock",
-            "--older-than",
-            "0",
-        ],
-    );
+    let out = gc_without_cri(&["--older-than", "0"]);
     assert!(
         out.status.success(),
         "{}",

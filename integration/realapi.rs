@@ -344,6 +344,21 @@ fn reference(
     node.exec(&call, conf)
 }
 
+/// `attache inspect` of the node's records, with the pods' namespaces in `netns_dir`.
+fn inspect_foreign(node: &Node, netns_dir: &std::path::Path) -> std::process::Output {
+    node.sh(
+        None,
+        &[
+            &testbed::attache_bin().display().to_string(),
+            "inspect",
+            "--cache-dir",
+            &node.path("cache").display().to_string(),
+            "--netns-dir",
+            &netns_dir.display().to_string(),
+        ],
+    )
+}
+
 /// Lines at WARN or above in attache's log.
 fn warnings(node: &Node) -> Vec<String> {
     std::fs::read_to_string(node.path("attache.log"))
@@ -453,17 +468,7 @@ fn a_pod_multus_attached_is_torn_down_by_attache_and_repeated_dels_make_no_api_c
     let netns_dir = node.path("netns");
     std::fs::create_dir_all(&netns_dir).unwrap();
     std::os::unix::fs::symlink(&netns, netns_dir.join("migrated")).unwrap();
-    let inspect = node.sh(
-        None,
-        &[
-            &testbed::attache_bin().display().to_string(),
-            "inspect",
-            "--cache-dir",
-            &node.path("cache").display().to_string(),
-            "--netns-dir",
-            &netns_dir.display().to_string(),
-        ],
-    );
+    let inspect = inspect_foreign(&node, &netns_dir);
     let shown = String::from_utf8_lossy(&inspect.stdout);
     assert!(inspect.status.success(), "{shown}");
     for part in ["FOREIGN", "net1", "net2", "macvlan", "10.41.0.", "10.42.0."] {
@@ -512,17 +517,7 @@ fn a_pod_multus_attached_is_torn_down_by_attache_and_repeated_dels_make_no_api_c
         "repeated DELs called the API"
     );
     assert_eq!(node.tombstones("cache"), vec!["migrated".to_string()]);
-    let inspect = node.sh(
-        None,
-        &[
-            &testbed::attache_bin().display().to_string(),
-            "inspect",
-            "--cache-dir",
-            &node.path("cache").display().to_string(),
-            "--netns-dir",
-            &netns_dir.display().to_string(),
-        ],
-    );
+    let inspect = inspect_foreign(&node, &netns_dir);
     assert!(!String::from_utf8_lossy(&inspect.stdout).contains("FOREIGN"));
 
     // A definition with an empty config names a configuration in confDir; the server takes "".
