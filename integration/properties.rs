@@ -265,7 +265,7 @@ proptest! {
                         prop_assert!(ok_code(e.cni_code()), "ipam: {e}");
                     }
                     // Teardown never refuses.
-                    let _ = attache::ipam::Ipam::for_teardown(&conf, &args);
+                    let _ = attache::ipam::IpamRelease::of(&conf, &args);
                     let _ = attache::engine::config::AttacheConf::for_teardown(&conf);
                     if let Err(e) = attache::engine::config::AttacheConf::from_conf(&conf) {
                         prop_assert!(ok_code(e.cni_code()), "meta: {e}");

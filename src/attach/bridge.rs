@@ -26,7 +26,7 @@ use crate::cni::conf::{NetConf, check_ifname, decode};
 use crate::cni::skel::CmdArgs;
 use crate::cni::spec::{CniResult, Dns, Interface, Route};
 use crate::error::{Error, Result};
-use crate::ipam::Ipam;
+use crate::ipam::{Ipam, IpamRelease};
 use crate::netlink::{Link, Netlink, PortOpts, VethSpec, format_mac, is_exists, random_mac};
 
 #[derive(Deserialize, Default)]
@@ -234,7 +234,7 @@ struct Teardown {
     network: String,
     ip_masq: bool,
     macspoofchk: bool,
-    ipam: Ipam,
+    ipam: IpamRelease,
 }
 
 impl Teardown {
@@ -244,7 +244,7 @@ impl Teardown {
             network: conf.name.clone(),
             ip_masq: flag("ipMasq"),
             macspoofchk: flag("macspoofchk"),
-            ipam: Ipam::for_teardown(conf, args),
+            ipam: IpamRelease::of(conf, args),
         }
     }
 }

@@ -46,7 +46,7 @@ pub trait Driver: Sized {
     /// addresses.
     fn gc(args: &CmdArgs, conf: &NetConf) -> Result<()> {
         let valid = crate::cni::conf::valid_attachments(conf)?;
-        let released = crate::ipam::Ipam::for_teardown(conf, args).gc(&valid)?;
+        let released = crate::ipam::IpamRelease::of(conf, args).gc(&valid)?;
         if !released.is_empty() {
             tracing::info!(network = %conf.name, ?released, "GC released stale addresses");
         }

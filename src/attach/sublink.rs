@@ -20,7 +20,7 @@ use crate::cni::conf::{NetConf, check_ifname, decode};
 use crate::cni::skel::CmdArgs;
 use crate::cni::spec::{CniResult, Dns, Interface};
 use crate::error::{Error, Result};
-use crate::ipam::Ipam;
+use crate::ipam::{Ipam, IpamRelease};
 use crate::netlink::{
     IpVlanFlag, IpVlanMode, Link, MacVlanMode, Netlink, SubLinkKind, SubLinkSpec, format_mac,
     is_exists, random_bytes, random_mac,
@@ -184,7 +184,7 @@ impl Driver for SubConf {
 
     /// Teardown reads only what it needs: the interface name and the IPAM to release.
     async fn del(args: &CmdArgs, conf: &NetConf) -> Result<()> {
-        del(args, conf, &Ipam::for_teardown(conf, args)).await
+        del(args, conf, &IpamRelease::of(conf, args)).await
     }
 }
 
@@ -362,7 +362,7 @@ async fn add_steps(
 
 /// DEL: the link (if the pod is still there), then the addresses — only once no interface can hold
 /// them any more. It never needs the master.
-async fn del(args: &CmdArgs, conf: &NetConf, ipam: &Ipam) -> Result<()> {
+async fn del(args: &CmdArgs, conf: &NetConf, ipam: &IpamRelease) -> Result<()> {
     if let Some(Ok(pod)) = args.netns.as_deref().map(crate::netns::NetNs::open) {
         Netlink::connect(Some(&pod))?
             .del_link(&args.ifname)

@@ -103,7 +103,7 @@ mod tests {
         .unwrap();
         let args = crate::testutil::cmd_args("");
         let ipam = crate::ipam::Ipam::from_conf(&conf, &args).unwrap();
-        let held = || ipam.held(&args).unwrap().len();
+        let held = || ipam.release().held(&args).unwrap().len();
         let ok = std::process::Command::new("ip")
             .args([
                 "-n", &ns.0, "link", "add", "rb0", "type", "veth", "peer", "name", "rb1",

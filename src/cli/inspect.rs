@@ -24,9 +24,9 @@ use crate::engine::chain::NetworkList;
 use crate::engine::config::{DEFAULT_CACHE_DIR, DEFAULT_CONF_DIR};
 use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
 use crate::error::{Error, Result};
-use crate::ipam::Ipam;
 use crate::ipam::range::{RangeSet, to_u128};
 use crate::ipam::store::{self, DiskStore, Store};
+use crate::ipam::{Ipam, IpamRelease};
 use crate::netns::NetNs;
 
 use super::table::{printable, table};
@@ -728,7 +728,7 @@ fn host_local_pools(a: &AttachmentRecord) -> Vec<(PoolKey, String, Ranges)> {
             Ok(_) => {}
             Err(e) => {
                 // What DEL would use: the pool is still there to be listed.
-                if let Ipam::HostLocal(h) = Ipam::for_teardown(&conf, &args) {
+                if let IpamRelease::HostLocal(h) = IpamRelease::of(&conf, &args) {
                     out.push((
                         (h.data_dir, h.network),
                         list.plugin_type(i).to_string(),

@@ -141,12 +141,14 @@ async fn run_ipam(args: &CmdArgs, conf: &NetConf) -> Result<Option<Value>> {
             Ok(None)
         }
         Command::Del => {
-            Ipam::for_teardown(conf, args).del(args, conf).await?;
+            crate::ipam::IpamRelease::of(conf, args)
+                .del(args, conf)
+                .await?;
             Ok(None)
         }
         Command::Gc => {
             let valid = crate::cni::conf::valid_attachments(conf)?;
-            let released = Ipam::for_teardown(conf, args).gc(&valid)?;
+            let released = crate::ipam::IpamRelease::of(conf, args).gc(&valid)?;
             if !released.is_empty() {
                 tracing::info!(network = %conf.name, ?released, "GC released stale addresses");
             }

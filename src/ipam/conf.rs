@@ -389,8 +389,8 @@ mod tests {
 
     #[test]
     fn teardown_reads_ranges_leniently() {
-        let td = |ipam: Value| match Ipam::for_teardown(&conf(ipam), &args("")) {
-            Ipam::HostLocal(h) => h,
+        let td = |ipam: Value| match crate::ipam::IpamRelease::of(&conf(ipam), &args("")) {
+            crate::ipam::IpamRelease::HostLocal(h) => h,
             other => panic!("{other:?}"),
         };
         let h = td(json!({"type":"host-local","subnet":"10.0.0.0/24","dataDir":"/x"}));

@@ -25,7 +25,9 @@ pub use static_ip::Static;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 
-/// A validated IPAM configuration.
+/// A validated IPAM configuration: what ADD allocates with and CHECK verifies. Teardown reads the
+/// configuration another way, into an [`IpamRelease`], which can only release: "teardown asked to
+/// allocate" does not compile.
 #[derive(Clone, Debug)]
 pub enum Ipam {
     /// No `ipam` (or `{}`): a layer-2 attachment.
@@ -34,9 +36,19 @@ pub enum Ipam {
     Static(Static),
     /// attache-ipam, validated for ADD and CHECK.
     Cluster(Box<cluster::ClusterIpam>),
-    /// attache-ipam as DEL and GC read it: its folder.
-    ClusterTeardown(cluster::Teardown),
     /// A type attache does not own (`dhcp`, `whereabouts`, ...), run by exec with the whole configuration.
+    External(String),
+}
+
+/// The IPAM as DEL and GC read it, leniently (see [`IpamRelease::of`]): it releases, and says what an
+/// attachment holds, and nothing else.
+#[derive(Clone, Debug)]
+pub enum IpamRelease {
+    None,
+    HostLocal(HostLocal),
+    Static(Static),
+    /// attache-ipam: its folder.
+    Cluster(cluster::Teardown),
     External(String),
 }
 
@@ -75,40 +87,14 @@ impl Ipam {
         }
     }
 
-    /// What DEL and GC need of the `ipam` section, read leniently: a configuration that ADD refused
-    /// must still be torn down. host-local needs the network name and `dataDir` (and its ranges if
-    /// they can be read, to release by the addresses `prevResult` names), static the
-    /// addresses it can parse (for address-keyed state such as masquerading), any other type its
-    /// name. What cannot be used is logged and skipped: ADD never made anything with it.
-    pub fn for_teardown(conf: &NetConf, args: &CmdArgs) -> Ipam {
-        let Some(Value::Object(section)) = conf.raw.get("ipam") else {
-            return Ipam::None;
-        };
-        match section.get("type").and_then(Value::as_str) {
-            None | Some("") => Ipam::None,
-            Some("host-local") => conf::host_local_for_teardown(conf, section)
-                .map(Ipam::HostLocal)
-                .unwrap_or(Ipam::None),
-            Some("static") => Ipam::Static(conf::static_for_teardown(section, args)),
-            Some(cluster::TYPE) => cluster::Teardown::from_section(&conf.name, section)
-                .map(Ipam::ClusterTeardown)
-                .unwrap_or(Ipam::None),
-            Some(t) if crate::cni::conf::validate_plugin_type(t).is_ok() => {
-                Ipam::External(t.to_string())
-            }
-            Some(t) => {
-                tracing::warn!("ipam type {t:?} names no plugin: nothing to release");
-                Ipam::None
-            }
-        }
-    }
-
-    /// attache-ipam's folder, from either reading.
-    fn teardown(&self) -> Option<cluster::Teardown> {
+    /// The releasing side of this configuration (a failed ADD's rollback releases with it).
+    pub fn release(&self) -> IpamRelease {
         match self {
-            Ipam::Cluster(c) => Some(cluster::Teardown::of(c)),
-            Ipam::ClusterTeardown(t) => Some(t.clone()),
-            _ => None,
+            Ipam::None => IpamRelease::None,
+            Ipam::HostLocal(h) => IpamRelease::HostLocal(h.clone()),
+            Ipam::Static(s) => IpamRelease::Static(s.clone()),
+            Ipam::Cluster(c) => IpamRelease::Cluster(cluster::Teardown::of(c)),
+            Ipam::External(t) => IpamRelease::External(t.clone()),
         }
     }
 
@@ -123,39 +109,13 @@ impl Ipam {
             Ipam::HostLocal(h) => h.add(&args.container_id, &args.ifname),
             Ipam::Static(s) => Ok(s.result()),
             Ipam::Cluster(c) => c.add(args).await,
-            Ipam::ClusterTeardown(_) => Err(Error::Internal(
-                "attache-ipam read for teardown was asked to allocate".into(),
-            )),
             Ipam::External(t) => exec::add(t, args, conf).await,
         }
     }
 
-    /// Release. Nothing held is success.
+    /// Release (a failed ADD's rollback). Nothing held is success.
     pub async fn del(&self, args: &CmdArgs, conf: &NetConf) -> Result<()> {
-        match self {
-            Ipam::None | Ipam::Static(_) => Ok(()),
-            Ipam::HostLocal(h) => {
-                // The addresses the runtime (or the chain) says this attachment has; a prevResult
-                // that cannot be read names none, and a search finds them.
-                let named: Vec<IpAddr> = match conf.prev_result() {
-                    Ok(Some(prev)) => prev.ips.iter().map(|i| i.address.addr()).collect(),
-                    _ => vec![],
-                };
-                h.release_named(&args.container_id, &args.ifname, &named)
-                    .map(|_| ())
-            }
-            Ipam::Cluster(_) | Ipam::ClusterTeardown(_) => {
-                let named: Vec<IpAddr> = match conf.prev_result() {
-                    Ok(Some(prev)) => prev.ips.iter().map(|i| i.address.addr()).collect(),
-                    _ => vec![],
-                };
-                if let Some(t) = self.teardown() {
-                    t.del(&args.container_id, &args.ifname, &named)?;
-                }
-                Ok(())
-            }
-            Ipam::External(t) => exec::run(Command::Del, t, args, conf).await,
-        }
+        self.release().del(args, conf).await
     }
 
     pub async fn check(&self, args: &CmdArgs, conf: &NetConf) -> Result<()> {
@@ -172,17 +132,67 @@ impl Ipam {
                 Ok(())
             }
             Ipam::Cluster(c) => c.check(args),
-            Ipam::ClusterTeardown(_) => Ok(()),
             Ipam::External(t) => exec::run(Command::Check, t, args, conf).await,
+        }
+    }
+}
+
+impl IpamRelease {
+    /// What DEL and GC need of the `ipam` section, read leniently: a configuration that ADD refused
+    /// must still be torn down. host-local needs the network name and `dataDir` (and its ranges if
+    /// they can be read, to release by the addresses `prevResult` names), static the
+    /// addresses it can parse (for address-keyed state such as masquerading), any other type its
+    /// name. What cannot be used is logged and skipped: ADD never made anything with it.
+    pub fn of(conf: &NetConf, args: &CmdArgs) -> IpamRelease {
+        let Some(Value::Object(section)) = conf.raw.get("ipam") else {
+            return IpamRelease::None;
+        };
+        match section.get("type").and_then(Value::as_str) {
+            None | Some("") => IpamRelease::None,
+            Some("host-local") => conf::host_local_for_teardown(conf, section)
+                .map(IpamRelease::HostLocal)
+                .unwrap_or(IpamRelease::None),
+            Some("static") => IpamRelease::Static(conf::static_for_teardown(section, args)),
+            Some(cluster::TYPE) => cluster::Teardown::from_section(&conf.name, section)
+                .map(IpamRelease::Cluster)
+                .unwrap_or(IpamRelease::None),
+            Some(t) if crate::cni::conf::validate_plugin_type(t).is_ok() => {
+                IpamRelease::External(t.to_string())
+            }
+            Some(t) => {
+                tracing::warn!("ipam type {t:?} names no plugin: nothing to release");
+                IpamRelease::None
+            }
+        }
+    }
+
+    /// Release. Nothing held is success.
+    pub async fn del(&self, args: &CmdArgs, conf: &NetConf) -> Result<()> {
+        // The addresses the runtime (or the chain) says this attachment has; a prevResult that cannot
+        // be read names none, and a search finds them.
+        let named = || -> Vec<IpAddr> {
+            match conf.prev_result() {
+                Ok(Some(prev)) => prev.ips.iter().map(|i| i.address.addr()).collect(),
+                _ => vec![],
+            }
+        };
+        match self {
+            IpamRelease::None | IpamRelease::Static(_) => Ok(()),
+            IpamRelease::HostLocal(h) => h
+                .release_named(&args.container_id, &args.ifname, &named())
+                .map(|_| ()),
+            IpamRelease::Cluster(t) => t
+                .del(&args.container_id, &args.ifname, &named())
+                .map(|_| ()),
+            IpamRelease::External(t) => exec::run(Command::Del, t, args, conf).await,
         }
     }
 
     /// Release every address whose `(containerID, ifname)` is not in `valid`.
     pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
         match self {
-            Ipam::HostLocal(h) => h.gc(valid),
-            Ipam::ClusterTeardown(t) => t.gc(valid),
-            Ipam::Cluster(c) => cluster::Teardown::of(c).gc(valid),
+            IpamRelease::HostLocal(h) => h.gc(valid),
+            IpamRelease::Cluster(t) => t.gc(valid),
             _ => Ok(vec![]),
         }
     }
@@ -190,10 +200,9 @@ impl Ipam {
     /// The addresses this attachment holds (for teardown of address-keyed state such as masquerading).
     pub fn held(&self, args: &CmdArgs) -> Result<Vec<IpAddr>> {
         match self {
-            Ipam::HostLocal(h) => h.held(&args.container_id, &args.ifname),
-            Ipam::Static(s) => Ok(s.addresses.iter().map(|a| a.address.addr()).collect()),
-            Ipam::ClusterTeardown(t) => t.held(&args.container_id, &args.ifname),
-            Ipam::Cluster(c) => cluster::Teardown::of(c).held(&args.container_id, &args.ifname),
+            IpamRelease::HostLocal(h) => h.held(&args.container_id, &args.ifname),
+            IpamRelease::Static(s) => Ok(s.addresses.iter().map(|a| a.address.addr()).collect()),
+            IpamRelease::Cluster(t) => t.held(&args.container_id, &args.ifname),
             _ => Ok(vec![]),
         }
     }
