@@ -13,28 +13,6 @@ use crate::error::{Error, Result};
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/attache";
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Raw {
-    cluster_network: Option<Value>,
-    conf_dir: Option<PathBuf>,
-    bin_dir: Option<PathBuf>,
-    cache_dir: Option<PathBuf>,
-    log_file: Option<PathBuf>,
-    log_level: Option<String>,
-    kubeconfig: Option<PathBuf>,
-    networks_dir: Option<PathBuf>,
-    namespace_isolation: Option<bool>,
-    global_namespaces: Option<Names>,
-    system_namespaces: Option<Names>,
-    default_networks: Option<Names>,
-    multus_namespace: Option<String>,
-    device_checkpoint: Option<PathBuf>,
-    device_info_dir: Option<PathBuf>,
-    max_attachments: Option<u64>,
-    api_timeout: Option<f64>,
-}
-
 /// How many networks one pod may select (defaultNetworks included) unless `maxAttachments` says
 /// otherwise; `MAX_ATTACHMENTS_LIMIT` is the most it may say.
 pub const DEFAULT_MAX_ATTACHMENTS: usize = 64;
@@ -106,160 +84,179 @@ pub struct AttacheConf {
     pub api_timeout: std::time::Duration,
 }
 
-impl AttacheConf {
-    pub fn from_conf(conf: &NetConf) -> Result<AttacheConf> {
-        let raw: Raw = decode("attache configuration", Value::Object(conf.raw.clone()))?;
-        let cluster = match raw.cluster_network {
-            None | Some(Value::Null) => {
-                return Err(Error::config(
-                    "clusterNetwork is required: an inline conf or conflist, or the name of a .conf/.conflist in confDir",
-                ));
-            }
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                return Err(Error::config("clusterNetwork is empty"));
-            }
-            Some(Value::String(s)) => ClusterRef::Named(s),
-            Some(v @ Value::Object(_)) => {
-                // Validate the shape now so a broken inline conf is refused before anything happens.
-                NetworkList::from_value(&v, &conf.cni_version)
-                    .map_err(|e| e.context("clusterNetwork"))?;
-                ClusterRef::Inline(v)
-            }
-            Some(other) => {
-                return Err(Error::config(format!(
-                    "clusterNetwork must be an object or a string, got {other}"
-                )));
-            }
-        };
-        let log_level = parse_level(raw.log_level.as_deref().unwrap_or("info"))?;
-        for (key, dir) in [("confDir", &raw.conf_dir), ("cacheDir", &raw.cache_dir)] {
-            if let Some(d) = dir
-                && !d.is_absolute()
-            {
-                return Err(Error::config(format!(
-                    "{key} must be an absolute path, got {}",
-                    d.display()
-                )));
-            }
-        }
-        for (key, dir) in [
-            ("networksDir", &raw.networks_dir),
-            ("kubeconfig", &raw.kubeconfig),
-        ] {
-            if let Some(d) = dir
-                && !d.is_absolute()
-            {
-                return Err(Error::config(format!(
-                    "{key} must be an absolute path, got {}",
-                    d.display()
-                )));
-            }
-        }
-        let default_networks = raw
-            .default_networks
-            .map(Names::into_vec)
-            .unwrap_or_default();
-        for n in &default_networks {
-            let ok = match n.split_once('/') {
-                Some((ns, name)) => {
-                    crate::k8s::annotation::is_dns1123_label(ns)
-                        && crate::k8s::annotation::is_dns1123_label(name)
-                }
-                None => crate::k8s::annotation::is_dns1123_label(n),
-            };
-            if !ok {
-                return Err(Error::config(format!(
-                    "defaultNetworks: {n:?} is not a [namespace/]name"
-                )));
-            }
-        }
-        let max_attachments = match raw.max_attachments {
-            None => DEFAULT_MAX_ATTACHMENTS,
-            Some(n) if (1..=MAX_ATTACHMENTS_LIMIT).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(Error::config(format!(
-                    "maxAttachments {n} is out of range: it must be 1 to {MAX_ATTACHMENTS_LIMIT}"
-                )));
-            }
-        };
-        let api_timeout = match raw.api_timeout {
-            None => DEFAULT_API_TIMEOUT,
-            Some(t) if t > 0.0 && t <= 60.0 => std::time::Duration::from_secs_f64(t),
-            Some(t) => {
-                return Err(Error::config(format!(
-                    "apiTimeout {t} is out of range: it must be more than 0 and at most 60 seconds"
-                )));
-            }
-        };
-        Ok(AttacheConf {
-            max_attachments,
-            api_timeout,
-            kubeconfig: raw.kubeconfig,
-            networks_dir: raw.networks_dir,
-            namespace_isolation: raw.namespace_isolation.unwrap_or(true),
-            global_namespaces: raw
-                .global_namespaces
-                .map(Names::into_vec)
-                .unwrap_or_else(|| vec!["default".into()]),
-            system_namespaces: raw
-                .system_namespaces
-                .map(Names::into_vec)
-                .unwrap_or_else(|| vec!["kube-system".into()]),
-            default_networks,
-            multus_namespace: raw.multus_namespace.unwrap_or_else(|| "kube-system".into()),
-            device_checkpoint: raw
-                .device_checkpoint
-                .unwrap_or_else(|| crate::k8s::devices::DEFAULT_CHECKPOINT.into()),
-            device_info_dir: raw
-                .device_info_dir
-                .unwrap_or_else(|| crate::k8s::devices::DEFAULT_DEVINFO_DIR.into()),
-            cluster,
-            conf_dir: raw.conf_dir.unwrap_or_else(|| DEFAULT_CONF_DIR.into()),
-            bin_dir: raw.bin_dir,
-            cache_dir: raw.cache_dir.unwrap_or_else(|| DEFAULT_CACHE_DIR.into()),
-            log_file: raw.log_file,
-            log_level,
+/// One key of the configuration, decoded on its own (absent or `null`: `None`); a wrong type is an
+/// error naming the key.
+fn key<T: serde::de::DeserializeOwned>(conf: &NetConf, k: &str) -> Result<Option<T>> {
+    match conf.raw.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => decode(&format!("attache configuration: {k}"), v.clone()).map(Some),
+    }
+}
+
+/// An optional path key that must be absolute.
+fn absolute(conf: &NetConf, k: &str) -> Result<Option<PathBuf>> {
+    match key::<PathBuf>(conf, k)? {
+        Some(d) if !d.is_absolute() => Err(Error::config(format!(
+            "{k} must be an absolute path, got {}",
+            d.display()
+        ))),
+        d => Ok(d),
+    }
+}
+
+/// The configuration read key by key, every key on its own: each one that does not validate is an
+/// error, and its default stands in its place. ADD refuses the first error ([`AttacheConf::from_conf`]);
+/// teardown warns and goes on ([`AttacheConf::for_teardown`]). No rule spans two keys, so that DEL can
+/// always use every key that is right.
+struct Reading {
+    errors: Vec<Error>,
+}
+
+impl Reading {
+    fn take<T>(&mut self, r: Result<T>, default: impl FnOnce() -> T) -> T {
+        r.unwrap_or_else(|e| {
+            self.errors.push(e);
+            default()
         })
+    }
+}
+
+fn cluster_ref(conf: &NetConf) -> Result<ClusterRef> {
+    match conf.raw.get("clusterNetwork") {
+        None | Some(Value::Null) => Err(Error::config(
+            "clusterNetwork is required: an inline conf or conflist, or the name of a .conf/.conflist in confDir",
+        )),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(Error::config("clusterNetwork is empty"))
+        }
+        Some(Value::String(s)) => Ok(ClusterRef::Named(s.clone())),
+        Some(v @ Value::Object(_)) => {
+            // Validate the shape now so a broken inline conf is refused before anything happens.
+            NetworkList::from_value(v, &conf.cni_version)
+                .map_err(|e| e.context("clusterNetwork"))?;
+            Ok(ClusterRef::Inline(v.clone()))
+        }
+        Some(other) => Err(Error::config(format!(
+            "clusterNetwork must be an object or a string, got {other}"
+        ))),
+    }
+}
+
+fn default_networks(conf: &NetConf) -> Result<Vec<String>> {
+    let list = key::<Names>(conf, "defaultNetworks")?
+        .map(Names::into_vec)
+        .unwrap_or_default();
+    for n in &list {
+        let ok = match n.split_once('/') {
+            Some((ns, name)) => {
+                crate::k8s::annotation::is_dns1123_label(ns)
+                    && crate::k8s::annotation::is_dns1123_label(name)
+            }
+            None => crate::k8s::annotation::is_dns1123_label(n),
+        };
+        if !ok {
+            return Err(Error::config(format!(
+                "defaultNetworks: {n:?} is not a [namespace/]name"
+            )));
+        }
+    }
+    Ok(list)
+}
+
+fn max_attachments(conf: &NetConf) -> Result<usize> {
+    match key::<u64>(conf, "maxAttachments")? {
+        None => Ok(DEFAULT_MAX_ATTACHMENTS),
+        Some(n) if (1..=MAX_ATTACHMENTS_LIMIT).contains(&n) => Ok(n as usize),
+        Some(n) => Err(Error::config(format!(
+            "maxAttachments {n} is out of range: it must be 1 to {MAX_ATTACHMENTS_LIMIT}"
+        ))),
+    }
+}
+
+fn api_timeout(conf: &NetConf) -> Result<std::time::Duration> {
+    match key::<f64>(conf, "apiTimeout")? {
+        None => Ok(DEFAULT_API_TIMEOUT),
+        Some(t) if t > 0.0 && t <= 60.0 => Ok(std::time::Duration::from_secs_f64(t)),
+        Some(t) => Err(Error::config(format!(
+            "apiTimeout {t} is out of range: it must be more than 0 and at most 60 seconds"
+        ))),
+    }
+}
+
+impl AttacheConf {
+    /// Every key read on its own; the errors of those that do not validate, in the order of the keys.
+    fn read(conf: &NetConf) -> (AttacheConf, Vec<Error>) {
+        let mut r = Reading { errors: Vec::new() };
+        let names = |k: &str, default: &str| {
+            key::<Names>(conf, k).map(|n| {
+                n.map(Names::into_vec)
+                    .unwrap_or_else(|| vec![default.to_string()])
+            })
+        };
+        let cluster = cluster_ref(conf).unwrap_or_else(|e| {
+            let why = e.to_string();
+            r.errors.push(e);
+            ClusterRef::Invalid(why)
+        });
+        let ac = AttacheConf {
+            cluster,
+            log_level: r.take(
+                key::<String>(conf, "logLevel")
+                    .and_then(|l| parse_level(l.as_deref().unwrap_or("info"))),
+                || tracing::Level::INFO,
+            ),
+            conf_dir: r
+                .take(absolute(conf, "confDir"), || None)
+                .unwrap_or_else(|| DEFAULT_CONF_DIR.into()),
+            cache_dir: r
+                .take(absolute(conf, "cacheDir"), || None)
+                .unwrap_or_else(|| DEFAULT_CACHE_DIR.into()),
+            networks_dir: r.take(absolute(conf, "networksDir"), || None),
+            kubeconfig: r.take(absolute(conf, "kubeconfig"), || None),
+            bin_dir: r.take(key(conf, "binDir"), || None),
+            log_file: r.take(key(conf, "logFile"), || None),
+            default_networks: r.take(default_networks(conf), Vec::new),
+            max_attachments: r.take(max_attachments(conf), || DEFAULT_MAX_ATTACHMENTS),
+            api_timeout: r.take(api_timeout(conf), || DEFAULT_API_TIMEOUT),
+            namespace_isolation: r
+                .take(key(conf, "namespaceIsolation"), || None)
+                .unwrap_or(true),
+            global_namespaces: r.take(names("globalNamespaces", "default"), || {
+                vec!["default".into()]
+            }),
+            system_namespaces: r.take(names("systemNamespaces", "kube-system"), || {
+                vec!["kube-system".into()]
+            }),
+            multus_namespace: r
+                .take(key(conf, "multusNamespace"), || None)
+                .unwrap_or_else(|| "kube-system".into()),
+            device_checkpoint: r
+                .take(key(conf, "deviceCheckpoint"), || None)
+                .unwrap_or_else(|| crate::k8s::devices::DEFAULT_CHECKPOINT.into()),
+            device_info_dir: r
+                .take(key(conf, "deviceInfoDir"), || None)
+                .unwrap_or_else(|| crate::k8s::devices::DEFAULT_DEVINFO_DIR.into()),
+        };
+        (ac, r.errors)
+    }
+
+    /// The configuration ADD, CHECK, STATUS and GC run with: any key that does not validate refuses it.
+    pub fn from_conf(conf: &NetConf) -> Result<AttacheConf> {
+        let (ac, errors) = AttacheConf::read(conf);
+        match errors.into_iter().next() {
+            None => Ok(ac),
+            Some(first) => Err(first),
+        }
     }
 
     /// The configuration as DEL reads it: what teardown needs must never be refused because something
     /// else in the configuration is wrong (a DEL that fails forever strands the pod's sandbox). Each key
-    /// that does not validate on its own is dropped with a warning and its default used; an unusable
+    /// that does not validate is ignored with a warning and its default used; an unusable
     /// `clusterNetwork` leaves only the record to go by.
     pub fn for_teardown(conf: &NetConf) -> AttacheConf {
-        let err = match AttacheConf::from_conf(conf) {
-            Ok(ac) => return ac,
-            Err(e) => e,
-        };
-        const PLACEHOLDER: &str = "\0placeholder";
-        let mut kept = serde_json::Map::new();
-        let mut cluster_ok = false;
-        for (k, v) in &conf.raw {
-            let mut probe = serde_json::Map::new();
-            probe.insert("clusterNetwork".into(), Value::String(PLACEHOLDER.into()));
-            probe.insert(k.clone(), v.clone());
-            let probe_conf = NetConf {
-                raw: probe,
-                ..conf.clone()
-            };
-            if AttacheConf::from_conf(&probe_conf).is_ok() {
-                cluster_ok |= k == "clusterNetwork";
-                kept.insert(k.clone(), v.clone());
-            } else {
-                tracing::warn!("DEL ignores the configuration's {k:?}: {err}");
-            }
-        }
-        if !cluster_ok {
-            kept.insert("clusterNetwork".into(), Value::String(PLACEHOLDER.into()));
-        }
-        let filtered = NetConf {
-            raw: kept,
-            ..conf.clone()
-        };
-        let mut ac = AttacheConf::from_conf(&filtered)
-            .expect("every key kept validated on its own, and keys are independent");
-        if !cluster_ok {
-            ac.cluster = ClusterRef::Invalid(err.to_string());
+        let (ac, errors) = AttacheConf::read(conf);
+        for e in &errors {
+            tracing::warn!("DEL ignores part of the configuration: {e}");
         }
         ac
     }
@@ -425,6 +422,52 @@ mod tests {
             "clusterNetwork": "net", "logLevel": "loud"}));
         let a = AttacheConf::for_teardown(&c);
         assert_eq!(a.cluster, ClusterRef::Named("net".into()));
+    }
+
+    #[test]
+    fn teardown_takes_every_right_key_whatever_the_others_say() {
+        let keys = [
+            "clusterNetwork",
+            "confDir",
+            "binDir",
+            "cacheDir",
+            "logFile",
+            "logLevel",
+            "kubeconfig",
+            "networksDir",
+            "namespaceIsolation",
+            "globalNamespaces",
+            "systemNamespaces",
+            "defaultNetworks",
+            "multusNamespace",
+            "deviceCheckpoint",
+            "deviceInfoDir",
+            "maxAttachments",
+            "apiTimeout",
+        ];
+        // Every key wrong at once: ADD refuses, DEL reads the defaults and never panics.
+        let mut all = json!({"cniVersion":"1.0.0","name":"a","type":"attache"});
+        for k in keys {
+            all[k] = json!({"wrong": [1]});
+        }
+        assert_eq!(
+            AttacheConf::from_conf(&conf(all.clone()))
+                .unwrap_err()
+                .cni_code(),
+            7
+        );
+        let a = AttacheConf::for_teardown(&conf(all.clone()));
+        assert_eq!(a.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
+        assert_eq!(a.api_timeout, DEFAULT_API_TIMEOUT);
+        assert!(
+            matches!(a.cluster, ClusterRef::Invalid(ref why) if why.contains("clusterNetwork"))
+        );
+        // One right key among wrong ones is used.
+        all["cacheDir"] = json!("/var/lib/y");
+        all["apiTimeout"] = json!(7);
+        let a = AttacheConf::for_teardown(&conf(all));
+        assert_eq!(a.cache_dir, PathBuf::from("/var/lib/y"));
+        assert_eq!(a.api_timeout, std::time::Duration::from_secs(7));
     }
 
     #[test]
