@@ -21,13 +21,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::ErrorKind;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use nix::libc;
 
 use crate::error::{Error, Result};
 
@@ -536,8 +532,8 @@ pub fn record(dir: &Path, sample: &Sample<'_>) -> Result<Recorded> {
 /// `sample` added, the file replaced.
 fn update(dir: &Path, sample: Option<&Sample<'_>>) -> Result<()> {
     let path = dir.join(FILE);
-    let mut state = match read_bounded(&path) {
-        Ok(text) => State::parse(&text),
+    let mut state = match crate::files::read_bounded(&path, MAX_FILE) {
+        Ok(bytes) => State::parse(&String::from_utf8_lossy(&bytes)),
         Err(e) if e.kind() == ErrorKind::NotFound => State::default(),
         Err(e) => {
             tracing::warn!(
@@ -547,8 +543,8 @@ fn update(dir: &Path, sample: Option<&Sample<'_>>) -> Result<()> {
             State::default()
         }
     };
-    state.skipped = state.skipped.saturating_add(collect_skipped(dir));
-    let pending = collect_pending(dir);
+    let (skipped, pending) = collect(dir);
+    state.skipped = state.skipped.saturating_add(skipped);
     for p in &pending {
         match p {
             Some(p) => state.observe(&p.sample()),
@@ -643,84 +639,44 @@ fn has_pending(dir: &Path) -> bool {
     })
 }
 
-/// Remove the pending samples, each read first; `None` for one that does not read as a sample.
-fn collect_pending(dir: &Path) -> Vec<Option<PendingSample>> {
+/// What the folder holds for the lock holder, found in one listing (and removed): skipped-update markers
+/// of older versions, and pending samples (`None`: one that does not read as a sample). Leftovers of
+/// killed writers go too: a metrics temporary (only the lock holder writes one) and a pending sample
+/// whose writer died before its rename.
+fn collect(dir: &Path) -> (u64, Vec<Option<PendingSample>>) {
+    let (mut skipped, mut pending) = (0, Vec::new());
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return vec![];
+        return (skipped, pending);
     };
-    entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            // A pending sample whose writer was killed before its rename goes.
-            if let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WRITING_PREFIX))
-                && !rest
-                    .split('.')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .is_some_and(crate::files::pid_alive)
-            {
-                let _ = std::fs::remove_file(e.path());
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = e.path();
+        if name.starts_with(SKIPPED_PREFIX) {
+            skipped += u64::from(std::fs::remove_file(&path).is_ok());
+        } else if name.starts_with(PENDING_PREFIX) {
+            let text = crate::files::read_bounded(&path, MAX_PENDING).ok();
+            if std::fs::remove_file(&path).is_ok() {
+                pending.push(
+                    text.and_then(|b| String::from_utf8(b).ok())
+                        .and_then(|t| PendingSample::parse(&t)),
+                );
             }
-            name.as_encoded_bytes()
-                .starts_with(PENDING_PREFIX.as_bytes())
-        })
-        .filter_map(|e| {
-            let text = crate::files::read_bounded(&e.path(), MAX_PENDING).ok();
-            std::fs::remove_file(e.path()).ok()?;
-            Some(
-                text.and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|t| PendingSample::parse(&t)),
-            )
-        })
-        .collect()
-}
-
-fn read_bounded(path: &Path) -> std::io::Result<String> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    let mut bytes = Vec::with_capacity(8192);
-    f.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(std::io::Error::other(format!(
-            "larger than {} KiB",
-            MAX_FILE >> 10
-        )));
+        } else if let Some(rest) = name.strip_prefix(WRITING_PREFIX) {
+            let writer = rest.split('.').next().and_then(|p| p.parse().ok());
+            if !writer.is_some_and(crate::files::pid_alive) {
+                let _ = std::fs::remove_file(&path);
+            }
+        } else if name.starts_with(".attache.") && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(&path);
+        }
     }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Remove the skipped-update markers; how many there were.
-fn collect_skipped(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .as_encoded_bytes()
-                .starts_with(SKIPPED_PREFIX.as_bytes())
-        })
-        .filter(|e| std::fs::remove_file(e.path()).is_ok())
-        .count() as u64
+    (skipped, pending)
 }
 
 /// Write the metrics file whole ([`crate::files::replace`]: its temporary, `.attache.<pid>.<n>.tmp`, is
-/// not `*.prom`, so the collector never reads it). Only the lock holder writes: a temporary already
-/// there is a killed writer's, and goes.
+/// not `*.prom`, so the collector never reads it; a killed writer's goes with [`collect`]).
 fn replace(dir: &Path, bytes: &[u8]) -> Result<()> {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(".attache.") && name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
     let path = dir.join(FILE);
     crate::files::replace(&path, bytes, 0o644, false)
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))

@@ -97,10 +97,7 @@ fn foreign_netns(dir: &Path, report: &Report) -> Vec<ForeignNetns> {
         .filter_map(|r| r.netns.as_deref())
         .filter_map(|p| NetNs::open(p).ok())
         .collect();
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = super::runtime() else {
         return vec![];
     };
     let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
@@ -138,11 +135,7 @@ impl Judge {
         let socket = args.cri_socket.clone().or_else(crate::cri::default_socket);
         let why = match &socket {
             Some(p) => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                match rt
-                    .map_err(|e| Error::io("starting the async runtime", e))
+                match super::runtime()
                     .and_then(|rt| rt.block_on(crate::cri::sandbox_ids(p, CRI_TIMEOUT)))
                 {
                     Ok(ids) => return Judge::Cri(ids, p.clone()),
@@ -312,15 +305,19 @@ fn resolve_cache_dir(args: &InspectArgs) -> Result<(PathBuf, String)> {
     Ok((cache_dir_of(&v, &conf)?, conf.display().to_string()))
 }
 
-/// The cacheDir of attache's plugin in a conf or conflist.
-pub fn cache_dir_of(v: &Value, file: &Path) -> Result<PathBuf> {
+/// attache's plugin in a conf or conflist.
+fn attache_plugin(v: &Value) -> Option<&Value> {
     let is_attache =
         |p: &&Value| p.get("type").and_then(Value::as_str) == Some(crate::engine::META_NAME);
-    let plugin = match v.get("plugins").and_then(Value::as_array) {
+    match v.get("plugins").and_then(Value::as_array) {
         Some(list) => list.iter().find(is_attache),
         None => Some(v).filter(is_attache),
     }
-    .ok_or_else(|| {
+}
+
+/// The cacheDir of attache's plugin in a conf or conflist.
+pub fn cache_dir_of(v: &Value, file: &Path) -> Result<PathBuf> {
+    let plugin = attache_plugin(v).ok_or_else(|| {
         Error::config(format!(
             "{} has no plugin of type {:?}",
             file.display(),
@@ -514,13 +511,7 @@ fn teardown_conf(args: &InspectArgs, cache_dir: &Path) -> crate::engine::config:
     let plugin = crate::files::read_bounded(&file, MAX_CONF)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| match v.get("plugins").and_then(Value::as_array) {
-            Some(list) => list
-                .iter()
-                .find(|p| p.get("type").and_then(Value::as_str) == Some(crate::engine::META_NAME))
-                .cloned(),
-            None => Some(v),
-        })
+        .and_then(|v| attache_plugin(&v).cloned())
         .unwrap_or_else(|| serde_json::json!({}));
     let mut raw = plugin.as_object().cloned().unwrap_or_default();
     raw.insert("cniVersion".into(), "1.1.0".into());
@@ -551,13 +542,10 @@ fn tear_down(args: &InspectArgs, report: &Report, orphans: &[&StaleRecord]) -> T
         .filter(|p| !p.is_empty())
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_else(|| vec![PathBuf::from("/opt/cni/bin")]);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            out.errors.push(format!("starting the async runtime: {e}"));
+            out.errors.push(e.to_string());
             return out;
         }
     };

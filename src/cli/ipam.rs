@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::runtime;
 use super::table::table;
 use crate::error::{Error, Result};
 use crate::ipam::cluster::inspect::Report;
@@ -102,14 +103,6 @@ fn node_of(arg: &Option<String>) -> Result<String> {
 
 fn kubeconfig_of(arg: &Option<PathBuf>) -> Option<PathBuf> {
     cluster::claim::kubeconfig_or_installed(arg.clone())
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::io("starting the async runtime", e))
 }
 
 fn inspect_cmd(a: &InspectArgs) -> Result<()> {

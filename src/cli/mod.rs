@@ -40,6 +40,15 @@ enum Cmd {
     Ipam(ipam::IpamCmd),
 }
 
+/// The async runtime an operator's command runs its I/O on (netlink, the API, the CRI).
+pub(crate) fn runtime() -> crate::error::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| crate::error::Error::io("starting the async runtime", e))
+}
+
 /// Whether this invocation is the operator's (arguments, no `CNI_COMMAND`) rather than a runtime's.
 pub fn is_cli(invoked_as: &str) -> bool {
     invoked_as == crate::engine::META_NAME

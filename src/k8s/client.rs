@@ -161,10 +161,7 @@ impl KubeApi {
             Ok(Ok(v)) => Ok(Ok(v)),
             Ok(Err(kube::Error::Api(s))) if expected.contains(&s.code) => Ok(Err(s.code)),
             Ok(Err(e)) => Err(self.err(what, e)),
-            Err(_) => Err(Error::TryAgain(format!(
-                "Kubernetes API {}: {what}: no answer within the API deadline ({:?}, apiTimeout)",
-                self.server, self.timeout
-            ))),
+            Err(_) => Err(self.late(what)),
         }
     }
 
@@ -176,10 +173,7 @@ impl KubeApi {
     ) -> Result<T> {
         match tokio::time::timeout_at(self.deadline, fut).await {
             Ok(r) => r.map_err(|e| self.err(what, e)),
-            Err(_) => Err(Error::TryAgain(format!(
-                "Kubernetes API {}: {what}: no answer within the API deadline ({:?}, apiTimeout)",
-                self.server, self.timeout
-            ))),
+            Err(_) => Err(self.late(what)),
         }
     }
 
