@@ -35,7 +35,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(host: &mut Node) -> Cluster {
-        let api = RealApi::start(host);
+        let api = RealApi::start(realserver::Options::new(
+            host.path("apiserver"),
+            Some(format!("/run/netns/{}", host.name)),
+        ));
         let out = api.apply(&deploy(), &[]);
         assert!(
             out.status.success(),

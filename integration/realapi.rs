@@ -22,7 +22,10 @@ fn deploy() -> String {
 /// A real API server with `deploy/` applied, namespace `team-a`, the definition `red` (a native bridge)
 /// and a Pending pod per name in `pods`, annotated with `networks`.
 fn cluster(node: &Node, pods: &[&str], networks: &str) -> RealApi {
-    let api = RealApi::start(node);
+    let api = RealApi::start(realserver::Options::new(
+        node.path("apiserver"),
+        Some(format!("/run/netns/{}", node.name)),
+    ));
     let dry = api.apply(&deploy(), &["--dry-run=server"]);
     assert!(
         dry.status.success(),

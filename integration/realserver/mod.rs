@@ -1,8 +1,10 @@
-//! A real Kubernetes API server for the tests: kube-apiserver v1.20.2 built from Debian's source package
-//! (`scripts/kube-apiserver`, cached outside the repository) over Debian's etcd, started inside a test
-//! node's netns (so attache, exec'd there, reaches it on 127.0.0.1 and nothing listens outside), with its
-//! own PKI, RBAC authorization, an admin token, and an audit log of every request. kubectl (Debian's
-//! 1.20) talks to it as the admin. Everything is stopped and removed on drop.
+//! A real Kubernetes API server for the tests and the benchmark: kube-apiserver v1.20.2 built from
+//! Debian's source package (`scripts/kube-apiserver`, cached outside the repository) over Debian's etcd,
+//! started inside a test node's netns (so attache, exec'd there, reaches it on 127.0.0.1 and nothing
+//! listens outside) or in the benchmark's own, with its own PKI, RBAC (or, for the benchmark,
+//! AlwaysAllow) authorization, an admin token and any other users' tokens, and an audit log of every
+//! request. kubectl (Debian's 1.20) talks to it as the admin. Everything is stopped and removed on drop,
+//! and dies with the process that started it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -10,11 +12,35 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::testbed::{Node, eventually};
-
 pub const ADMIN_TOKEN: &str = "attache-test-admin-token";
 
-fn kube_apiserver() -> PathBuf {
+/// How a server is started.
+pub struct Options {
+    /// Its folder (PKI, etcd's data, logs, the audit log): removed on drop.
+    pub dir: PathBuf,
+    /// The netns it runs in (`/run/netns/<name>`, entered with nsenter); `None`: this process's own.
+    pub netns: Option<String>,
+    /// `--authorization-mode`.
+    pub authorization: &'static str,
+    /// Users besides the admin, by static token: `(token, name)`.
+    pub users: Vec<(String, String)>,
+}
+
+impl Options {
+    /// RBAC, the admin alone, in `netns` (or this process's own).
+    pub fn new(dir: PathBuf, netns: Option<String>) -> Options {
+        Options {
+            dir,
+            netns,
+            authorization: "RBAC",
+            users: vec![],
+        }
+    }
+}
+
+/// The binary `scripts/kube-apiserver` built (`ATTACHE_KUBE_APISERVER`, else its cache); missing fails
+/// loudly.
+pub fn kube_apiserver() -> PathBuf {
     let p = std::env::var_os("ATTACHE_KUBE_APISERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/attache-test/kube-apiserver"));
@@ -53,19 +79,34 @@ pub struct RealApi {
     pub ca: PathBuf,
     pub admin_kubeconfig: PathBuf,
     pub audit_log: PathBuf,
-    netns: String,
+    netns: Option<String>,
+    authorization: &'static str,
     etcd: Option<Child>,
     apiserver: Option<Child>,
 }
 
+/// Poll `f` every 50 ms for up to `secs`.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 impl RealApi {
-    /// etcd and kube-apiserver inside `node`'s netns, ready to serve.
-    pub fn start(node: &Node) -> RealApi {
+    /// etcd and kube-apiserver as `o` says, ready to serve.
+    pub fn start(o: Options) -> RealApi {
         require("/usr/bin/etcd");
         require("/usr/bin/kubectl");
         require("/usr/bin/openssl");
         let bin = kube_apiserver();
-        let dir = node.path("apiserver");
+        let dir = o.dir;
         std::fs::create_dir_all(&dir).unwrap();
         // PKI: a CA, a serving certificate for 127.0.0.1 and the first service IP, a service-account key.
         sh(
@@ -79,25 +120,26 @@ openssl genrsa -out sa.key 2048 2>/dev/null
 openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 "#,
         );
-        std::fs::write(
-            dir.join("tokens.csv"),
-            format!("{ADMIN_TOKEN},attache-test-admin,attache-test-admin-uid,system:masters\n"),
-        )
-        .unwrap();
+        let mut tokens =
+            format!("{ADMIN_TOKEN},attache-test-admin,attache-test-admin-uid,system:masters\n");
+        for (token, user) in &o.users {
+            tokens.push_str(&format!("{token},{user},{user}-uid\n"));
+        }
+        std::fs::write(dir.join("tokens.csv"), tokens).unwrap();
         // Every request, with its user, verb, resource, user agent and answer.
         std::fs::write(
             dir.join("audit.yaml"),
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
         )
         .unwrap();
-        let netns = format!("/run/netns/{}", node.name);
         let mut me = RealApi {
             url: "https://127.0.0.1:6443".into(),
             ca: dir.join("ca.crt"),
             admin_kubeconfig: dir.join("admin.kubeconfig"),
             audit_log: dir.join("audit.log"),
             dir: dir.clone(),
-            netns,
+            netns: o.netns,
+            authorization: o.authorization,
             etcd: None,
             apiserver: None,
         };
@@ -107,15 +149,36 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
         me
     }
 
+    /// A command in the server's netns.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={ns}")).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// A server process, logging to `log`, killed when the process that started it dies.
     fn spawn(&self, log: &str, argv: &[String]) -> Child {
+        use std::os::unix::process::CommandExt;
         let f = std::fs::File::create(self.dir.join(log)).unwrap();
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.netns))
-            .args(argv)
+        let mut cmd = self.command(&argv[0]);
+        cmd.args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
+            .stderr(f);
+        #[allow(unsafe_code)]
+        // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd.spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", argv[0]))
     }
 
@@ -155,7 +218,7 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
             format!("--service-account-key-file={d}/sa.pub"),
             format!("--service-account-signing-key-file={d}/sa.key"),
             format!("--token-auth-file={d}/tokens.csv"),
-            "--authorization-mode=RBAC".into(),
+            format!("--authorization-mode={}", self.authorization),
             "--service-cluster-ip-range=10.96.0.0/24".into(),
             // No controller manager runs: nothing would create the namespaces' default ServiceAccounts.
             "--disable-admission-plugins=ServiceAccount".into(),
@@ -216,9 +279,9 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
             .to_string()
     }
 
-    /// The netns the API server listens in (`/run/netns/<node>`).
-    pub fn netns(&self) -> &str {
-        &self.netns
+    /// The netns the API server listens in (`/run/netns/<node>`); `None`: the process's own.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// A kubeconfig for `token` (or, with `token_file`, naming a file that holds it) at `path`.
@@ -242,13 +305,29 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 
     /// kubectl as the admin, inside the node netns.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.netns))
-            .arg("/usr/bin/kubectl")
+        self.kubectl_with(args, None)
+    }
+
+    /// kubectl as the admin, inside the node netns, `stdin` written to it.
+    pub fn kubectl_with(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command("/usr/bin/kubectl")
             .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
             .args(args)
-            .output()
-            .unwrap()
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
     }
 
     pub fn must(&self, args: &[&str]) -> String {
@@ -264,26 +343,10 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 
     /// `kubectl apply -f -` of a document (YAML or JSON), extra flags before it.
     pub fn apply(&self, doc: &str, flags: &[&str]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns))
-            .arg("/usr/bin/kubectl")
-            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
-            .arg("apply")
-            .args(flags)
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(doc.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut args = vec!["apply"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["-f", "-"]);
+        self.kubectl_with(&args, Some(doc))
     }
 
     /// An object as JSON (`kubectl get -o json`).
