@@ -15,12 +15,13 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::AddCtx;
 use super::driver::{Driver, NativeType};
 use super::iface::{
     Dad, IfaceOpts, check_iface, configure_iface, pod_sysctls, result_nets, sysctl,
 };
 use super::naming::{host_veth_name, owner_alias};
-use super::undo::{Undo, rollback};
+use super::undo::Undo;
 use super::{PodNs, nft, pod_netns, sandbox};
 use crate::cni::conf::{NetConf, check_ifname, decode};
 use crate::cni::skel::CmdArgs;
@@ -338,8 +339,8 @@ fn apply_gateways(result: &mut CniResult, bc: &BridgeConf) -> Vec<IpNet> {
 }
 
 fn first_host(n: IpNet) -> IpAddr {
-    crate::ipam::range::from_u128(
-        crate::ipam::range::to_u128(n.network()) + 1,
+    crate::ipam::host_local::range::from_u128(
+        crate::ipam::host_local::range::to_u128(n.network()) + 1,
         n.addr().is_ipv4(),
     )
 }
@@ -377,47 +378,23 @@ async fn add(
     let node = Netlink::connect(None)?;
     // The pod's connection and the bridge are independent: ask for both at once.
     let (pod_nl, br) = futures::try_join!(pod.netlink(), ensure_bridge(&node, bc))?;
-    let undo = RefCell::new(Vec::new());
     let ctx = AddCtx {
         args,
         conf,
-        bc,
+        driver: bc,
         link_group,
-        pod: &pod.ns,
-        worker: &pod.worker,
+        pod,
         node: &node,
         pod_nl: &pod_nl,
-        br: &br,
-        undo: &undo,
+        upper: &br,
+        undo: RefCell::new(Vec::new()),
     };
-    // A panic half-way is undone like an error.
-    match crate::fail::guarded(ctx.run()).await {
-        Ok(r) => Ok(r),
-        Err(e) => {
-            rollback(undo.into_inner(), args, conf, &bc.ipam).await;
-            Err(e)
-        }
-    }
+    ctx.undone_on_failure(&bc.ipam, ctx.run()).await
 }
 
-/// Everything one ADD works with. `undo` is shared by the node-side and pod-side halves, which run
-/// concurrently on the one-threaded runtime (no borrow is held across an await).
-struct AddCtx<'a> {
-    args: &'a CmdArgs,
-    conf: &'a NetConf,
-    bc: &'a BridgeConf,
-    link_group: Option<u32>,
-    pod: &'a crate::netns::NetNs,
-    worker: &'a crate::netns::NsWorker,
-    node: &'a Netlink,
-    pod_nl: &'a Netlink,
-    br: &'a Link,
-    undo: &'a RefCell<Vec<Undo>>,
-}
-
-impl AddCtx<'_> {
+impl AddCtx<'_, BridgeConf> {
     async fn run(&self) -> Result<CniResult> {
-        let (args, bc) = (self.args, self.bc);
+        let (args, bc) = (self.args, self.driver);
         let host = host_veth_name(&args.container_id, &args.ifname);
 
         // Addresses first: running out of them should not cost a veth.
@@ -452,13 +429,13 @@ impl AddCtx<'_> {
         // Without a pinned MAC a bridge takes its lowest port's, which may just have changed: report the
         // MAC it has now (a bridge attache creates is pinned from birth, but this one may not be attache's).
         let br_mac = if bc.is_gw {
-            self.br.mac.clone()
+            self.upper.mac.clone()
         } else {
             self.node
-                .link_by_index(self.br.index)
+                .link_by_index(self.upper.index)
                 .await?
                 .map(|l| l.mac)
-                .unwrap_or_else(|| self.br.mac.clone())
+                .unwrap_or_else(|| self.upper.mac.clone())
         };
         result.interfaces = vec![
             Interface {
@@ -498,8 +475,8 @@ impl AddCtx<'_> {
                     peer: ifname,
                     peer_mac: pod_mac,
                     peer_up: false,
-                    peer_netns: self.pod.raw_fd(),
-                    mtu: self.bc.mtu,
+                    peer_netns: self.pod.ns.raw_fd(),
+                    mtu: self.driver.mtu,
                     peer_group: self.link_group,
                 })
                 .await;
@@ -531,7 +508,7 @@ impl AddCtx<'_> {
         gws: &[IpNet],
         result: &CniResult,
     ) -> Result<()> {
-        let (args, bc, node, br) = (self.args, self.bc, self.node, self.br);
+        let (args, bc, node, br) = (self.args, self.driver, self.node, self.upper);
         node.set_master_up(
             host,
             br.index,
@@ -604,7 +581,7 @@ impl AddCtx<'_> {
     }
 
     async fn pod_side(&self, result: &CniResult) -> Result<()> {
-        let (args, bc) = (self.args, self.bc);
+        let (args, bc) = (self.args, self.driver);
         let opts = IfaceOpts {
             dad: if bc.enable_dad && !(bc.hairpin || bc.promisc) {
                 Dad::On
@@ -618,7 +595,7 @@ impl AddCtx<'_> {
         // The link's index (for addresses and routes) and the sysctls (by name) are independent.
         let (link, sysctls) = futures::join!(self.pod_nl.link(&args.ifname), async {
             if layer3 {
-                pod_sysctls(self.worker, &args.ifname, result, &opts).await
+                pod_sysctls(&self.pod.worker, &args.ifname, result, &opts).await
             } else {
                 Ok(())
             }

@@ -109,7 +109,14 @@ impl NativeType {
                 let pod = PodNs::open(args)?;
                 checked.add(args, &pod, link_group).await.map(Some)
             }
-            Command::Check => self.check_conf(args, conf)?.check(args).await.map(|_| None),
+            Command::Check => {
+                // Standalone: the prevResult of stdin, read once here, as ADD's and DEL's input is.
+                let prev = conf
+                    .prev_result()?
+                    .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+                let checked = self.check_conf(args, conf)?;
+                checked.check(args, &prev).await.map(|_| None)
+            }
             Command::Del => match self {
                 NativeType::Bridge => BridgeConf::del(args, &conf).await,
                 NativeType::Sub(_) => SubConf::del(args, &conf).await,
@@ -150,15 +157,11 @@ impl Checked {
         }
     }
 
-    /// CHECK against the configuration's `prevResult`.
-    pub async fn check(&self, args: &CmdArgs) -> Result<()> {
-        let prev = self
-            .conf
-            .prev_result()?
-            .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+    /// CHECK against the result the chain's ADD returned.
+    pub async fn check(&self, args: &CmdArgs, prev: &CniResult) -> Result<()> {
         match &self.driver {
-            Parsed::Bridge(d) => d.check(args, &self.conf, &prev).await,
-            Parsed::Sub(d) => d.check(args, &self.conf, &prev).await,
+            Parsed::Bridge(d) => d.check(args, &self.conf, prev).await,
+            Parsed::Sub(d) => d.check(args, &self.conf, prev).await,
         }
     }
 }

@@ -24,6 +24,39 @@ use crate::error::{Error, Result};
 use crate::netlink::Netlink;
 use crate::netns::{NetNs, NsWorker};
 
+/// What one native ADD works with, whatever its driver `D` (its checked configuration): the invocation,
+/// the pod's namespace with its thread and connection, the node's connection, the node-side link the
+/// pod's interface hangs off (a bridge, a master), and the undo list its steps fill. Steps may run
+/// concurrently on the one-threaded runtime: none holds a borrow of `undo` across an await.
+pub struct AddCtx<'a, D> {
+    pub args: &'a CmdArgs,
+    pub conf: &'a NetConf,
+    pub driver: &'a D,
+    /// The group the pod's interface joins (see [`Driver::add`]).
+    pub link_group: Option<u32>,
+    pub pod: &'a PodNs,
+    pub node: &'a Netlink,
+    pub pod_nl: &'a Netlink,
+    pub upper: &'a crate::netlink::Link,
+    pub undo: std::cell::RefCell<Vec<undo::Undo>>,
+}
+
+impl<D> AddCtx<'_, D> {
+    /// Run a driver's ADD steps; when they fail or panic, undo what they did (newest first) and return
+    /// their error.
+    pub async fn undone_on_failure(
+        &self,
+        ipam: &crate::ipam::Ipam,
+        steps: impl std::future::Future<Output = Result<crate::cni::spec::CniResult>>,
+    ) -> Result<crate::cni::spec::CniResult> {
+        let r = crate::fail::guarded(steps).await;
+        if r.is_err() {
+            undo::rollback(self.undo.take(), self.args, self.conf, ipam).await;
+        }
+        r
+    }
+}
+
 /// The pod's namespace as the native ADDs of one invocation share it: opened once, with one thread
 /// inside it (for sysctls and the netlink socket) and one netlink connection there, however many native
 /// interfaces the pod gets.

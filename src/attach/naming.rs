@@ -4,7 +4,7 @@
 /// The host-side name of a pod's veth: stable for a `(containerID, ifname)` so DEL, CHECK and a retried
 /// ADD can find it without state, and `veth`-prefixed because NetworkManager leaves such devices alone.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let h = fnv1a(&[container_id, ifname]);
+    let h = crate::files::fnv1a(&[container_id, ifname]);
     format!("veth{:011x}", h & 0xfff_ffff_ffff)
 }
 
@@ -20,24 +20,8 @@ pub fn owner_alias_prefix(container_id: &str) -> String {
     if container_id.len() <= 64 {
         format!("attache {container_id} ")
     } else {
-        format!("attache h:{:016x} ", fnv1a(&[container_id]))
+        format!("attache h:{:016x} ", crate::files::fnv1a(&[container_id]))
     }
-}
-
-/// FNV-1a over the parts, NUL separated: stable across builds and platforms (unlike std's hasher).
-pub fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            h ^= 0;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        for b in p.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 pub fn chain_id(prefix: &str, network: &str, container_id: &str, ifname: &str) -> String {
     format!(
         "{prefix}-{:016x}",
-        super::naming::fnv1a(&[network, container_id, ifname])
+        crate::files::fnv1a(&[network, container_id, ifname])
     )
 }
 

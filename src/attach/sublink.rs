@@ -12,9 +12,10 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::AddCtx;
 use super::driver::{Driver, NativeType};
 use super::iface::{Dad, IfaceOpts, check_iface, configure_iface, pod_sysctls};
-use super::undo::{Undo, rollback};
+use super::undo::Undo;
 use super::{PodNs, pod_netns, sandbox};
 use crate::cni::conf::{NetConf, check_ifname, decode};
 use crate::cni::skel::CmdArgs;
@@ -244,120 +245,111 @@ async fn add(
             master.name, master.mtu
         )));
     }
-    let mut undo = Vec::new();
-    // A panic half-way is undone like an error.
-    let r = crate::fail::guarded(add_steps(
+    let ctx = AddCtx {
         args,
         conf,
-        sc,
+        driver: sc,
         link_group,
-        &pod.ns,
-        &pod.worker,
-        &node,
-        &pod_nl,
-        &master,
-        &mut undo,
-    ))
-    .await;
-    if r.is_err() {
-        rollback(undo, args, conf, &sc.ipam).await;
-    }
-    r
+        pod,
+        node: &node,
+        pod_nl: &pod_nl,
+        upper: &master,
+        undo: std::cell::RefCell::new(Vec::new()),
+    };
+    ctx.undone_on_failure(&sc.ipam, ctx.run()).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn add_steps(
-    args: &CmdArgs,
-    conf: &NetConf,
-    sc: &SubConf,
-    link_group: Option<u32>,
-    pod: &crate::netns::NetNs,
-    worker: &crate::netns::NsWorker,
-    node: &Netlink,
-    pod_nl: &Netlink,
-    master: &Link,
-    undo: &mut Vec<Undo>,
-) -> Result<CniResult> {
-    let mut result = sc.ipam.add(args, conf).await?;
-    undo.push(Undo::Ipam);
-    let mac = match sc.kind {
-        SubLinkKind::MacVlan(_) => Some(match sc.mac {
-            Some(m) => m,
-            None => random_mac()?,
-        }),
-        _ => None,
-    };
-    let (creator, netns) = if sc.link_in_container {
-        (pod_nl, None)
-    } else {
-        (node, Some(pod.raw_fd()))
-    };
-    let mut tmp = String::new();
-    for attempt in 0..3 {
-        tmp = temp_name()?;
-        match creator
-            .create_sublink(&SubLinkSpec {
-                kind: &sc.kind,
-                name: &tmp,
-                master: master.index,
-                netns,
-                mtu: sc.mtu,
-                mac,
-                group: link_group,
-            })
-            .await
-        {
-            Ok(()) => break,
-            Err(e) if is_exists(&e) && attempt < 2 => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    undo.push(Undo::Link {
-        netns: Some(pod.try_clone()?),
-        name: tmp.clone(),
-    });
-    if let Err(e) = pod_nl.rename(&tmp, &args.ifname).await {
-        if is_exists(&e) {
-            return Err(Error::Conflict(format!(
-                "an interface named {} already exists in the pod",
-                args.ifname
-            )));
-        }
-        return Err(e);
-    }
-    undo.pop();
-    undo.push(Undo::Link {
-        netns: Some(pod.try_clone()?),
-        name: args.ifname.clone(),
-    });
-    let link = pod_nl
-        .link(&args.ifname)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("{} did not appear in the pod", args.ifname)))?;
-    for ip in &mut result.ips {
-        ip.interface = Some(0);
-    }
-    if sc.ipam.is_none() {
-        pod_nl.set_up(&args.ifname).await?;
-    } else {
-        let opts = IfaceOpts {
-            dad: Dad::Kernel,
-            ndisc_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
-            arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
+impl AddCtx<'_, SubConf> {
+    async fn run(&self) -> Result<CniResult> {
+        let (args, conf, sc, link_group) = (self.args, self.conf, self.driver, self.link_group);
+        let (pod, worker, node, pod_nl, master) = (
+            &self.pod.ns,
+            &self.pod.worker,
+            self.node,
+            self.pod_nl,
+            self.upper,
+        );
+        let mut result = sc.ipam.add(args, conf).await?;
+        self.undo.borrow_mut().push(Undo::Ipam);
+        let mac = match sc.kind {
+            SubLinkKind::MacVlan(_) => Some(match sc.mac {
+                Some(m) => m,
+                None => random_mac()?,
+            }),
+            _ => None,
         };
-        pod_sysctls(worker, &args.ifname, &result, &opts).await?;
-        configure_iface(pod_nl, &args.ifname, link.index, &result).await?;
+        let (creator, netns) = if sc.link_in_container {
+            (pod_nl, None)
+        } else {
+            (node, Some(pod.raw_fd()))
+        };
+        let mut tmp = String::new();
+        for attempt in 0..3 {
+            tmp = temp_name()?;
+            match creator
+                .create_sublink(&SubLinkSpec {
+                    kind: &sc.kind,
+                    name: &tmp,
+                    master: master.index,
+                    netns,
+                    mtu: sc.mtu,
+                    mac,
+                    group: link_group,
+                })
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if is_exists(&e) && attempt < 2 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.undo.borrow_mut().push(Undo::Link {
+            netns: Some(pod.try_clone()?),
+            name: tmp.clone(),
+        });
+        if let Err(e) = pod_nl.rename(&tmp, &args.ifname).await {
+            if is_exists(&e) {
+                return Err(Error::Conflict(format!(
+                    "an interface named {} already exists in the pod",
+                    args.ifname
+                )));
+            }
+            return Err(e);
+        }
+        self.undo.borrow_mut().pop();
+        self.undo.borrow_mut().push(Undo::Link {
+            netns: Some(pod.try_clone()?),
+            name: args.ifname.clone(),
+        });
+        let link = pod_nl
+            .link(&args.ifname)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{} did not appear in the pod", args.ifname)))?;
+        for ip in &mut result.ips {
+            ip.interface = Some(0);
+        }
+        if sc.ipam.is_none() {
+            pod_nl.set_up(&args.ifname).await?;
+        } else {
+            let opts = IfaceOpts {
+                dad: Dad::Kernel,
+                ndisc_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
+                arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
+            };
+            pod_sysctls(worker, &args.ifname, &result, &opts).await?;
+            configure_iface(pod_nl, &args.ifname, link.index, &result).await?;
+        }
+        result.interfaces = vec![Interface {
+            name: args.ifname.clone(),
+            mac: format_mac(&link.mac),
+            sandbox: sandbox(args),
+            ..Default::default()
+        }];
+        if let Some(d) = &sc.dns {
+            result.dns = d.clone();
+        }
+        Ok(result)
     }
-    result.interfaces = vec![Interface {
-        name: args.ifname.clone(),
-        mac: format_mac(&link.mac),
-        sandbox: sandbox(args),
-        ..Default::default()
-    }];
-    if let Some(d) = &sc.dns {
-        result.dns = d.clone();
-    }
-    Ok(result)
 }
 
 /// DEL: the link (if the pod is still there), then the addresses — only once no interface can hold

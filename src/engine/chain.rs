@@ -322,15 +322,19 @@ impl NetworkList {
             return Ok(());
         }
         for i in 0..self.plugins.len() {
+            let t = self.plugin_type(i);
             let conf = self.plugin_conf(i, runtime, Some(prev));
-            run_plugin(
-                Command::Check,
-                self.plugin_type(i),
-                &conf,
-                inv,
-                self.version,
-            )
-            .await?;
+            match NativeType::of(t) {
+                // In-process, the result is handed over as it is: nothing is read back from JSON.
+                Some(native) => {
+                    let args = native_args(Command::Check, inv);
+                    let checked = native.check_conf(&args, NetConf::from_value(conf)?)?;
+                    checked.check(&args, prev).await?;
+                }
+                None => {
+                    run_plugin(Command::Check, t, &conf, inv, self.version).await?;
+                }
+            }
         }
         Ok(())
     }

@@ -288,6 +288,79 @@ impl AttacheConf {
     }
 }
 
+/// The largest configuration file read for its attache plugin.
+const MAX_CONF: u64 = 1 << 20;
+
+/// attache's plugin in a conf or conflist.
+pub fn attache_plugin(v: &Value) -> Option<&Value> {
+    let is_attache =
+        |p: &&Value| p.get("type").and_then(Value::as_str) == Some(crate::engine::META_NAME);
+    match v.get("plugins").and_then(Value::as_array) {
+        Some(list) => list.iter().find(is_attache),
+        None => Some(v).filter(is_attache),
+    }
+}
+
+/// The cacheDir of attache's plugin in a conf or conflist (`file` names it in errors).
+pub fn cache_dir_of(v: &Value, file: &Path) -> Result<PathBuf> {
+    let plugin = attache_plugin(v).ok_or_else(|| {
+        Error::config(format!(
+            "{} has no plugin of type {:?}",
+            file.display(),
+            crate::engine::META_NAME
+        ))
+    })?;
+    match plugin.get("cacheDir") {
+        None | Some(Value::Null) => Ok(DEFAULT_CACHE_DIR.into()),
+        Some(Value::String(d)) if Path::new(d).is_absolute() => Ok(d.into()),
+        Some(other) => Err(Error::config(format!(
+            "{}: cacheDir must be an absolute path, got {other}",
+            file.display()
+        ))),
+    }
+}
+
+/// The cacheDir of attache's plugin in the conf or conflist `file` (an operator's command's question);
+/// `None` when there is no such file.
+pub fn cache_dir_in(file: &Path) -> Result<Option<PathBuf>> {
+    let bytes = match crate::files::read_bounded(file, MAX_CONF) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", file.display()), e)),
+    };
+    let v: Value = serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+        what: file.display().to_string(),
+        source,
+    })?;
+    cache_dir_of(&v, file).map(Some)
+}
+
+impl AttacheConf {
+    /// The configuration a teardown outside a runtime's DEL runs with (`attache inspect --gc`): attache's
+    /// plugin in `file`, read leniently as DEL reads it (its `binDir` finds delegated plugins), with
+    /// `cache_dir`; without a readable file, the defaults.
+    pub fn for_teardown_in(file: &Path, cache_dir: &Path) -> AttacheConf {
+        let mut raw = crate::files::read_bounded(file, MAX_CONF)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| attache_plugin(&v).and_then(Value::as_object).cloned())
+            .unwrap_or_default();
+        raw.insert("cniVersion".into(), "1.1.0".into());
+        raw.insert("type".into(), crate::engine::META_NAME.into());
+        raw.entry("name").or_insert_with(|| "attache".into());
+        raw.insert("cacheDir".into(), cache_dir.display().to_string().into());
+        let conf = NetConf::from_value(Value::Object(raw)).unwrap_or_else(|e| {
+            tracing::warn!("{}: {e}: tearing down with the defaults", file.display());
+            NetConf::from_value(serde_json::json!({
+                "cniVersion": "1.1.0", "name": "attache", "type": crate::engine::META_NAME,
+                "cacheDir": cache_dir
+            }))
+            .expect("a literal configuration")
+        });
+        AttacheConf::for_teardown(&conf)
+    }
+}
+
 /// `logFile` and `logLevel` read straight from the raw keys, so that logging starts before (and
 /// whether or not) the rest of the configuration validates.
 pub fn logging_of(conf: &NetConf) -> (Option<PathBuf>, tracing::Level) {
@@ -383,6 +456,51 @@ mod tests {
 
     fn conf(v: Value) -> NetConf {
         NetConf::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn cache_dir_from_a_configuration() {
+        let f = Path::new("/x/00-attache.conflist");
+        let conflist = json!({"cniVersion": "1.0.0", "name": "attache", "plugins": [
+            {"type": "attache", "cacheDir": "/var/lib/elsewhere"}, {"type": "portmap"}]});
+        assert_eq!(
+            cache_dir_of(&conflist, f).unwrap(),
+            PathBuf::from("/var/lib/elsewhere")
+        );
+        let conf = json!({"cniVersion": "1.0.0", "name": "attache", "type": "attache"});
+        assert_eq!(
+            cache_dir_of(&conf, f).unwrap(),
+            PathBuf::from(DEFAULT_CACHE_DIR)
+        );
+        let e = cache_dir_of(&json!({"plugins": [{"type": "ptp"}]}), f).unwrap_err();
+        assert!(e.to_string().contains("no plugin of type"), "{e}");
+        assert!(cache_dir_of(&json!({"type": "attache", "cacheDir": "rel"}), f).is_err());
+        assert!(
+            cache_dir_in(Path::new("/nonexistent/attache.conflist"))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_inspect_teardown_reads_the_installed_plugin_leniently() {
+        let d = crate::testutil::tempdir("teardown-conf");
+        let f = d.join("00-attache.conflist");
+        std::fs::write(
+            &f,
+            json!({"cniVersion": "1.0.0", "name": "attache", "plugins": [
+                {"type": "attache", "binDir": "/opt/x/bin", "maxAttachments": "many",
+                 "cacheDir": "/elsewhere"}]})
+            .to_string(),
+        )
+        .unwrap();
+        let a = AttacheConf::for_teardown_in(&f, Path::new("/var/lib/y"));
+        assert_eq!(a.bin_dir, Some(PathBuf::from("/opt/x/bin")));
+        assert_eq!(a.cache_dir, PathBuf::from("/var/lib/y"));
+        assert_eq!(a.max_attachments, DEFAULT_MAX_ATTACHMENTS);
+        let a = AttacheConf::for_teardown_in(&d.join("missing"), Path::new("/var/lib/z"));
+        assert_eq!(a.cache_dir, PathBuf::from("/var/lib/z"));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -14,14 +14,14 @@ use serde_json::Value;
 use crate::attach::Checked;
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, Command};
-use crate::cni::spec::{CniResult, Route, Version};
+use crate::cni::spec::{CniResult, Route};
 use crate::delegate::Invocation;
-use crate::engine::chain::NetworkList;
 use crate::engine::config::AttacheConf;
 use crate::engine::plan::{self, Purpose};
-use crate::engine::record::{AttachmentRecord, PodRecord, PodRef, RecordStore};
+use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
 use crate::error::{Error, Result};
 use crate::fail::{guarded, guarded_now};
+use crate::k8s::PodRef;
 use crate::k8s::annotation::{NetworkStatus, status_of};
 use crate::k8s::api::StatusWrite;
 use crate::netns::NetNs;
@@ -96,30 +96,13 @@ async fn add(
     store: &RecordStore,
 ) -> Result<Value> {
     let netns = open_pod_netns(args)?;
-    if let Some(old) = store.load(&args.container_id, &args.ifname)? {
-        if old.complete {
-            // The same pod asking again: its first ADD finished but the runtime never got the answer
-            // (it was killed, or timed out). The recorded result is that answer; nothing is redone.
-            if old.netns == args.netns && !old.attachments.is_empty() {
-                tracing::info!(
-                    "ADD of an attachment already made: answering with its recorded result"
-                );
-                let cluster = old.attachments[0].result.clone().unwrap_or_default();
-                return Ok(cluster.to_value(conf.version));
-            }
-            return Err(Error::Conflict(format!(
-                "container {} already has an attachment {} in another netns; DEL it before adding it again",
-                args.container_id, args.ifname
-            )));
-        }
-        // A previous ADD died half-way: finish undoing it before starting again.
-        tracing::warn!("found an incomplete record from an interrupted ADD; tearing it down first");
-        teardown(args, ac, store, &old, false).await?;
+    if let Some(answer) = repeated_add(args, conf, ac, store).await? {
+        return Ok(answer);
     }
     let t = std::time::Instant::now();
     let planned = plan::plan(args, conf, ac, Purpose::Add).await?;
     // The pod's namespace, shared by every native attachment (one thread and one connection there).
-    let pod = match planned.attachments.iter().any(|a| a.link_group.is_some()) {
+    let pod = match planned.records().any(|a| a.link_group.is_some()) {
         true => Some(crate::attach::PodNs::open(args)?),
         false => None,
     };
@@ -132,13 +115,90 @@ async fn add(
     let mut rec = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
     rec.network = conf.name.clone();
     rec.pod = planned.pod_ref();
+    let (api, pod_info) = (planned.api, planned.pod);
+    let (records, checked): (Vec<_>, Vec<_>) = planned
+        .attachments
+        .into_iter()
+        .map(|p| (p.record, p.checked))
+        .unzip();
     // A container ID's earlier DEL left a tombstone: this ADD makes state again (podman restarts a
     // container under its ID), so the next DEL must tear it down.
     store.unbury(&args.container_id)?;
-    rec.attachments = planned.attachments;
+    rec.attachments = records;
     store.save(&rec)?;
 
-    for (i, natives) in planned.checked.into_iter().enumerate() {
+    attach_all(args, ac, store, &mut rec, checked, pod.as_ref()).await?;
+    let finished = match guarded(apply_default_routes(args, &mut rec)).await {
+        Ok(()) => {
+            rec.complete = true;
+            guarded_now(|| store.save(&rec))
+        }
+        Err(e) => Err(e.context("moving the default route")),
+    };
+    if let Err(err) = finished {
+        rollback(args, ac, store, &rec).await;
+        return Err(err);
+    }
+    if let (Some(api), Some(info)) = (&api, &pod_info) {
+        // The pod's networking is done: reporting it may not hold the result longer than one API
+        // deadline, and stops at the first thing that fails.
+        let t = std::time::Instant::now();
+        let reported = guarded(async {
+            report(&api.renewed(), &info.pod, &rec).await;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = reported {
+            tracing::error!("reporting to the Kubernetes API: {e}");
+        }
+        tracing::debug!(ms = elapsed_ms(t), "reported to the Kubernetes API");
+    }
+    // The result is the cluster network's, as Multus returns it.
+    let cluster = rec.attachments[0].result.clone().unwrap_or_default();
+    Ok(cluster.to_value(conf.version))
+}
+
+/// An ADD of an attachment there is a record of: the same pod asking again after its first ADD finished
+/// gets that ADD's answer; another netns is a conflict; an ADD that died half-way is undone first (and
+/// `None` lets this one go on).
+async fn repeated_add(
+    args: &CmdArgs,
+    conf: &NetConf,
+    ac: &AttacheConf,
+    store: &RecordStore,
+) -> Result<Option<Value>> {
+    let Some(old) = store.load(&args.container_id, &args.ifname)? else {
+        return Ok(None);
+    };
+    if !old.complete {
+        tracing::warn!("found an incomplete record from an interrupted ADD; tearing it down first");
+        teardown(args, ac, store, &old, false).await?;
+        return Ok(None);
+    }
+    // The runtime never got the first answer (it was killed, or timed out). The recorded result is
+    // that answer; nothing is redone.
+    if old.netns == args.netns && !old.attachments.is_empty() {
+        tracing::info!("ADD of an attachment already made: answering with its recorded result");
+        let cluster = old.attachments[0].result.clone().unwrap_or_default();
+        return Ok(Some(cluster.to_value(conf.version)));
+    }
+    Err(Error::Conflict(format!(
+        "container {} already has an attachment {} in another netns; DEL it before adding it again",
+        args.container_id, args.ifname
+    )))
+}
+
+/// Run each planned attachment in order, recording each result. The first that fails (or panics) is
+/// undone with the ones before it, and the record stays for the runtime's DEL if that undo fails too.
+async fn attach_all(
+    args: &CmdArgs,
+    ac: &AttacheConf,
+    store: &RecordStore,
+    rec: &mut PodRecord,
+    checked: Vec<Vec<Option<Checked>>>,
+    pod: Option<&crate::attach::PodNs>,
+) -> Result<()> {
+    for (i, natives) in checked.into_iter().enumerate() {
         let t = std::time::Instant::now();
         // A failed attachment has undone itself (its chain's rollback); one that panicked, or whose
         // record could not be saved, has not: it is undone with the ones before it.
@@ -148,7 +208,7 @@ async fn add(
             ac,
             &rec.attachments[i],
             natives,
-            pod.as_ref(),
+            pod,
         ))
         .catch_unwind()
         .await
@@ -175,10 +235,10 @@ async fn add(
             // default route moves in between. Each save creates a file, which costs 0.5-2 ms on ext4.
             let completes_next = i + 1 == rec.attachments.len()
                 && rec.attachments.iter().all(|a| a.default_route.is_empty());
-            if completes_next || all_native(&rec.attachments[i]) {
+            if completes_next || rec.attachments[i].all_native() {
                 return Ok(());
             }
-            guarded_now(|| store.save(&rec))
+            guarded_now(|| store.save(rec))
         });
         if let Err(e) = saved {
             let err = e.context(format!(
@@ -189,38 +249,11 @@ async fn add(
             // Undo the ones before it, newest first. If that fails too, the record stays so that the
             // runtime's DEL can finish.
             rec.attachments.truncate(undo_upto);
-            rollback(args, ac, store, &rec).await;
+            rollback(args, ac, store, rec).await;
             return Err(err);
         }
     }
-    let finished = match guarded(apply_default_routes(args, &mut rec)).await {
-        Ok(()) => {
-            rec.complete = true;
-            guarded_now(|| store.save(&rec))
-        }
-        Err(e) => Err(e.context("moving the default route")),
-    };
-    if let Err(err) = finished {
-        rollback(args, ac, store, &rec).await;
-        return Err(err);
-    }
-    if let (Some(api), Some(pod)) = (&planned.api, &planned.pod) {
-        // The pod's networking is done: reporting it may not hold the result longer than one API
-        // deadline, and stops at the first thing that fails.
-        let t = std::time::Instant::now();
-        let reported = guarded(async {
-            report(&api.renewed(), pod, &rec).await;
-            Ok(())
-        })
-        .await;
-        if let Err(e) = reported {
-            tracing::error!("reporting to the Kubernetes API: {e}");
-        }
-        tracing::debug!(ms = elapsed_ms(t), "reported to the Kubernetes API");
-    }
-    // The result is the cluster network's, as Multus returns it.
-    let cluster = rec.attachments[0].result.clone().unwrap_or_default();
-    Ok(cluster.to_value(conf.version))
+    Ok(())
 }
 
 /// Undo a failed ADD's attachments, newest first, logging what was undone.
@@ -237,11 +270,7 @@ async fn rollback(args: &CmdArgs, ac: &AttacheConf, store: &RecordStore, rec: &P
 }
 
 /// The network-status annotation, then one Event per secondary interface, under the API deadline.
-async fn report(
-    api: &crate::k8s::client::KubeApi,
-    pod: &crate::k8s::api::PodInfo,
-    rec: &PodRecord,
-) {
+async fn report(api: &crate::k8s::client::KubeApi, pod: &PodRef, rec: &PodRecord) {
     let status = network_status(rec);
     match api.set_network_status(pod, &status).await {
         Ok(StatusWrite::Written) => {}
@@ -393,32 +422,17 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
 
 /// The pod the runtime names in `CNI_ARGS`, if it gives its UID too.
 fn pod_by_uid(args: &CmdArgs) -> Option<PodRef> {
-    let get = |k| {
-        args.args
-            .get(k)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    Some(PodRef {
-        namespace: get("K8S_POD_NAMESPACE")?,
-        name: get("K8S_POD_NAME")?,
-        uid: get("K8S_POD_UID")?,
-    })
+    Some(PodRef::of(args))
+        .filter(|p| !p.namespace.is_empty() && !p.name.is_empty() && !p.uid.is_empty())
 }
 
 /// Remove the pod's network-status annotation under one API deadline; a failure is logged, not returned.
 async fn clear_network_status(kubeconfig: &Path, timeout: std::time::Duration, pod: &PodRef) {
     let t = std::time::Instant::now();
-    let info = crate::k8s::api::PodInfo {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-        annotations: Default::default(),
-    };
     let cleared = async {
         crate::k8s::client::KubeApi::connect(Some(kubeconfig), timeout)
             .await?
-            .clear_network_status(&info)
+            .clear_network_status(pod)
             .await
     };
     match cleared.await {
@@ -440,7 +454,7 @@ async fn replan(
     let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
     r.network = conf.name.clone();
     match plan::plan(args, conf, ac, Purpose::Teardown(skipped)).await {
-        Ok(p) => r.attachments = p.attachments,
+        Ok(p) => r.attachments = p.attachments.into_iter().map(|p| p.record).collect(),
         Err(e) => {
             skipped.set(skipped.get() + 1);
             tracing::warn!("DEL could not plan the pod ({e}): nothing from the configuration")
@@ -543,7 +557,7 @@ async fn detach_all(
     let mut errors = Vec::new();
     for a in list.iter().rev() {
         let t = std::time::Instant::now();
-        let netns = match links_gone && all_native(a) {
+        let netns = match links_gone && a.all_native() {
             true => None,
             false => live_netns(args, rec),
         };
@@ -577,7 +591,7 @@ async fn check(
             let prev = conf.prev_result()?.ok_or_else(|| {
                 Error::config("CHECK needs prevResult: attache has no record of this attachment")
             })?;
-            let (mut cluster, _) = plan::cluster(args, conf, ac, Purpose::Add)?;
+            let mut cluster = plan::cluster(args, conf, ac, Purpose::Add)?.record;
             cluster.result = Some(prev);
             let mut r = PodRecord::new(&args.container_id, &args.ifname, args.netns.as_deref());
             r.attachments = vec![cluster];
@@ -702,27 +716,7 @@ async fn attach_add(
 ) -> Result<CniResult> {
     let path = ac.search_path(&args.path);
     let inv = invocation(args, a, args.netns.as_deref(), &path);
-    match a.driver.as_str() {
-        "chain" => {
-            let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
-            list.add(&inv, &a.runtime_config, checked, pod).await
-        }
-        other => Err(Error::Internal(format!(
-            "unknown attachment driver {other:?}"
-        ))),
-    }
-}
-
-/// Whether every plugin of an attachment's chain runs natively.
-fn all_native(a: &AttachmentRecord) -> bool {
-    a.conf["plugins"].as_array().is_some_and(|ps| {
-        ps.iter().all(|p| {
-            p.get("type")
-                .and_then(Value::as_str)
-                .and_then(crate::attach::NativeType::of)
-                .is_some()
-        })
-    })
+    a.conf.add(&inv, &a.runtime_config, checked, pod).await
 }
 
 /// DEL one attachment; `netns` is the pod's if it is still a live one, else none (delegates must cope,
@@ -736,15 +730,7 @@ async fn attach_del(
     let path = ac.search_path(&args.path);
     let inv = invocation(args, a, netns, &path);
     let prev = a.result.as_ref();
-    match a.driver.as_str() {
-        "chain" => {
-            let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
-            list.del(&inv, &a.runtime_config, prev).await
-        }
-        other => Err(Error::Internal(format!(
-            "unknown attachment driver {other:?}"
-        ))),
-    }
+    a.conf.del(&inv, &a.runtime_config, prev).await
 }
 
 async fn attach_check(args: &CmdArgs, ac: &AttacheConf, a: &AttachmentRecord) -> Result<()> {
@@ -754,13 +740,5 @@ async fn attach_check(args: &CmdArgs, ac: &AttacheConf, a: &AttachmentRecord) ->
         .result
         .as_ref()
         .ok_or_else(|| Error::config("attachment has no result to check against"))?;
-    match a.driver.as_str() {
-        "chain" => {
-            let list = NetworkList::from_value(&a.conf, &Version::V1_1_0.to_string())?;
-            list.check(&inv, &a.runtime_config, prev).await
-        }
-        other => Err(Error::Internal(format!(
-            "unknown attachment driver {other:?}"
-        ))),
-    }
+    a.conf.check(&inv, &a.runtime_config, prev).await
 }

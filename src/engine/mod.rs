@@ -3,6 +3,7 @@
 //! attache implements natively runs that driver directly (drop-in mode); installed as `attache-ipam` it is
 //! the cluster-wide IPAM plugin; anything else is refused.
 
+pub mod audit;
 pub mod chain;
 pub mod config;
 pub mod meta;

@@ -15,9 +15,10 @@ use crate::delegate::Invocation;
 use crate::engine::chain::NetworkList;
 use crate::engine::config::{AttacheConf, load_named};
 use crate::engine::pod::link_group;
-use crate::engine::record::{AttachmentRecord, PodRef};
+use crate::engine::record::AttachmentRecord;
 use crate::error::{Error, Result};
 use crate::k8s::POD_ANNOTATIONS_CAPABILITY;
+use crate::k8s::PodRef;
 use crate::k8s::annotation::{NETWORKS, Selection, parse_networks};
 use crate::k8s::api::PodInfo;
 use crate::k8s::client::KubeApi;
@@ -34,10 +35,7 @@ pub enum Purpose<'a> {
 
 /// The outcome of planning.
 pub struct Plan {
-    pub attachments: Vec<AttachmentRecord>,
-    /// For each attachment, its chain's native configurations as planning validated them (ADD runs
-    /// them as they are; see [`NetworkList::add`]).
-    pub checked: Vec<Vec<Option<Checked>>>,
+    pub attachments: Vec<Planned>,
     pub pod: Option<PodInfo>,
     /// A connected API client, when a kubeconfig is configured (for the network-status annotation).
     pub api: Option<KubeApi>,
@@ -56,18 +54,21 @@ fn skip_or_fail<T>(purpose: Purpose<'_>, what: &str, r: Result<T>) -> Result<Opt
     }
 }
 
+/// One attachment of a plan: its record, and its chain's native configurations as planning validated
+/// them (ADD runs them as they are; see [`NetworkList::add`]).
+pub struct Planned {
+    pub record: AttachmentRecord,
+    pub checked: Vec<Option<Checked>>,
+}
+
 impl Plan {
-    fn push(&mut self, (a, checked): (AttachmentRecord, Vec<Option<Checked>>)) {
-        self.attachments.push(a);
-        self.checked.push(checked);
+    pub fn pod_ref(&self) -> Option<PodRef> {
+        self.pod.as_ref().map(|p| p.pod.clone())
     }
 
-    pub fn pod_ref(&self) -> Option<PodRef> {
-        self.pod.as_ref().map(|p| PodRef {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            uid: p.uid.clone(),
-        })
+    /// The attachments' records, in order.
+    pub fn records(&self) -> impl Iterator<Item = &AttachmentRecord> {
+        self.attachments.iter().map(|p| &p.record)
     }
 }
 
@@ -106,7 +107,7 @@ pub fn cluster(
     conf: &NetConf,
     ac: &AttacheConf,
     purpose: Purpose<'_>,
-) -> Result<(AttachmentRecord, Vec<Option<Checked>>)> {
+) -> Result<Planned> {
     let cluster = ac.cluster_network(&conf.cni_version)?;
     let runtime = normalize_runtime_config(conf.runtime_config());
     let (checked, link_group) = runnable(
@@ -118,11 +119,10 @@ pub fn cluster(
         &format!("clusterNetwork {:?} as {}", cluster.name, args.ifname),
         purpose,
     )?;
-    let a = AttachmentRecord {
+    let record = AttachmentRecord {
         network: cluster.name.clone(),
         ifname: args.ifname.clone(),
-        driver: "chain".into(),
-        conf: cluster.to_value(),
+        conf: cluster,
         runtime_config: runtime,
         cni_args: args.args.for_delegate(),
         link_group,
@@ -131,7 +131,7 @@ pub fn cluster(
         device_info: None,
         result: None,
     };
-    Ok((a, checked))
+    Ok(Planned { record, checked })
 }
 
 /// Everything ADD will attach — or, for a teardown, everything the configuration and the pod's
@@ -144,7 +144,6 @@ pub async fn plan(
 ) -> Result<Plan> {
     let mut plan = Plan {
         attachments: Vec::new(),
-        checked: Vec::new(),
         pod: None,
         api: None,
     };
@@ -153,25 +152,14 @@ pub async fn plan(
         "the cluster network",
         cluster(args, conf, ac, purpose),
     )? {
-        plan.push(c);
+        plan.attachments.push(c);
     }
     let Some((ns, name)) = pod_of(args) else {
         // A plain runtime: no pod, so the cluster network and defaultNetworks only.
         tracing::debug!("no Kubernetes pod in CNI_ARGS: the cluster network and defaultNetworks");
-        let mut resolver = Resolver::new(ac, None);
-        let defaults = default_selections(ac);
-        add_selections(
-            &mut plan,
-            args,
-            conf,
-            ac,
-            "default",
-            defaults,
-            &mut resolver,
-            purpose,
-        )
-        .await?;
-        return Ok(plan);
+        let mut planner = Planner::new(args, conf, ac, purpose, plan, "default");
+        planner.add_selections(default_selections(ac)).await?;
+        return Ok(planner.plan);
     };
     if ac.system_namespaces.contains(&ns) {
         tracing::debug!("pod {ns}/{name} is in a system namespace: the cluster network only");
@@ -192,19 +180,9 @@ pub async fn plan(
         return Ok(plan);
     };
     let selections = selections_of(ac, &pod, purpose)?;
-    let mut resolver = Resolver::new(ac, plan.api.clone());
-    add_selections(
-        &mut plan,
-        args,
-        conf,
-        ac,
-        &ns,
-        selections,
-        &mut resolver,
-        purpose,
-    )
-    .await?;
-    Ok(plan)
+    let mut planner = Planner::new(args, conf, ac, purpose, plan, &ns);
+    planner.add_selections(selections).await?;
+    Ok(planner.plan)
 }
 
 /// The Kubernetes pod the runtime names in `CNI_ARGS`, as `(namespace, name)`.
@@ -240,9 +218,11 @@ async fn pod_info(
                 .collect::<BTreeMap<_, _>>()
         });
     let bare = |annotations| PodInfo {
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        uid: uid.clone(),
+        pod: PodRef {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            uid: uid.clone(),
+        },
         annotations,
     };
     match (from_runtime, api) {
@@ -256,14 +236,14 @@ async fn pod_info(
             tracing::debug!("pod {ns}/{name}: annotations from the Kubernetes API");
             let got = api.pod(ns, name).await.and_then(|p| match p {
                 Some(mut p) => {
-                    if !uid.is_empty() && !p.uid.is_empty() && p.uid != uid {
+                    if !uid.is_empty() && !p.pod.uid.is_empty() && p.pod.uid != uid {
                         return Err(Error::TryAgain(format!(
                             "pod {ns}/{name} has UID {} in the API, not {uid}: it was replaced",
-                            p.uid
+                            p.pod.uid
                         )));
                     }
-                    if p.uid.is_empty() {
-                        p.uid = uid.clone();
+                    if p.pod.uid.is_empty() {
+                        p.pod.uid = uid.clone();
                     }
                     Ok(Some(p))
                 }
@@ -293,7 +273,7 @@ async fn pod_info(
 /// The networks a pod gets besides the cluster network: `defaultNetworks`, then what its networks
 /// annotation selects — each checked against namespace isolation.
 fn selections_of(ac: &AttacheConf, pod: &PodInfo, purpose: Purpose<'_>) -> Result<Vec<Selection>> {
-    let (ns, name) = (&pod.namespace, &pod.name);
+    let (ns, name) = (&pod.pod.namespace, &pod.pod.name);
     let mut selections = default_selections(ac);
     let Some(value) = pod.annotations.get(NETWORKS) else {
         return Ok(selections);
@@ -344,7 +324,7 @@ pub async fn check_pod_ifnames(
     };
     let present: std::collections::HashSet<String> =
         nl.links().await?.into_iter().map(|l| l.name).collect();
-    for a in &plan.attachments {
+    for a in plan.records() {
         if present.contains(&a.ifname) {
             return Err(Error::config(format!(
                 "interface {} (network {:?}) already exists in the pod",
@@ -450,154 +430,170 @@ fn declares_capability(list: &NetworkList, cap: &str) -> bool {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn add_selections(
-    plan: &mut Plan,
-    args: &CmdArgs,
-    conf: &NetConf,
-    ac: &AttacheConf,
-    pod_ns: &str,
-    selections: Vec<Selection>,
-    resolver: &mut Resolver<'_>,
-    purpose: Purpose<'_>,
-) -> Result<()> {
-    if selections.len() > ac.max_attachments {
-        let e = Error::config(format!(
-            "{} networks are selected: at most {} are allowed (maxAttachments)",
-            selections.len(),
-            ac.max_attachments
-        ));
-        skip_or_fail::<()>(purpose, "the selected networks", Err(e))?;
-        return Ok(());
-    }
-    let pod_name = plan
-        .pod
-        .as_ref()
-        .map(|p| format!("pod {}/{}", p.namespace, p.name))
-        .unwrap_or_else(|| format!("container {}", args.container_id));
-    let mut ctx = SelectionCtx {
-        families_routed: [false, false],
-        devices: None,
-        ifnames: plan.attachments.iter().map(|a| a.ifname.clone()).collect(),
-    };
-    for (i, s) in selections.into_iter().enumerate() {
-        let what = format!("network {}", s.qualified(pod_ns));
-        let r = attachment_for(
-            plan, args, conf, ac, pod_ns, &pod_name, i, s, resolver, &mut ctx, purpose,
-        )
-        .await;
-        if let Some(a) = skip_or_fail(purpose, &what, r)? {
-            tracing::debug!(
-                network = %a.0.network,
-                ifname = %a.0.ifname,
-                "planned"
-            );
-            plan.push(a);
+/// Plans one pod's selections: what they share while each is resolved to its attachment.
+struct Planner<'a> {
+    args: &'a CmdArgs,
+    conf: &'a NetConf,
+    ac: &'a AttacheConf,
+    purpose: Purpose<'a>,
+    resolver: Resolver<'a>,
+    /// The plan so far (the cluster network's attachment), which the selections' join.
+    plan: Plan,
+    /// The namespace of definitions a selection names without one (the pod's).
+    pod_ns: String,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        args: &'a CmdArgs,
+        conf: &'a NetConf,
+        ac: &'a AttacheConf,
+        purpose: Purpose<'a>,
+        plan: Plan,
+        pod_ns: &str,
+    ) -> Planner<'a> {
+        Planner {
+            args,
+            conf,
+            ac,
+            purpose,
+            resolver: Resolver::new(ac, plan.api.clone()),
+            plan,
+            pod_ns: pod_ns.to_string(),
         }
     }
-    Ok(())
+
+    async fn add_selections(&mut self, selections: Vec<Selection>) -> Result<()> {
+        if selections.len() > self.ac.max_attachments {
+            let e = Error::config(format!(
+                "{} networks are selected: at most {} are allowed (maxAttachments)",
+                selections.len(),
+                self.ac.max_attachments
+            ));
+            skip_or_fail::<()>(self.purpose, "the selected networks", Err(e))?;
+            return Ok(());
+        }
+        let mut ctx = SelectionCtx {
+            pod_name: match &self.plan.pod {
+                Some(p) => format!("pod {}", p.pod),
+                None => format!("container {}", self.args.container_id),
+            },
+            families_routed: [false, false],
+            devices: None,
+            ifnames: self.plan.records().map(|a| a.ifname.clone()).collect(),
+        };
+        for (i, s) in selections.into_iter().enumerate() {
+            let what = format!("network {}", s.qualified(&self.pod_ns));
+            let r = self.attachment_for(&mut ctx, i, s).await;
+            if let Some(a) = skip_or_fail(self.purpose, &what, r)? {
+                tracing::debug!(
+                    network = %a.record.network,
+                    ifname = %a.record.ifname,
+                    "planned"
+                );
+                self.plan.attachments.push(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// One selection (the `i`th), resolved to the attachment it makes.
+    async fn attachment_for(
+        &mut self,
+        ctx: &mut SelectionCtx,
+        i: usize,
+        s: Selection,
+    ) -> Result<Planned> {
+        let (args, conf, ac) = (self.args, self.conf, self.ac);
+        let pod_name = ctx.pod_name.clone();
+        let ns = s.namespace.clone().unwrap_or_else(|| self.pod_ns.clone());
+        let nad = self.resolver.nad(&ns, &s.name).await?;
+        let qualified = nad.qualified();
+        let mut list = network_of(&nad, ac, conf)?;
+        if let Some(extra) = &s.cni_args {
+            merge_cni_args(&mut list, extra);
+        }
+        inject_cluster_ipam(&mut list, s.ipam_claim_reference.as_deref(), ac, conf);
+        let mut runtime = Map::new();
+        for (cap, v) in selection_runtime_config(&s) {
+            if !declares_capability(&list, cap) {
+                return Err(Error::config(format!(
+                    "{pod_name}: network {qualified} is given {cap:?} but none of its plugins declares the {cap:?} capability"
+                )));
+            }
+            runtime.insert(cap.to_string(), v);
+        }
+        let ifname = match &s.interface {
+            Some(n) => n.clone(),
+            None => format!("net{}", i + 1),
+        };
+        if !ctx.ifnames.insert(ifname.clone()) {
+            return Err(Error::config(format!(
+                "{pod_name}: interface name {ifname} is used twice (network {qualified})"
+            )));
+        }
+        let (device_id, device_info) = match &nad.resource_name {
+            Some(resource) => {
+                let uid = self
+                    .plan
+                    .pod
+                    .as_ref()
+                    .map(|p| p.pod.uid.as_str())
+                    .unwrap_or_default();
+                let id = ctx
+                    .take_device(ac, uid, resource)
+                    .map_err(|e| e.context(format!("{pod_name}: network {qualified}")))?;
+                // As top-level "deviceID" (what sriov-style plugins read) and the deviceID capability.
+                for p in &mut list.plugins {
+                    p.insert("deviceID".into(), json!(id));
+                }
+                if declares_capability(&list, "deviceID") {
+                    runtime.insert("deviceID".into(), json!(id));
+                }
+                let info = crate::k8s::devices::device_info(&ac.device_info_dir, resource, &id);
+                (Some(id), info)
+            }
+            None => (None, None),
+        };
+        let default_route = s.default_route.clone().unwrap_or_default();
+        ctx.route_defaults(&pod_name, &default_route)?;
+        let (checked, link_group) = runnable(
+            &list,
+            args,
+            ac,
+            &ifname,
+            &runtime,
+            &format!("network {qualified} as {ifname}"),
+            self.purpose,
+        )?;
+        if list.name.is_empty() {
+            list.name = nad.name.clone();
+        }
+        let record = AttachmentRecord {
+            network: qualified,
+            ifname,
+            conf: list,
+            runtime_config: runtime,
+            cni_args: args.args.for_delegate(),
+            link_group,
+            default_route,
+            device_id,
+            device_info,
+            result: None,
+        };
+        Ok(Planned { record, checked })
+    }
 }
 
 /// What the selections of one pod share while they are planned.
 struct SelectionCtx {
+    /// `pod ns/name` (or the container) in errors.
+    pod_name: String,
     families_routed: [bool; 2],
     /// Device IDs the kubelet gave the pod, by resource, read once if a definition needs one.
     devices: Option<BTreeMap<String, Vec<String>>>,
     /// Interface names taken so far (a set: planning stays linear in the number of selections).
     ifnames: std::collections::HashSet<String>,
-}
-
-/// One selection, resolved to the attachment it makes.
-#[allow(clippy::too_many_arguments)]
-async fn attachment_for(
-    plan: &Plan,
-    args: &CmdArgs,
-    conf: &NetConf,
-    ac: &AttacheConf,
-    pod_ns: &str,
-    pod_name: &str,
-    i: usize,
-    s: Selection,
-    resolver: &mut Resolver<'_>,
-    ctx: &mut SelectionCtx,
-    purpose: Purpose<'_>,
-) -> Result<(AttachmentRecord, Vec<Option<Checked>>)> {
-    let ns = s.namespace.clone().unwrap_or_else(|| pod_ns.to_string());
-    let nad = resolver.nad(&ns, &s.name).await?;
-    let qualified = nad.qualified();
-    let mut list = network_of(&nad, ac, conf)?;
-    if let Some(extra) = &s.cni_args {
-        merge_cni_args(&mut list, extra);
-    }
-    inject_cluster_ipam(&mut list, s.ipam_claim_reference.as_deref(), ac, conf);
-    let mut runtime = Map::new();
-    for (cap, v) in selection_runtime_config(&s) {
-        if !declares_capability(&list, cap) {
-            return Err(Error::config(format!(
-                "{pod_name}: network {qualified} is given {cap:?} but none of its plugins declares the {cap:?} capability"
-            )));
-        }
-        runtime.insert(cap.to_string(), v);
-    }
-    let ifname = match &s.interface {
-        Some(n) => n.clone(),
-        None => format!("net{}", i + 1),
-    };
-    if !ctx.ifnames.insert(ifname.clone()) {
-        return Err(Error::config(format!(
-            "{pod_name}: interface name {ifname} is used twice (network {qualified})"
-        )));
-    }
-    let (device_id, device_info) = match &nad.resource_name {
-        Some(resource) => {
-            let uid = plan
-                .pod
-                .as_ref()
-                .map(|p| p.uid.as_str())
-                .unwrap_or_default();
-            let id = ctx
-                .take_device(ac, uid, resource)
-                .map_err(|e| e.context(format!("{pod_name}: network {qualified}")))?;
-            // As top-level "deviceID" (what sriov-style plugins read) and the deviceID capability.
-            for p in &mut list.plugins {
-                p.insert("deviceID".into(), json!(id));
-            }
-            if declares_capability(&list, "deviceID") {
-                runtime.insert("deviceID".into(), json!(id));
-            }
-            let info = crate::k8s::devices::device_info(&ac.device_info_dir, resource, &id);
-            (Some(id), info)
-        }
-        None => (None, None),
-    };
-    let default_route = s.default_route.clone().unwrap_or_default();
-    ctx.route_defaults(pod_name, &default_route)?;
-    let (checked, link_group) = runnable(
-        &list,
-        args,
-        ac,
-        &ifname,
-        &runtime,
-        &format!("network {qualified} as {ifname}"),
-        purpose,
-    )?;
-    if list.name.is_empty() {
-        list.name = nad.name.clone();
-    }
-    let a = AttachmentRecord {
-        network: qualified,
-        ifname,
-        driver: "chain".into(),
-        conf: list.to_value(),
-        runtime_config: runtime,
-        cni_args: args.args.for_delegate(),
-        link_group,
-        default_route,
-        device_id,
-        device_info,
-        result: None,
-    };
-    Ok((a, checked))
 }
 
 /// A definition's network: its `spec.config`, or (without one) the file of its name in `confDir`.
@@ -701,6 +697,220 @@ impl SelectionCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A meta configuration whose cluster network and definitions are native bridges (planning checks
+    /// them without touching anything), definitions from a networksDir, annotations from the runtime.
+    fn planning(annotation: Option<&str>, extra: Value) -> (tempdir::Dir, CmdArgs, NetConf) {
+        let d = tempdir::Dir::new();
+        let nad = |ns: &str, name: &str, caps: Value| {
+            json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                   "metadata": {"namespace": ns, "name": name},
+                   "spec": {"config": json!({"cniVersion": "1.0.0", "type": "bridge",
+                        "bridge": format!("br-{name}"), "capabilities": caps}).to_string()}})
+        };
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+            nad("team", "blue", json!({})),
+            nad("team", "mac", json!({"mac": true})),
+            nad("default", "shared", json!({})),
+            nad("other", "private", json!({})),
+        ]});
+        std::fs::write(d.0.join("nads.json"), list.to_string()).unwrap();
+        let mut raw = json!({"cniVersion": "1.1.0", "name": "attache", "type": "attache",
+            "clusterNetwork": {"cniVersion": "1.1.0", "name": "cluster", "type": "bridge", "bridge": "cni0"},
+            "networksDir": d.0, "cacheDir": d.0.join("cache")});
+        if let Some(a) = annotation {
+            raw["runtimeConfig"] = json!({POD_ANNOTATIONS_CAPABILITY: {NETWORKS: a}});
+        }
+        for (k, v) in extra.as_object().unwrap() {
+            raw[k] = v.clone();
+        }
+        let args =
+            crate::testutil::cmd_args("K8S_POD_NAMESPACE=team;K8S_POD_NAME=web;K8S_POD_UID=u1");
+        (d, args, NetConf::from_value(raw).unwrap())
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Dir(crate::testutil::tempdir(&format!("plan-{n}")))
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn run_plan(annotation: Option<&str>, extra: Value, purpose: Purpose<'_>) -> Result<Plan> {
+        let (_d, args, conf) = planning(annotation, extra);
+        let ac = AttacheConf::from_conf(&conf).unwrap();
+        crate::testutil::rt().block_on(plan(&args, &conf, &ac, purpose))
+    }
+
+    /// `network ifname` of each attachment, in order.
+    fn summary(p: &Plan) -> Vec<String> {
+        p.records()
+            .map(|a| format!("{} {}", a.network, a.ifname))
+            .collect()
+    }
+
+    /// What is planned, the annotation, extra meta keys, and the attachments (`network ifname`) or the
+    /// error wanted.
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Value,
+        std::result::Result<&'a [&'a str], &'a str>,
+    );
+
+    #[test]
+    fn planning_what_the_annotation_selects() {
+        let cases: &[Case] = &[
+            ("no annotation", None, json!({}), Ok(&["cluster eth0"])),
+            (
+                "by name",
+                Some("blue"),
+                json!({}),
+                Ok(&["cluster eth0", "team/blue net1"]),
+            ),
+            (
+                "names, interfaces and the global namespace",
+                Some("blue, blue@blue2, default/shared"),
+                json!({}),
+                Ok(&[
+                    "cluster eth0",
+                    "team/blue net1",
+                    "team/blue blue2",
+                    "default/shared net3",
+                ]),
+            ),
+            (
+                "the JSON form",
+                Some(
+                    r#"[{"name": "blue", "interface": "data0"}, {"name": "mac", "mac": "02:00:00:00:00:01"}]"#,
+                ),
+                json!({}),
+                Ok(&["cluster eth0", "team/blue data0", "team/mac net2"]),
+            ),
+            (
+                "defaultNetworks first",
+                Some("blue"),
+                json!({"defaultNetworks": ["default/shared"]}),
+                Ok(&["cluster eth0", "default/shared net1", "team/blue net2"]),
+            ),
+            (
+                "another namespace",
+                Some("other/private"),
+                json!({}),
+                Err("may not use network other/private: namespaceIsolation"),
+            ),
+            (
+                "another namespace, isolation off",
+                Some("other/private"),
+                json!({"namespaceIsolation": false}),
+                Ok(&["cluster eth0", "other/private net1"]),
+            ),
+            (
+                "a definition that does not exist",
+                Some("green"),
+                json!({}),
+                Err("NetworkAttachmentDefinition team/green not found"),
+            ),
+            (
+                "an interface name twice",
+                Some("blue@x, blue@x"),
+                json!({}),
+                Err("interface name x is used twice"),
+            ),
+            (
+                "a capability the network does not declare",
+                Some(r#"[{"name": "blue", "mac": "02:00:00:00:00:01"}]"#),
+                json!({}),
+                Err("none of its plugins declares the \"mac\" capability"),
+            ),
+            (
+                "two default routes of one family",
+                Some(
+                    r#"[{"name": "blue", "default-route": ["10.0.0.1"]}, {"name": "mac", "default-route": ["10.1.0.1"]}]"#,
+                ),
+                json!({}),
+                Err("default-route may be requested by one network selection element only"),
+            ),
+            (
+                "two default-route gateways of one family in one selection",
+                Some(r#"[{"name": "blue", "default-route": ["10.0.0.1", "10.0.0.2"]}]"#),
+                json!({}),
+                Err("more than one default-route gateway for IPv4"),
+            ),
+            (
+                "more than maxAttachments",
+                Some("blue@a, blue@b, blue@c"),
+                json!({"maxAttachments": 2}),
+                Err("at most"),
+            ),
+            (
+                "a system namespace's pod",
+                Some("blue"),
+                json!({"systemNamespaces": ["team"]}),
+                Ok(&["cluster eth0"]),
+            ),
+            (
+                "an annotation that does not parse",
+                Some("[{"),
+                json!({}),
+                Err("annotation"),
+            ),
+        ];
+        for (what, annotation, extra, want) in cases {
+            let got = run_plan(*annotation, extra.clone(), Purpose::Add);
+            match (want, got) {
+                (Ok(want), Ok(p)) => assert_eq!(summary(&p), *want, "{what}"),
+                (Err(want), Err(e)) => assert!(e.to_string().contains(want), "{what}: {e}"),
+                (want, Ok(p)) => panic!("{what}: planned {:?}, wanted {want:?}", summary(&p)),
+                (want, Err(e)) => panic!("{what}: {e}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_teardown_plan_takes_what_it_can_and_counts_the_rest() {
+        for (annotation, extra, want, skips) in [
+            (
+                "blue, green",
+                json!({}),
+                vec!["cluster eth0", "team/blue net1"],
+                1,
+            ),
+            (
+                "other/private, blue@b",
+                json!({}),
+                vec!["cluster eth0", "team/blue b"],
+                1,
+            ),
+            ("[{", json!({}), vec!["cluster eth0"], 1),
+            (
+                "blue",
+                json!({"clusterNetwork": "missing"}),
+                vec!["team/blue net1"],
+                1,
+            ),
+            (
+                "blue, blue@b",
+                json!({}),
+                vec!["cluster eth0", "team/blue net1", "team/blue b"],
+                0,
+            ),
+        ] {
+            let skipped = std::cell::Cell::new(0);
+            let p = run_plan(Some(annotation), extra, Purpose::Teardown(&skipped)).unwrap();
+            assert_eq!(summary(&p), want, "{annotation}");
+            assert_eq!(skipped.get(), skips, "{annotation}");
+        }
+    }
 
     #[test]
     fn attache_ipam_gets_the_kubeconfig_node_name_and_claim_of_the_meta_plugin() {

@@ -14,7 +14,7 @@ use crate::netns::NetNs;
 /// The link group of a pod's native interfaces: derived from the attachment record's key, never 0
 /// (the kernel's default group).
 pub fn link_group(container_id: &str, ifname: &str) -> u32 {
-    (crate::attach::naming::fnv1a(&[container_id, ifname]) as u32) | 0x8000_0000
+    (crate::files::fnv1a(&[container_id, ifname]) as u32) | 0x8000_0000
 }
 
 /// Delete every pod interface of a link group at once: the kernel unregisters them together and waits

@@ -17,53 +17,139 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::attach::NativeType;
 use crate::cni::skel::CniArgs;
-use crate::cni::spec::CniResult;
+use crate::cni::spec::{CniResult, Version};
+use crate::engine::chain::NetworkList;
 use crate::error::{Error, Result};
 use crate::files::{ensure_real_dir, pid_alive, read_bounded, replace, write_new};
+use crate::k8s::PodRef;
 
 pub const RECORD_KIND: &str = "attacheRecordV1";
 
 /// One attachment: a network set up as one interface of the pod.
+///
+/// On disk it reads as attache has always written it ([`OnDisk`]): `"driver": "chain"` and the network
+/// list as a conflist document, so that a record written by this version is read by the one before (a
+/// rolled-back DaemonSet still tears down its pods).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(into = "OnDisk", try_from = "OnDisk")]
 pub struct AttachmentRecord {
     /// The network's name (for Kubernetes networks, `namespace/name`).
     pub network: String,
     pub ifname: String,
-    /// How it is run: `chain` for a conf/conflist (each plugin native or exec'd).
-    pub driver: String,
-    /// The configuration it was set up with (a conflist document for `chain`).
-    pub conf: Value,
+    /// The network it was set up with: a chain, each plugin native or exec'd.
+    pub conf: NetworkList,
     /// `runtimeConfig` it was given.
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub runtime_config: Map<String, Value>,
     /// `CNI_ARGS` it was given.
-    #[serde(default, skip_serializing_if = "CniArgs::is_empty")]
     pub cni_args: CniArgs,
     /// The link group its native plugins put the pod interface in (the pod's, shared by all its native
     /// attachments, which DEL deletes together); `None` when all its plugins are exec'd.
-    #[serde(default, rename = "linkGroup", skip_serializing_if = "Option::is_none")]
     pub link_group: Option<u32>,
+    /// Gateways this attachment's interface takes the pod's default route(s) to (`default-route`).
+    pub default_route: Vec<std::net::IpAddr>,
+    /// The device-plugin device it was given (`resourceName` definitions), and its Device Information.
+    pub device_id: Option<String>,
+    pub device_info: Option<Value>,
+    /// Its ADD result, once ADD succeeded (written in the 1.1.0 shape).
+    pub result: Option<CniResult>,
+}
+
+impl AttachmentRecord {
+    /// Whether every plugin of its chain runs natively.
+    pub fn all_native(&self) -> bool {
+        (0..self.conf.plugins.len()).all(|i| NativeType::of(self.conf.plugin_type(i)).is_some())
+    }
+}
+
+/// The only driver there is: a conf or conflist.
+const CHAIN: &str = "chain";
+
+/// An [`AttachmentRecord`] as it is written.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OnDisk {
+    /// The network's name (for Kubernetes networks, `namespace/name`).
+    network: String,
+    ifname: String,
+    /// How it is run: `chain` ([`CHAIN`]), the only driver.
+    driver: String,
+    /// The configuration it was set up with (a conflist document for `chain`).
+    conf: Value,
+    /// `runtimeConfig` it was given.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    runtime_config: Map<String, Value>,
+    /// `CNI_ARGS` it was given.
+    #[serde(default, skip_serializing_if = "CniArgs::is_empty")]
+    cni_args: CniArgs,
+    /// The link group its native plugins put the pod interface in (the pod's, shared by all its native
+    /// attachments, which DEL deletes together); `None` when all its plugins are exec'd.
+    #[serde(default, rename = "linkGroup", skip_serializing_if = "Option::is_none")]
+    link_group: Option<u32>,
     /// Gateways this attachment's interface takes the pod's default route(s) to (`default-route`).
     #[serde(
         default,
         rename = "defaultRoute",
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub default_route: Vec<std::net::IpAddr>,
+    default_route: Vec<std::net::IpAddr>,
     /// The device-plugin device it was given (`resourceName` definitions), and its Device Information.
     #[serde(default, rename = "deviceID", skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
+    device_id: Option<String>,
     #[serde(
         default,
         rename = "deviceInfo",
         skip_serializing_if = "Option::is_none"
     )]
-    pub device_info: Option<Value>,
+    device_info: Option<Value>,
     /// Its ADD result, once ADD succeeded (written in the 1.1.0 shape).
     #[serde(default, with = "result_v1_1", skip_serializing_if = "Option::is_none")]
-    pub result: Option<CniResult>,
+    result: Option<CniResult>,
+}
+
+impl From<AttachmentRecord> for OnDisk {
+    fn from(a: AttachmentRecord) -> OnDisk {
+        OnDisk {
+            network: a.network,
+            ifname: a.ifname,
+            driver: CHAIN.into(),
+            conf: a.conf.to_value(),
+            runtime_config: a.runtime_config,
+            cni_args: a.cni_args,
+            link_group: a.link_group,
+            default_route: a.default_route,
+            device_id: a.device_id,
+            device_info: a.device_info,
+            result: a.result,
+        }
+    }
+}
+
+impl TryFrom<OnDisk> for AttachmentRecord {
+    type Error = Error;
+
+    fn try_from(d: OnDisk) -> Result<AttachmentRecord> {
+        if d.driver != CHAIN {
+            return Err(Error::config(format!(
+                "attachment {} has driver {:?}: this version knows only {CHAIN:?}",
+                d.ifname, d.driver
+            )));
+        }
+        Ok(AttachmentRecord {
+            conf: NetworkList::from_value(&d.conf, &Version::V1_1_0.to_string())
+                .map_err(|e| e.context(format!("attachment {}", d.ifname)))?,
+            network: d.network,
+            ifname: d.ifname,
+            runtime_config: d.runtime_config,
+            cni_args: d.cni_args,
+            link_group: d.link_group,
+            default_route: d.default_route,
+            device_id: d.device_id,
+            device_info: d.device_info,
+            result: d.result,
+        })
+    }
 }
 
 /// A recorded result is the 1.1.0 document a plugin would print.
@@ -103,14 +189,6 @@ pub struct PodRecord {
     /// True once every attachment succeeded and ADD returned.
     pub complete: bool,
     pub attachments: Vec<AttachmentRecord>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PodRef {
-    pub namespace: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub uid: String,
 }
 
 impl PodRecord {
@@ -444,6 +522,30 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn an_attachment_is_written_as_earlier_versions_read_it() {
+        let doc = json!({"network": "team/blue", "ifname": "net1", "driver": "chain",
+            "conf": {"cniVersion": "1.0.0", "name": "blue",
+                     "plugins": [{"type": "bridge", "bridge": "br0"}, {"type": "tuning"}]},
+            "linkGroup": 7});
+        let a: AttachmentRecord = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(a.conf.name, "blue");
+        assert_eq!(a.conf.plugin_type(1), "tuning");
+        assert!(!a.all_native(), "tuning is exec'd");
+        assert_eq!(
+            serde_json::to_value(&a).unwrap(),
+            doc,
+            "the same document back"
+        );
+        let mut other = doc.clone();
+        other["driver"] = json!("vm");
+        let e = serde_json::from_value::<AttachmentRecord>(other).unwrap_err();
+        assert!(e.to_string().contains("knows only \"chain\""), "{e}");
+        let mut broken = doc;
+        broken["conf"] = json!({"cniVersion": "1.0.0", "name": "blue", "plugins": []});
+        assert!(serde_json::from_value::<AttachmentRecord>(broken).is_err());
+    }
+
+    #[test]
     fn save_load_list_remove() {
         let d = std::env::temp_dir().join(format!("attache-records-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -453,8 +555,11 @@ mod tests {
         r.attachments.push(AttachmentRecord {
             network: "n".into(),
             ifname: "eth0".into(),
-            driver: "chain".into(),
-            conf: json!({"name":"n","plugins":[]}),
+            conf: NetworkList::from_value(
+                &json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}]}),
+                "1.0.0",
+            )
+            .unwrap(),
             runtime_config: Map::new(),
             cni_args: Default::default(),
             link_group: None,

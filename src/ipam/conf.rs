@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::DEFAULT_DATA_DIR;
 use super::host_local::HostLocal;
-use super::range::{RangeSet, RawRange};
+use super::host_local::range::{RangeSet, RawRange};
 use super::static_ip::Static;
 use crate::cni::conf::{NetConf, decode};
 use crate::cni::skel::CmdArgs;

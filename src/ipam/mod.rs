@@ -7,9 +7,7 @@ pub mod cluster;
 pub mod conf;
 mod exec;
 pub mod host_local;
-pub mod range;
 pub mod static_ip;
-pub mod store;
 
 use std::net::IpAddr;
 

@@ -11,18 +11,17 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
+use super::PodRef;
 use super::annotation::{NETWORK_STATUS, NetworkStatus};
 use super::client::FIELD_MANAGER;
 use super::client::KubeApi;
 use super::nad::Nad;
 use crate::error::{Error, Result};
 
-/// What attache needs to know of a pod.
+/// What attache needs to know of a pod: who it is, and its annotations.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
+    pub pod: PodRef,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -42,9 +41,11 @@ impl KubeApi {
             .bounded(&format!("get pod {namespace}/{name}"), pods.get_opt(name))
             .await?;
         Ok(pod.map(|p| PodInfo {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            uid: p.metadata.uid.unwrap_or_default(),
+            pod: PodRef {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: p.metadata.uid.unwrap_or_default(),
+            },
             annotations: p.metadata.annotations.unwrap_or_default(),
         }))
     }
@@ -69,7 +70,7 @@ impl KubeApi {
     }
 
     /// Record a Kubernetes Event on the pod (`kubectl describe pod` shows it).
-    pub async fn event(&self, pod: &PodInfo, reason: &str, message: &str) -> Result<()> {
+    pub async fn event(&self, pod: &PodRef, reason: &str, message: &str) -> Result<()> {
         crate::fail::point("k8s.event")?;
         let events: Api<Event> = Api::namespaced(self.client(), &pod.namespace);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -114,7 +115,7 @@ impl KubeApi {
     /// patch aimed at a pod that was replaced (same name, new UID) is refused instead of written.
     pub async fn set_network_status(
         &self,
-        pod: &PodInfo,
+        pod: &PodRef,
         status: &[NetworkStatus],
     ) -> Result<StatusWrite> {
         crate::fail::point("k8s.patch_status")?;
@@ -126,12 +127,12 @@ impl KubeApi {
 
     /// Remove the network-status annotation (DEL: the pod's networks are gone), with the same UID
     /// precondition.
-    pub async fn clear_network_status(&self, pod: &PodInfo) -> Result<StatusWrite> {
+    pub async fn clear_network_status(&self, pod: &PodRef) -> Result<StatusWrite> {
         self.patch_status(pod, Value::Null, "clear the network-status annotation")
             .await
     }
 
-    async fn patch_status(&self, pod: &PodInfo, value: Value, what: &str) -> Result<StatusWrite> {
+    async fn patch_status(&self, pod: &PodRef, value: Value, what: &str) -> Result<StatusWrite> {
         let pods: Api<Pod> = Api::namespaced(self.client(), &pod.namespace);
         let mut patch = json!({"metadata": {"annotations": {NETWORK_STATUS: value}}});
         if !pod.uid.is_empty() {

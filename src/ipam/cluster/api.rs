@@ -205,18 +205,96 @@ fn grant_of(o: DynamicObject) -> GrantObj {
     }
 }
 
-pub struct ClusterApi {
+/// What attache-ipam asks of the Kubernetes API. [`KubeClusterApi`] asks a real server; the tests'
+/// `fake::FakeApi` keeps the objects in memory under the same conditional-write rules, so that claim,
+/// borrow and reconcile races run as unit tests too.
+#[allow(async_fn_in_trait)] // attache's runtimes are one-threaded: no Send bound is wanted.
+pub trait ClusterApi: Sized {
+    async fn pool(&self, name: &str) -> Result<Option<PoolObj>>;
+    async fn create_pool(&self, name: &str, ranges: &[PoolRange]) -> Result<Written<PoolObj>>;
+    /// Replace the pool's ranges if it is still at `resource_version`.
+    async fn replace_pool(
+        &self,
+        name: &str,
+        ranges: &[PoolRange],
+        resource_version: &str,
+    ) -> Result<Written<PoolObj>>;
+    async fn node_uid(&self, name: &str) -> Result<Option<String>>;
+    /// The blocks of one pool.
+    async fn blocks(&self, pool: &str) -> Result<Vec<BlockObj>>;
+    async fn block(&self, name: &str) -> Result<Option<BlockObj>>;
+    /// Create a block: exactly one node's create of a name succeeds.
+    async fn create_block(&self, b: &BlockObj) -> Result<Written<BlockObj>>;
+    async fn all_blocks(&self) -> Result<Vec<BlockObj>>;
+    /// Delete a block if it is still the one read (its UID, and its resourceVersion when known).
+    async fn delete_block(&self, b: &BlockObj) -> Result<Written<()>>;
+    /// The UIDs of the pods bound to a node (a static pod's also as its mirror names it).
+    async fn pod_uids_on(&self, node: &str) -> Result<BTreeSet<String>>;
+    async fn pod_uid(&self, namespace: &str, name: &str) -> Result<Option<String>>;
+    /// Whether `namespace/name` is the pod of `uid` (or that static pod's mirror).
+    async fn pod_is(&self, namespace: &str, name: &str, uid: &str) -> Result<bool>;
+    async fn node_names(&self) -> Result<BTreeSet<String>>;
+    async fn create_grant(&self, g: &GrantObj) -> Result<Written<GrantObj>>;
+    /// Make `holder` the grant's holder if the grant is still at the resourceVersion read.
+    async fn take_grant(&self, g: &GrantObj, holder: &GrantObj) -> Result<Written<()>>;
+    async fn grant(&self, name: &str) -> Result<Option<GrantObj>>;
+    /// The lender's answer in the grant's status.
+    async fn answer_grant(
+        &self,
+        g: &GrantObj,
+        state: &str,
+        ip: &str,
+        message: &str,
+    ) -> Result<Written<()>>;
+    async fn delete_grant(&self, name: &str, uid: Option<&str>) -> Result<Written<()>> {
+        self.delete_grant_if(name, uid, None).await
+    }
+    /// Delete a grant if its UID (and resourceVersion, when given) are still those.
+    async fn delete_grant_if(
+        &self,
+        name: &str,
+        uid: Option<&str>,
+        resource_version: Option<&str>,
+    ) -> Result<Written<()>>;
+    /// The grants asked of a lender, and the list's resourceVersion (to watch from).
+    async fn grants_of_lender(&self, lender: &str) -> Result<(Vec<GrantObj>, String)>;
+    async fn grants_of_holder(&self, holder: &str) -> Result<Vec<GrantObj>>;
+    /// A pod's UID and the StatefulSet that owns it, if one does.
+    async fn pod_owner(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(String, Option<String>)>>;
+    async fn statefulset_replicas(&self, namespace: &str, name: &str) -> Result<Option<i32>>;
+    /// An IPAMClaim's interface and recorded addresses.
+    async fn ipamclaim(&self, namespace: &str, name: &str)
+    -> Result<Option<(String, Vec<String>)>>;
+    async fn set_claim_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        ips: &[String],
+        owner_pod: &str,
+    ) -> Result<()>;
+    /// A fresh deadline for the calls that follow.
+    fn renew(&mut self);
+    /// A client for the same server with a fresh deadline.
+    fn renewed(&self) -> Self;
+}
+
+/// [`ClusterApi`] over a real API server.
+pub struct KubeClusterApi {
     kube: KubeApi,
     pools: Api<DynamicObject>,
     blocks: Api<DynamicObject>,
     grants: Api<DynamicObject>,
 }
 
-impl ClusterApi {
-    pub async fn connect(kubeconfig: Option<&Path>, timeout: Duration) -> Result<ClusterApi> {
+impl KubeClusterApi {
+    pub async fn connect(kubeconfig: Option<&Path>, timeout: Duration) -> Result<KubeClusterApi> {
         let kube = KubeApi::connect(kubeconfig, timeout).await?;
         let client = kube.client();
-        Ok(ClusterApi {
+        Ok(KubeClusterApi {
             pools: Api::all_with(client.clone(), &resource("AddressPool", "addresspools")),
             blocks: Api::all_with(client.clone(), &resource("AddressBlock", "addressblocks")),
             grants: Api::all_with(client, &resource("AddressGrant", "addressgrants")),
@@ -224,7 +302,66 @@ impl ClusterApi {
         })
     }
 
-    pub async fn pool(&self, name: &str) -> Result<Option<PoolObj>> {
+    /// A merge patch of a grant (its preconditions inside it): `Conflict` when they fail.
+    async fn patch_grant(&self, name: &str, verb: &str, patch: &Value) -> Result<Written<()>> {
+        let params = kube::api::PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let r = self
+            .kube
+            .call(
+                &format!("{verb} AddressGrant {name}"),
+                &[404, 409],
+                self.grants
+                    .patch(name, &params, &kube::api::Patch::Merge(patch)),
+            )
+            .await?;
+        Ok(Written::of(r.map(|_| ())))
+    }
+
+    /// Watch the grants asked of `lender` from `resource_version`: `Some((deleted, grant))` per event,
+    /// `None` when the watch ended (the server closes it after `secs`; a 410 ends it too).
+    pub async fn watch_grants(
+        &self,
+        lender: &str,
+        resource_version: &str,
+        secs: u32,
+    ) -> Result<impl futures::Stream<Item = Option<(bool, GrantObj)>> + use<>> {
+        use futures::StreamExt;
+        let wp = kube::api::WatchParams::default()
+            .labels(&format!("{LENDER_LABEL}={}", label_value(lender)))
+            .timeout(secs);
+        let stream = self
+            .kube
+            .call(
+                &format!("watch the AddressGrants of lender {lender}"),
+                &[],
+                self.grants.watch(&wp, resource_version),
+            )
+            .await?
+            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+        Ok(stream.map(|ev| match ev {
+            Ok(kube::api::WatchEvent::Added(o) | kube::api::WatchEvent::Modified(o)) => {
+                Some((false, grant_of(o)))
+            }
+            Ok(kube::api::WatchEvent::Deleted(o)) => Some((true, grant_of(o))),
+            Ok(kube::api::WatchEvent::Bookmark(_)) => Some((false, GrantObj::default())),
+            Ok(kube::api::WatchEvent::Error(_)) | Err(_) => None,
+        }))
+    }
+
+    fn ipamclaims(&self, namespace: &str) -> Api<DynamicObject> {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1alpha1", "IPAMClaim"),
+            "ipamclaims",
+        );
+        Api::namespaced_with(self.kube.client(), namespace, &ar)
+    }
+}
+
+impl ClusterApi for KubeClusterApi {
+    async fn pool(&self, name: &str) -> Result<Option<PoolObj>> {
         let got = self
             .kube
             .call(
@@ -237,7 +374,7 @@ impl ClusterApi {
     }
 
     /// Create the pool with `ranges`; `Conflict` if another node created it first.
-    pub async fn create_pool(&self, name: &str, ranges: &[PoolRange]) -> Result<Written<PoolObj>> {
+    async fn create_pool(&self, name: &str, ranges: &[PoolRange]) -> Result<Written<PoolObj>> {
         crate::fail::point("ipam.pool.register")?;
         let mut obj = DynamicObject::new(name, &resource("AddressPool", "addresspools"));
         obj.data = json!({"spec": ranges_json(ranges)});
@@ -253,7 +390,7 @@ impl ClusterApi {
     }
 
     /// Replace the pool's ranges, if it has not changed since `resource_version`.
-    pub async fn replace_pool(
+    async fn replace_pool(
         &self,
         name: &str,
         ranges: &[PoolRange],
@@ -275,7 +412,7 @@ impl ClusterApi {
     }
 
     /// The Node's UID, `None` if there is no such Node.
-    pub async fn node_uid(&self, name: &str) -> Result<Option<String>> {
+    async fn node_uid(&self, name: &str) -> Result<Option<String>> {
         let nodes: Api<Node> = Api::all(self.kube.client());
         let r = self
             .kube
@@ -285,7 +422,7 @@ impl ClusterApi {
     }
 
     /// Every block of `pool`: one complete list (a failure is an error, never an empty list).
-    pub async fn blocks(&self, pool: &str) -> Result<Vec<BlockObj>> {
+    async fn blocks(&self, pool: &str) -> Result<Vec<BlockObj>> {
         let lp = ListParams::default().labels(&format!("{POOL_LABEL}={pool}"));
         let list = self
             .kube
@@ -299,7 +436,7 @@ impl ClusterApi {
         Ok(list.items.into_iter().map(block_of).collect())
     }
 
-    pub async fn block(&self, name: &str) -> Result<Option<BlockObj>> {
+    async fn block(&self, name: &str) -> Result<Option<BlockObj>> {
         let r = self
             .kube
             .call(
@@ -312,7 +449,7 @@ impl ClusterApi {
     }
 
     /// Create the block's object: `Conflict` if it exists (someone owns the block).
-    pub async fn create_block(&self, b: &BlockObj) -> Result<Written<BlockObj>> {
+    async fn create_block(&self, b: &BlockObj) -> Result<Written<BlockObj>> {
         crate::fail::point("ipam.block.create")?;
         let mut obj = DynamicObject::new(&b.name, &resource("AddressBlock", "addressblocks"));
         obj.metadata = ObjectMeta {
@@ -339,7 +476,7 @@ impl ClusterApi {
     }
 
     /// Every block of every pool (one complete list).
-    pub async fn all_blocks(&self) -> Result<Vec<BlockObj>> {
+    async fn all_blocks(&self) -> Result<Vec<BlockObj>> {
         let list = self
             .kube
             .call(
@@ -354,7 +491,7 @@ impl ClusterApi {
 
     /// The UIDs of the pods bound to `node`, from a complete list (pages of 500 read to the end; any
     /// failure, an expired continue token included, is an error: never a shorter list).
-    pub async fn pod_uids_on(&self, node: &str) -> Result<BTreeSet<String>> {
+    async fn pod_uids_on(&self, node: &str) -> Result<BTreeSet<String>> {
         let pods: Api<Pod> = Api::all(self.kube.client());
         let mut lp = ListParams::default()
             .fields(&format!("spec.nodeName={node}"))
@@ -400,19 +537,20 @@ impl ClusterApi {
     }
 
     /// The UID of pod `namespace/name`, `None` if there is none.
-    pub async fn pod_uid(&self, namespace: &str, name: &str) -> Result<Option<String>> {
-        Ok(self.kube.pod(namespace, name).await?.map(|p| p.uid))
+    async fn pod_uid(&self, namespace: &str, name: &str) -> Result<Option<String>> {
+        Ok(self.kube.pod(namespace, name).await?.map(|p| p.pod.uid))
     }
 
     /// Is `uid` pod `namespace/name`'s (its UID, or for a static pod its mirror's annotation)?
-    pub async fn pod_is(&self, namespace: &str, name: &str, uid: &str) -> Result<bool> {
+    async fn pod_is(&self, namespace: &str, name: &str, uid: &str) -> Result<bool> {
         Ok(self.kube.pod(namespace, name).await?.is_some_and(|p| {
-            p.uid == uid || p.annotations.get(MIRROR_ANNOTATION).map(String::as_str) == Some(uid)
+            p.pod.uid == uid
+                || p.annotations.get(MIRROR_ANNOTATION).map(String::as_str) == Some(uid)
         }))
     }
 
     /// The names of every Node (one complete list).
-    pub async fn node_names(&self) -> Result<BTreeSet<String>> {
+    async fn node_names(&self) -> Result<BTreeSet<String>> {
         let nodes: Api<Node> = Api::all(self.kube.client());
         let list = self
             .kube
@@ -439,7 +577,7 @@ impl ClusterApi {
     }
 
     /// Ask `g.lender` for an address: `Conflict` if a grant of that name exists.
-    pub async fn create_grant(&self, g: &GrantObj) -> Result<Written<GrantObj>> {
+    async fn create_grant(&self, g: &GrantObj) -> Result<Written<GrantObj>> {
         crate::fail::point("ipam.grant.create")?;
         let mut obj = DynamicObject::new(&g.name, &resource("AddressGrant", "addressgrants"));
         obj.metadata.labels = Some(BTreeMap::from([
@@ -489,7 +627,7 @@ impl ClusterApi {
 
     /// Make `g`'s holder this container (a persistent address moving to its pod's new incarnation), if
     /// the grant has not changed since it was read: `Conflict` otherwise.
-    pub async fn take_grant(&self, g: &GrantObj, holder: &GrantObj) -> Result<Written<()>> {
+    async fn take_grant(&self, g: &GrantObj, holder: &GrantObj) -> Result<Written<()>> {
         // One merge patch, conditioned on the resourceVersion read: every holder key is set (an
         // empty one to null, which a merge patch removes).
         let h: serde_json::Map<String, Value> = [
@@ -514,25 +652,7 @@ impl ClusterApi {
         self.patch_grant(&g.name, "take over", &patch).await
     }
 
-    /// A merge patch of a grant (its preconditions inside it): `Conflict` when they fail.
-    async fn patch_grant(&self, name: &str, verb: &str, patch: &Value) -> Result<Written<()>> {
-        let params = kube::api::PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        let r = self
-            .kube
-            .call(
-                &format!("{verb} AddressGrant {name}"),
-                &[404, 409],
-                self.grants
-                    .patch(name, &params, &kube::api::Patch::Merge(patch)),
-            )
-            .await?;
-        Ok(Written::of(r.map(|_| ())))
-    }
-
-    pub async fn grant(&self, name: &str) -> Result<Option<GrantObj>> {
+    async fn grant(&self, name: &str) -> Result<Option<GrantObj>> {
         let r = self
             .kube
             .call(
@@ -546,7 +666,7 @@ impl ClusterApi {
 
     /// The lender's answer: `Conflict` if the grant was replaced meanwhile (another UID), `Gone` if it
     /// was deleted.
-    pub async fn answer_grant(
+    async fn answer_grant(
         &self,
         g: &GrantObj,
         state: &str,
@@ -566,13 +686,8 @@ impl ClusterApi {
         self.patch_grant(&g.name, "answer", &patch).await
     }
 
-    /// Delete a grant (conditioned on its UID when known).
-    pub async fn delete_grant(&self, name: &str, uid: Option<&str>) -> Result<Written<()>> {
-        self.delete_grant_if(name, uid, None).await
-    }
-
     /// Delete a grant conditioned on its UID and, when given, the resourceVersion read.
-    pub async fn delete_grant_if(
+    async fn delete_grant_if(
         &self,
         name: &str,
         uid: Option<&str>,
@@ -597,7 +712,7 @@ impl ClusterApi {
     }
 
     /// The grants asked of `lender` (one complete list), and the list's resourceVersion (to watch from).
-    pub async fn grants_of_lender(&self, lender: &str) -> Result<(Vec<GrantObj>, String)> {
+    async fn grants_of_lender(&self, lender: &str) -> Result<(Vec<GrantObj>, String)> {
         let lp = ListParams::default().labels(&format!("{LENDER_LABEL}={}", label_value(lender)));
         let list = self
             .kube
@@ -620,7 +735,7 @@ impl ClusterApi {
     }
 
     /// The grants `holder` asked for (one complete list).
-    pub async fn grants_of_holder(&self, holder: &str) -> Result<Vec<GrantObj>> {
+    async fn grants_of_holder(&self, holder: &str) -> Result<Vec<GrantObj>> {
         let lp = ListParams::default().labels(&format!("{HOLDER_LABEL}={}", label_value(holder)));
         let list = self
             .kube
@@ -639,39 +754,8 @@ impl ClusterApi {
             .collect())
     }
 
-    /// Watch the grants asked of `lender` from `resource_version`: `Some((deleted, grant))` per event,
-    /// `None` when the watch ended (the server closes it after `secs`; a 410 ends it too).
-    pub async fn watch_grants(
-        &self,
-        lender: &str,
-        resource_version: &str,
-        secs: u32,
-    ) -> Result<impl futures::Stream<Item = Option<(bool, GrantObj)>> + use<>> {
-        use futures::StreamExt;
-        let wp = kube::api::WatchParams::default()
-            .labels(&format!("{LENDER_LABEL}={}", label_value(lender)))
-            .timeout(secs);
-        let stream = self
-            .kube
-            .call(
-                &format!("watch the AddressGrants of lender {lender}"),
-                &[],
-                self.grants.watch(&wp, resource_version),
-            )
-            .await?
-            .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
-        Ok(stream.map(|ev| match ev {
-            Ok(kube::api::WatchEvent::Added(o) | kube::api::WatchEvent::Modified(o)) => {
-                Some((false, grant_of(o)))
-            }
-            Ok(kube::api::WatchEvent::Deleted(o)) => Some((true, grant_of(o))),
-            Ok(kube::api::WatchEvent::Bookmark(_)) => Some((false, GrantObj::default())),
-            Ok(kube::api::WatchEvent::Error(_)) | Err(_) => None,
-        }))
-    }
-
     /// Pod `namespace/name`: its UID and the StatefulSet that owns it, if one does (`None`: no pod).
-    pub async fn pod_owner(
+    async fn pod_owner(
         &self,
         namespace: &str,
         name: &str,
@@ -698,7 +782,7 @@ impl ClusterApi {
     }
 
     /// A StatefulSet's `spec.replicas` (`None`: no such StatefulSet).
-    pub async fn statefulset_replicas(&self, namespace: &str, name: &str) -> Result<Option<i32>> {
+    async fn statefulset_replicas(&self, namespace: &str, name: &str) -> Result<Option<i32>> {
         let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
             Api::namespaced(self.kube.client(), namespace);
         let r = self
@@ -712,16 +796,8 @@ impl ClusterApi {
         Ok(r.ok().map(|s| s.spec.replicas.unwrap_or(1)))
     }
 
-    fn ipamclaims(&self, namespace: &str) -> Api<DynamicObject> {
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1alpha1", "IPAMClaim"),
-            "ipamclaims",
-        );
-        Api::namespaced_with(self.kube.client(), namespace, &ar)
-    }
-
     /// An IPAMClaim: its `spec.interface` and `status.ips` (`None`: no such claim).
-    pub async fn ipamclaim(
+    async fn ipamclaim(
         &self,
         namespace: &str,
         name: &str,
@@ -753,7 +829,7 @@ impl ClusterApi {
 
     /// Record the claim's address and the pod using it in its status (NPWG v1.3: the address lives as
     /// long as the claim).
-    pub async fn set_claim_status(
+    async fn set_claim_status(
         &self,
         namespace: &str,
         name: &str,
@@ -781,13 +857,13 @@ impl ClusterApi {
     }
 
     /// A fresh deadline for the calls that follow (a reconcile runs several phases).
-    pub fn renew(&mut self) {
+    fn renew(&mut self) {
         self.kube = self.kube.renewed();
     }
 
     /// The same client with a fresh deadline.
-    pub fn renewed(&self) -> ClusterApi {
-        ClusterApi {
+    fn renewed(&self) -> KubeClusterApi {
+        KubeClusterApi {
             kube: self.kube.renewed(),
             pools: self.pools.clone(),
             blocks: self.blocks.clone(),
@@ -797,7 +873,7 @@ impl ClusterApi {
 
     /// Delete the block's object if it is still the one read (`uid`, and `resource_version` when
     /// known).
-    pub async fn delete_block(&self, b: &BlockObj) -> Result<Written<()>> {
+    async fn delete_block(&self, b: &BlockObj) -> Result<Written<()>> {
         crate::fail::point("ipam.block.release")?;
         let dp = DeleteParams {
             preconditions: Some(Preconditions {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::ipam::range::{from_u128, to_u128};
+use crate::ipam::host_local::range::{from_u128, to_u128};
 
 /// A block: `2^(max - prefix)` addresses aligned on their size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 
-use super::api::{BlockObj, ClusterApi, PoolRange, Written};
+use super::api::{BlockObj, ClusterApi, KubeClusterApi, PoolRange, Written};
 use super::block::{Block, seed};
 use super::local::{Local, Owned};
 use super::{ClusterIpam, KUBECONFIG_FILE, TYPE};
@@ -44,7 +44,7 @@ pub fn kubeconfig_or_installed(given: Option<std::path::PathBuf>) -> Option<std:
 
 /// Register the configuration's range in its pool: refused (code 7) if it overlaps another range of the
 /// pool, or is there with another block size.
-async fn register(c: &ClusterIpam, local: &Local, api: &ClusterApi) -> Result<()> {
+async fn register(c: &ClusterIpam, local: &Local, api: &impl ClusterApi) -> Result<()> {
     let want = PoolRange {
         range: c.layout.range.to_string(),
         block_size: c.layout.prefix,
@@ -121,7 +121,7 @@ pub async fn claim(c: &ClusterIpam, local: &Local, id: &str, ifname: &str) -> Re
         "node {} needs a new block of pool {} (range {range})",
         c.node, c.pool
     );
-    let api = ClusterApi::connect(c.kubeconfig_path().as_deref(), c.api_timeout)
+    let api = KubeClusterApi::connect(c.kubeconfig_path().as_deref(), c.api_timeout)
         .await
         .map_err(|e| e.context(&why))?;
     claim_block(c, local, &api, id, ifname)
@@ -133,7 +133,7 @@ pub async fn claim(c: &ClusterIpam, local: &Local, id: &str, ifname: &str) -> Re
 pub async fn claim_block(
     c: &ClusterIpam,
     local: &Local,
-    api: &ClusterApi,
+    api: &impl ClusterApi,
     id: &str,
     ifname: &str,
 ) -> Result<Claimed> {

@@ -16,13 +16,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use ipnet::IpNet;
 
-use super::api::{BlockObj, ClusterApi, GrantObj, Written};
+use super::api::{BlockObj, ClusterApi, GrantObj, KubeClusterApi, Written};
 use super::block::{Block, seed};
 use super::local::{GRANT_PREFIX, HeldGrant, Local};
 use super::{ClusterIpam, TYPE};
 use crate::error::Result;
-use crate::ipam::range::{Range, RangeSet, from_u128, to_u128};
-use crate::ipam::store::Store;
+use crate::ipam::host_local::range::{Range, RangeSet, from_u128, to_u128};
+use crate::ipam::host_local::store::Store;
 
 /// Lenders asked per ADD, and how long each may take to answer.
 const LENDERS: usize = 3;
@@ -42,7 +42,7 @@ fn interval(s: &str, v4: bool) -> Option<(u128, u128)> {
 pub async fn borrow(
     c: &ClusterIpam,
     local: &Local,
-    api: &ClusterApi,
+    api: &impl ClusterApi,
     listed: &[&BlockObj],
     id: &str,
     ifname: &str,
@@ -151,7 +151,7 @@ pub fn holder(c: &ClusterIpam, id: &str, ifname: &str) -> GrantObj {
 }
 
 /// The lender's answer: the address, or `None` (refused, or no answer within [`ANSWER_WAIT`]).
-async fn wait_answer(api: &ClusterApi, name: &str) -> Result<Option<IpAddr>> {
+async fn wait_answer(api: &impl ClusterApi, name: &str) -> Result<Option<IpAddr>> {
     let end = tokio::time::Instant::now() + ANSWER_WAIT;
     loop {
         crate::fail::point("ipam.grant.wait")?;
@@ -246,7 +246,7 @@ pub fn unlend(data_dir: &Path, g: &GrantObj) -> Result<()> {
 }
 
 /// Answer one grant if it is pending.
-async fn serve(api: &ClusterApi, data_dir: &Path, g: &GrantObj) -> Result<()> {
+async fn serve(api: &impl ClusterApi, data_dir: &Path, g: &GrantObj) -> Result<()> {
     if !g.state.is_empty() || g.name.is_empty() {
         return Ok(());
     }
@@ -269,7 +269,7 @@ async fn serve(api: &ClusterApi, data_dir: &Path, g: &GrantObj) -> Result<()> {
 
 /// One sync of the lender's side from a complete list: pending grants answered, reservations of
 /// grants that no longer exist released; and this node's queued returns carried out.
-async fn sync(api: &ClusterApi, data_dir: &Path, node: &str) -> Result<String> {
+async fn sync(api: &impl ClusterApi, data_dir: &Path, node: &str) -> Result<String> {
     // A reservation made from here on may be for a grant the list does not show yet.
     let started = std::time::SystemTime::now();
     let (grants, rv) = api.grants_of_lender(node).await?;
@@ -296,7 +296,7 @@ async fn sync(api: &ClusterApi, data_dir: &Path, node: &str) -> Result<String> {
 }
 
 /// Delete the grants this node's DELs queued.
-pub async fn drain_returns(api: &ClusterApi, data_dir: &Path) -> Result<()> {
+pub async fn drain_returns(api: &impl ClusterApi, data_dir: &Path) -> Result<()> {
     for local in Local::pools(data_dir)? {
         for (grant, uid) in local.returns() {
             let uid = Some(uid.as_str()).filter(|u| !u.is_empty());
@@ -319,7 +319,7 @@ pub async fn agent(
     kubeconfig: Option<&Path>,
     resync: Duration,
 ) -> Result<()> {
-    let mut api = ClusterApi::connect(kubeconfig, Duration::from_secs(30)).await?;
+    let mut api = KubeClusterApi::connect(kubeconfig, Duration::from_secs(30)).await?;
     eprintln!(
         "attache ipam agent: lending the blocks of node {node} ({})",
         data_dir.display()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::api::ClusterApi;
+use super::api::{ClusterApi, KubeClusterApi};
 use super::block::Block;
 use super::local::{GRANT_PREFIX, Local, Reservation};
 use crate::error::Result;
@@ -87,7 +87,7 @@ pub async fn gather(
         return Ok(r);
     }
     let cluster = async {
-        let api = ClusterApi::connect(kubeconfig, Duration::from_secs(10)).await?;
+        let api = KubeClusterApi::connect(kubeconfig, Duration::from_secs(10)).await?;
         let alive = api.pod_uids_on(node).await?;
         let leaks: Vec<Leak> = reservations
             .iter()

@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use super::ClusterIpam;
 use super::block::{Block, Layout};
 use crate::error::{Error, Result};
-use crate::ipam::range::{Range, RangeSet, from_u128};
-use crate::ipam::store::{DiskStore, Store};
+use crate::ipam::host_local::range::{Range, RangeSet, from_u128};
+use crate::ipam::host_local::store::{DiskStore, Store};
 
 /// What `owned/<block>` records of the block's object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -252,7 +252,7 @@ impl Local {
         let _ = std::fs::remove_dir_all(self.blocks_dir().join(&name));
         let _ = std::fs::remove_dir_all(
             self.blocks_dir()
-                .join(crate::ipam::store::INDEX_DIR)
+                .join(crate::ipam::host_local::index::INDEX_DIR)
                 .join(format!("{name}.index")),
         );
     }
@@ -491,7 +491,7 @@ impl Local {
     fn release_borrowed(&self, store: &mut DiskStore, ip: IpAddr) -> Result<()> {
         let lines = store
             .content(ip)?
-            .map(|c| crate::ipam::store::extra_lines(&c))
+            .map(|c| crate::ipam::host_local::store::extra_lines(&c))
             .unwrap_or_default();
         let r = Reservation::parse(
             Block::of(ipnet::IpNet::from(ip)),
@@ -589,7 +589,7 @@ impl Local {
             for (ip, id, ifname) in store.all()? {
                 let extra = store
                     .content(ip)?
-                    .map(|c| crate::ipam::store::extra_lines(&c))
+                    .map(|c| crate::ipam::host_local::store::extra_lines(&c))
                     .unwrap_or_default();
                 let made = std::fs::symlink_metadata(
                     self.blocks_dir().join(b.dir_name()).join(ip.to_string()),
@@ -606,7 +606,7 @@ impl Local {
                     .ok();
                 let extra = store
                     .content(ip)?
-                    .map(|c| crate::ipam::store::extra_lines(&c))
+                    .map(|c| crate::ipam::host_local::store::extra_lines(&c))
                     .unwrap_or_default();
                 let b = Block::of(ipnet::IpNet::from(ip));
                 out.push(Reservation::parse(b, ip, id, ifname, extra, made, true));

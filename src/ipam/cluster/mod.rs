@@ -29,7 +29,8 @@ use crate::cni::conf::{NetConf, decode};
 use crate::cni::skel::CmdArgs;
 use crate::cni::spec::{CniResult, Dns, IpConfig, Route};
 use crate::error::{Error, Result};
-use crate::ipam::range::{from_u128, to_u128};
+use crate::ipam::host_local::range::{from_u128, to_u128};
+use crate::k8s::PodRef;
 use block::Layout;
 use local::Local;
 
@@ -78,26 +79,154 @@ struct RawCluster {
     ipam_claim_reference: Option<String>,
 }
 
-/// The pod an allocation is for, from `CNI_ARGS` (empty outside Kubernetes).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PodRef {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
+/// `ip` as a number, if it is in `net` (`what` names it in the error).
+fn in_net(net: &IpNet, ip: IpAddr, what: &str) -> Result<u128> {
+    if ip.is_ipv4() != net.addr().is_ipv4() || !net.contains(&ip) {
+        return Err(Error::config(format!(
+            "ipam ({TYPE}): {what} {ip} is not in range {net}"
+        )));
+    }
+    Ok(to_u128(ip))
 }
 
-impl PodRef {
-    pub fn of(args: &CmdArgs) -> PodRef {
-        let get = |k: &str| {
-            args.args
-                .get(k)
-                .unwrap_or_default()
-                .replace(['\r', '\n'], "")
+impl RawCluster {
+    /// The range, its blocks and the bounds allocations stay within; and the holes no address is
+    /// handed out from (network, broadcast, gateway, excludes).
+    fn layout(&self) -> Result<(Layout, Vec<(u128, u128)>)> {
+        if self.ip_ranges.is_some() {
+            return Err(Error::config(format!(
+                "ipam ({TYPE}): ipRanges is not supported: give one range per definition"
+            )));
+        }
+        let range = self.range.as_deref().ok_or_else(|| {
+            Error::config(format!(
+                "ipam ({TYPE}): range is required (like 10.20.0.0/16)"
+            ))
+        })?;
+        let (net, start_in_range, end_in_range) = parse_range(range)?;
+        let v4 = net.addr().is_ipv4();
+        let max = net.max_prefix_len();
+        if net.prefix_len() + 2 > max {
+            return Err(Error::config(format!(
+                "ipam ({TYPE}): range {net} is too small to allocate from"
+            )));
+        }
+        let block = block_size(self.block_size, self.node_slice_size.as_ref())?.unwrap_or(if v4 {
+            26
+        } else {
+            122
+        });
+        if block > max || block < 1 {
+            return Err(Error::config(format!(
+                "ipam ({TYPE}): blockSize {block} is not a prefix length of {}",
+                if v4 { "IPv4" } else { "IPv6" }
+            )));
+        }
+        let netw = to_u128(net.network());
+        let bcast = to_u128(net.broadcast());
+        let start = match self.range_start.or(start_in_range) {
+            Some(ip) => in_net(&net, ip, "range_start")?,
+            None => netw,
         };
-        PodRef {
-            uid: get("K8S_POD_UID"),
-            namespace: get("K8S_POD_NAMESPACE"),
-            name: get("K8S_POD_NAME"),
+        let end = match self.range_end.or(end_in_range) {
+            Some(ip) => in_net(&net, ip, "range_end")?,
+            None => bcast,
+        };
+        let mut holes = vec![(netw, netw)];
+        if v4 {
+            holes.push((bcast, bcast));
+        }
+        if let Some(g) = self.gateway {
+            let g = in_net(&net, g, "gateway")?;
+            holes.push((g, g));
+        }
+        for e in &self.exclude {
+            let x: IpNet = e.trim().parse().map_err(|_| {
+                Error::config(format!(
+                    "ipam ({TYPE}): exclude {e:?} is not a CIDR (like 10.20.0.0/28)"
+                ))
+            })?;
+            if x.addr().is_ipv4() != v4 {
+                return Err(Error::config(format!(
+                    "ipam ({TYPE}): exclude {e} is not of the range's family"
+                )));
+            }
+            holes.push((to_u128(x.network()), to_u128(x.broadcast())));
+        }
+        if start > end {
+            return Err(Error::config(format!(
+                "ipam ({TYPE}): range_start {} is after range_end {}",
+                from_u128(start, v4),
+                from_u128(end, v4)
+            )));
+        }
+        let layout = Layout {
+            range: net,
+            prefix: block_prefix(&net, Some(block)),
+            lo: start.max(netw),
+            hi: end.min(bcast),
+        };
+        Ok((layout, holes))
+    }
+
+    /// A requested address (at most one) inside the bounds and in no hole, and never with sticky or a
+    /// claim.
+    fn check_requested(
+        &self,
+        requested: &[IpAddr],
+        layout: &Layout,
+        holes: &[(u128, u128)],
+    ) -> Result<()> {
+        if !requested.is_empty()
+            && (self.sticky == Some(true) || self.ipam_claim_reference.is_some())
+        {
+            return Err(Error::config(format!(
+                "ipam ({TYPE}): a requested address cannot be combined with sticky or ipamClaimReference"
+            )));
+        }
+        for ip in requested {
+            let n = in_net(&layout.range, *ip, "requested address")?;
+            if n < layout.lo || n > layout.hi {
+                return Err(Error::config(format!(
+                    "ipam ({TYPE}): requested address {ip} is outside range_start..range_end"
+                )));
+            }
+            if holes.iter().any(|(s, e)| (*s..=*e).contains(&n)) {
+                return Err(Error::config(format!(
+                    "ipam ({TYPE}): requested address {ip} is excluded (gateway, exclude, network or broadcast)"
+                )));
+            }
+        }
+        if requested.len() > 1 {
+            return Err(Error::config(format!(
+                "ipam ({TYPE}): one range gives one address, and {} were requested",
+                requested.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn data_dir(&self) -> Result<PathBuf> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        if !data_dir.is_absolute() {
+            return Err(Error::config(format!(
+                "ipam ({TYPE}): dataDir must be an absolute path, got {}",
+                data_dir.display()
+            )));
+        }
+        Ok(data_dir)
+    }
+
+    fn api_timeout(&self) -> Result<Duration> {
+        match self.api_timeout {
+            None => Ok(DEFAULT_API_TIMEOUT),
+            Some(t) if t > 0.0 && t <= 60.0 => Ok(Duration::from_secs_f64(t)),
+            Some(t) => Err(Error::config(format!(
+                "ipam ({TYPE}): apiTimeout {t} must be more than 0 and at most 60 seconds"
+            ))),
         }
     }
 }
@@ -251,93 +380,15 @@ impl ClusterIpam {
     /// Validate the `ipam` section for ADD and CHECK: nothing is touched before this passes.
     pub fn from_conf(conf: &NetConf, args: &CmdArgs, section: Value) -> Result<ClusterIpam> {
         let raw: RawCluster = decode(&format!("ipam ({TYPE})"), section)?;
-        if raw.ip_ranges.is_some() {
-            return Err(Error::config(format!(
-                "ipam ({TYPE}): ipRanges is not supported: give one range per definition"
-            )));
-        }
-        let range = raw.range.as_deref().ok_or_else(|| {
-            Error::config(format!(
-                "ipam ({TYPE}): range is required (like 10.20.0.0/16)"
-            ))
-        })?;
-        let (net, start_in_range, end_in_range) = parse_range(range)?;
-        let v4 = net.addr().is_ipv4();
-        let max = net.max_prefix_len();
-        if net.prefix_len() + 2 > max {
-            return Err(Error::config(format!(
-                "ipam ({TYPE}): range {net} is too small to allocate from"
-            )));
-        }
-        let block = block_size(raw.block_size, raw.node_slice_size.as_ref())?.unwrap_or(if v4 {
-            26
-        } else {
-            122
-        });
-        if block > max || block < 1 {
-            return Err(Error::config(format!(
-                "ipam ({TYPE}): blockSize {block} is not a prefix length of {}",
-                if v4 { "IPv4" } else { "IPv6" }
-            )));
-        }
-        let block = block_prefix(&net, Some(block));
-        let in_net = |ip: IpAddr, what: &str| -> Result<u128> {
-            if ip.is_ipv4() != v4 || !net.contains(&ip) {
-                return Err(Error::config(format!(
-                    "ipam ({TYPE}): {what} {ip} is not in range {net}"
-                )));
-            }
-            Ok(to_u128(ip))
-        };
-        let netw = to_u128(net.network());
-        let bcast = to_u128(net.broadcast());
-        let start = match raw.range_start.or(start_in_range) {
-            Some(ip) => in_net(ip, "range_start")?,
-            None => netw,
-        };
-        let end = match raw.range_end.or(end_in_range) {
-            Some(ip) => in_net(ip, "range_end")?,
-            None => bcast,
-        };
-        let mut holes = vec![(netw, netw)];
-        if v4 {
-            holes.push((bcast, bcast));
-        }
-        if let Some(g) = raw.gateway {
-            let g = in_net(g, "gateway")?;
-            holes.push((g, g));
-        }
-        for e in &raw.exclude {
-            let x: IpNet = e.trim().parse().map_err(|_| {
-                Error::config(format!(
-                    "ipam ({TYPE}): exclude {e:?} is not a CIDR (like 10.20.0.0/28)"
-                ))
-            })?;
-            if x.addr().is_ipv4() != v4 {
-                return Err(Error::config(format!(
-                    "ipam ({TYPE}): exclude {e} is not of the range's family"
-                )));
-            }
-            holes.push((to_u128(x.network()), to_u128(x.broadcast())));
-        }
-        let layout = Layout {
-            range: net,
-            prefix: block,
-            lo: start.max(netw),
-            hi: end.min(bcast),
-        };
-        if start > end {
-            return Err(Error::config(format!(
-                "ipam ({TYPE}): range_start {} is after range_end {}",
-                from_u128(start, v4),
-                from_u128(end, v4)
-            )));
-        }
-        let pool = raw.network_name.unwrap_or_else(|| DEFAULT_POOL.into());
+        let (layout, holes) = raw.layout()?;
+        let pool = raw
+            .network_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_POOL.into());
         validate_pool(&pool)?;
         // A node name the configuration gives is checked now; the fallbacks (a file, the host name)
         // are read only by the paths that need the node, off the warm ADD ([`ClusterIpam::with_node`]).
-        let (node, node_source) = match raw.node_name {
+        let (node, node_source) = match raw.node_name.clone() {
             Some(n) => {
                 let (n, source) = node_name(Some(n))?;
                 validate_node(&n, &source)?;
@@ -345,63 +396,23 @@ impl ClusterIpam {
             }
             None => (String::new(), String::new()),
         };
-        let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-        if !data_dir.is_absolute() {
-            return Err(Error::config(format!(
-                "ipam ({TYPE}): dataDir must be an absolute path, got {}",
-                data_dir.display()
-            )));
-        }
-        let api_timeout = match raw.api_timeout {
-            None => DEFAULT_API_TIMEOUT,
-            Some(t) if t > 0.0 && t <= 60.0 => Duration::from_secs_f64(t),
-            Some(t) => {
-                return Err(Error::config(format!(
-                    "ipam ({TYPE}): apiTimeout {t} must be more than 0 and at most 60 seconds"
-                )));
-            }
-        };
         let requested = crate::ipam::conf::requested(conf, args)?;
-        if !requested.is_empty() && (raw.sticky == Some(true) || raw.ipam_claim_reference.is_some())
-        {
-            return Err(Error::config(format!(
-                "ipam ({TYPE}): a requested address cannot be combined with sticky or ipamClaimReference"
-            )));
-        }
-        for ip in &requested {
-            let n = in_net(*ip, "requested address")?;
-            if n < layout.lo || n > layout.hi {
-                return Err(Error::config(format!(
-                    "ipam ({TYPE}): requested address {ip} is outside range_start..range_end"
-                )));
-            }
-            if holes.iter().any(|(s, e)| (*s..=*e).contains(&to_u128(*ip))) {
-                return Err(Error::config(format!(
-                    "ipam ({TYPE}): requested address {ip} is excluded (gateway, exclude, network or broadcast)"
-                )));
-            }
-        }
-        if requested.len() > 1 {
-            return Err(Error::config(format!(
-                "ipam ({TYPE}): one range gives one address, and {} were requested",
-                requested.len()
-            )));
-        }
+        raw.check_requested(&requested, &layout, &holes)?;
         Ok(ClusterIpam {
             network: conf.name.clone(),
             pool,
             layout,
             holes,
+            data_dir: raw.data_dir()?,
+            api_timeout: raw.api_timeout()?,
+            node,
+            node_source,
+            requested,
+            pod: PodRef::of(args),
             gateway: raw.gateway,
             routes: raw.routes,
             dns: raw.dns,
-            data_dir,
-            node,
-            node_source,
             kubeconfig: raw.kubeconfig,
-            api_timeout,
-            requested,
-            pod: PodRef::of(args),
             borrow: raw.borrow.unwrap_or(true),
             sticky: raw.sticky.unwrap_or(false),
             claim: raw.ipam_claim_reference.filter(|c| !c.is_empty()),
@@ -565,5 +576,7 @@ impl Teardown {
     }
 }
 
+#[cfg(test)]
+mod fake;
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use super::api::{CLAIM, ClusterApi, GrantObj, STICKY, Written};
+use super::api::{CLAIM, ClusterApi, GrantObj, KubeClusterApi, STICKY, Written};
 use super::block::seed;
 use super::local::{GRANT_PREFIX, HeldGrant, Local};
 use super::{ClusterIpam, TYPE, claim};
@@ -41,7 +41,7 @@ pub async fn add(c: &ClusterIpam, local: &Local, id: &str, ifname: &str) -> Resu
             c.pod.namespace, c.pod.name
         ),
     };
-    let r = match ClusterApi::connect(c.kubeconfig_path().as_deref(), c.api_timeout).await {
+    let r = match KubeClusterApi::connect(c.kubeconfig_path().as_deref(), c.api_timeout).await {
         Ok(api) => add_with(c, local, &api, id, ifname).await,
         Err(e) => Err(e),
     };
@@ -64,7 +64,11 @@ fn stateful_name(name: &str) -> bool {
     })
 }
 
-async fn identity(c: &ClusterIpam, api: &ClusterApi, ifname: &str) -> Result<Option<Identity>> {
+async fn identity(
+    c: &ClusterIpam,
+    api: &impl ClusterApi,
+    ifname: &str,
+) -> Result<Option<Identity>> {
     let range = c.layout.range.to_string();
     let ns = &c.pod.namespace;
     if let Some(cl) = &c.claim {
@@ -108,7 +112,7 @@ async fn identity(c: &ClusterIpam, api: &ClusterApi, ifname: &str) -> Result<Opt
 async fn add_with(
     c: &ClusterIpam,
     local: &Local,
-    api: &ClusterApi,
+    api: &impl ClusterApi,
     id: &str,
     ifname: &str,
 ) -> Result<Option<IpAddr>> {
@@ -192,7 +196,7 @@ async fn add_with(
 async fn create(
     c: &ClusterIpam,
     local: &Local,
-    api: &ClusterApi,
+    api: &impl ClusterApi,
     who: &Identity,
     me: &GrantObj,
     id: &str,

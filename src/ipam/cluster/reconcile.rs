@@ -21,7 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::api::{BORROWED, BlockObj, CLAIM, ClusterApi, GrantObj, STICKY, Written};
+use super::api::{
+    BORROWED, BlockObj, CLAIM, ClusterApi, GrantObj, KubeClusterApi, STICKY, Written,
+};
 use super::local::Local;
 use crate::error::{Error, Result};
 
@@ -90,39 +92,44 @@ fn older_than(t: Option<SystemTime>, age: Duration, now: SystemTime) -> bool {
 }
 
 pub async fn reconcile(o: &Options) -> Result<Report> {
-    let mut api = ClusterApi::connect(o.kubeconfig.as_deref(), o.api_timeout).await?;
+    let mut api = KubeClusterApi::connect(o.kubeconfig.as_deref(), o.api_timeout).await?;
+    reconcile_with(o, &mut api).await
+}
+
+/// [`reconcile`] with a connected client.
+pub async fn reconcile_with(o: &Options, api: &mut impl ClusterApi) -> Result<Report> {
     let pools = Local::pools(&o.data_dir)?;
     let mut report = Report {
         node: o.node.clone(),
         ..Default::default()
     };
-    release_gone_pods(o, &mut api, &pools, &mut report)
+    release_gone_pods(o, api, &pools, &mut report)
         .await
         .map_err(|e| e.context("nothing released"))?;
     api.renew();
-    if let Err(e) = verify_owned(o, &mut api, &pools, &mut report).await {
+    if let Err(e) = verify_owned(o, api, &pools, &mut report).await {
         report
             .errors
             .push(format!("checking this node's blocks: {e}"));
     }
     api.renew();
-    if let Err(e) = return_empty_blocks(o, &mut api, &pools, &mut report).await {
+    if let Err(e) = return_empty_blocks(o, api, &pools, &mut report).await {
         report.errors.push(format!("giving back empty blocks: {e}"));
     }
     api.renew();
-    if let Err(e) = settle_grants(o, &mut api, &pools, &mut report).await {
+    if let Err(e) = settle_grants(o, api, &pools, &mut report).await {
         report
             .errors
             .push(format!("settling borrowed addresses: {e}"));
     }
     api.renew();
-    if let Err(e) = release_persistent(o, &mut api, &mut report).await {
+    if let Err(e) = release_persistent(o, api, &mut report).await {
         report
             .errors
             .push(format!("releasing sticky and claimed addresses: {e}"));
     }
     api.renew();
-    if let Err(e) = reclaim_deleted_nodes(o, &mut api, &mut report).await {
+    if let Err(e) = reclaim_deleted_nodes(o, api, &mut report).await {
         report
             .errors
             .push(format!("reclaiming the blocks of deleted nodes: {e}"));
@@ -132,7 +139,7 @@ pub async fn reconcile(o: &Options) -> Result<Report> {
 
 async fn release_gone_pods(
     o: &Options,
-    api: &mut ClusterApi,
+    api: &mut impl ClusterApi,
     pools: &[Local],
     report: &mut Report,
 ) -> Result<()> {
@@ -184,7 +191,7 @@ async fn release_gone_pods(
 /// stays until its pods go (it may now collide with the new owner's: reported loudly).
 async fn verify_owned(
     o: &Options,
-    api: &mut ClusterApi,
+    api: &mut impl ClusterApi,
     pools: &[Local],
     report: &mut Report,
 ) -> Result<()> {
@@ -213,7 +220,7 @@ async fn verify_owned(
 
 async fn return_empty_blocks(
     o: &Options,
-    api: &mut ClusterApi,
+    api: &mut impl ClusterApi,
     pools: &[Local],
     report: &mut Report,
 ) -> Result<()> {
@@ -289,7 +296,7 @@ async fn return_empty_blocks(
 /// pool's claim lock, so no borrow is in flight.
 async fn settle_grants(
     o: &Options,
-    api: &mut ClusterApi,
+    api: &mut impl ClusterApi,
     pools: &[Local],
     report: &mut Report,
 ) -> Result<()> {
@@ -323,7 +330,11 @@ async fn settle_grants(
 
 /// The lender's side of persistent addresses: a claim's goes with the claim; a StatefulSet pod's when
 /// the StatefulSet is gone or scaled below the pod's ordinal, and the pod is gone.
-async fn release_persistent(o: &Options, api: &mut ClusterApi, report: &mut Report) -> Result<()> {
+async fn release_persistent(
+    o: &Options,
+    api: &mut impl ClusterApi,
+    report: &mut Report,
+) -> Result<()> {
     let (grants, _) = api.grants_of_lender(&o.node).await?;
     for g in grants {
         api.renew();
@@ -349,7 +360,7 @@ async fn release_persistent(o: &Options, api: &mut ClusterApi, report: &mut Repo
 /// Is a grant's reason to exist gone? Borrowed: its holder's containers decide (never here). Claim:
 /// the IPAMClaim is gone. Sticky: the StatefulSet is gone or scaled below the ordinal, and the pod is
 /// gone.
-async fn owner_gone(api: &ClusterApi, g: &GrantObj) -> Result<bool> {
+async fn owner_gone(api: &impl ClusterApi, g: &GrantObj) -> Result<bool> {
     Ok(match g.purpose.as_str() {
         CLAIM => api
             .ipamclaim(&g.owner_namespace, &g.owner_name)
@@ -382,7 +393,7 @@ fn missing_file(o: &Options) -> PathBuf {
 
 async fn reclaim_deleted_nodes(
     o: &Options,
-    api: &mut ClusterApi,
+    api: &mut impl ClusterApi,
     report: &mut Report,
 ) -> Result<()> {
     let nodes = api.node_names().await?;

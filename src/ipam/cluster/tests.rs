@@ -342,3 +342,265 @@ mod properties {
         }
     }
 }
+
+/// Claim, borrow and registration races against the in-memory API (`fake`): each interleaving a real
+/// server would allow, played out exactly.
+mod races {
+    use super::super::api::{BlockObj, ClusterApi, PoolRange, Written};
+    use super::super::claim::{Claimed, claim_block};
+    use super::super::fake::FakeApi;
+    use super::super::local::Local;
+    use super::*;
+
+    /// A node's configuration of `range` in a data dir of its own under `d`.
+    fn node(d: &Path, name: &str, range: &str, extra: Value) -> (ClusterIpam, Local) {
+        let mut ipam = json!({"range": range, "blockSize": 26, "nodeName": name,
+                              "dataDir": d.join(name)});
+        for (k, v) in extra.as_object().unwrap() {
+            ipam[k] = v.clone();
+        }
+        let c = parse(ipam, "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u-1").unwrap();
+        let local = Local::new(&c.data_dir, &c.pool);
+        (c, local)
+    }
+
+    fn api(nodes: &[&str]) -> FakeApi {
+        let api = FakeApi::default();
+        for n in nodes {
+            api.0.borrow_mut().add_node(n);
+        }
+        api
+    }
+
+    fn claim(api: &FakeApi, c: &ClusterIpam, local: &Local) -> Result<Claimed> {
+        crate::testutil::rt().block_on(claim_block(c, local, api, "c1", "net1"))
+    }
+
+    /// The blocks the API has, as `cidr node`.
+    fn blocks(api: &FakeApi) -> Vec<String> {
+        let mut v: Vec<String> = api
+            .0
+            .borrow()
+            .blocks
+            .values()
+            .map(|b| format!("{} {}", b.cidr, b.node))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn writes(api: &FakeApi, what: &str) -> usize {
+        api.0.borrow().writes.iter().filter(|w| *w == what).count()
+    }
+
+    #[test]
+    fn two_nodes_share_a_range_block_by_block_and_never_the_same_one() {
+        let d = crate::testutil::tempdir("races-share");
+        let api = api(&["worker-1", "worker-2"]);
+        let no_borrow = json!({"borrow": false});
+        let (c1, l1) = node(&d, "worker-1", "10.20.0.0/24", no_borrow.clone());
+        let (c2, l2) = node(&d, "worker-2", "10.20.0.0/24", no_borrow);
+        for _ in 0..2 {
+            assert!(matches!(claim(&api, &c1, &l1), Ok(Claimed::Block)));
+            assert!(matches!(claim(&api, &c2, &l2), Ok(Claimed::Block)));
+        }
+        let all = blocks(&api);
+        assert_eq!(all.len(), 4, "{all:?}");
+        for n in ["worker-1", "worker-2"] {
+            assert_eq!(all.iter().filter(|b| b.ends_with(n)).count(), 2, "{all:?}");
+        }
+        assert_eq!(l1.owned().unwrap().len(), 2);
+        assert_eq!(
+            writes(&api, "create addressblocks"),
+            4,
+            "one write per block"
+        );
+        assert_eq!(
+            writes(&api, "create addresspools"),
+            1,
+            "the range registered once"
+        );
+        // The range is full: said so, and nothing is written.
+        let e = claim(&api, &c1, &l1).err().unwrap();
+        assert!(e.to_string().contains("is full"), "{e}");
+        assert_eq!(writes(&api, "create addressblocks"), 4);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_block_lost_to_a_rival_between_list_and_create_costs_one_conflict() {
+        let d = crate::testutil::tempdir("races-lost");
+        let api = api(&["worker-1", "worker-9"]);
+        let (c, local) = node(&d, "worker-1", "10.20.0.0/24", json!({}));
+        // worker-9's create of the very block worker-1 goes for lands first.
+        let mut fired = false;
+        api.0.borrow_mut().before_create_block = Some(Box::new(move |s, b: &BlockObj| {
+            if !fired {
+                fired = true;
+                let rival = BlockObj {
+                    node: "worker-9".into(),
+                    instance: "other".into(),
+                    uid: "uid-rival".into(),
+                    ..b.clone()
+                };
+                s.blocks.insert(b.name.clone(), rival);
+            }
+        }));
+        assert!(matches!(claim(&api, &c, &local), Ok(Claimed::Block)));
+        let all = blocks(&api);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(
+            writes(&api, "create addressblocks"),
+            1,
+            "one lost create, one that landed"
+        );
+        assert!(all.iter().any(|b| b.ends_with("worker-9")), "{all:?}");
+        let mine: Vec<_> = all.iter().filter(|b| b.ends_with("worker-1")).collect();
+        assert_eq!(mine.len(), 1, "{all:?}");
+        assert_eq!(
+            local.owned().unwrap()[0].net().to_string(),
+            mine[0].split(' ').next().unwrap(),
+            "the block it won, not the one it lost"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_create_whose_answer_was_lost_is_adopted_not_made_twice() {
+        let d = crate::testutil::tempdir("races-answer");
+        let api = api(&["worker-1"]);
+        let (c, local) = node(&d, "worker-1", "10.20.0.0/24", json!({}));
+        api.0.borrow_mut().lose_create_answer = true;
+        let e = claim(&api, &c, &local).err().unwrap();
+        assert_eq!(e.cni_code(), 11, "try again: {e}");
+        assert!(local.owned().unwrap().is_empty());
+        // The retry finds the block it made and takes it, with no second create.
+        assert!(matches!(claim(&api, &c, &local), Ok(Claimed::Block)));
+        assert_eq!(local.owned().unwrap().len(), 1);
+        assert_eq!(writes(&api, "create addressblocks"), 1);
+        assert_eq!(blocks(&api).len(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_range_that_overlaps_another_of_its_pool_is_refused() {
+        let d = crate::testutil::tempdir("races-overlap");
+        let api = api(&["worker-1"]);
+        let ranges = [PoolRange {
+            range: "10.20.0.0/16".into(),
+            block_size: 26,
+        }];
+        let rt = crate::testutil::rt();
+        assert!(matches!(
+            rt.block_on(api.create_pool("default", &ranges)).unwrap(),
+            Written::Done(_)
+        ));
+        let (c, local) = node(&d, "worker-1", "10.20.5.0/24", json!({}));
+        let e = claim(&api, &c, &local).err().unwrap();
+        assert_eq!(e.cni_code(), 7, "{e}");
+        assert!(e.to_string().contains("10.20.0.0/16"), "{e}");
+        assert!(blocks(&api).is_empty());
+        // The same range with another block size is refused too.
+        let (c, local) = node(&d, "worker-1", "10.20.0.0/16", json!({"blockSize": 24}));
+        assert_eq!(claim(&api, &c, &local).err().unwrap().cni_code(), 7);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_full_range_lends_an_address_of_another_nodes_block() {
+        let d = crate::testutil::tempdir("races-borrow");
+        let api = api(&["worker-1", "worker-2"]);
+        // One block in the range, worker-2's.
+        let (c2, l2) = node(&d, "worker-2", "10.20.0.0/26", json!({}));
+        assert!(matches!(claim(&api, &c2, &l2), Ok(Claimed::Block)));
+        let (c1, l1) = node(&d, "worker-1", "10.20.0.0/26", json!({}));
+        // Nobody answers: no address, and the grant asked for is gone again.
+        let e = crate::testutil::rt()
+            .block_on(async {
+                tokio::time::pause();
+                claim_block(&c1, &l1, &api, "c1", "net1").await
+            })
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("no other node lent an address"),
+            "{e}"
+        );
+        assert!(
+            api.0.borrow().grants.is_empty(),
+            "the unanswered grant is deleted"
+        );
+        // A lender that answers: the first address of its block's window (not the network address).
+        api.0.borrow_mut().lend = true;
+        let got = claim(&api, &c1, &l1).unwrap();
+        let Claimed::Borrowed(ip) = got else {
+            panic!("not borrowed")
+        };
+        assert_eq!(ip.to_string(), "10.20.0.1");
+        let s = api.0.borrow();
+        let g = s.grants.values().next().unwrap();
+        assert_eq!(
+            (
+                g.lender.as_str(),
+                g.holder_node.as_str(),
+                g.container_id.as_str(),
+                g.pod_uid.as_str()
+            ),
+            ("worker-2", "worker-1", "c1", "u-1")
+        );
+        assert_eq!(blocks(&api).len(), 1, "no block was made for it");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn options(d: &Path, node: &str) -> super::super::reconcile::Options {
+        super::super::reconcile::Options {
+            keep_blocks: 1,
+            data_dir: d.join(node),
+            node: node.into(),
+            kubeconfig: None,
+            api_timeout: std::time::Duration::from_secs(1),
+            grace: std::time::Duration::ZERO,
+            node_grace: std::time::Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn reconcile_releases_a_gone_pods_address_but_trusts_a_get_over_a_stale_list() {
+        let d = crate::testutil::tempdir("races-reconcile");
+        let api = api(&["worker-1"]);
+        let (c, local) = node(&d, "worker-1", "10.20.0.0/24", json!({}));
+        assert!(matches!(claim(&api, &c, &local), Ok(Claimed::Block)));
+        let ip = local.allocate(&c, "c1", "net1").unwrap().unwrap();
+        let rt = crate::testutil::rt();
+        let reconcile = |api: &FakeApi| {
+            let mut api = api.clone();
+            rt.block_on(super::super::reconcile::reconcile_with(
+                &options(&d, "worker-1"),
+                &mut api,
+            ))
+            .unwrap()
+        };
+        // The pod exists, but the list of the node's pods does not show it (it names another node):
+        // the GET that follows says it is there, so its address stays.
+        api.0.borrow_mut().add_pod("ns", "p", "u-1", "worker-7");
+        let r = reconcile(&api);
+        assert_eq!((r.released.len(), r.confirmed_alive), (0, 1), "{r:?}");
+        assert_eq!(local.held("c1", "net1", None).unwrap(), vec![ip]);
+        // Gone from the API: released, and only that.
+        api.0.borrow_mut().pods.clear();
+        let r = reconcile(&api);
+        assert_eq!(r.released.len(), 1, "{r:?}");
+        assert_eq!(
+            (r.released[0].ip.as_str(), r.released[0].pod_uid.as_str()),
+            (ip.to_string().as_str(), "u-1")
+        );
+        assert!(local.held("c1", "net1", None).unwrap().is_empty());
+        // The block's object replaced under it (reclaimed while the node was away): no longer used.
+        let name = api.0.borrow().blocks.keys().next().unwrap().clone();
+        api.0.borrow_mut().blocks.get_mut(&name).unwrap().uid = "uid-someone-else".into();
+        let r = reconcile(&api);
+        assert_eq!(r.blocks_lost, vec![name], "{r:?}");
+        assert!(local.owned().unwrap().is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,15 +1,20 @@
 //! host-local IPAM: one address per range set from `<dataDir>/<network>`, the reference plugin's way
-//! and in its on-disk format ([`super::store`]), so both can share a node.
+//! and in its on-disk format ([`store`]), so both can share a node. `range` reads and walks the range
+//! sets; `store` keeps the reservations, `index` attache's index of them.
+
+pub mod index;
+pub mod range;
+pub mod store;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 
-use super::range::RangeSet;
-use super::store::{DiskStore, Store};
 use crate::cni::spec::{CniResult, Dns, IpConfig, Route};
 use crate::error::{Error, Result};
+use range::RangeSet;
+use store::{DiskStore, Store};
 
 #[derive(Clone, Debug)]
 pub struct HostLocal {
@@ -55,7 +60,7 @@ impl HostLocal {
     /// a runtime may have ADDed twice with requested addresses — so the named files alone settle it
     /// only where host-local's invariant does: an ADD reserves at most one address per range set, and a
     /// second ADD without a requested address is refused while one is held in the set. So:
-    /// - if the index is current, it names every address the holder has (see [`super::store`]): those
+    /// - if the index is current, it names every address the holder has (see [`store`]): those
     ///   and the named ones are released, and that is all of them;
     /// - else if every range set of this configuration holds a named address of this holder, the
     ///   holder has nothing else in them (one per set), and nothing outside them but through a changed
@@ -227,8 +232,8 @@ pub fn allocate(
 
 #[cfg(test)]
 mod tests {
-    use super::super::range::RawRange;
-    use super::super::store::MemStore;
+    use super::range::RawRange;
+    use super::store::MemStore;
     use super::*;
 
     fn set(subnet: &str) -> RangeSet {
@@ -309,7 +314,7 @@ mod tests {
         want.sort();
         assert_eq!(all, want);
         assert!(
-            crate::ipam::store::snapshot(&h.data_dir, "net")
+            crate::ipam::host_local::store::snapshot(&h.data_dir, "net")
                 .unwrap()
                 .is_empty()
         );
