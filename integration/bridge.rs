@@ -2,13 +2,12 @@
 //! with Debian's reference `bridge` + `host-local` (the oracle): same configuration, same resulting
 //! namespace state and result JSON, after normalising what is random (MACs, the host veth name).
 
-mod testbed;
 
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use testbed::state::{leased, normalise_result, snapshot, strip_nulls};
-use testbed::{Call, Node, REFERENCE_DIR, eventually, first_ip, require_reference_plugins};
+use crate::testbed::state::{leased, normalise_result, snapshot, strip_nulls};
+use crate::testbed::{Call, Node, REFERENCE_DIR, eventually, first_ip, require_reference_plugins};
 
 fn reference_bin(t: &str) -> PathBuf {
     PathBuf::from(REFERENCE_DIR).join(t)
@@ -90,7 +89,7 @@ fn differential_against_the_reference_bridge() {
     require_reference_plugins();
     for (what, extra, cni_args) in cases() {
         let mut snaps = Vec::new();
-        for bin in [reference_bin("bridge"), testbed::attache_bin()] {
+        for bin in [reference_bin("bridge"), crate::testbed::attache_bin()] {
             let mut node = Node::new("dif");
             let pod = node.pod();
             let mut c = conf(&node, extra.clone());
@@ -153,8 +152,8 @@ fn state_is_shared_with_the_reference_both_ways() {
     let mut node = Node::new("cross");
     let c = conf(&node, json!({"isGateway": true}));
     for (add_bin, del_bin) in [
-        (testbed::attache_bin(), reference_bin("bridge")),
-        (reference_bin("bridge"), testbed::attache_bin()),
+        (crate::testbed::attache_bin(), reference_bin("bridge")),
+        (reference_bin("bridge"), crate::testbed::attache_bin()),
     ] {
         let pod = node.pod();
         let res = node
@@ -197,7 +196,7 @@ fn interleaved_with_the_reference_on_one_data_dir() {
         &node,
         json!({"ipam": {"rangeStart": "10.66.0.10", "rangeEnd": "10.66.0.17"}}),
     );
-    let bins = [testbed::attache_bin(), reference_bin("bridge")];
+    let bins = [crate::testbed::attache_bin(), reference_bin("bridge")];
     let mut live: Vec<(String, String, Value)> = Vec::new(); // (id, pod, result)
     let mut seed: u64 = 0x5eed;
     let mut next = |n: u64| {
@@ -351,7 +350,7 @@ fn drop_in_by_symlink_and_as_cluster_network_without_exec() {
     // Installed under the name `bridge`: a conf saying "bridge" runs natively.
     let bin_dir = node.path("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
-    std::os::unix::fs::symlink(testbed::attache_bin(), bin_dir.join("bridge")).unwrap();
+    std::os::unix::fs::symlink(crate::testbed::attache_bin(), bin_dir.join("bridge")).unwrap();
     let pod = node.pod();
     let c = conf(&node, json!({}));
     let res = node
@@ -497,7 +496,7 @@ fn bad_native_input_leaves_nothing() {
 #[test]
 fn ip_masq_reaches_outside_and_is_removed() {
     require_reference_plugins();
-    for bin in [testbed::attache_bin(), reference_bin("bridge")] {
+    for bin in [crate::testbed::attache_bin(), reference_bin("bridge")] {
         let mut node = Node::new("masq");
         let pod = node.pod();
         // An "outside" host beyond the node, which has no route back to the pod subnet.
@@ -560,7 +559,7 @@ fn ip_masq_reaches_outside_and_is_removed() {
             &del,
         )
         .ok();
-        if bin == testbed::attache_bin() {
+        if bin == crate::testbed::attache_bin() {
             let out = node.sh(None, &["nft", "list", "map", "inet", "attache", "masq4"]);
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(

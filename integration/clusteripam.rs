@@ -5,17 +5,15 @@
 //! node owns in the API, one API write per block (not per pod), clean errors that leave nothing behind,
 //! and nodes that keep working while the API server is down.
 
-mod realserver;
-mod testbed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use realserver::RealApi;
+use crate::realserver::RealApi;
 use serde_json::{Value, json};
-use testbed::{CniOutput, Node, attache_bin};
+use crate::testbed::{CniOutput, Node, attache_bin};
 
 const ATTACHE_USER: &str = "system:serviceaccount:kube-system:attache";
 
@@ -35,7 +33,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(host: &mut Node) -> Cluster {
-        let api = RealApi::start(realserver::Options::new(
+        let api = RealApi::start(crate::realserver::Options::new(
             host.path("apiserver"),
             Some(format!("/run/netns/{}", host.name)),
         ));
@@ -46,7 +44,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            testbed::eventually(30, || api
+            crate::testbed::eventually(30, || api
                 .kubectl(&["get", "addressblocks.ipam.attache.dev"])
                 .status
                 .success()),
@@ -177,7 +175,7 @@ impl Sim {
 }
 
 fn ip_of(res: &Value) -> IpAddr {
-    testbed::first_ip(res).parse().unwrap()
+    crate::testbed::first_ip(res).parse().unwrap()
 }
 
 /// The invariants every test checks: addresses distinct, each inside a block its node owns in the API,
@@ -260,7 +258,7 @@ fn a_thousand_pods_on_ten_nodes_share_one_range_without_a_duplicate() {
         writes.len() <= blocks.len() + 2,
         "more writes than blocks: {writes:?}"
     );
-    testbed::figure(&format!(
+    crate::testbed::figure(&format!(
         "attache-ipam: 1000 ADDs on 10 nodes in {:.1} s (exec'd, parallel), {} blocks, {} API writes ({:.3} per pod)",
         took.as_secs_f64(),
         blocks.len(),
@@ -848,7 +846,7 @@ fn reconcile_reclaims_the_blocks_of_deleted_nodes_but_not_while_their_pods_exist
 
 #[test]
 fn native_macvlan_allocates_in_process_and_the_reference_macvlan_execs_attache_ipam() {
-    testbed::require_reference_plugins();
+    crate::testbed::require_reference_plugins();
     let mut host = Node::with_nic("cipam-mv");
     let c = Cluster::start(&mut host);
     let a = c.node(&host, "node-a");
@@ -859,23 +857,23 @@ fn native_macvlan_allocates_in_process_and_the_reference_macvlan_execs_attache_i
     // attache as macvlan: attache-ipam runs in the same process.
     let pod = host.pod();
     let mut call = host.call("ADD", "native-1", &pod, "net1");
-    call.bin = testbed::attache_bin();
+    call.bin = crate::testbed::attache_bin();
     let native = host.exec(&call, &conf).ok();
-    let ip = testbed::first_ip(&native);
+    let ip = crate::testbed::first_ip(&native);
     assert_eq!(host.addrs(Some(&pod), "net1"), vec![format!("{ip}/24")]);
     assert_eq!(native["ips"][0]["gateway"], "10.90.0.1");
 
     // The reference macvlan execs the IPAM plugin by its type from CNI_PATH: the attache-ipam name.
     let pod2 = host.pod();
     let mut call = host.call("ADD", "ref-1", &pod2, "net1");
-    call.bin = Path::new(testbed::REFERENCE_DIR).join("macvlan");
+    call.bin = Path::new(crate::testbed::REFERENCE_DIR).join("macvlan");
     call.path = format!(
         "{}:{}",
         c.bin.parent().unwrap().display(),
-        testbed::REFERENCE_DIR
+        crate::testbed::REFERENCE_DIR
     );
     let reference = host.exec(&call, &conf).ok();
-    let ip2 = testbed::first_ip(&reference);
+    let ip2 = crate::testbed::first_ip(&reference);
     assert_eq!(host.addrs(Some(&pod2), "net1"), vec![format!("{ip2}/24")]);
     assert_consistent(
         &c,
@@ -889,14 +887,14 @@ fn native_macvlan_allocates_in_process_and_the_reference_macvlan_execs_attache_i
 
     // DEL (each its own way) releases the addresses.
     let mut call = host.call("DEL", "native-1", &pod, "net1");
-    call.bin = testbed::attache_bin();
+    call.bin = crate::testbed::attache_bin();
     assert_eq!(host.exec(&call, &conf).exit, 0);
     let mut call = host.call("DEL", "ref-1", &pod2, "net1");
-    call.bin = Path::new(testbed::REFERENCE_DIR).join("macvlan");
+    call.bin = Path::new(crate::testbed::REFERENCE_DIR).join("macvlan");
     call.path = format!(
         "{}:{}",
         c.bin.parent().unwrap().display(),
-        testbed::REFERENCE_DIR
+        crate::testbed::REFERENCE_DIR
     );
     assert_eq!(host.exec(&call, &conf).exit, 0);
     assert!(a.state("default").1.is_empty());
@@ -1014,12 +1012,12 @@ fn with_no_free_block_a_node_borrows_from_another_and_gives_back_on_del() {
     // back by node-a's agent: node-a can hand it out again.
     assert_eq!(c.run(&host, "DEL", "b-borrow", &cb).exit, 0);
     assert!(
-        testbed::eventually(20, || grants(&c).is_empty()),
+        crate::testbed::eventually(20, || grants(&c).is_empty()),
         "the grant was not deleted: {:?}",
         grants(&c)
     );
     assert!(
-        testbed::eventually(20, || a.state("default").1.len() == 14),
+        crate::testbed::eventually(20, || a.state("default").1.len() == 14),
         "node-a did not take its address back: {:?}",
         a.state("default").1
     );
@@ -1173,7 +1171,7 @@ fn an_ipamclaim_keeps_its_address_records_it_and_serves_one_pod_at_a_time() {
     let claim = json!({"apiVersion": "k8s.cni.cncf.io/v1alpha1", "kind": "IPAMClaim",
         "metadata": {"name": "vm1-net1", "namespace": "vms"}, "spec": {"network": "blue", "interface": "net1"}});
     assert!(
-        testbed::eventually(30, || c.api.apply(&claim.to_string(), &[]).status.success()),
+        crate::testbed::eventually(30, || c.api.apply(&claim.to_string(), &[]).status.success()),
         "the IPAMClaim CRD is not served"
     );
     let ipam = json!({"range": "10.97.0.0/24", "blockSize": 26, "ipamClaimReference": "vm1-net1"});
@@ -1322,13 +1320,13 @@ fn failures_on_the_api_paths_leave_nothing_half_made() {
             run_failing(&b, "b-fail", &cb, &spec).err(999);
             assert_eq!(b.state("default"), before_b, "{spec}");
             assert!(
-                testbed::eventually(20, || grants(&c).is_empty()),
+                crate::testbed::eventually(20, || grants(&c).is_empty()),
                 "{spec} left a grant: {:?}",
                 grants(&c)
             );
             // node-a takes back whatever it reserved for that grant.
             assert!(
-                testbed::eventually(20, || a.state("default").1.len() == 1),
+                crate::testbed::eventually(20, || a.state("default").1.len() == 1),
                 "{spec}: node-a still lends {:?}",
                 a.state("default").1
             );
@@ -1378,11 +1376,11 @@ fn failures_on_the_api_paths_leave_nothing_half_made() {
 /// address comes from a block of the node the meta configuration names (`nodeName`), in-process.
 #[test]
 fn the_meta_plugin_hands_attache_ipam_its_node_and_the_pod() {
-    testbed::require_reference_plugins();
+    crate::testbed::require_reference_plugins();
     let mut host = Node::with_nic("cipam-meta");
     let c = Cluster::start(&mut host);
     let a = c.node(&host, "node-a");
-    let nets = testbed::write_nads(
+    let nets = crate::testbed::write_nads(
         &host,
         "team",
         &[(
@@ -1392,7 +1390,7 @@ fn the_meta_plugin_hands_attache_ipam_its_node_and_the_pod() {
                             "kubeconfig": c.kubeconfig}}),
         )],
     );
-    let mut conf = testbed::meta_conf(&host, &nets, "blue");
+    let mut conf = crate::testbed::meta_conf(&host, &nets, "blue");
     conf["nodeName"] = json!("node-a");
     let pod = host.pod();
     let mut call = host.call("ADD", "meta-1", &pod, "eth0");

@@ -2,10 +2,9 @@
 //! node netns, with Debian's reference `ptp` + `host-local` as the delegated (exec'd) cluster network —
 //! `ptp` because attache runs `bridge` natively.
 
-mod testbed;
 
 use serde_json::{Value, json};
-use testbed::{Node, require_reference_plugins};
+use crate::testbed::{Node, require_reference_plugins};
 
 /// The cluster network: the reference ptp with host-local, state in the node's private folder.
 fn cluster(node: &Node, version: &str) -> Value {
@@ -171,7 +170,7 @@ fn del_after_the_pod_netns_is_gone_and_without_netns() {
     .ok();
     // The host veth goes with the pod netns (asynchronously); nothing else is left on the node.
     assert!(
-        testbed::eventually(10, || node_links(&node).is_empty()),
+        crate::testbed::eventually(10, || node_links(&node).is_empty()),
         "left on the node: {:?}",
         node_links(&node)
     );

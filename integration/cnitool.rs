@@ -3,15 +3,13 @@
 //! del again; in meta mode the pod's annotations travel in `CAP_ARGS`. libcni's result cache is kept
 //! private (cnitool runs in its own mount namespace with a private `/var/lib`).
 
-mod runtime;
-mod testbed;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use runtime::leftovers;
+use crate::runtime::leftovers;
 use serde_json::{Value, json};
-use testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
+use crate::testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
 
 /// Where `scripts/cnitool` leaves the binary (`ATTACHE_CNITOOL` overrides).
 fn cnitool() -> PathBuf {
@@ -71,13 +69,13 @@ impl<'a> Tool<'a> {
             cnitool().display()
         );
         let mut cmd =
-            runtime::in_private_mounts(&format!("/run/netns/{}", self.node.name), &script);
+            crate::runtime::in_private_mounts(&format!("/run/netns/{}", self.node.name), &script);
         cmd.env("NETCONFPATH", &self.netconf)
             .env("CNI_PATH", &self.bin);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        runtime::run(&mut cmd)
+        crate::runtime::run(&mut cmd)
     }
 }
 
@@ -182,18 +180,18 @@ fn cnitool_drives_the_meta_plugin_with_annotations_in_cap_args() {
     require_reference_plugins();
     let mut node = Node::new("cnitool-meta");
     let pod = node.pod();
-    let dir = testbed::write_nads(
+    let dir = crate::testbed::write_nads(
         &node,
         "default",
         &[(
             "br-net",
-            testbed::bridge_nad(&node, "br-sec", "10.61.0.0/24"),
+            crate::testbed::bridge_nad(&node, "br-sec", "10.61.0.0/24"),
         )],
     );
     let net = json!({"cniVersion": "1.0.0", "name": "attmeta", "plugins": [{
         "type": "attache",
         "capabilities": {"io.kubernetes.cri.pod-annotations": true},
-        "clusterNetwork": testbed::ptp_cluster(&node),
+        "clusterNetwork": crate::testbed::ptp_cluster(&node),
         "networksDir": dir,
         "cacheDir": node.path("cache"),
     }]});

@@ -2,14 +2,13 @@
 //! DELs, a 500-operation churn of attache next to Debian's reference bridge on one dataDir, and a lock
 //! whose holder is killed. No duplicate address, no failure, an empty range at the end.
 
-mod testbed;
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
-use testbed::{Node, REFERENCE_DIR, figure, first_ip, require_reference_plugins};
+use crate::testbed::{Node, REFERENCE_DIR, figure, first_ip, require_reference_plugins};
 
 const N: usize = 100;
 
@@ -92,7 +91,7 @@ fn churn_next_to_the_reference_plugin() {
                 (&node, &pods, &conf, &owner, &duplicates, &ops);
             s.spawn(move || {
                 let bin = if w % 2 == 0 {
-                    testbed::attache_bin()
+                    crate::testbed::attache_bin()
                 } else {
                     std::path::Path::new(REFERENCE_DIR).join("bridge")
                 };
@@ -163,7 +162,7 @@ fn a_lock_held_by_a_killed_process_does_not_block() {
         .spawn()
         .expect("flock (util-linux)");
     // Wait until the holder has the lock.
-    assert!(testbed::eventually(5, || {
+    assert!(crate::testbed::eventually(5, || {
         !std::process::Command::new("flock")
             .args(["-n"])
             .arg(&lock)

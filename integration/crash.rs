@@ -5,19 +5,18 @@
 //!
 //! `ATTACHE_KILL_TRIALS` sets the number of kills (default 100; the documented long run uses 2000).
 
-mod testbed;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testbed::state::{diff, full_state};
-use testbed::{Node, eventually, figure, require_reference_plugins};
+use crate::testbed::state::{diff, full_state};
+use crate::testbed::{Node, eventually, figure, require_reference_plugins};
 
 const NS: &str = "team-a";
 
 fn conf(node: &Node) -> Value {
     let ipam = node.path("ipam").display().to_string();
-    let dir = testbed::write_nads(
+    let dir = crate::testbed::write_nads(
         node,
         NS,
         &[
@@ -34,7 +33,7 @@ fn conf(node: &Node) -> Value {
             ),
         ],
     );
-    testbed::meta_conf(node, &dir, "blue,mac")
+    crate::testbed::meta_conf(node, &dir, "blue,mac")
 }
 
 /// A small deterministic generator (xorshift), seeded from the clock; the seed is printed on failure.

@@ -5,14 +5,12 @@
 //! `io.kubernetes.cri.pod-annotations` capability); the cluster network is Debian's ptp + portmap, exec'd.
 //! Also `ctr run --cni`, containerd's own client, which sends DEL without `CNI_NETNS`.
 
-mod runtime;
-mod testbed;
 
 use std::path::{Path, PathBuf};
 
-use runtime::{Containerd, PodSpec, addrs, leftovers, mac, pings};
+use crate::runtime::{Containerd, PodSpec, addrs, leftovers, mac, pings};
 use serde_json::{Value, json};
-use testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
+use crate::testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
 
 /// containerd first, so that it is stopped (and its sandboxes gone) before the node is removed.
 struct Bed {
@@ -36,13 +34,13 @@ fn plugins(extra: &[(&'static str, PathBuf)]) -> Vec<(&'static str, PathBuf)> {
 /// with static addresses and the `ips` / `mac` capabilities for the JSON annotation form.
 fn write_definitions(node: &Node) -> PathBuf {
     let ipam = node.path("ipam").display().to_string();
-    testbed::write_nads(
+    crate::testbed::write_nads(
         node,
         "default",
         &[
             (
                 "br-net",
-                testbed::bridge_nad(node, "br-att", "10.55.0.0/24"),
+                crate::testbed::bridge_nad(node, "br-att", "10.55.0.0/24"),
             ),
             (
                 "mv-net",
@@ -171,7 +169,7 @@ fn kubelet_pods_get_native_networks_from_both_annotation_forms() {
         bed.ctrd.remove_pod(id).expect("RemovePodSandbox");
     }
     // containerd's two DELs per pod (stop with the netns, remove without) reached attache and succeeded.
-    let dels = testbed::logged(&bed.node, "DEL");
+    let dels = crate::testbed::logged(&bed.node, "DEL");
     assert_eq!(dels.len(), 4, "DELs: {dels:#?}");
     assert!(dels.iter().all(|l| l.contains("code=0")), "{dels:#?}");
     let left = leftovers(&bed.node, &[ida, idb], &addresses);
@@ -180,7 +178,7 @@ fn kubelet_pods_get_native_networks_from_both_annotation_forms() {
 
 /// Run `argv` inside `netns` in the background (a server for a port mapping).
 fn serve(netns: &str, script: &str) -> std::process::Child {
-    runtime::in_netns(netns, &["busybox", "sh", "-c", script])
+    crate::runtime::in_netns(netns, &["busybox", "sh", "-c", script])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -200,8 +198,8 @@ fn port_mappings_with_containerds_capitalised_keys_reach_portmap() {
     // portmap (exec'd as the cluster network's second plugin) got the mapping: the node's port 8080
     // leads to the pod's port 80.
     let mut server = serve(&netns, "echo hello-from-the-pod | busybox nc -l -p 80");
-    let answered = testbed::eventually(10, || {
-        let out = runtime::run(&mut runtime::in_netns(
+    let answered = crate::testbed::eventually(10, || {
+        let out = crate::runtime::run(&mut crate::runtime::in_netns(
             &node,
             &["busybox", "nc", "-w", "2", "10.77.0.1", "8080"],
         ));
@@ -241,7 +239,7 @@ fn a_failing_definition_fails_run_pod_sandbox_with_attaches_message_and_leaves_n
         assert!(left.is_empty(), "{networks}: left behind: {left:#?}");
     }
     // containerd's own cleanup DELs succeeded.
-    let dels = testbed::logged(&bed.node, "DEL");
+    let dels = crate::testbed::logged(&bed.node, "DEL");
     assert!(
         !dels.is_empty() && dels.iter().all(|l| l.contains("code=0")),
         "{dels:#?}"
@@ -296,7 +294,7 @@ fn a_drop_in_conf_that_add_refuses_can_still_be_stopped_and_removed() {
         refused(&node).to_string(),
     )
     .unwrap();
-    let reloaded = testbed::eventually(20, || {
+    let reloaded = crate::testbed::eventually(20, || {
         ctrd.status()
             .is_ok_and(|s| s["info"]["cniconfig"].to_string().contains("10.99.0.5"))
     });
@@ -350,9 +348,9 @@ fn ctr_run_with_cni_attaches_and_its_del_without_a_netns_leaves_nothing() {
         sock = ctrd.socket.display(),
         cg = ctrd.cgroup_parent,
         root = ctrd.dir.join("ctr-runc").display(),
-        image = runtime::IMAGE,
+        image = crate::runtime::IMAGE,
     );
-    let out = runtime::run(&mut runtime::in_private_mounts(
+    let out = crate::runtime::run(&mut crate::runtime::in_private_mounts(
         &format!("/run/netns/{}", node.name),
         &script,
     ));
@@ -373,7 +371,7 @@ fn ctr_run_with_cni_attaches_and_its_del_without_a_netns_leaves_nothing() {
     );
     assert!(stdout.contains("gateway-answered"), "{stdout}");
 
-    let dels = testbed::logged(&node, "DEL");
+    let dels = crate::testbed::logged(&node, "DEL");
     assert_eq!(dels.len(), 1, "{dels:#?}");
     assert!(dels[0].contains("code=0"), "{dels:#?}");
     let addresses: Vec<String> = stdout
@@ -468,7 +466,7 @@ fn uninstall_refuses_with_pods_attached_and_inspect_gc_tears_down_what_no_runtim
         cluster_only.to_string(),
     )
     .unwrap();
-    let reloaded = testbed::eventually(30, || {
+    let reloaded = crate::testbed::eventually(30, || {
         bed.ctrd
             .status()
             .is_ok_and(|s| !s.to_string().contains("attache.log"))

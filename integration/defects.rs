@@ -2,15 +2,13 @@
 //! found (issue 8): one test per defect, each asserting what a user would check afterwards — links,
 //! addresses held, records, nftables, the error code — in test namespaces only.
 
-mod apiserver;
-mod testbed;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testbed::{CniOutput, Node, REFERENCE_DIR, require_reference_plugins};
+use crate::testbed::{CniOutput, Node, REFERENCE_DIR, require_reference_plugins};
 
 const POD_NS: &str = "team-a";
 const POD_NAME: &str = "web-0";
@@ -26,7 +24,7 @@ fn k8s_args() -> String {
 /// (`blue` with isGateway and ipMasq, `red` with macspoofchk) in its networksDir.
 fn meta(node: &Node, name: &str) -> Value {
     let ipam = node.path("ipam").display().to_string();
-    let dir = testbed::write_nads(
+    let dir = crate::testbed::write_nads(
         node,
         POD_NS,
         &[
@@ -46,7 +44,7 @@ fn meta(node: &Node, name: &str) -> Value {
         "cniVersion": "1.1.0",
         "name": name,
         "type": "attache",
-        "clusterNetwork": testbed::ptp_cluster(node),
+        "clusterNetwork": crate::testbed::ptp_cluster(node),
         "cacheDir": node.path("cache"),
         "confDir": node.path("net.d"),
         "networksDir": dir,
@@ -337,7 +335,7 @@ fn del_with_a_stale_netns_path_releases_everything() {
         .ok();
     assert!(leases(&node).is_empty(), "{:?}", leases(&node));
     assert!(node.files("cache").is_empty());
-    assert!(testbed::eventually(5, || veths(&node).is_empty()));
+    assert!(crate::testbed::eventually(5, || veths(&node).is_empty()));
 }
 
 // 5. Temporaries of killed writers are removed by DEL and GC.
@@ -369,7 +367,7 @@ fn foreign_names_refuse_and_attache_never_execs_itself() {
     let bin = node.path("bin");
     std::fs::create_dir_all(&bin).unwrap();
     for name in ["whereabouts", "macvlan"] {
-        std::os::unix::fs::symlink(testbed::attache_bin(), bin.join(name)).unwrap();
+        std::os::unix::fs::symlink(crate::testbed::attache_bin(), bin.join(name)).unwrap();
     }
     let conf = json!({"cniVersion": "1.0.0", "name": "m", "type": "macvlan", "master": "nic0",
                       "ipam": {"type": "whereabouts"}});
@@ -400,7 +398,7 @@ fn foreign_names_refuse_and_attache_never_execs_itself() {
     let (a, b) = (node.path("copy-a"), node.path("copy-b"));
     for d in [&a, &b] {
         std::fs::create_dir_all(d).unwrap();
-        std::fs::copy(testbed::attache_bin(), d.join("attache")).unwrap();
+        std::fs::copy(crate::testbed::attache_bin(), d.join("attache")).unwrap();
     }
     let loop_conf = |bin_dir: &Path, next: &str, cache: &str| {
         json!({"cniVersion": "1.0.0", "name": "loop", "type": "attache", "binDir": bin_dir,
@@ -643,7 +641,7 @@ fn missing_capabilities_are_named() {
         &wrapper,
         format!(
             "#!/bin/sh\nexec /usr/bin/setpriv --bounding-set -net_admin {} \"$@\"\n",
-            testbed::attache_bin().display()
+            crate::testbed::attache_bin().display()
         ),
     )
     .unwrap();
@@ -665,9 +663,9 @@ fn a_hanging_api_server_does_not_hold_add() {
     require_reference_plugins();
     let mut node = Node::new("hang");
     let pod = node.pod();
-    let hung = apiserver::ApiServer::hanging_in(&node.name);
+    let hung = crate::apiserver::ApiServer::hanging_in(&node.name);
     let port = hung.local_addr().unwrap().port();
-    apiserver::kubeconfig_for(port, apiserver::TOKEN, &node.path("kubeconfig"));
+    crate::apiserver::kubeconfig_for(port, crate::apiserver::TOKEN, &node.path("kubeconfig"));
     let mut conf = annotated(meta(&node, "attache"), "blue");
     conf["kubeconfig"] = json!(node.path("kubeconfig"));
     conf["apiTimeout"] = json!(1);
@@ -694,7 +692,7 @@ fn network_status_carries_the_uid_and_a_replaced_pod_is_not_written() {
     require_reference_plugins();
     let mut node = Node::new("uidpatch");
     let pod = node.pod();
-    let api = apiserver::ApiServer::start_in(&node.name);
+    let api = crate::apiserver::ApiServer::start_in(&node.name);
     api.write_kubeconfig(&node.path("kubeconfig"));
     let mut pod_obj = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": POD_NAME, "namespace": POD_NS, "uid": "another-uid", "annotations": {}}});
@@ -711,7 +709,7 @@ fn network_status_carries_the_uid_and_a_replaced_pod_is_not_written() {
     assert!(!api.requests().iter().any(|r| r.method == "GET"));
     let body: Value = serde_json::from_str(&patches[0].body).unwrap();
     assert_eq!(body["metadata"]["uid"], POD_UID);
-    let stored = api.object(&apiserver::pod_path(POD_NS, POD_NAME)).unwrap();
+    let stored = api.object(&crate::apiserver::pod_path(POD_NS, POD_NAME)).unwrap();
     assert_eq!(
         stored["metadata"]["annotations"],
         json!({}),
@@ -726,7 +724,7 @@ fn network_status_carries_the_uid_and_a_replaced_pod_is_not_written() {
     pod_obj["metadata"]["uid"] = json!(POD_UID);
     api.put(pod_obj);
     add_pod(&node, &pod, "u2", &conf);
-    let stored = api.object(&apiserver::pod_path(POD_NS, POD_NAME)).unwrap();
+    let stored = api.object(&crate::apiserver::pod_path(POD_NS, POD_NAME)).unwrap();
     assert!(
         stored["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"].is_string(),
         "{stored}"
@@ -740,7 +738,7 @@ fn debug_log_tells_the_story_and_info_one_line() {
     require_reference_plugins();
     let mut node = Node::new("logs");
     let pod = node.pod();
-    let api = apiserver::ApiServer::start_in(&node.name);
+    let api = crate::apiserver::ApiServer::start_in(&node.name);
     api.write_kubeconfig(&node.path("kubeconfig"));
     api.put(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": POD_NAME, "namespace": POD_NS, "uid": POD_UID, "annotations": {}}}));
@@ -762,7 +760,7 @@ fn debug_log_tells_the_story_and_info_one_line() {
     ] {
         assert!(log.contains(needle), "the log lacks {needle:?}:\n{log}");
     }
-    assert!(!log.contains(apiserver::TOKEN), "the log shows the token");
+    assert!(!log.contains(crate::apiserver::TOKEN), "the log shows the token");
     // At info: one line per invocation, with the outcome and the time.
     let mut info = conf.clone();
     info["logLevel"] = json!("info");

@@ -7,13 +7,11 @@
 //! macspoofchk and promiscMode, a native macvlan that takes the default route, and a macvlan with static
 //! IPAM; its annotations come from the runtime and network-status goes to the API fixture.
 
-mod apiserver;
-mod testbed;
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use testbed::{CniOutput, Node, require_reference_plugins};
+use crate::testbed::{CniOutput, Node, require_reference_plugins};
 
 const NS: &str = "team-a";
 const POD: &str = "faulty-0";
@@ -23,19 +21,19 @@ struct Bed {
     node: Node,
     pod: String,
     conf: Value,
-    _api: apiserver::ApiServer,
+    _api: crate::apiserver::ApiServer,
 }
 
 fn new_bed(tag: &str) -> Bed {
     require_reference_plugins();
     let mut node = Node::with_nic(tag);
     let pod = node.pod();
-    let api = apiserver::ApiServer::start_in(&node.name);
+    let api = crate::apiserver::ApiServer::start_in(&node.name);
     api.write_kubeconfig(&node.path("kubeconfig"));
     api.put(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": POD, "namespace": NS, "uid": UID, "annotations": {}}}));
     let ipam = node.path("ipam").display().to_string();
-    let dir = testbed::write_nads(
+    let dir = crate::testbed::write_nads(
         &node,
         NS,
         &[
@@ -60,7 +58,7 @@ fn new_bed(tag: &str) -> Bed {
     );
     let networks =
         r#"[{"name":"blue"},{"name":"mac","default-route":["10.23.0.1"]},{"name":"fixed"}]"#;
-    let mut conf = testbed::meta_conf(&node, &dir, networks);
+    let mut conf = crate::testbed::meta_conf(&node, &dir, networks);
     conf["kubeconfig"] = json!(node.path("kubeconfig"));
     Bed {
         node,
@@ -104,7 +102,7 @@ impl Bed {
     }
 
     fn state(&self, keep_bridges: bool) -> Value {
-        testbed::state::full_state(&self.node, &self.pod, keep_bridges)
+        crate::testbed::state::full_state(&self.node, &self.pod, keep_bridges)
     }
 }
 
@@ -112,7 +110,7 @@ fn assert_unchanged(before: &Value, after: &Value, what: &str) {
     assert!(
         after == before,
         "{what} left something:\n{}",
-        testbed::state::diff(before, after)
+        crate::testbed::state::diff(before, after)
     );
 }
 
@@ -229,7 +227,7 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
         unreached.is_empty(),
         "failpoints no test reaches: {unreached:?}"
     );
-    testbed::figure(&format!(
+    crate::testbed::figure(&format!(
         "fault injection: {} failpoints, {} reached by ADD and {} by DEL ({} only on a cold node); {trials} trials ({add_trials} ADD), 0 leftovers",
         attache::fail::ALL.len(),
         occurrences(&add_points).len(),

@@ -3,14 +3,13 @@
 //! pool, an allocation in the cluster network's pool that attache never recorded (a pod from before
 //! attache), and a pod whose netns vanished without a DEL. The built binary is run as an operator would.
 
-mod testbed;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use testbed::{Node, first_ip, require_reference_plugins};
+use crate::testbed::{Node, first_ip, require_reference_plugins};
 
 const NS: &str = "team-a";
 const POD0: &str = "a0a0a0a0a0a0inspect000000000000000";
@@ -20,7 +19,7 @@ const BEFORE: &str = "pre0attache00000000000000000000000";
 
 /// `attache inspect ARGS` with `stdin`; (exit code, stdout, stderr).
 fn inspect(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(testbed::attache_bin())
+    let mut child = Command::new(crate::testbed::attache_bin())
         .arg("inspect")
         .args(args)
         .env_remove("CNI_COMMAND")
@@ -71,7 +70,7 @@ fn inspect_reports_pools_leaks_and_stale_records_and_gc_releases_only_leaks() {
     require_reference_plugins();
     let mut node = Node::new("inspect");
     let ipam = node.path("ipam");
-    let dir = testbed::write_nads(
+    let dir = crate::testbed::write_nads(
         &node,
         NS,
         &[(
@@ -80,7 +79,7 @@ fn inspect_reports_pools_leaks_and_stale_records_and_gc_releases_only_leaks() {
                    "ipam": {"type": "host-local", "subnet": "10.21.0.0/24", "dataDir": ipam}}),
         )],
     );
-    let conf = testbed::meta_conf(&node, &dir, "blue");
+    let conf = crate::testbed::meta_conf(&node, &dir, "blue");
     let pods = [node.pod(), node.pod()];
     let mut cluster_ips = Vec::new();
     for (i, (pod, id)) in pods.iter().zip([POD0, POD1]).enumerate() {

@@ -2,12 +2,10 @@
 //! talks to a small API server on 127.0.0.1 (real HTTP, the real `kube` client) serving recorded pod and
 //! NetworkAttachmentDefinition JSON — or reads definitions from `networksDir` with no API at all.
 
-mod apiserver;
-mod testbed;
 
-use apiserver::{ApiServer, pod_path};
+use crate::apiserver::{ApiServer, pod_path};
 use serde_json::{Value, json};
-use testbed::{Node, require_reference_plugins};
+use crate::testbed::{Node, require_reference_plugins};
 
 const POD_NS: &str = "team-a";
 const POD_NAME: &str = "web-6d4cf56db6-x2x7q";

@@ -4,7 +4,6 @@
 //! parallel invocations lose no count, that the file is always whole, and that a metricsDir attache
 //! cannot write never fails an ADD.
 
-mod testbed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
-use testbed::{Node, ptp_cluster, require_reference_plugins};
+use crate::testbed::{Node, ptp_cluster, require_reference_plugins};
 
 /// One scrape of attache.prom: `name{sorted labels}` -> value, every series checked against the text
 /// format (a `# HELP` and a `# TYPE` line for its family before it).
@@ -209,7 +208,7 @@ fn bridge_bin(node: &Node) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("bridge");
     if !bin.exists() {
-        std::os::unix::fs::symlink(testbed::attache_bin(), &bin).unwrap();
+        std::os::unix::fs::symlink(crate::testbed::attache_bin(), &bin).unwrap();
     }
     bin
 }
@@ -425,7 +424,7 @@ fn parallel_invocations_lose_no_count_and_the_file_is_always_whole() {
     assert_eq!(added + deleted, (2 * N) as f64, "{}", s.text);
     assert_eq!(s.skipped(), 0.0, "{}", s.text);
     s.assert_consistent();
-    testbed::figure(&format!(
+    crate::testbed::figure(&format!(
         "metrics: {N} parallel ADDs and {N} parallel DELs, {added} + {deleted} counted, {} skipped; {reads} whole reads while they ran",
         s.skipped()
     ));

@@ -3,15 +3,13 @@
 //! kept current, containerd picking up the generated configuration, and readiness — STATUS not ready and
 //! ADD refused (retryable, nothing attached) until the cluster network and its binaries are there.
 
-mod runtime;
-mod testbed;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use runtime::{Containerd, PodSpec, addrs};
+use crate::runtime::{Containerd, PodSpec, addrs};
 use serde_json::{Value, json};
-use testbed::{Node, REFERENCE_DIR, attache_bin, eventually, require_reference_plugins};
+use crate::testbed::{Node, REFERENCE_DIR, attache_bin, eventually, require_reference_plugins};
 
 /// The node's folders as the DaemonSet mounts them, and a service-account token and CA.
 struct Host {
@@ -272,12 +270,12 @@ fn install_waits_for_the_cluster_network_regenerates_and_keeps_the_token_current
 fn containerd_picks_up_the_configuration_install_writes() {
     require_reference_plugins();
     let node = Node::with_nic("install-ctrd");
-    let nets = testbed::write_nads(
+    let nets = crate::testbed::write_nads(
         &node,
         "default",
         &[(
             "br-net",
-            testbed::bridge_nad(&node, "br-att", "10.55.0.0/24"),
+            crate::testbed::bridge_nad(&node, "br-att", "10.55.0.0/24"),
         )],
     );
     // containerd runs with the cluster network only, as a node does before attache's DaemonSet.
@@ -297,7 +295,7 @@ fn containerd_picks_up_the_configuration_install_writes() {
         .run_pod(&PodSpec::new("before").networks("br-net"))
         .unwrap();
     let netns = ctrd.netns(&before);
-    let links: Vec<Value> = runtime::ip_json(&netns, &["link", "show"])
+    let links: Vec<Value> = crate::runtime::ip_json(&netns, &["link", "show"])
         .as_array()
         .unwrap()
         .clone();
@@ -346,7 +344,7 @@ fn containerd_picks_up_the_configuration_install_writes() {
         ctrd.stop_pod(id).unwrap();
         ctrd.remove_pod(id).unwrap();
     }
-    let left = runtime::leftovers(&node, &[before, after], &[]);
+    let left = crate::runtime::leftovers(&node, &[before, after], &[]);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 

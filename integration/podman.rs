@@ -3,14 +3,12 @@
 //! bridge from `defaultNetworks`. podman sends VERSION, ADD with `K8S_POD_NAME`, and DEL with
 //! `prevResult` — also when the container fails to start after ADD.
 
-mod runtime;
-mod testbed;
 
 use std::path::{Path, PathBuf};
 
-use runtime::{Podman, leftovers};
+use crate::runtime::{Podman, leftovers};
 use serde_json::{Value, json};
-use testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
+use crate::testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
 
 /// podman first, so that its containers are gone before the node is removed.
 struct Bed {
@@ -27,7 +25,7 @@ fn drop_in_network(node: &Node) -> Value {
 fn meta_network(node: &Node, networks_dir: &Path) -> Value {
     json!({"cniVersion": "1.0.0", "name": "attmeta", "plugins": [{
         "type": "attache",
-        "clusterNetwork": testbed::ptp_cluster(node),
+        "clusterNetwork": crate::testbed::ptp_cluster(node),
         "defaultNetworks": ["default/br-net"],
         "networksDir": networks_dir,
         "cacheDir": node.path("cache"),
@@ -38,12 +36,12 @@ fn meta_network(node: &Node, networks_dir: &Path) -> Value {
 fn bed(tag: &str) -> Bed {
     require_reference_plugins();
     let node = Node::new(tag);
-    let dir = testbed::write_nads(
+    let dir = crate::testbed::write_nads(
         &node,
         "default",
         &[(
             "br-net",
-            testbed::bridge_nad(&node, "br-sec", "10.59.0.0/24"),
+            crate::testbed::bridge_nad(&node, "br-sec", "10.59.0.0/24"),
         )],
     );
     let bins: Vec<(&str, PathBuf)> = vec![
@@ -110,7 +108,7 @@ fn podman_runs_a_container_on_an_attache_meta_network() {
     assert!(t.contains("eth0") && t.contains("inet 10.77.0."), "{t}");
     assert!(t.contains("net1") && t.contains("inet 10.59.0."), "{t}");
     assert!(t.contains("gateway-answered"), "{t}");
-    let dels = testbed::logged(&b.node, "DEL");
+    let dels = crate::testbed::logged(&b.node, "DEL");
     assert!(dels.iter().any(|l| l.contains("code=0")), "{dels:#?}");
     let left = leftovers(&b.node, &[], &addresses(&t));
     assert!(left.is_empty(), "left behind: {left:#?}");
@@ -128,8 +126,8 @@ fn a_container_that_fails_after_add_gets_its_del_and_leaves_nothing() {
         let left = leftovers(&b.node, &[], &[]);
         assert!(left.is_empty(), "{network}: left behind: {left:#?}");
     }
-    let adds = testbed::logged(&b.node, "ADD").len();
-    let dels = testbed::logged(&b.node, "DEL");
+    let adds = crate::testbed::logged(&b.node, "ADD").len();
+    let dels = crate::testbed::logged(&b.node, "DEL");
     let ok = dels.iter().filter(|l| l.contains("code=0")).count();
     assert!(adds >= 1 && ok >= adds, "ADDs {adds}, DELs {dels:#?}");
 }
@@ -144,7 +142,7 @@ fn the_image_installs_attache_as_the_daemonset_runs_it() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::copy(attache_bin(), root.join("attache")).unwrap();
     let tar = b.node.path("attache-image.tar");
-    runtime::must(
+    crate::runtime::must(
         std::process::Command::new("tar")
             .args(["--owner=0", "--group=0", "-C"])
             .arg(&root)

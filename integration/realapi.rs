@@ -4,12 +4,10 @@
 //! kubelet would with a bound token of the `attache` ServiceAccount — so RBAC is exercised for real and
 //! the audit log shows every request attache made.
 
-mod realserver;
-mod testbed;
 
-use realserver::RealApi;
+use crate::realserver::RealApi;
 use serde_json::{Value, json};
-use testbed::{CniOutput, Node, require_reference_plugins};
+use crate::testbed::{CniOutput, Node, require_reference_plugins};
 
 const NS: &str = "team-a";
 const STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
@@ -22,7 +20,7 @@ fn deploy() -> String {
 /// A real API server with `deploy/` applied, namespace `team-a`, the definition `red` (a native bridge)
 /// and a Pending pod per name in `pods`, annotated with `networks`.
 fn cluster(node: &Node, pods: &[&str], networks: &str) -> RealApi {
-    let api = RealApi::start(realserver::Options::new(
+    let api = RealApi::start(crate::realserver::Options::new(
         node.path("apiserver"),
         Some(format!("/run/netns/{}", node.name)),
     ));
@@ -47,7 +45,7 @@ fn cluster(node: &Node, pods: &[&str], networks: &str) -> RealApi {
             "ipam": {"type": "host-local", "subnet": "10.31.0.0/24", "dataDir": node.path("ipam")}}).to_string()}
     });
     assert!(
-        testbed::eventually(30, || api.apply(&nad.to_string(), &[]).status.success()),
+        crate::testbed::eventually(30, || api.apply(&nad.to_string(), &[]).status.success()),
         "the NetworkAttachmentDefinition CRD is not served"
     );
     for p in pods {
@@ -83,7 +81,7 @@ fn uid_of(api: &RealApi, pod: &str) -> String {
 fn meta_conf(node: &Node, kubeconfig: &std::path::Path) -> Value {
     json!({
         "cniVersion": "1.0.0", "name": "attache", "type": "attache",
-        "clusterNetwork": testbed::ptp_cluster(node),
+        "clusterNetwork": crate::testbed::ptp_cluster(node),
         "cacheDir": node.path("cache"),
         "kubeconfig": kubeconfig,
         "logFile": node.path("attache.log"),
@@ -154,7 +152,7 @@ fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
     let uid = uid_of(&api, "web");
 
     let res = cni(&node, "ADD", "web", &netns, &uid, &conf).ok();
-    let eth0 = testbed::first_ip(&res);
+    let eth0 = crate::testbed::first_ip(&res);
     let net1 = node.addrs(Some(&netns), "net1");
     assert_eq!(net1.len(), 1, "{net1:?}");
 
@@ -282,7 +280,7 @@ fn credentials_and_reachability_errors_say_what_happened_and_a_rotated_token_fil
     api.must(&["delete", "serviceaccount", "attache", "-n", "kube-system"]);
     api.must(&["create", "serviceaccount", "attache", "-n", "kube-system"]);
     // (The API server caches a token's successful authentication for a few seconds.)
-    let refused = testbed::eventually(30, || {
+    let refused = crate::testbed::eventually(30, || {
         let out = cni(&node, "ADD", "web", &netns, &uid, &conf);
         if out.exit == 0 {
             assert_eq!(cni(&node, "DEL", "web", &netns, &uid, &conf).exit, 0);
@@ -343,7 +341,7 @@ fn reference(
     );
     let mut call = node.call(cmd, pod, netns, ifname);
     call.args = &args;
-    call.bin = std::path::Path::new(testbed::REFERENCE_DIR).join(plugin);
+    call.bin = std::path::Path::new(crate::testbed::REFERENCE_DIR).join(plugin);
     node.exec(&call, conf)
 }
 
@@ -352,7 +350,7 @@ fn inspect_foreign(node: &Node, netns_dir: &std::path::Path) -> std::process::Ou
     node.sh(
         None,
         &[
-            &testbed::attache_bin().display().to_string(),
+            &crate::testbed::attache_bin().display().to_string(),
             "inspect",
             "--cache-dir",
             &node.path("cache").display().to_string(),
@@ -417,12 +415,12 @@ fn a_pod_multus_attached_is_torn_down_by_attache_and_repeated_dels_make_no_api_c
         "ptp",
         ("migrated", &netns, &uid),
         "eth0",
-        &testbed::ptp_cluster(&node),
+        &crate::testbed::ptp_cluster(&node),
     )
     .ok();
     let mut status = vec![
         json!({"name": "cluster", "interface": "eth0", "default": true,
-        "ips": [testbed::first_ip(&eth0)]}),
+        "ips": [crate::testbed::first_ip(&eth0)]}),
     ];
     for (i, (name, config)) in nads.iter().enumerate() {
         let mut c = config.clone();
@@ -439,7 +437,7 @@ fn a_pod_multus_attached_is_torn_down_by_attache_and_repeated_dels_make_no_api_c
         )
         .ok();
         status.push(json!({"name": format!("{NS}/{name}"), "interface": ifname,
-            "ips": [testbed::first_ip(&r)]}));
+            "ips": [crate::testbed::first_ip(&r)]}));
     }
     api.must(&[
         "annotate",
