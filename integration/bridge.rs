@@ -2,12 +2,12 @@
 //! with Debian's reference `bridge` + `host-local` (the oracle): same configuration, same resulting
 //! namespace state and result JSON, after normalising what is random (MACs, the host veth name).
 
-
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
+use crate::poll::eventually;
 use crate::testbed::state::{leased, normalise_result, snapshot, strip_nulls};
-use crate::testbed::{Call, Node, REFERENCE_DIR, eventually, first_ip, require_reference_plugins};
+use crate::testbed::{Call, Node, REFERENCE_DIR, first_ip, require_reference_plugins};
+use serde_json::{Value, json};
 
 fn reference_bin(t: &str) -> PathBuf {
     PathBuf::from(REFERENCE_DIR).join(t)

@@ -5,15 +5,14 @@
 //! node owns in the API, one API write per block (not per pod), clean errors that leave nothing behind,
 //! and nodes that keep working while the API server is down.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
 use crate::realserver::RealApi;
-use serde_json::{Value, json};
 use crate::testbed::{CniOutput, Node, attache_bin};
+use ipnet::IpNet;
+use serde_json::{Value, json};
 
 const ATTACHE_USER: &str = "system:serviceaccount:kube-system:attache";
 
@@ -44,7 +43,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            crate::testbed::eventually(30, || api
+            crate::poll::eventually(30, || api
                 .kubectl(&["get", "addressblocks.ipam.attache.dev"])
                 .status
                 .success()),
@@ -1012,12 +1011,12 @@ fn with_no_free_block_a_node_borrows_from_another_and_gives_back_on_del() {
     // back by node-a's agent: node-a can hand it out again.
     assert_eq!(c.run(&host, "DEL", "b-borrow", &cb).exit, 0);
     assert!(
-        crate::testbed::eventually(20, || grants(&c).is_empty()),
+        crate::poll::eventually(20, || grants(&c).is_empty()),
         "the grant was not deleted: {:?}",
         grants(&c)
     );
     assert!(
-        crate::testbed::eventually(20, || a.state("default").1.len() == 14),
+        crate::poll::eventually(20, || a.state("default").1.len() == 14),
         "node-a did not take its address back: {:?}",
         a.state("default").1
     );
@@ -1171,7 +1170,7 @@ fn an_ipamclaim_keeps_its_address_records_it_and_serves_one_pod_at_a_time() {
     let claim = json!({"apiVersion": "k8s.cni.cncf.io/v1alpha1", "kind": "IPAMClaim",
         "metadata": {"name": "vm1-net1", "namespace": "vms"}, "spec": {"network": "blue", "interface": "net1"}});
     assert!(
-        crate::testbed::eventually(30, || c.api.apply(&claim.to_string(), &[]).status.success()),
+        crate::poll::eventually(30, || c.api.apply(&claim.to_string(), &[]).status.success()),
         "the IPAMClaim CRD is not served"
     );
     let ipam = json!({"range": "10.97.0.0/24", "blockSize": 26, "ipamClaimReference": "vm1-net1"});
@@ -1320,13 +1319,13 @@ fn failures_on_the_api_paths_leave_nothing_half_made() {
             run_failing(&b, "b-fail", &cb, &spec).err(999);
             assert_eq!(b.state("default"), before_b, "{spec}");
             assert!(
-                crate::testbed::eventually(20, || grants(&c).is_empty()),
+                crate::poll::eventually(20, || grants(&c).is_empty()),
                 "{spec} left a grant: {:?}",
                 grants(&c)
             );
             // node-a takes back whatever it reserved for that grant.
             assert!(
-                crate::testbed::eventually(20, || a.state("default").1.len() == 1),
+                crate::poll::eventually(20, || a.state("default").1.len() == 1),
                 "{spec}: node-a still lends {:?}",
                 a.state("default").1
             );

@@ -2,9 +2,8 @@
 //! node netns, with Debian's reference `ptp` + `host-local` as the delegated (exec'd) cluster network —
 //! `ptp` because attache runs `bridge` natively.
 
-
-use serde_json::{Value, json};
 use crate::testbed::{Node, require_reference_plugins};
+use serde_json::{Value, json};
 
 /// The cluster network: the reference ptp with host-local, state in the node's private folder.
 fn cluster(node: &Node, version: &str) -> Value {
@@ -170,7 +169,7 @@ fn del_after_the_pod_netns_is_gone_and_without_netns() {
     .ok();
     // The host veth goes with the pod netns (asynchronously); nothing else is left on the node.
     assert!(
-        crate::testbed::eventually(10, || node_links(&node).is_empty()),
+        crate::poll::eventually(10, || node_links(&node).is_empty()),
         "left on the node: {:?}",
         node_links(&node)
     );

@@ -3,13 +3,12 @@
 //! del again; in meta mode the pod's annotations travel in `CAP_ARGS`. libcni's result cache is kept
 //! private (cnitool runs in its own mount namespace with a private `/var/lib`).
 
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::runtime::leftovers;
-use serde_json::{Value, json};
 use crate::testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
+use serde_json::{Value, json};
 
 /// Where `scripts/cnitool` leaves the binary (`ATTACHE_CNITOOL` overrides).
 fn cnitool() -> PathBuf {

@@ -2,13 +2,12 @@
 //! DELs, a 500-operation churn of attache next to Debian's reference bridge on one dataDir, and a lock
 //! whose holder is killed. No duplicate address, no failure, an empty range at the end.
 
-
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::sync::Mutex;
 
-use serde_json::{Value, json};
 use crate::testbed::{Node, REFERENCE_DIR, figure, first_ip, require_reference_plugins};
+use serde_json::{Value, json};
 
 const N: usize = 100;
 
@@ -162,7 +161,7 @@ fn a_lock_held_by_a_killed_process_does_not_block() {
         .spawn()
         .expect("flock (util-linux)");
     // Wait until the holder has the lock.
-    assert!(crate::testbed::eventually(5, || {
+    assert!(crate::poll::eventually(5, || {
         !std::process::Command::new("flock")
             .args(["-n"])
             .arg(&lock)

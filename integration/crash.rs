@@ -5,12 +5,12 @@
 //!
 //! `ATTACHE_KILL_TRIALS` sets the number of kills (default 100; the documented long run uses 2000).
 
-
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use crate::poll::eventually;
 use crate::testbed::state::{diff, full_state};
-use crate::testbed::{Node, eventually, figure, require_reference_plugins};
+use crate::testbed::{Node, figure, require_reference_plugins};
+use serde_json::{Value, json};
 
 const NS: &str = "team-a";
 

@@ -5,12 +5,11 @@
 //! `io.kubernetes.cri.pod-annotations` capability); the cluster network is Debian's ptp + portmap, exec'd.
 //! Also `ctr run --cni`, containerd's own client, which sends DEL without `CNI_NETNS`.
 
-
 use std::path::{Path, PathBuf};
 
 use crate::runtime::{Containerd, PodSpec, addrs, leftovers, mac, pings};
-use serde_json::{Value, json};
 use crate::testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
+use serde_json::{Value, json};
 
 /// containerd first, so that it is stopped (and its sandboxes gone) before the node is removed.
 struct Bed {
@@ -198,7 +197,7 @@ fn port_mappings_with_containerds_capitalised_keys_reach_portmap() {
     // portmap (exec'd as the cluster network's second plugin) got the mapping: the node's port 8080
     // leads to the pod's port 80.
     let mut server = serve(&netns, "echo hello-from-the-pod | busybox nc -l -p 80");
-    let answered = crate::testbed::eventually(10, || {
+    let answered = crate::poll::eventually(10, || {
         let out = crate::runtime::run(&mut crate::runtime::in_netns(
             &node,
             &["busybox", "nc", "-w", "2", "10.77.0.1", "8080"],
@@ -294,7 +293,7 @@ fn a_drop_in_conf_that_add_refuses_can_still_be_stopped_and_removed() {
         refused(&node).to_string(),
     )
     .unwrap();
-    let reloaded = crate::testbed::eventually(20, || {
+    let reloaded = crate::poll::eventually(20, || {
         ctrd.status()
             .is_ok_and(|s| s["info"]["cniconfig"].to_string().contains("10.99.0.5"))
     });
@@ -466,7 +465,7 @@ fn uninstall_refuses_with_pods_attached_and_inspect_gc_tears_down_what_no_runtim
         cluster_only.to_string(),
     )
     .unwrap();
-    let reloaded = crate::testbed::eventually(30, || {
+    let reloaded = crate::poll::eventually(30, || {
         bed.ctrd
             .status()
             .is_ok_and(|s| !s.to_string().contains("attache.log"))

@@ -2,13 +2,12 @@
 //! found (issue 8): one test per defect, each asserting what a user would check afterwards — links,
 //! addresses held, records, nftables, the error code — in test namespaces only.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use crate::testbed::{CniOutput, Node, REFERENCE_DIR, require_reference_plugins};
+use serde_json::{Value, json};
 
 const POD_NS: &str = "team-a";
 const POD_NAME: &str = "web-0";
@@ -335,7 +334,7 @@ fn del_with_a_stale_netns_path_releases_everything() {
         .ok();
     assert!(leases(&node).is_empty(), "{:?}", leases(&node));
     assert!(node.files("cache").is_empty());
-    assert!(crate::testbed::eventually(5, || veths(&node).is_empty()));
+    assert!(crate::poll::eventually(5, || veths(&node).is_empty()));
 }
 
 // 5. Temporaries of killed writers are removed by DEL and GC.
@@ -709,7 +708,9 @@ fn network_status_carries_the_uid_and_a_replaced_pod_is_not_written() {
     assert!(!api.requests().iter().any(|r| r.method == "GET"));
     let body: Value = serde_json::from_str(&patches[0].body).unwrap();
     assert_eq!(body["metadata"]["uid"], POD_UID);
-    let stored = api.object(&crate::apiserver::pod_path(POD_NS, POD_NAME)).unwrap();
+    let stored = api
+        .object(&crate::apiserver::pod_path(POD_NS, POD_NAME))
+        .unwrap();
     assert_eq!(
         stored["metadata"]["annotations"],
         json!({}),
@@ -724,7 +725,9 @@ fn network_status_carries_the_uid_and_a_replaced_pod_is_not_written() {
     pod_obj["metadata"]["uid"] = json!(POD_UID);
     api.put(pod_obj);
     add_pod(&node, &pod, "u2", &conf);
-    let stored = api.object(&crate::apiserver::pod_path(POD_NS, POD_NAME)).unwrap();
+    let stored = api
+        .object(&crate::apiserver::pod_path(POD_NS, POD_NAME))
+        .unwrap();
     assert!(
         stored["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"].is_string(),
         "{stored}"
@@ -760,7 +763,10 @@ fn debug_log_tells_the_story_and_info_one_line() {
     ] {
         assert!(log.contains(needle), "the log lacks {needle:?}:\n{log}");
     }
-    assert!(!log.contains(crate::apiserver::TOKEN), "the log shows the token");
+    assert!(
+        !log.contains(crate::apiserver::TOKEN),
+        "the log shows the token"
+    );
     // At info: one line per invocation, with the outcome and the time.
     let mut info = conf.clone();
     info["logLevel"] = json!("info");

@@ -7,11 +7,10 @@
 //! macspoofchk and promiscMode, a native macvlan that takes the default route, and a macvlan with static
 //! IPAM; its annotations come from the runtime and network-status goes to the API fixture.
 
-
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
 use crate::testbed::{CniOutput, Node, require_reference_plugins};
+use serde_json::{Value, json};
 
 const NS: &str = "team-a";
 const POD: &str = "faulty-0";

@@ -3,13 +3,12 @@
 //! pool, an allocation in the cluster network's pool that attache never recorded (a pod from before
 //! attache), and a pod whose netns vanished without a DEL. The built binary is run as an operator would.
 
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use serde_json::{Value, json};
 use crate::testbed::{Node, first_ip, require_reference_plugins};
+use serde_json::{Value, json};
 
 const NS: &str = "team-a";
 const POD0: &str = "a0a0a0a0a0a0inspect000000000000000";

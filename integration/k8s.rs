@@ -2,10 +2,9 @@
 //! talks to a small API server on 127.0.0.1 (real HTTP, the real `kube` client) serving recorded pod and
 //! NetworkAttachmentDefinition JSON — or reads definitions from `networksDir` with no API at all.
 
-
 use crate::apiserver::{ApiServer, pod_path};
-use serde_json::{Value, json};
 use crate::testbed::{Node, require_reference_plugins};
+use serde_json::{Value, json};
 
 const POD_NS: &str = "team-a";
 const POD_NAME: &str = "web-6d4cf56db6-x2x7q";

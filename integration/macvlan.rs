@@ -1,12 +1,11 @@
 //! The native macvlan driver on this machine's kernel, compared with Debian's reference macvlan plugin.
 //! The master is one end of a veth pair inside the test node (standing in for the node's NIC).
 
-
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
 use crate::testbed::state::{assert_same_as_reference, leased, strip_nulls};
 use crate::testbed::{Node, REFERENCE_DIR, first_ip, require_reference_plugins};
+use serde_json::{Value, json};
 
 fn node_with_master(tag: &str) -> Node {
     Node::with_nic(tag)

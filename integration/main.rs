@@ -4,6 +4,7 @@
 //! that need a kernel this machine does not have are another binary (`vm.rs`, run by `scripts/vm-test`).
 
 mod apiserver;
+mod poll;
 mod realserver;
 mod runtime;
 mod testbed;

@@ -4,14 +4,13 @@
 //! parallel invocations lose no count, that the file is always whole, and that a metricsDir attache
 //! cannot write never fails an ADD.
 
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::{Value, json};
 use crate::testbed::{Node, ptp_cluster, require_reference_plugins};
+use serde_json::{Value, json};
 
 /// One scrape of attache.prom: `name{sorted labels}` -> value, every series checked against the text
 /// format (a `# HELP` and a `# TYPE` line for its family before it).

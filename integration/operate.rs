@@ -3,13 +3,13 @@
 //! kept current, containerd picking up the generated configuration, and readiness — STATUS not ready and
 //! ADD refused (retryable, nothing attached) until the cluster network and its binaries are there.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::poll::eventually;
 use crate::runtime::{Containerd, PodSpec, addrs};
+use crate::testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
 use serde_json::{Value, json};
-use crate::testbed::{Node, REFERENCE_DIR, attache_bin, eventually, require_reference_plugins};
 
 /// The node's folders as the DaemonSet mounts them, and a service-account token and CA.
 struct Host {

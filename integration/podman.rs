@@ -3,12 +3,11 @@
 //! bridge from `defaultNetworks`. podman sends VERSION, ADD with `K8S_POD_NAME`, and DEL with
 //! `prevResult` — also when the container fails to start after ADD.
 
-
 use std::path::{Path, PathBuf};
 
 use crate::runtime::{Podman, leftovers};
-use serde_json::{Value, json};
 use crate::testbed::{Node, REFERENCE_DIR, attache_bin, require_reference_plugins};
+use serde_json::{Value, json};
 
 /// podman first, so that its containers are gone before the node is removed.
 struct Bed {

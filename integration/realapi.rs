@@ -4,10 +4,9 @@
 //! kubelet would with a bound token of the `attache` ServiceAccount — so RBAC is exercised for real and
 //! the audit log shows every request attache made.
 
-
 use crate::realserver::RealApi;
-use serde_json::{Value, json};
 use crate::testbed::{CniOutput, Node, require_reference_plugins};
+use serde_json::{Value, json};
 
 const NS: &str = "team-a";
 const STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
@@ -45,7 +44,7 @@ fn cluster(node: &Node, pods: &[&str], networks: &str) -> RealApi {
             "ipam": {"type": "host-local", "subnet": "10.31.0.0/24", "dataDir": node.path("ipam")}}).to_string()}
     });
     assert!(
-        crate::testbed::eventually(30, || api.apply(&nad.to_string(), &[]).status.success()),
+        crate::poll::eventually(30, || api.apply(&nad.to_string(), &[]).status.success()),
         "the NetworkAttachmentDefinition CRD is not served"
     );
     for p in pods {
@@ -280,7 +279,7 @@ fn credentials_and_reachability_errors_say_what_happened_and_a_rotated_token_fil
     api.must(&["delete", "serviceaccount", "attache", "-n", "kube-system"]);
     api.must(&["create", "serviceaccount", "attache", "-n", "kube-system"]);
     // (The API server caches a token's successful authentication for a few seconds.)
-    let refused = crate::testbed::eventually(30, || {
+    let refused = crate::poll::eventually(30, || {
         let out = cni(&node, "ADD", "web", &netns, &uid, &conf);
         if out.exit == 0 {
             assert_eq!(cni(&node, "DEL", "web", &netns, &uid, &conf).exit, 0);

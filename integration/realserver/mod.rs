@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
+use crate::poll::eventually;
+
 pub const ADMIN_TOKEN: &str = "attache-test-admin-token";
 
 /// How a server is started.
@@ -83,20 +85,6 @@ pub struct RealApi {
     authorization: &'static str,
     etcd: Option<Child>,
     apiserver: Option<Child>,
-}
-
-/// Poll `f` every 50 ms for up to `secs`.
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if f() {
-            return true;
-        }
-        if std::time::Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 impl RealApi {

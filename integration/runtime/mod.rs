@@ -15,7 +15,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::testbed::{Node, eventually};
+use crate::poll::eventually;
+use crate::testbed::Node;
 
 /// The image every runtime here runs: Debian's busybox-static, whose command sleeps (a pause image).
 pub const IMAGE: &str = "localhost/attache-busybox:1";

@@ -104,20 +104,6 @@ pub fn logged(node: &Node, command: &str) -> Vec<String> {
         .collect()
 }
 
-/// Poll `f` until it holds or `secs` pass (the kernel tears a netns down asynchronously).
-pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if f() {
-            return true;
-        }
-        if std::time::Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 fn run(cmd: &mut Command) -> std::process::Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{Exec, Model, POD_ARGS, Series, Side, compare, cpu_line, exec};
+use crate::poll::eventually;
 use crate::realserver::{Options, RealApi};
 use crate::report::{Report, output};
 use crate::{Args, Pods};
@@ -309,15 +310,10 @@ pub(crate) fn ipam_scale_rows(a: &Args, pods: &mut Pods, r: &mut Report) {
         String::from_utf8_lossy(&crds.stderr)
     );
     // The CRDs are served a moment after they are created.
-    let served = (0..240).any(|_| {
-        let ok = api
-            .kubectl(&["get", "addressblocks.ipam.attache.dev"])
+    let served = eventually(60, || {
+        api.kubectl(&["get", "addressblocks.ipam.attache.dev"])
             .status
-            .success();
-        if !ok {
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        ok
+            .success()
     });
     assert!(served, "the AddressBlock CRD is not served: {}", api.log());
     let nodes: Vec<String> = (0..SCALE_NODES).map(|i| format!("worker-{i}")).collect();

@@ -28,6 +28,8 @@ mod floor;
 mod harness;
 mod ipam;
 mod pod;
+#[path = "../../integration/poll.rs"]
+mod poll;
 #[path = "../../integration/realserver/mod.rs"]
 mod realserver;
 mod report;

@@ -120,16 +120,10 @@ pub fn cluster(
         purpose,
     )?;
     let record = AttachmentRecord {
-        network: cluster.name.clone(),
-        ifname: args.ifname.clone(),
-        conf: cluster,
         runtime_config: runtime,
         cni_args: args.args.for_delegate(),
         link_group,
-        default_route: vec![],
-        device_id: None,
-        device_info: None,
-        result: None,
+        ..AttachmentRecord::new(&cluster.name.clone(), &args.ifname, cluster)
     };
     Ok(Planned { record, checked })
 }
@@ -570,16 +564,13 @@ impl<'a> Planner<'a> {
             list.name = nad.name.clone();
         }
         let record = AttachmentRecord {
-            network: qualified,
-            ifname,
-            conf: list,
             runtime_config: runtime,
             cni_args: args.args.for_delegate(),
             link_group,
             default_route,
             device_id,
             device_info,
-            result: None,
+            ..AttachmentRecord::new(&qualified, &ifname, list)
         };
         Ok(Planned { record, checked })
     }

@@ -57,6 +57,22 @@ pub struct AttachmentRecord {
 }
 
 impl AttachmentRecord {
+    /// An attachment of `conf` as `ifname`, with nothing given to it yet and no result.
+    pub fn new(network: &str, ifname: &str, conf: NetworkList) -> AttachmentRecord {
+        AttachmentRecord {
+            network: network.into(),
+            ifname: ifname.into(),
+            conf,
+            runtime_config: Map::new(),
+            cni_args: CniArgs::default(),
+            link_group: None,
+            default_route: vec![],
+            device_id: None,
+            device_info: None,
+            result: None,
+        }
+    }
+
     /// Whether every plugin of its chain runs natively.
     pub fn all_native(&self) -> bool {
         (0..self.conf.plugins.len()).all(|i| NativeType::of(self.conf.plugin_type(i)).is_some())
@@ -552,22 +568,15 @@ mod tests {
         let store = RecordStore::new(&d);
         assert_eq!(store.load("c1", "eth0").unwrap(), None);
         let mut r = PodRecord::new("c1", "eth0", Some(Path::new("/run/netns/p")));
-        r.attachments.push(AttachmentRecord {
-            network: "n".into(),
-            ifname: "eth0".into(),
-            conf: NetworkList::from_value(
+        r.attachments.push(AttachmentRecord::new(
+            "n",
+            "eth0",
+            NetworkList::from_value(
                 &json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}]}),
                 "1.0.0",
             )
             .unwrap(),
-            runtime_config: Map::new(),
-            cni_args: Default::default(),
-            link_group: None,
-            default_route: vec![],
-            device_id: None,
-            device_info: None,
-            result: None,
-        });
+        ));
         store.save(&r).unwrap();
         assert_eq!(store.load("c1", "eth0").unwrap().unwrap(), r);
         r.complete = true;

@@ -258,7 +258,7 @@ mod tests {
     use crate::cni::spec::Version;
     use crate::engine::record::{AttachmentRecord, PodRecord, RecordStore};
     use crate::k8s::PodRef;
-    use serde_json::{Map, Value, json};
+    use serde_json::{Value, json};
 
     /// A record of one pod: the cluster network (exec'd ptp, host-local `cluster`) and a native bridge
     /// (host-local `blue`), both in `ipam`.
@@ -274,18 +274,14 @@ mod tests {
                    "ips": [{"address": ip, "interface": 1}]})
         };
         let att = |network: &str, ifname: &str, conf: Value, result: Value| AttachmentRecord {
-            network: network.into(),
-            ifname: ifname.into(),
-            conf: crate::engine::chain::NetworkList::from_value(&conf, "1.1.0").unwrap(),
-            runtime_config: Map::new(),
-            cni_args: Default::default(),
-            link_group: None,
-            default_route: vec![],
-            device_id: None,
-            device_info: None,
             result: Some(
                 crate::cni::spec::CniResult::from_value(&result, Version::V1_1_0).unwrap(),
             ),
+            ..AttachmentRecord::new(
+                network,
+                ifname,
+                crate::engine::chain::NetworkList::from_value(&conf, "1.1.0").unwrap(),
+            )
         };
         let mut r = PodRecord::new(id, "eth0", Some(Path::new(netns)));
         r.network = "attache".into();
