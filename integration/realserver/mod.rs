@@ -44,8 +44,11 @@ impl Options {
 /// loudly.
 pub fn kube_apiserver() -> PathBuf {
     let p = std::env::var_os("ATTACHE_KUBE_APISERVER")
+        .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/attache-test/kube-apiserver"));
+        .unwrap_or_else(|| {
+            PathBuf::from("/var/cache/attache-test/kubernetes-v1.20.2/kube-apiserver")
+        });
     assert!(
         p.exists(),
         "{} is missing: run scripts/kube-apiserver (scripts/test does)",

@@ -111,10 +111,9 @@ impl NativeType {
             }
             Command::Check => {
                 // Standalone: the prevResult of stdin, read once here, as ADD's and DEL's input is.
-                let prev = conf
-                    .prev_result()?
-                    .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+                let prev = conf.prev_result();
                 let checked = self.check_conf(args, conf)?;
+                let prev = prev?.ok_or_else(|| Error::config("CHECK needs prevResult"))?;
                 checked.check(args, &prev).await.map(|_| None)
             }
             Command::Del => match self {

@@ -421,8 +421,18 @@ fn recorded_pods(args: &UninstallArgs) -> Result<(PathBuf, Vec<String>)> {
     let conf = args.conf_dir.join(CONF_NAME);
     let dir = match &args.cache_dir {
         Some(d) => d.clone(),
-        None => crate::engine::config::cache_dir_in(&conf)?
-            .unwrap_or_else(|| crate::engine::config::DEFAULT_CACHE_DIR.into()),
+        // A configuration that cannot be read is no reason to refuse: the default cacheDir is asked.
+        None => match std::fs::read(&conf) {
+            Ok(b) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&b).map_err(|source| Error::Decode {
+                        what: conf.display().to_string(),
+                        source,
+                    })?;
+                crate::engine::config::cache_dir_of(&v, &conf)?
+            }
+            Err(_) => crate::engine::config::DEFAULT_CACHE_DIR.into(),
+        },
     };
     let store = crate::engine::record::RecordStore::new(&dir);
     let mut pods: Vec<String> = store

@@ -195,8 +195,7 @@ pub struct TornDown {
     pub errors: Vec<String>,
 }
 
-/// The configuration a teardown runs with: the installed (or `--conf`) one, read leniently as DEL reads
-
+/// A leak `--gc` released or kept.
 #[derive(Debug, Serialize)]
 pub struct GcItem {
     pub network: String,
@@ -278,17 +277,21 @@ pub async fn foreign_netns(dir: &Path, report: &Report) -> Vec<ForeignNetns> {
     out
 }
 
-/// Tear down the orphaned records as DEL would, each only if it is still there and its netns still gone.
-/// `cni_path` is where delegated plugins are looked for besides the configuration's binDir.
+/// Tear down the orphaned records of `cache_dir` as DEL would, each only if it is still there and its
+/// netns still gone. `cni_path` is where delegated plugins are looked for besides the configuration's
+/// binDir.
 pub async fn tear_down(
     ac: &AttacheConf,
+    cache_dir: &Path,
     cni_path: &[PathBuf],
     orphans: &[&StaleRecord],
 ) -> TornDown {
     let mut out = TornDown::default();
-    let store = RecordStore::new(&ac.cache_dir);
+    let store = RecordStore::new(cache_dir);
     for o in orphans {
-        let what = format!("container {} {}", o.container_id, o.ifname);
+        // The ID as `docker ps` shows it, as the report's tables do.
+        let short: String = o.container_id.chars().take(12).collect();
+        let what = format!("container {short} {}", o.ifname);
         let rec = match store.load(&o.container_id, &o.ifname) {
             Ok(Some(r)) if r.netns.as_deref().is_some_and(netns_gone) => r,
             Ok(_) => continue, // gone meanwhile (a DEL), or its netns is back: not an orphan

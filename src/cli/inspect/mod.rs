@@ -112,7 +112,10 @@ pub fn run_with(
         true => Judge::Unknown("no record whose netns is gone".into()),
         false => match super::runtime() {
             Ok(rt) => rt.block_on(Judge::ask(args.cri_socket.clone(), args.older_than)),
-            Err(e) => Judge::Unknown(e.to_string()),
+            Err(e) => match args.older_than {
+                Some(age) => Judge::Age(age),
+                None => Judge::Unknown(e.to_string()),
+            },
         },
     };
     let orphans: Vec<&StaleRecord> = report
@@ -195,9 +198,10 @@ fn resolve_cache_dir(args: &InspectArgs) -> Result<(PathBuf, String)> {
     let conf = installed_conf(args);
     match cache_dir_in(&conf)? {
         Some(d) => Ok((d, conf.display().to_string())),
-        None if args.conf.is_some() => {
-            Err(Error::config(format!("{}: no such file", conf.display())))
-        }
+        None if args.conf.is_some() => Err(Error::io(
+            format!("reading {}", conf.display()),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )),
         None => Ok((DEFAULT_CACHE_DIR.into(), "the default".into())),
     }
 }
@@ -222,7 +226,7 @@ fn tear_down(args: &InspectArgs, cache_dir: &Path, orphans: &[&StaleRecord]) -> 
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_else(|| vec![PathBuf::from("/opt/cni/bin")]);
     match super::runtime() {
-        Ok(rt) => rt.block_on(audit::tear_down(&ac, &cni_path, orphans)),
+        Ok(rt) => rt.block_on(audit::tear_down(&ac, cache_dir, &cni_path, orphans)),
         Err(e) => TornDown {
             records: vec![],
             errors: vec![e.to_string()],

@@ -70,7 +70,8 @@ fn attachments(r: &Report) -> String {
         "AGE",
         "STATE",
     ];
-    section("ATTACHMENTS", &headers, &rows)
+    // Shown even without a row, above the unreadable records.
+    format!("\nATTACHMENTS\n{}", table(&headers, &rows))
 }
 
 fn age(secs: Option<u64>) -> String {

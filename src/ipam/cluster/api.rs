@@ -63,6 +63,14 @@ pub enum Written<T> {
 }
 
 impl<T> Written<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Written<U> {
+        match self {
+            Written::Done(v) => Written::Done(f(v)),
+            Written::Conflict => Written::Conflict,
+            Written::Gone => Written::Gone,
+        }
+    }
+
     /// From a call whose expected answers were 404 and 409 (and for a create, 409 alone).
     fn of(r: std::result::Result<T, u16>) -> Written<T> {
         match r {
@@ -291,6 +299,17 @@ pub struct KubeClusterApi {
 }
 
 impl KubeClusterApi {
+    /// A conditional write: the answers in `expected` (409, and 404 where the object may be gone)
+    /// are outcomes, not errors.
+    async fn write<T>(
+        &self,
+        what: &str,
+        expected: &[u16],
+        fut: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
+    ) -> Result<Written<T>> {
+        Ok(Written::of(self.kube.call(what, expected, fut).await?))
+    }
+
     pub async fn connect(kubeconfig: Option<&Path>, timeout: Duration) -> Result<KubeClusterApi> {
         let kube = KubeApi::connect(kubeconfig, timeout).await?;
         let client = kube.client();
@@ -309,15 +328,14 @@ impl KubeClusterApi {
             ..Default::default()
         };
         let r = self
-            .kube
-            .call(
+            .write(
                 &format!("{verb} AddressGrant {name}"),
                 &[404, 409],
                 self.grants
                     .patch(name, &params, &kube::api::Patch::Merge(patch)),
             )
             .await?;
-        Ok(Written::of(r.map(|_| ())))
+        Ok(r.map(|_| ()))
     }
 
     /// Watch the grants asked of `lender` from `resource_version`: `Some((deleted, grant))` per event,
@@ -379,14 +397,13 @@ impl ClusterApi for KubeClusterApi {
         let mut obj = DynamicObject::new(name, &resource("AddressPool", "addresspools"));
         obj.data = json!({"spec": ranges_json(ranges)});
         let r = self
-            .kube
-            .call(
+            .write(
                 &format!("create AddressPool {name}"),
                 &[409],
                 self.pools.create(&post(), &obj),
             )
             .await?;
-        Ok(Written::of(r.map(|o| pool_of(&o))))
+        Ok(r.map(|o| pool_of(&o)))
     }
 
     /// Replace the pool's ranges, if it has not changed since `resource_version`.
@@ -401,14 +418,13 @@ impl ClusterApi for KubeClusterApi {
         obj.metadata.resource_version = Some(resource_version.to_string());
         obj.data = json!({"spec": ranges_json(ranges)});
         let r = self
-            .kube
-            .call(
+            .write(
                 &format!("update AddressPool {name}"),
                 &[404, 409],
                 self.pools.replace(name, &post(), &obj),
             )
             .await?;
-        Ok(Written::of(r.map(|o| pool_of(&o))))
+        Ok(r.map(|o| pool_of(&o)))
     }
 
     /// The Node's UID, `None` if there is no such Node.
@@ -464,15 +480,14 @@ impl ClusterApi for KubeClusterApi {
             "pool": b.pool, "range": b.range, "cidr": b.cidr, "node": b.node, "instance": b.instance,
         }});
         let r = self
-            .kube
-            .call(
+            .write(
                 &format!("create AddressBlock {} ({})", b.name, b.cidr),
                 &[409],
                 self.blocks.create(&post(), &obj),
             )
             .await?;
         crate::fail::point("ipam.block.created")?;
-        Ok(Written::of(r.map(block_of)))
+        Ok(r.map(block_of))
     }
 
     /// Every block of every pool (one complete list).
@@ -612,8 +627,7 @@ impl ClusterApi for KubeClusterApi {
             obj.data["status"] = json!({"state": "Granted", "ip": g.ip});
         }
         let r = self
-            .kube
-            .call(
+            .write(
                 &format!(
                     "create AddressGrant {} (an address of block {} of node {})",
                     g.name, g.cidr, g.lender
@@ -622,7 +636,7 @@ impl ClusterApi for KubeClusterApi {
                 self.grants.create(&post(), &obj),
             )
             .await?;
-        Ok(Written::of(r.map(grant_of)))
+        Ok(r.map(grant_of))
     }
 
     /// Make `g`'s holder this container (a persistent address moving to its pod's new incarnation), if
@@ -701,14 +715,13 @@ impl ClusterApi for KubeClusterApi {
             ..Default::default()
         };
         let r = self
-            .kube
-            .call(
+            .write(
                 &format!("delete AddressGrant {name}"),
                 &[404, 409],
                 self.grants.delete(name, &dp),
             )
             .await?;
-        Ok(Written::of(r.map(|_| ())))
+        Ok(r.map(|_| ()))
     }
 
     /// The grants asked of `lender` (one complete list), and the list's resourceVersion (to watch from).
@@ -883,13 +896,12 @@ impl ClusterApi for KubeClusterApi {
             ..Default::default()
         };
         let r = self
-            .kube
-            .call(
+            .write(
                 &format!("delete AddressBlock {}", b.name),
                 &[404, 409],
                 self.blocks.delete(&b.name, &dp),
             )
             .await?;
-        Ok(Written::of(r.map(|_| ())))
+        Ok(r.map(|_| ()))
     }
 }

@@ -396,6 +396,8 @@ impl ClusterIpam {
             }
             None => (String::new(), String::new()),
         };
+        let data_dir = raw.data_dir()?;
+        let api_timeout = raw.api_timeout()?;
         let requested = crate::ipam::conf::requested(conf, args)?;
         raw.check_requested(&requested, &layout, &holes)?;
         Ok(ClusterIpam {
@@ -403,8 +405,8 @@ impl ClusterIpam {
             pool,
             layout,
             holes,
-            data_dir: raw.data_dir()?,
-            api_timeout: raw.api_timeout()?,
+            data_dir,
+            api_timeout,
             node,
             node_source,
             requested,
