@@ -10,6 +10,7 @@ mod runtime;
 mod testbed;
 
 mod bridge;
+mod cluster;
 mod clusteripam;
 mod cni;
 mod cnitool;

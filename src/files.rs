@@ -78,6 +78,28 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<std::f
 /// rename (installed files; a pod's state is not, see the README's Reliability). On failure the
 /// temporary goes.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
+    replace_with(path, mode, durable, |f| {
+        use std::io::Write;
+        f.write_all(bytes)
+    })
+}
+
+/// [`replace`] with the content of the file `src`, copied through a small buffer: a binary is never
+/// held in memory whole (`attache install` runs under a memory limit of a few times its size).
+pub fn replace_with_copy(path: &Path, src: &Path, mode: u32, durable: bool) -> std::io::Result<()> {
+    let mut from = std::fs::File::open(src)?;
+    replace_with(path, mode, durable, |f| {
+        std::io::copy(&mut from, f).map(|_| ())
+    })
+}
+
+/// The temporary of [`replace`], filled by `fill`, then renamed over `path`.
+fn replace_with(
+    path: &Path,
+    mode: u32,
+    durable: bool,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -91,7 +113,8 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::
         std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let written = write_new(&tmp, bytes, mode).and_then(|f| {
+    let written = write_new(&tmp, &[], mode).and_then(|mut f| {
+        fill(&mut f)?;
         if durable {
             f.sync_all()?;
         }
@@ -102,6 +125,32 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Whether two files hold the same bytes, compared a buffer at a time (never read whole); a file that
+/// cannot be read differs.
+pub fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(mut fa), Ok(mut fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    match (fa.metadata(), fb.metadata()) {
+        (Ok(ma), Ok(mb)) if ma.len() == mb.len() => {}
+        _ => return false,
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = match fa.read(&mut ba) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return fb.read(&mut bb[..1]).is_ok_and(|m| m == 0);
+        }
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
 }
 
 /// Open (creating it) a lock file, never through a symlink.
@@ -183,4 +232,41 @@ pub fn fnv1a(parts: &[&str]) -> u64 {
         }
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_replaces_whole_and_compares_by_content() {
+        let d = crate::testutil::tempdir("files-copy");
+        let (src, dst) = (d.join("src"), d.join("dst"));
+        // More than one buffer, so that the compare and the copy go round.
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &big).unwrap();
+        assert!(!same_content(&src, &dst), "a missing file differs");
+        replace_with_copy(&dst, &src, 0o755, true).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), big);
+        assert!(same_content(&src, &dst));
+        let mut other = big.clone();
+        *other.last_mut().unwrap() ^= 1;
+        std::fs::write(&dst, &other).unwrap();
+        assert!(!same_content(&src, &dst), "the last byte differs");
+        std::fs::write(&dst, &big[..big.len() - 1]).unwrap();
+        assert!(!same_content(&src, &dst), "one byte shorter");
+        use std::os::unix::fs::PermissionsExt;
+        replace_with_copy(&dst, &src, 0o755, false).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no temporary left: {left:?}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

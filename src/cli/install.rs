@@ -216,14 +216,20 @@ fn install_binaries(args: &InstallArgs) -> Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe().map_err(|e| Error::io("finding this binary", e))?,
     };
-    let bytes =
-        std::fs::read(&me).map_err(|e| Error::io(format!("reading {}", me.display()), e))?;
+    std::fs::metadata(&me).map_err(|e| Error::io(format!("reading {}", me.display()), e))?;
     std::fs::create_dir_all(&args.bin_dir)
         .map_err(|e| Error::io(format!("creating {}", args.bin_dir.display()), e))?;
+    // The binary is copied and compared a buffer at a time, never read whole: the DaemonSet's container
+    // runs under a memory limit of about twice its size.
+    let install = |target: &Path| {
+        crate::files::replace_with_copy(target, &me, 0o755, true)
+            .map_err(|e| Error::io(format!("writing {}", target.display()), e))
+    };
     // attache, and attache-ipam (the cluster IPAM plugin, found by exec'd plugins under that name).
     for name in [crate::engine::META_NAME, crate::ipam::cluster::TYPE] {
         let p = args.bin_dir.join(name);
-        if write_if_changed(&p, &bytes, 0o755)? {
+        if !crate::files::same_content(&p, &me) {
+            install(&p)?;
             eprintln!("attache: installed {}", p.display());
         }
     }
@@ -235,8 +241,8 @@ fn install_binaries(args: &InstallArgs) -> Result<()> {
             )));
         }
         let target = args.bin_dir.join(name);
-        match std::fs::read(&target) {
-            Ok(old) if old == bytes => continue,
+        match std::fs::symlink_metadata(&target) {
+            Ok(_) if crate::files::same_content(&target, &me) => continue,
             Ok(_) => {
                 let keep = args.bin_dir.join(format!(".{name}.before-attache"));
                 if !keep.exists() {
@@ -247,7 +253,7 @@ fn install_binaries(args: &InstallArgs) -> Result<()> {
             }
             Err(_) => {}
         }
-        write_atomic(&target, &bytes, 0o755)?;
+        install(&target)?;
         eprintln!("attache: installed {} (drop-in)", target.display());
     }
     Ok(())
