@@ -17,17 +17,26 @@ use serde_json::{Value, json};
 
 use crate::poll::eventually;
 
+/// One cluster at a time: two would share the machine's two cores with everything else.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The cluster of this test, up while it lives.
 struct Cluster {
     dir: PathBuf,
     prefix: String,
+    _one: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
-    fn up() -> Cluster {
+    /// A cluster whose namespaces are named `<prefix>-*`.
+    fn up(prefix: &str) -> Cluster {
         let c = Cluster {
-            dir: PathBuf::from(format!("/srv/attache-cluster-test-{}", std::process::id())),
-            prefix: "act".into(),
+            _one: ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()),
+            dir: PathBuf::from(format!(
+                "/srv/attache-cluster-test-{prefix}-{}",
+                std::process::id()
+            )),
+            prefix: prefix.into(),
         };
         let out = c.script(&["up"]);
         assert!(
@@ -203,7 +212,7 @@ fn leases(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn the_seeds_first_day_on_two_nodes() {
-    let c = Cluster::up();
+    let c = Cluster::up("act1");
     // attache came from deploy/: one DaemonSet pod per node, scheduled and run by the real control plane.
     let ds = c.get(&["-n", "kube-system", "daemonset", "attache"]);
     assert_eq!(ds["status"]["numberReady"], 2, "{ds}");
@@ -349,4 +358,139 @@ fn the_seeds_first_day_on_two_nodes() {
             "{node}: veths left: {veths}"
         );
     }
+}
+
+/// `ns/name` of the pods a node's attache records name (one record per pod: its cluster interface).
+fn records(c: &Cluster, node: &str) -> Vec<String> {
+    let dir = c.node_path(node, "var/lib/attache");
+    let mut out: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("eth0.json").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn day_two_a_rolling_update_a_reboot_a_drain_and_an_uninstall() {
+    let c = Cluster::up("act2");
+    c.apply(&json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "blue", "namespace": "default"},
+        "spec": {"config": json!({
+            "cniVersion": "1.0.0", "type": "bridge", "bridge": "br-blue",
+            "ipam": {"type": "host-local", "subnet": "10.30.0.0/24"}
+        }).to_string()}
+    }));
+    let blue = json!("blue");
+    c.pod("a1", "n1", Some(&blue));
+    c.pod("b1", "n2", Some(&blue));
+    let before = c.pod_addrs("a1", "net1");
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // A rolling update to a new image: running pods keep their networks; a pod made during the update
+    // gets its networks.
+    let out = c.script(&["image", "0.1.1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let images: Vec<String> = ["install", "ipam-reconcile", "ipam-agent"]
+        .iter()
+        .map(|container| format!("{container}={image}"))
+        .collect();
+    let mut args = vec!["-n", "kube-system", "set", "image", "daemonset/attache"];
+    args.extend(images.iter().map(String::as_str));
+    c.kubectl(&args);
+    c.pod("a2", "n1", Some(&blue));
+    assert_eq!(c.pod_addrs("a2", "net1").len(), 1);
+    let rolled = eventually(180, || {
+        let ds = c.get(&["-n", "kube-system", "daemonset", "attache"]);
+        ds["status"]["updatedNumberScheduled"] == 2 && ds["status"]["numberReady"] == 2
+    });
+    assert!(
+        rolled,
+        "{}",
+        c.kubectl(&["-n", "kube-system", "get", "pods", "-o", "wide"])
+    );
+    assert_eq!(c.pod_addrs("a1", "net1"), before, "a1 kept its address");
+    c.pod("a3", "n1", Some(&blue));
+    assert_eq!(c.pod_addrs("a3", "net1").len(), 1);
+
+    // A node "reboot": its pods' netns are gone; the kubelet makes new sandboxes (ADD) and DELs the
+    // old ones without a netns. The pods come back with their networks, and nothing is left of the old
+    // sandboxes: as many host-local leases and records as pods.
+    let out = c.script(&["reboot", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for pod in ["a1", "a2", "a3"] {
+        let back = eventually(120, || {
+            let p = c.get(&["pod", pod]);
+            p["status"]["phase"] == "Running"
+                && p["status"]["containerStatuses"][0]["ready"] == true
+                && c.kubectl_with(&["exec", pod, "--", "ip", "link", "show", "net1"], None)
+                    .status
+                    .success()
+        });
+        assert!(
+            back,
+            "{pod} did not come back: {}",
+            c.kubectl(&["describe", "pod", pod])
+        );
+    }
+    let settled = eventually(60, || {
+        leases(&c.node_path("n1", "var/lib/cni/networks/blue")).len() == 3
+            && records(&c, "n1").len() == 3
+    });
+    assert!(
+        settled,
+        "after the reboot: leases {:?}, records {:?}",
+        leases(&c.node_path("n1", "var/lib/cni/networks/blue")),
+        records(&c, "n1")
+    );
+
+    // Taking attache off a node: the DaemonSet goes (the node stays configured), the node is drained,
+    // `attache uninstall` runs there; then a pod on it has the cluster network alone.
+    c.kubectl(&[
+        "-n",
+        "kube-system",
+        "delete",
+        "daemonset",
+        "attache",
+        "--wait=true",
+    ]);
+    c.kubectl(&[
+        "drain",
+        "n2",
+        "--ignore-daemonsets",
+        "--force",
+        "--grace-period=2",
+        "--timeout=120s",
+    ]);
+    let drained = eventually(60, || records(&c, "n2").is_empty());
+    assert!(drained, "records left on n2: {:?}", records(&c, "n2"));
+    c.on_node(
+        "n2",
+        &[
+            "/opt/cni/bin/attache",
+            "uninstall",
+            "--bin-dir=/opt/cni/bin",
+            "--conf-dir=/etc/cni/net.d",
+        ],
+    );
+    assert!(!c.node_path("n2", "cni-conf/00-attache.conflist").exists());
+    assert!(!c.node_path("n2", "cni-bin/attache").exists());
+    assert!(leases(&c.node_path("n2", "var/lib/cni/networks/blue")).is_empty());
+    c.kubectl(&["uncordon", "n2"]);
+    c.pod("b2", "n2", None);
+    let links = c.exec("b2", &["ip", "-o", "link"]);
+    assert!(links.contains("eth0") && !links.contains("net1"), "{links}");
 }

@@ -27,6 +27,16 @@ use crate::k8s::PodRef;
 
 pub const RECORD_KIND: &str = "attacheRecordV1";
 
+/// Whether a JSON document is whole and is no attache record (an object of another `kind`, or none).
+fn not_a_record(bytes: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Kind {
+        kind: Option<Value>,
+    }
+    serde_json::from_slice::<Kind>(bytes)
+        .is_ok_and(|k| k.kind.as_ref().and_then(Value::as_str) != Some(RECORD_KIND))
+}
+
 /// One attachment: a network set up as one interface of the pod.
 ///
 /// On disk it reads as attache has always written it ([`OnDisk`]): `"driver": "chain"` and the network
@@ -413,7 +423,16 @@ impl RecordStore {
                 {
                     continue;
                 }
-                let record = read_bounded(&p, MAX_RECORD)
+                let bytes = read_bounded(&p, MAX_RECORD);
+                // Another JSON document beside the records is none of attache's records: attache-ipam's
+                // default dataDir (`<cacheDir>/ipam`, with its reclaim.json) sits in the default
+                // cacheDir. A document that does not parse at all may be a record cut short: unreadable.
+                if let Ok(b) = &bytes
+                    && not_a_record(b)
+                {
+                    continue;
+                }
+                let record = bytes
                     .map_err(|e| Error::io(format!("reading record {}", p.display()), e))
                     .and_then(|b| {
                         serde_json::from_slice(&b).map_err(|source| Error::Decode {
@@ -559,6 +578,34 @@ mod tests {
         let mut broken = doc;
         broken["conf"] = json!({"cniVersion": "1.0.0", "name": "blue", "plugins": []});
         assert!(serde_json::from_value::<AttachmentRecord>(broken).is_err());
+    }
+
+    #[test]
+    fn attache_ipams_files_in_the_cache_dir_are_no_records() {
+        let d = crate::testutil::tempdir("records-ipam");
+        let store = RecordStore::new(&d);
+        let mut r = PodRecord::new("c1", "eth0", None);
+        r.complete = true;
+        store.save(&r).unwrap();
+        // attache-ipam's default dataDir is <cacheDir>/ipam, with a JSON file at its top.
+        std::fs::create_dir_all(d.join("ipam/default")).unwrap();
+        std::fs::write(d.join("ipam/reclaim.json"), r#"{"worker-2": 1700000000}"#).unwrap();
+        std::fs::write(d.join("ipam/default/pool.json"), "[]").unwrap();
+        // A record cut short is still an unreadable record (it may protect addresses).
+        std::fs::create_dir_all(d.join("c2")).unwrap();
+        std::fs::write(
+            d.join("c2/eth0.json"),
+            r#"{"kind": "attacheRecordV1", "cont"#,
+        )
+        .unwrap();
+        let mut found: Vec<(String, bool)> = store
+            .entries(None)
+            .into_iter()
+            .map(|e| (e.container_id, e.record.is_ok()))
+            .collect();
+        found.sort();
+        assert_eq!(found, [("c1".into(), true), ("c2".into(), false)]);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
