@@ -113,7 +113,15 @@ fn replace_with(
         std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let written = write_new(&tmp, &[], mode).and_then(|mut f| {
+    // A temporary of this name can only be a dead process's that had this PID (this process numbers
+    // its own): it goes, and the write goes on.
+    let created = match write_new(&tmp, &[], mode) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp).and_then(|()| write_new(&tmp, &[], mode))
+        }
+        other => other,
+    };
+    let written = created.and_then(|mut f| {
         fill(&mut f)?;
         if durable {
             f.sync_all()?;
@@ -237,6 +245,20 @@ pub fn fnv1a(parts: &[&str]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_writers_temporary_of_the_same_name_does_not_stop_a_replace() {
+        let d = crate::testutil::tempdir("files-stale-tmp");
+        let path = d.join("rec.json");
+        // Every temporary name this process could use next, left by a dead process with its PID.
+        for n in 0..4096 {
+            let name = format!(".rec.{}.{n}.tmp", std::process::id());
+            std::fs::write(d.join(name), "stale").unwrap();
+        }
+        replace(&path, b"new", 0o600, false).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn a_copy_replaces_whole_and_compares_by_content() {
