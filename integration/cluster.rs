@@ -358,6 +358,46 @@ fn the_seeds_first_day_on_two_nodes() {
             "{node}: veths left: {veths}"
         );
     }
+
+    // Every request attache made — its DaemonSet's containers and the plugin exec'd on the nodes, all
+    // as its ServiceAccount — was allowed by deploy/'s RBAC: none refused.
+    let audit = std::fs::read_to_string(c.dir.join("audit.log")).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    let mut refused = Vec::new();
+    for e in audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if e["user"]["username"] != "system:serviceaccount:kube-system:attache"
+            || e["stage"] != "ResponseComplete"
+        {
+            continue;
+        }
+        let what = format!(
+            "{} {}{}",
+            e["verb"].as_str().unwrap_or_default(),
+            e["objectRef"]["resource"].as_str().unwrap_or_default(),
+            e["objectRef"]["subresource"]
+                .as_str()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default()
+        );
+        if e["responseStatus"]["code"] == 403 {
+            refused.push(what.clone());
+        }
+        used.insert(what);
+    }
+    assert!(
+        refused.is_empty(),
+        "refused by the RBAC: {refused:?} (used: {used:?})"
+    );
+    for wanted in [
+        "get network-attachment-definitions",
+        "patch pods/status",
+        "create events",
+    ] {
+        assert!(used.contains(wanted), "{wanted} never made: {used:?}");
+    }
 }
 
 /// `ns/name` of the pods a node's attache records name (one record per pod: its cluster interface).
