@@ -981,6 +981,29 @@ fn with_no_free_block_a_node_borrows_from_another_and_gives_back_on_del() {
     assert_eq!(g[0]["status"]["state"], "Granted");
     assert_eq!(g[0]["status"]["ip"], json!(lent.to_string()));
     assert_eq!(g[0]["spec"]["holder"]["containerID"], "b-borrow");
+    // The borrower watched its grant for the answer, and did not poll it with GETs.
+    let name = g[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let of_grant = || -> Vec<String> {
+        c.api
+            .audit_of(ATTACHE_USER)
+            .into_iter()
+            .filter(|e| {
+                e["objectRef"]["resource"] == "addressgrants"
+                    && (e["objectRef"]["name"] == json!(name)
+                        || e["requestURI"]
+                            .as_str()
+                            .is_some_and(|u| u.contains(&format!("metadata.name%3D{name}"))))
+            })
+            .map(|e| e["verb"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(
+        crate::poll::eventually(10, || of_grant().iter().any(|v| v == "watch")),
+        "the borrower did not watch its grant: {:?}",
+        of_grant()
+    );
+    let gets = of_grant().iter().filter(|v| *v == "get").count();
+    assert!(gets <= 1, "the borrower polled its grant: {:?}", of_grant());
     assert_eq!(c.run(&host, "CHECK", "b-borrow", &cb).exit, 0);
     // node-a's own ADDs never get the lent address: it fills its block around it (15 - 1 - 1 = 13).
     for k in 1..=13 {

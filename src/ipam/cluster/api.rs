@@ -246,6 +246,15 @@ pub trait ClusterApi: Sized {
     /// Make `holder` the grant's holder if the grant is still at the resourceVersion read.
     async fn take_grant(&self, g: &GrantObj, holder: &GrantObj) -> Result<Written<()>>;
     async fn grant(&self, name: &str) -> Result<Option<GrantObj>>;
+    /// The grant once it is no longer at `resource_version` (a watch, not a poll): `Some(Some(g))`
+    /// changed, `Some(None)` deleted, `None` unchanged for `wait`. A watch the server ends early is
+    /// answered by a GET (which may show the grant unchanged).
+    async fn grant_change(
+        &self,
+        name: &str,
+        resource_version: &str,
+        wait: Duration,
+    ) -> Result<Option<Option<GrantObj>>>;
     /// The lender's answer in the grant's status.
     async fn answer_grant(
         &self,
@@ -676,6 +685,46 @@ impl ClusterApi for KubeClusterApi {
             )
             .await?;
         Ok(r.ok().map(grant_of))
+    }
+
+    async fn grant_change(
+        &self,
+        name: &str,
+        resource_version: &str,
+        wait: Duration,
+    ) -> Result<Option<Option<GrantObj>>> {
+        use futures::StreamExt;
+        let what = format!("watch AddressGrant {name}");
+        let wp = kube::api::WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(wait.as_secs().max(1) as u32);
+        let watched = async {
+            let stream = self
+                .kube
+                .call(&what, &[], self.grants.watch(&wp, resource_version))
+                .await?
+                .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(kube::api::WatchEvent::Added(o) | kube::api::WatchEvent::Modified(o)) => {
+                        let g = grant_of(o);
+                        if g.resource_version != resource_version {
+                            return Ok(Some(Some(g)));
+                        }
+                    }
+                    Ok(kube::api::WatchEvent::Deleted(_)) => return Ok(Some(None)),
+                    Ok(kube::api::WatchEvent::Bookmark(_)) => {}
+                    Ok(kube::api::WatchEvent::Error(_)) | Err(_) => break,
+                }
+            }
+            // Ended early (a 410, a dropped connection): what is there now.
+            self.grant(name).await.map(Some)
+        };
+        match tokio::time::timeout(wait, watched).await {
+            Ok(r) => r,
+            Err(_) => Ok(None),
+        }
     }
 
     /// The lender's answer: `Conflict` if the grant was replaced meanwhile (another UID), `Gone` if it

@@ -251,15 +251,19 @@ impl ClusterApi for FakeApi {
                 }
             }
         }
-        s.grants.insert(g.name.clone(), made.clone());
-        s.writes.push("create addressgrants".into());
-        // The answer of a create is the object as created: the lender's answer comes later.
-        Ok(Written::Done(GrantObj {
+        // The answer of a create is the object as created: the lender's answer is a later write.
+        let created = GrantObj {
             state: g.state.clone(),
             ip: g.ip.clone(),
             message: g.message.clone(),
-            ..made
-        }))
+            ..made.clone()
+        };
+        if made.state != g.state {
+            made.resource_version = s.next();
+        }
+        s.grants.insert(g.name.clone(), made);
+        s.writes.push("create addressgrants".into());
+        Ok(Written::Done(created))
     }
 
     async fn take_grant(&self, g: &GrantObj, holder: &GrantObj) -> Result<Written<()>> {
@@ -283,6 +287,24 @@ impl ClusterApi for FakeApi {
 
     async fn grant(&self, name: &str) -> Result<Option<GrantObj>> {
         Ok(self.state()?.grants.get(name).cloned())
+    }
+
+    /// The fake is one thread: nothing changes while a call waits, so this answers at once with what
+    /// is there (`None` after `wait` when that is unchanged).
+    async fn grant_change(
+        &self,
+        name: &str,
+        resource_version: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<Option<GrantObj>>> {
+        let now = self.state()?.grants.get(name).cloned();
+        match now {
+            Some(g) if g.resource_version == resource_version => {
+                tokio::time::sleep(wait).await;
+                Ok(None)
+            }
+            now => Ok(Some(now)),
+        }
     }
 
     async fn answer_grant(

@@ -27,7 +27,8 @@ use crate::ipam::host_local::store::Store;
 /// Lenders asked per ADD, and how long each may take to answer.
 const LENDERS: usize = 3;
 const ANSWER_WAIT: Duration = Duration::from_secs(3);
-const POLL: Duration = Duration::from_millis(50);
+/// Between watches the server ended without a change.
+const RETRY: Duration = Duration::from_millis(50);
 /// The ifname of a lender's reservation.
 const GRANT_IFNAME: &str = "grant";
 
@@ -76,8 +77,8 @@ pub async fn borrow(
                 .collect(),
             ..holder(c, id, ifname)
         };
-        let uid = match api.create_grant(&want).await? {
-            Written::Done(g) => g.uid,
+        let (uid, rv) = match api.create_grant(&want).await? {
+            Written::Done(g) => (g.uid, g.resource_version),
             _ => {
                 // A grant of this name (ours: the name is this node's, container's and interface's)
                 // left by an earlier try: asked of another lender, or answered after that try gave up.
@@ -88,12 +89,12 @@ pub async fn borrow(
                             && g.state != "Refused"
                             && !local.return_queued(&name) =>
                     {
-                        g.uid
+                        (g.uid, g.resource_version)
                     }
                     Some(g) => {
                         api.delete_grant(&name, Some(&g.uid)).await?;
                         match api.create_grant(&want).await? {
-                            Written::Done(g) => g.uid,
+                            Written::Done(g) => (g.uid, g.resource_version),
                             _ => continue,
                         }
                     }
@@ -103,7 +104,7 @@ pub async fn borrow(
         };
         // A panic while waiting must not skip the grant's deletion below (a crash leaves it to the
         // reconcile, which deletes grants no local address stands for).
-        match crate::fail::guarded(wait_answer(api, &name)).await {
+        match crate::fail::guarded(wait_answer(api, &name, &rv)).await {
             Ok(Some(ip))
                 if want.window.iter().any(|w| {
                     interval(w, v4).is_some_and(|(a, b)| (a..=b).contains(&to_u128(ip)))
@@ -150,24 +151,38 @@ pub fn holder(c: &ClusterIpam, id: &str, ifname: &str) -> GrantObj {
     }
 }
 
-/// The lender's answer: the address, or `None` (refused, or no answer within [`ANSWER_WAIT`]).
-async fn wait_answer(api: &impl ClusterApi, name: &str) -> Result<Option<IpAddr>> {
+/// The lender's answer: the address, or `None` (refused, gone, or no answer within [`ANSWER_WAIT`]).
+/// Watched from the grant's `resource_version`, so an answer is seen as it lands.
+async fn wait_answer(
+    api: &impl ClusterApi,
+    name: &str,
+    resource_version: &str,
+) -> Result<Option<IpAddr>> {
     let end = tokio::time::Instant::now() + ANSWER_WAIT;
+    let mut rv = resource_version.to_string();
     loop {
         crate::fail::point("ipam.grant.wait")?;
-        match api.grant(name).await? {
-            Some(g) if g.state == "Granted" => return Ok(g.ip.parse().ok()),
-            Some(g) if g.state == "Refused" => {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let Some(Some(g)) = api.grant_change(name, &rv, left).await? else {
+            return Ok(None);
+        };
+        match g.state.as_str() {
+            "Granted" => return Ok(g.ip.parse().ok()),
+            "Refused" => {
                 tracing::info!(grant = name, lender = g.lender, "refused: {}", g.message);
                 return Ok(None);
             }
-            None => return Ok(None),
-            Some(_) => {}
+            _ => {
+                // A watch that ended early shows the grant as it was: no tight loop on it.
+                if g.resource_version == rv {
+                    tokio::time::sleep(RETRY).await;
+                }
+                rv = g.resource_version;
+            }
         }
-        if tokio::time::Instant::now() >= end {
-            return Ok(None);
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 
