@@ -1453,3 +1453,179 @@ fn the_meta_plugin_hands_attache_ipam_its_node_and_the_pod() {
     assert_eq!(host.exec(&call, &conf).exit, 0);
     assert!(a.state("default").1.is_empty());
 }
+
+impl Cluster {
+    /// `count` simulated nodes `<prefix>-<i>`, their Node objects made in one request.
+    fn nodes(&self, host: &Node, prefix: &str, count: usize) -> Vec<Sim> {
+        let items: Vec<Value> = (0..count)
+            .map(|i| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("{prefix}-{i}")}}))
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let out = self.api.apply(&list.to_string(), &[]);
+        assert!(
+            out.status.success(),
+            "creating {count} nodes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (0..count)
+            .map(|i| {
+                let name = format!("{prefix}-{i}");
+                Sim {
+                    data_dir: host.path(&format!("ipam-{name}")),
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    /// attache's requests on `resource` (by verb, with the answer's code), from the audit log.
+    fn requests(&self, resource: &str) -> Vec<(String, u64)> {
+        self.api
+            .audit_of(ATTACHE_USER)
+            .into_iter()
+            .filter(|e| e["objectRef"]["resource"] == resource)
+            .map(|e| {
+                (
+                    e["verb"].as_str().unwrap_or_default().to_string(),
+                    e["responseStatus"]["code"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn count(reqs: &[(String, u64)], verb: &str, code: impl Fn(u64) -> bool) -> usize {
+    reqs.iter().filter(|(v, c)| v == verb && code(*c)).count()
+}
+
+/// What a large cluster does to attache-ipam: 200 nodes meeting a new range at one moment (every one of
+/// them registers it in the pool and claims its first block at once), then 2 000 pods on 100 nodes with
+/// a third of them deleted and made again. No failure, no address twice, every address in a block its
+/// node owns, and API writes per block, not per pod.
+#[test]
+fn two_hundred_nodes_meet_one_new_range_at_once_and_two_thousand_pods_churn_on_a_hundred() {
+    let mut host = Node::new("cipam-scale");
+    let c = Cluster::start(&mut host);
+
+    // 1. 200 nodes, one new range, the first ADD of each at the same moment, then 4 more each.
+    let sims = c.nodes(&host, "rack", 200);
+    let ipam = json!({"range": "10.60.0.0/16", "blockSize": 28, "apiTimeout": 60});
+    let gate = std::sync::Barrier::new(sims.len());
+    let start = std::time::Instant::now();
+    let handed: Vec<(String, IpAddr)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = sims
+            .iter()
+            .map(|sim| {
+                let (c, host, ipam, gate) = (&c, &host, &ipam, &gate);
+                s.spawn(move || {
+                    let conf = c.conf(sim, ipam.clone());
+                    gate.wait();
+                    (0..5)
+                        .map(|k| {
+                            let out = c.run(host, "ADD", &format!("{}-c{k}", sim.name), &conf);
+                            assert_eq!(out.exit, 0, "{}: {}", sim.name, out.stdout);
+                            (sim.name.clone(), ip_of(&out.json()))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        jobs.into_iter().flat_map(|j| j.join().unwrap()).collect()
+    });
+    let took = start.elapsed();
+    assert_eq!(handed.len(), 1000);
+    assert_consistent(&c, &handed);
+    let blocks = c.blocks();
+    assert_eq!(blocks.len(), 200, "5 addresses need one /28 per node");
+    let pool = c.api.get(&["addresspools.ipam.attache.dev", "default"]);
+    assert_eq!(
+        pool["spec"]["ranges"],
+        json!([{"range": "10.60.0.0/16", "blockSize": 28}]),
+        "the range is registered once"
+    );
+    let (pools, grabs) = (c.requests("addresspools"), c.requests("addressblocks"));
+    let pool_gets = count(&pools, "get", |_| true);
+    crate::testbed::figure(&format!(
+        "attache-ipam: 200 nodes meet a new range at once, 5 ADDs each: 1000 ADDs in {:.1} s, no failure; \
+         AddressPool: {} create accepted, {} refused (409), {} update(s), {} GETs ({} retries of the registration); \
+         AddressBlock: {} creates accepted, {} lost races (409)",
+        took.as_secs_f64(),
+        count(&pools, "create", |c| c < 300),
+        count(&pools, "create", |c| c == 409) + count(&pools, "update", |c| c == 409),
+        count(&pools, "update", |c| c < 300),
+        pool_gets,
+        pool_gets.saturating_sub(sims.len()),
+        count(&grabs, "create", |c| c < 300),
+        count(&grabs, "create", |c| c == 409),
+    ));
+    // Each node registered the range once; losing the create to a rival is the only retry.
+    assert!(pool_gets <= 2 * sims.len(), "{pool_gets} GETs of the pool");
+    let writes_before = c.writes().len();
+
+    // 2. 2 000 pods on 100 nodes, then a third of them deleted and made again (new containers).
+    let sims = c.nodes(&host, "row", 100);
+    let ipam = json!({"range": "10.61.0.0/16", "blockSize": 26, "apiTimeout": 60});
+    let start = std::time::Instant::now();
+    let results: Vec<(Vec<(String, IpAddr)>, Vec<IpAddr>)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = sims
+            .iter()
+            .map(|sim| {
+                let (c, host, ipam) = (&c, &host, &ipam);
+                s.spawn(move || {
+                    let conf = c.conf(sim, ipam.clone());
+                    let add = |id: &str| {
+                        let out = c.run(host, "ADD", id, &conf);
+                        assert_eq!(out.exit, 0, "{}: {}", sim.name, out.stdout);
+                        ip_of(&out.json())
+                    };
+                    let mut live: Vec<(String, IpAddr)> = (0..20)
+                        .map(|k| {
+                            let id = format!("{}-p{k}", sim.name);
+                            let ip = add(&id);
+                            (id, ip)
+                        })
+                        .collect();
+                    // Churn: every third pod goes, and a new one comes.
+                    let mut gone = Vec::new();
+                    for k in (0..20).step_by(3) {
+                        let (id, ip) = live[k].clone();
+                        assert_eq!(c.run(host, "DEL", &id, &conf).exit, 0);
+                        gone.push(ip);
+                        let id = format!("{}-q{k}", sim.name);
+                        live[k] = (id.clone(), add(&id));
+                    }
+                    let live = live
+                        .into_iter()
+                        .map(|(_, ip)| (sim.name.clone(), ip))
+                        .collect();
+                    (live, gone)
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let took = start.elapsed();
+    let live: Vec<(String, IpAddr)> = results.iter().flat_map(|(l, _)| l.clone()).collect();
+    assert_eq!(live.len(), 2000);
+    assert_consistent(&c, &live);
+    for (sim, (l, _)) in sims.iter().zip(&results) {
+        let (owned, ips) = sim.state("default");
+        assert_eq!(owned.len(), 1, "{}: 20 pods fit one /26", sim.name);
+        let mut want: Vec<String> = l.iter().map(|(_, ip)| ip.to_string()).collect();
+        want.sort();
+        assert_eq!(
+            ips, want,
+            "{} holds exactly its live pods' addresses",
+            sim.name
+        );
+    }
+    let writes = c.writes().len() - writes_before;
+    crate::testbed::figure(&format!(
+        "attache-ipam: 2000 pods on 100 nodes, then 700 deleted and made again: 3400 calls in {:.1} s, \
+         {} API writes ({} blocks + the range's registration)",
+        took.as_secs_f64(),
+        writes,
+        c.blocks().len() - 200,
+    ));
+    assert!(writes <= 100 + 2, "{writes} writes for 100 blocks");
+}
