@@ -1566,7 +1566,7 @@ fn two_hundred_nodes_meet_one_new_range_at_once_and_two_thousand_pods_churn_on_a
     let sims = c.nodes(&host, "row", 100);
     let ipam = json!({"range": "10.61.0.0/16", "blockSize": 26, "apiTimeout": 60});
     let start = std::time::Instant::now();
-    let results: Vec<(Vec<(String, IpAddr)>, Vec<IpAddr>)> = std::thread::scope(|s| {
+    let results: Vec<Vec<(String, IpAddr)>> = std::thread::scope(|s| {
         let jobs: Vec<_> = sims
             .iter()
             .map(|sim| {
@@ -1586,29 +1586,25 @@ fn two_hundred_nodes_meet_one_new_range_at_once_and_two_thousand_pods_churn_on_a
                         })
                         .collect();
                     // Churn: every third pod goes, and a new one comes.
-                    let mut gone = Vec::new();
                     for k in (0..20).step_by(3) {
-                        let (id, ip) = live[k].clone();
+                        let (id, _) = live[k].clone();
                         assert_eq!(c.run(host, "DEL", &id, &conf).exit, 0);
-                        gone.push(ip);
                         let id = format!("{}-q{k}", sim.name);
                         live[k] = (id.clone(), add(&id));
                     }
-                    let live = live
-                        .into_iter()
+                    live.into_iter()
                         .map(|(_, ip)| (sim.name.clone(), ip))
-                        .collect();
-                    (live, gone)
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
         jobs.into_iter().map(|j| j.join().unwrap()).collect()
     });
     let took = start.elapsed();
-    let live: Vec<(String, IpAddr)> = results.iter().flat_map(|(l, _)| l.clone()).collect();
+    let live: Vec<(String, IpAddr)> = results.iter().flatten().cloned().collect();
     assert_eq!(live.len(), 2000);
     assert_consistent(&c, &live);
-    for (sim, (l, _)) in sims.iter().zip(&results) {
+    for (sim, l) in sims.iter().zip(&results) {
         let (owned, ips) = sim.state("default");
         assert_eq!(owned.len(), 1, "{}: 20 pods fit one /26", sim.name);
         let mut want: Vec<String> = l.iter().map(|(_, ip)| ip.to_string()).collect();
@@ -1628,4 +1624,86 @@ fn two_hundred_nodes_meet_one_new_range_at_once_and_two_thousand_pods_churn_on_a
         c.blocks().len() - 200,
     ));
     assert!(writes <= 100 + 2, "{writes} writes for 100 blocks");
+}
+
+/// A node's dataDir is wiped (or replaced) while pods still use addresses of its blocks: those blocks
+/// are never used again for new addresses (the node claims another), and `attache ipam reconcile` gives
+/// them back to the pool once no pod of the node may use them — saying meanwhile what it waits for.
+#[test]
+fn a_node_whose_data_dir_is_lost_gets_its_blocks_back_once_its_old_pods_are_gone() {
+    let mut host = Node::new("cipam-wipe");
+    let c = Cluster::start(&mut host);
+    let a = c.node(&host, "node-w");
+    let conf = c.conf(&a, json!({"range": "10.97.0.0/24", "blockSize": 28}));
+    let annotate = |name: &str, ip: IpAddr| {
+        let status = json!([{"name": "blue", "interface": "net1", "ips": [ip.to_string()], "default": false}]);
+        c.api.must(&[
+            "annotate",
+            "pod",
+            "-n",
+            "default",
+            name,
+            &format!("k8s.v1.cni.cncf.io/network-status={status}"),
+        ]);
+    };
+    let old_uid = bound_pod(&c.api, "default", "old", "node-w");
+    let old_ip = ip_of(
+        &c.run_args(
+            &host,
+            "ADD",
+            "old-c",
+            &conf,
+            &pod_args("default", "old", &old_uid),
+        )
+        .ok(),
+    );
+    annotate("old", old_ip);
+    let before = c.blocks();
+    assert_eq!(before.len(), 1);
+    let (old_block, (old_net, _)) = before.into_iter().next().unwrap();
+
+    // The dataDir is lost. The node's next pod gets an address of a new block, never of the old one.
+    std::fs::remove_dir_all(&a.data_dir).unwrap();
+    let new_uid = bound_pod(&c.api, "default", "new", "node-w");
+    let new_ip = ip_of(
+        &c.run_args(
+            &host,
+            "ADD",
+            "new-c",
+            &conf,
+            &pod_args("default", "new", &new_uid),
+        )
+        .ok(),
+    );
+    annotate("new", new_ip);
+    assert!(
+        !old_net.contains(&new_ip),
+        "{new_ip} is in the lost block {old_net}"
+    );
+    assert_eq!(c.blocks().len(), 2);
+
+    // The old pod still runs: the block waits, and the report says for what.
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    assert_eq!(r["blocksRecovered"], json!([]), "{r}");
+    let waiting = r["blocksWaiting"].to_string();
+    assert!(
+        waiting.contains(&old_block)
+            && waiting.contains("default/old")
+            && !waiting.contains("default/new"),
+        "{r}"
+    );
+    assert!(c.blocks().contains_key(&old_block));
+
+    // The old pod is gone: the block goes back to the pool; the new block stays.
+    delete_pod(&c.api, "default", "old");
+    let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
+    assert_eq!(r["blocksRecovered"], json!([old_block]), "{r}");
+    assert_eq!(r["blocksWaiting"], json!([]), "{r}");
+    let after = c.blocks();
+    assert!(!after.contains_key(&old_block));
+    assert!(
+        after
+            .values()
+            .any(|(n, node)| n.contains(&new_ip) && node == "node-w")
+    );
 }

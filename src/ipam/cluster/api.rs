@@ -213,6 +213,71 @@ fn grant_of(o: DynamicObject) -> GrantObj {
     }
 }
 
+/// A pod and the addresses it reports: its network-status annotation's and `status.podIPs`.
+#[derive(Debug, Clone, Default)]
+pub struct PodAddresses {
+    /// `namespace/name`.
+    pub pod: String,
+    pub made: Option<std::time::SystemTime>,
+    pub host_network: bool,
+    /// Whether it carries a network-status annotation (a meta-plugin reported every interface).
+    pub has_status: bool,
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+impl PodAddresses {
+    fn of(p: &Pod) -> PodAddresses {
+        let ann = p.metadata.annotations.as_ref();
+        // An annotation that does not parse reports nothing.
+        let status = ann
+            .and_then(|a| a.get(crate::k8s::annotation::NETWORK_STATUS))
+            .and_then(|s| {
+                serde_json::from_str::<Vec<crate::k8s::annotation::NetworkStatus>>(s).ok()
+            });
+        let mut ips: Vec<std::net::IpAddr> = status
+            .iter()
+            .flatten()
+            .flat_map(|n| n.ips.iter().filter_map(|ip| ip.parse().ok()))
+            .collect();
+        if let Some(st) = &p.status {
+            ips.extend(
+                st.pod_ips
+                    .iter()
+                    .flatten()
+                    .filter_map(|i| i.ip.parse::<std::net::IpAddr>().ok()),
+            );
+        }
+        PodAddresses {
+            pod: format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default()
+            ),
+            made: made_at(p.metadata.creation_timestamp.as_ref()),
+            host_network: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false),
+            has_status: status.is_some(),
+            ips,
+        }
+    }
+}
+
+fn made_at(
+    t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> Option<std::time::SystemTime> {
+    t.and_then(|t| {
+        u64::try_from(t.0.as_second())
+            .ok()
+            .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s))
+    })
+}
+
+/// The pods of a node: UID -> when the pod was made (`None`: not said).
+pub type PodsOn = BTreeMap<String, Option<std::time::SystemTime>>;
+
 /// What attache-ipam asks of the Kubernetes API. [`KubeClusterApi`] asks a real server; the tests'
 /// `fake::FakeApi` keeps the objects in memory under the same conditional-write rules, so that claim,
 /// borrow and reconcile races run as unit tests too.
@@ -237,7 +302,11 @@ pub trait ClusterApi: Sized {
     /// Delete a block if it is still the one read (its UID, and its resourceVersion when known).
     async fn delete_block(&self, b: &BlockObj) -> Result<Written<()>>;
     /// The UIDs of the pods bound to a node (a static pod's also as its mirror names it).
-    async fn pod_uids_on(&self, node: &str) -> Result<BTreeSet<String>>;
+    /// The pods bound to `node`, from a complete list: UID -> when the pod was made (a static pod's
+    /// mirror counts under the UID its containers carry too).
+    async fn pods_on(&self, node: &str) -> Result<PodsOn>;
+    /// The pods bound to `node` with the addresses they report (complete list, paged).
+    async fn pod_addresses_on(&self, node: &str) -> Result<Vec<PodAddresses>>;
     async fn pod_uid(&self, namespace: &str, name: &str) -> Result<Option<String>>;
     /// Whether `namespace/name` is the pod of `uid` (or that static pod's mirror).
     async fn pod_is(&self, namespace: &str, name: &str, uid: &str) -> Result<bool>;
@@ -515,12 +584,12 @@ impl ClusterApi for KubeClusterApi {
 
     /// The UIDs of the pods bound to `node`, from a complete list (pages of 500 read to the end; any
     /// failure, an expired continue token included, is an error: never a shorter list).
-    async fn pod_uids_on(&self, node: &str) -> Result<BTreeSet<String>> {
+    async fn pods_on(&self, node: &str) -> Result<PodsOn> {
         let pods: Api<Pod> = Api::all(self.kube.client());
         let mut lp = ListParams::default()
             .fields(&format!("spec.nodeName={node}"))
             .limit(500);
-        let mut out = BTreeSet::new();
+        let mut out = PodsOn::new();
         loop {
             let page = self
                 .kube
@@ -532,6 +601,7 @@ impl ClusterApi for KubeClusterApi {
                 .await?
                 .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
             for p in &page.items {
+                let made = made_at(p.metadata.creation_timestamp.as_ref());
                 // A static pod's containers carry the kubelet's UID, which its mirror pod names in
                 // this annotation (the mirror's own UID is another).
                 if let Some(m) = p
@@ -540,11 +610,11 @@ impl ClusterApi for KubeClusterApi {
                     .as_ref()
                     .and_then(|a| a.get(MIRROR_ANNOTATION))
                 {
-                    out.insert(m.clone());
+                    out.insert(m.clone(), made);
                 }
                 match &p.metadata.uid {
                     Some(u) if !u.is_empty() => {
-                        out.insert(u.clone());
+                        out.insert(u.clone(), made);
                     }
                     _ => {
                         return Err(Error::Internal(format!(
@@ -553,6 +623,30 @@ impl ClusterApi for KubeClusterApi {
                     }
                 }
             }
+            match page.metadata.continue_.as_deref() {
+                Some(t) if !t.is_empty() => lp = lp.continue_token(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn pod_addresses_on(&self, node: &str) -> Result<Vec<PodAddresses>> {
+        let pods: Api<Pod> = Api::all(self.kube.client());
+        let mut lp = ListParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .limit(500);
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .kube
+                .call(
+                    &format!("list the pods of node {node}"),
+                    &[],
+                    pods.list(&lp),
+                )
+                .await?
+                .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+            out.extend(page.items.iter().map(PodAddresses::of));
             match page.metadata.continue_.as_deref() {
                 Some(t) if !t.is_empty() => lp = lp.continue_token(t),
                 _ => return Ok(out),

@@ -174,6 +174,17 @@ pub async fn claim_block(
     if adopted {
         return Ok(Claimed::Block);
     }
+    let lost = listed
+        .iter()
+        .filter(|o| o.node == c.node && !o.instance.is_empty() && o.instance != instance)
+        .count();
+    if lost > 0 {
+        tracing::warn!(
+            "{lost} block(s) of pool {} are this node's from a dataDir since lost (not {}): not used; `attache ipam reconcile` returns them to the pool once no pod of this node may use their addresses",
+            c.pool,
+            c.data_dir.display()
+        );
+    }
     let taken: BTreeSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
     let requested = c.requested.first().and_then(|ip| c.layout.block_of(*ip));
     if let (Some(b), Some(ip)) = (requested, c.requested.first())

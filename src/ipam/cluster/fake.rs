@@ -8,7 +8,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use super::api::{BlockObj, ClusterApi, GrantObj, PoolObj, PoolRange, Written};
+use super::api::{
+    BlockObj, ClusterApi, GrantObj, PodAddresses, PodsOn, PoolObj, PoolRange, Written,
+};
 use crate::error::{Error, Result};
 
 /// A hook run inside a call, on the state, before the call's own write.
@@ -205,12 +207,26 @@ impl ClusterApi for FakeApi {
         }
     }
 
-    async fn pod_uids_on(&self, node: &str) -> Result<BTreeSet<String>> {
+    /// The fake does not say when its pods were made.
+    async fn pods_on(&self, node: &str) -> Result<PodsOn> {
         let s = self.state()?;
         Ok(s.pods
             .values()
             .filter(|(_, n, _)| n == node)
-            .map(|(u, _, _)| u.clone())
+            .map(|(u, _, _)| (u.clone(), None))
+            .collect())
+    }
+
+    /// The fake's pods report nothing: each may use any address (the careful reading).
+    async fn pod_addresses_on(&self, node: &str) -> Result<Vec<PodAddresses>> {
+        let s = self.state()?;
+        Ok(s.pods
+            .iter()
+            .filter(|(_, (_, n, _))| n == node)
+            .map(|((ns, name), _)| PodAddresses {
+                pod: format!("{ns}/{name}"),
+                ..Default::default()
+            })
             .collect())
     }
 

@@ -88,13 +88,13 @@ pub async fn gather(
     }
     let cluster = async {
         let api = KubeClusterApi::connect(kubeconfig, Duration::from_secs(10)).await?;
-        let alive = api.pod_uids_on(node).await?;
+        let alive = api.pods_on(node).await?;
         let leaks: Vec<Leak> = reservations
             .iter()
             .filter(|(_, x)| {
                 !x.pod_uid.is_empty()
                     && !x.id.starts_with(GRANT_PREFIX)
-                    && !alive.contains(&x.pod_uid)
+                    && !alive.contains_key(&x.pod_uid)
             })
             .map(|(pool, x)| Leak {
                 pool: pool.clone(),

@@ -286,48 +286,7 @@ impl Local {
 
     /// This dataDir's random id, made once.
     pub fn instance(&self) -> Result<String> {
-        let p = self.data_dir.join("instance");
-        if let Ok(b) = crate::files::read_bounded(&p, 256) {
-            let s = String::from_utf8_lossy(&b).trim().to_string();
-            if !s.is_empty() {
-                return Ok(s);
-            }
-        }
-        crate::files::ensure_real_dir(&self.data_dir)?;
-        let mut bytes = [0u8; 16];
-        {
-            use std::io::Read;
-            File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut bytes))
-                .map_err(io("reading /dev/urandom"))?;
-        }
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = self
-            .data_dir
-            .join(format!(".instance.{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        crate::files::write_new(&tmp, id.as_bytes(), 0o600)
-            .and_then(|f| f.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
-        // link, not rename: a concurrent first claim must not replace an id already handed out.
-        let linked = std::fs::hard_link(&tmp, &p);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => Ok(id),
-            // Another process made it meanwhile: its id, if it can be read.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                match crate::files::read_bounded(&p, 256) {
-                    Ok(b) if !String::from_utf8_lossy(&b).trim().is_empty() => {
-                        Ok(String::from_utf8_lossy(&b).trim().to_string())
-                    }
-                    _ => Err(Error::Ipam(format!(
-                        "{} is empty or unreadable: this node's attache-ipam identity is lost (remove it only if this dataDir owns no block)",
-                        p.display()
-                    ))),
-                }
-            }
-            Err(e) => Err(Error::io(format!("writing {}", p.display()), e)),
-        }
+        instance_of(&self.data_dir)
     }
 
     /// The ranges (`range -> blockSize`) this node saw registered in its pool.
@@ -669,4 +628,56 @@ fn refuse_duplicate(store: &DiskStore, id: &str, ifname: &str) -> Result<()> {
 pub(super) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::files::replace(path, bytes, 0o600, true)
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// The random id of dataDir `data_dir`, made on first use: the blocks it claims carry it, so that a node
+/// adopts only blocks this very dataDir made.
+pub fn instance_of(data_dir: &Path) -> Result<String> {
+    let p = data_dir.join("instance");
+    if let Ok(b) = crate::files::read_bounded(&p, 256) {
+        let s = String::from_utf8_lossy(&b).trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    crate::files::ensure_real_dir(data_dir)?;
+    let mut bytes = [0u8; 16];
+    {
+        use std::io::Read;
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(io("reading /dev/urandom"))?;
+    }
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = data_dir.join(format!(".instance.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    crate::files::write_new(&tmp, id.as_bytes(), 0o600)
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    // link, not rename: a concurrent first claim must not replace an id already handed out.
+    let linked = std::fs::hard_link(&tmp, &p);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(id),
+        // Another process made it meanwhile: its id, if it can be read.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match crate::files::read_bounded(&p, 256) {
+                Ok(b) if !String::from_utf8_lossy(&b).trim().is_empty() => {
+                    Ok(String::from_utf8_lossy(&b).trim().to_string())
+                }
+                _ => Err(Error::Ipam(format!(
+                    "{} is empty or unreadable: this node's attache-ipam identity is lost (remove it only if this dataDir owns no block)",
+                    p.display()
+                ))),
+            }
+        }
+        Err(e) => Err(Error::io(format!("writing {}", p.display()), e)),
+    }
+}
+
+/// When dataDir `data_dir`'s id was made (`None`: not yet, or unreadable).
+pub fn instance_born(data_dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(data_dir.join("instance"))
+        .and_then(|m| m.modified())
+        .ok()
 }

@@ -8,6 +8,8 @@
 //!    after the list was started, or without a UID (not made for a Kubernetes pod), is never touched;
 //! 2. gives back this node's blocks that hold nothing (and have held nothing for `grace`), under the
 //!    pool's claim lock and the block's lock, with a delete conditioned on the block object's UID;
+//!    Blocks the API lists as this node's but made by a dataDir since lost go back to the pool once no
+//!    pod of the node may use their addresses (see [`recover_lost_blocks`]);
 //! 3. reclaims the blocks of nodes that no longer exist: missing from a complete node list on two
 //!    passes at least `node_grace` apart, confirmed by a GET of the Node (404) and an empty list of the
 //!    pods bound to it, deleted conditioned on UID and resourceVersion.
@@ -71,6 +73,12 @@ pub struct Report {
     /// Blocks this node recorded as its own that the API says are not: no longer used.
     #[serde(rename = "blocksLost")]
     pub blocks_lost: Vec<String>,
+    /// Blocks of this node claimed by a dataDir since lost (wiped, replaced), returned to the pool.
+    #[serde(rename = "blocksRecovered")]
+    pub blocks_recovered: Vec<String>,
+    /// Such blocks that cannot go back yet, and what they wait for.
+    #[serde(rename = "blocksWaiting")]
+    pub blocks_waiting: Vec<String>,
     /// Blocks of deleted nodes reclaimed.
     #[serde(rename = "blocksReclaimed")]
     pub blocks_reclaimed: Vec<String>,
@@ -113,6 +121,12 @@ pub async fn reconcile_with(o: &Options, api: &mut impl ClusterApi) -> Result<Re
             .push(format!("checking this node's blocks: {e}"));
     }
     api.renew();
+    if let Err(e) = recover_lost_blocks(o, api, &mut report).await {
+        report
+            .errors
+            .push(format!("recovering the blocks of a lost dataDir: {e}"));
+    }
+    api.renew();
     if let Err(e) = return_empty_blocks(o, api, &pools, &mut report).await {
         report.errors.push(format!("giving back empty blocks: {e}"));
     }
@@ -145,7 +159,7 @@ async fn release_gone_pods(
 ) -> Result<()> {
     // Anything reserved from here on may be a pod the list does not show yet.
     let started = SystemTime::now();
-    let alive = api.pod_uids_on(&o.node).await?;
+    let alive = api.pods_on(&o.node).await?;
     crate::fail::point("ipam.reconcile.listed")?;
     for local in pools {
         let pool = local.pool();
@@ -157,7 +171,7 @@ async fn release_gone_pods(
                 report.unverifiable += 1;
                 continue;
             }
-            if alive.contains(&r.pod_uid) || r.made.is_none_or(|m| m >= started) {
+            if alive.contains_key(&r.pod_uid) || r.made.is_none_or(|m| m >= started) {
                 continue;
             }
             let Some((ns, name)) = r.pod.split_once('/') else {
@@ -213,6 +227,74 @@ async fn verify_owned(
                 tracing::error!(block = %rec.name, "the API says this block is not this node's any more: no address is handed out of it now");
                 report.blocks_lost.push(rec.name);
             }
+        }
+    }
+    Ok(())
+}
+
+/// Blocks the API lists as this node's but made by another dataDir (`spec.instance`): this node's
+/// dataDir was wiped or replaced, and with it the record of which of their addresses are in use. Such a
+/// block goes back to the pool (a delete conditioned on its UID and resourceVersion; this node, or any,
+/// may claim it again) once nothing can hold an address of it: no grant is lent from it, and no pod
+/// bound to this node reports an address in it — a pod that reports none of its interfaces (no
+/// network-status annotation) counts when it was made before this dataDir. Until then the report says
+/// what the block waits for.
+async fn recover_lost_blocks(
+    o: &Options,
+    api: &mut impl ClusterApi,
+    report: &mut Report,
+) -> Result<()> {
+    let instance = super::local::instance_of(&o.data_dir)?;
+    let lost: Vec<BlockObj> = api
+        .all_blocks()
+        .await?
+        .into_iter()
+        .filter(|b| b.node == o.node && !b.instance.is_empty() && b.instance != instance)
+        .collect();
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let born = super::local::instance_born(&o.data_dir);
+    api.renew();
+    let pods = api.pod_addresses_on(&o.node).await?;
+    api.renew();
+    let lending: Vec<GrantObj> = api.grants_of_lender(&o.node).await?.0;
+    for b in lost {
+        let Ok(net) = b.cidr.parse::<ipnet::IpNet>() else {
+            continue;
+        };
+        let holders: Vec<&str> = pods
+            .iter()
+            .filter(|p| !p.host_network)
+            .filter(|p| {
+                p.ips.iter().any(|ip| net.contains(ip))
+                    || (!p.has_status
+                        && match (p.made, born) {
+                            (Some(m), Some(b)) => m <= b,
+                            _ => true,
+                        })
+            })
+            .map(|p| p.pod.as_str())
+            .collect();
+        let grants = lending.iter().filter(|g| g.block == b.name).count();
+        if !holders.is_empty() || grants > 0 {
+            let more = if holders.len() > 5 { ", ..." } else { "" };
+            report.blocks_waiting.push(format!(
+                "block {} ({}) was claimed by this node with a dataDir since lost (instance {}); it returns to the pool once no pod of this node may use its addresses and no grant is lent from it — now {} pod(s) ({}{more}) and {grants} grant(s); drain the node to hurry it",
+                b.name,
+                b.cidr,
+                b.instance,
+                holders.len(),
+                holders[..holders.len().min(5)].join(", "),
+            ));
+            continue;
+        }
+        match api.delete_block(&b).await? {
+            Written::Done(()) => {
+                tracing::info!(block = %b.name, "returned a block of this node's lost dataDir to the pool");
+                report.blocks_recovered.push(b.name);
+            }
+            Written::Conflict | Written::Gone => {}
         }
     }
     Ok(())
@@ -421,7 +503,7 @@ async fn reclaim_deleted_nodes(
         api.renew();
         if node.is_empty()
             || api.node_uid(&node).await?.is_some()
-            || !api.pod_uids_on(&node).await?.is_empty()
+            || !api.pods_on(&node).await?.is_empty()
         {
             report.nodes_missing.push(node);
             continue;
