@@ -49,6 +49,9 @@ fn install_args(h: &Host, node: &Node) -> Vec<String> {
         format!("--token={}", s(&h.sa.join("token"))),
         format!("--ca={}", s(&h.sa.join("ca.crt"))),
         "--server=https://192.0.2.10:6443".into(),
+        // The node's /run (a boot empties it), here a folder of the test's.
+        format!("--run-dir={}", s(&node.path("run"))),
+        format!("--node-run-dir={}", s(&node.path("run"))),
     ]
 }
 
@@ -136,6 +139,9 @@ fn install_wraps_the_cluster_network_and_uninstall_takes_the_configuration_away_
         json!({"portMappings": true, "io.kubernetes.cri.pod-annotations": true})
     );
     assert_eq!(p["networksDir"], "/etc/attache/networks");
+    // Installed since this boot: the mark in the node's /run, which the configuration names.
+    assert_eq!(p["readyFile"], json!(node.path("run/ready")));
+    assert!(node.path("run/ready").exists());
     // A kubeconfig naming a token file, which holds the service account's token.
     let kc = read_json(&h.net.join("attache.d/attache.kubeconfig"));
     assert_eq!(
@@ -186,6 +192,7 @@ fn install_wraps_the_cluster_network_and_uninstall_takes_the_configuration_away_
         first.contains("00-attache.conflist"),
         "the configuration must go first: {out}"
     );
+    assert!(!node.path("run/ready").exists(), "{out}");
     let mut left: Vec<String> = std::fs::read_dir(&h.bin)
         .unwrap()
         .flatten()
@@ -314,6 +321,8 @@ fn containerd_picks_up_the_configuration_install_writes() {
         &format!("--node-conf-dir={}", s(&ctrd.conf_dir)),
         &format!("--cache-dir={}", s(&node.path("cache"))),
         &format!("--config={extra}"),
+        &format!("--run-dir={}", s(&node.path("run"))),
+        &format!("--node-run-dir={}", s(&node.path("run"))),
         "--once",
         "--wait=5",
     ])
@@ -368,10 +377,15 @@ fn not_ready_until_the_cluster_network_and_its_binaries_are_there() {
     let pod = node.pod();
     let h = host(&node);
     std::fs::copy(attache_bin(), h.bin.join("attache")).unwrap();
+    let ready = node.path("run/ready");
     let conf = json!({
         "cniVersion": "1.1.0", "name": "attache", "type": "attache",
-        "clusterNetwork": "10-cluster.conflist", "confDir": h.net, "cacheDir": node.path("cache")
+        "clusterNetwork": "10-cluster.conflist", "confDir": h.net, "cacheDir": node.path("cache"),
+        "readyFile": ready
     });
+    // attache was installed since the boot (the DaemonSet's pod writes this).
+    std::fs::create_dir_all(node.path("run")).unwrap();
+    std::fs::write(&ready, "installed").unwrap();
     let nothing_attached = |node: &Node| {
         assert_eq!(node.links(Some(&pod)), vec!["lo".to_string()]);
         assert!(node.files("cache").is_empty(), "{:?}", node.files("cache"));
@@ -408,4 +422,26 @@ fn not_ready_until_the_cluster_network_and_its_binaries_are_there() {
     let (st, add) = status_and_add(&node, &pod, &conf, &h.bin);
     assert!(st.is_null(), "STATUS: {st}");
     assert!(add["ips"][0]["address"].is_string(), "ADD: {add}");
+
+    // A reboot empties /run: until the DaemonSet's pod has installed attache again, new pods wait
+    // (the cluster network is all there, and its configuration too).
+    std::fs::remove_file(&ready).unwrap();
+    let mut status = node.call("STATUS", "", "", "");
+    status.netns = None;
+    status.path = h.bin.display().to_string();
+    let st = node.exec(&status, &conf).json();
+    let pod2 = node.pod();
+    let mut add = node.call("ADD", "ready2", &pod2, "eth0");
+    add.path = h.bin.display().to_string();
+    let add = node.exec(&add, &conf).json();
+    assert_eq!(st["code"], 50, "{st}");
+    assert_eq!(add["code"], 11, "{add}");
+    for v in [&st, &add] {
+        let msg = v["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("not been installed") && msg.contains(&*ready.to_string_lossy()),
+            "{v}"
+        );
+    }
+    assert_eq!(node.links(Some(&pod2)), vec!["lo".to_string()]);
 }

@@ -79,7 +79,18 @@ pub struct InstallArgs {
     /// the Downward API; none: attache-ipam falls back to the host name).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// A folder of the node that a boot empties (a tmpfs), as mounted here: `ready` is written there
+    /// once attache is in place, and until it is — after every boot — ADD answers "try again".
+    #[arg(long, default_value = "/host/run/attache")]
+    pub run_dir: PathBuf,
+    /// The same folder as the node sees it (the configuration's `readyFile` names `ready` in it); ""
+    /// leaves the check out.
+    #[arg(long, default_value = "/run/attache")]
+    pub node_run_dir: PathBuf,
 }
+
+/// The file in `--run-dir` that says attache was installed since the node started.
+const READY: &str = "ready";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UninstallArgs {
@@ -195,6 +206,9 @@ pub fn generate_conf(
     });
     if let Some(kc) = kubeconfig {
         plugin["kubeconfig"] = json!(kc);
+    }
+    if !args.node_run_dir.as_os_str().is_empty() {
+        plugin["readyFile"] = json!(args.node_run_dir.join(READY));
     }
     if let Some(extra) = &args.config {
         let extra: Value = serde_json::from_str(extra)
@@ -361,7 +375,29 @@ fn pass(args: &InstallArgs) -> Result<bool> {
             file.display()
         );
     }
+    mark_ready(args)?;
     Ok(true)
+}
+
+/// Say that attache is in place since this boot (binaries and configuration written): ADD stops
+/// answering "try again". Once per boot: the folder is a tmpfs.
+fn mark_ready(args: &InstallArgs) -> Result<()> {
+    if args.node_run_dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let ready = args.run_dir.join(READY);
+    if ready.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&args.run_dir)
+        .map_err(|e| Error::io(format!("creating {}", args.run_dir.display()), e))?;
+    write_atomic(
+        &ready,
+        format!("installed by attache {}\n", env!("CARGO_PKG_VERSION")).as_bytes(),
+        0o644,
+    )?;
+    eprintln!("attache: ready ({})", ready.display());
+    Ok(())
 }
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -491,8 +527,21 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
             Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
         }
     };
+    // The readiness mark the configuration names (a path of the node: uninstall runs there).
+    let installed: Option<Value> = std::fs::read(args.conf_dir.join(CONF_NAME))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let ready = installed
+        .as_ref()
+        .and_then(crate::engine::config::attache_plugin)
+        .and_then(|p| p.get("readyFile"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from);
     // The configuration first: from now on runtimes use the cluster network's own.
     rm(&args.conf_dir.join(CONF_NAME))?;
+    if let Some(r) = ready.filter(|r| r.is_absolute()) {
+        rm(&r)?;
+    }
     let state = args.conf_dir.join(STATE_DIR);
     for f in ["attache.kubeconfig", "token", "ca.crt", NODE_NAME] {
         rm(&state.join(f))?;
@@ -542,6 +591,8 @@ mod tests {
             interval: 1,
             binary: None,
             node_name: None,
+            run_dir: dir.join("run"),
+            node_run_dir: dir.join("run"),
         }
     }
 

@@ -82,6 +82,10 @@ pub struct AttacheConf {
     pub max_attachments: usize,
     /// The deadline of each API phase of one invocation.
     pub api_timeout: std::time::Duration,
+    /// Written by `attache install` on a folder a boot empties (`/run`): while it is missing — after a
+    /// reboot, until the DaemonSet has installed attache again — ADD answers "try again" (code 11)
+    /// and STATUS "not ready".
+    pub ready_file: Option<PathBuf>,
 }
 
 /// One key of the configuration, decoded on its own (absent or `null`: `None`); a wrong type is an
@@ -218,6 +222,7 @@ impl AttacheConf {
             default_networks: r.take(default_networks(conf), Vec::new),
             max_attachments: r.take(max_attachments(conf), || DEFAULT_MAX_ATTACHMENTS),
             api_timeout: r.take(api_timeout(conf), || DEFAULT_API_TIMEOUT),
+            ready_file: r.take(absolute(conf, "readyFile"), || None),
             namespace_isolation: r
                 .take(key(conf, "namespaceIsolation"), || None)
                 .unwrap_or(true),
@@ -273,6 +278,17 @@ impl AttacheConf {
         }
         crate::cni::conf::validate_network_name(&list.name)?;
         Ok(list)
+    }
+
+    /// Whether `attache install` has run since the node started (`readyFile`; none named: always).
+    pub fn check_installed(&self) -> Result<()> {
+        match &self.ready_file {
+            Some(f) if !f.exists() => Err(Error::NotReady(format!(
+                "attache has not been installed on this node since it started: {} is missing (the DaemonSet's `attache install` writes it)",
+                f.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The directories searched for delegate binaries: `binDir` first, then `CNI_PATH`.

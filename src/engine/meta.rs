@@ -95,6 +95,7 @@ async fn add(
     ac: &AttacheConf,
     store: &RecordStore,
 ) -> Result<Value> {
+    ac.check_installed()?;
     let netns = open_pod_netns(args)?;
     if let Some(answer) = repeated_add(args, conf, ac, store).await? {
         return Ok(answer);
@@ -613,6 +614,8 @@ async fn status(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf) -> Result<()> 
         }
         other => other,
     };
+    ac.check_installed()
+        .map_err(|e| Error::NotAvailable(e.to_string()))?;
     let cluster = ac
         .cluster_network(&conf.cni_version)
         .map_err(not_available)?;
