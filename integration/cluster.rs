@@ -111,6 +111,19 @@ impl Cluster {
     /// A pod pinned to `node`, with the networks annotation when given; Running, or the test fails
     /// with its events.
     fn pod(&self, name: &str, node: &str, networks: Option<&Value>) {
+        self.make_pod(name, node, networks);
+        let running = eventually(90, || {
+            self.get(&["pod", name])["status"]["phase"] == "Running"
+        });
+        assert!(
+            running,
+            "pod {name} is not Running: {}",
+            self.kubectl(&["describe", "pod", name])
+        );
+    }
+
+    /// [`Cluster::pod`] without waiting for it.
+    fn make_pod(&self, name: &str, node: &str, networks: Option<&Value>) {
         let mut annotations = json!({});
         if let Some(n) = networks {
             annotations["k8s.v1.cni.cncf.io/networks"] = match n {
@@ -132,14 +145,6 @@ impl Cluster {
                 }]
             }
         }));
-        let running = eventually(90, || {
-            self.get(&["pod", name])["status"]["phase"] == "Running"
-        });
-        assert!(
-            running,
-            "pod {name} is not Running: {}",
-            self.kubectl(&["describe", "pod", name])
-        );
     }
 
     /// `kubectl exec POD -- CMD...`.
@@ -462,17 +467,74 @@ fn day_two_a_rolling_update_a_reboot_a_drain_and_an_uninstall() {
     c.pod("a3", "n1", Some(&blue));
     assert_eq!(c.pod_addrs("a3", "net1").len(), 1);
 
-    // A node "reboot": its pods' netns are gone; the kubelet makes new sandboxes (ADD) and DELs the
-    // old ones without a netns. The pods come back with their networks, and nothing is left of the old
-    // sandboxes: as many host-local leases and records as pods.
-    let out = c.script(&["reboot", "n1"]);
+    // A node "reboot": its pods' netns are gone, and /run (a tmpfs) is empty, attache's readiness
+    // mark with it. attache's image is taken out of n1's containerd first, so that the DaemonSet's pod
+    // cannot install attache again until the test says: meanwhile a new pod waits, saying why.
+    // A pod on attache-ipam (a macvlan on the segment), deleted while its node is down.
+    c.apply(&json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "green", "namespace": "default"},
+        "spec": {"config": json!({
+            "cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "mode": "bridge",
+            "ipam": {"type": "attache-ipam", "range": "10.252.0.0/24", "blockSize": 28}
+        }).to_string()}
+    }));
+    c.pod("g1", "n1", Some(&json!("green")));
+    let g1 = c.pod_addrs("g1", "net1");
+    assert_eq!(g1.len(), 1, "{g1:?}");
+    let g1_ip = g1[0].split('/').next().unwrap().to_string();
+    let sock = c.node_path("n1", "ctrd/c.sock");
+    c.on_node(
+        "n1",
+        &[
+            "ctr",
+            "--address",
+            &sock.to_string_lossy(),
+            "-n",
+            "k8s.io",
+            "images",
+            "rm",
+            &image,
+        ],
+    );
+    let out = c.script(&["stop", "n1"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for pod in ["a1", "a2", "a3"] {
-        let back = eventually(120, || {
+    c.kubectl(&["delete", "pod", "g1", "--grace-period=0", "--force"]);
+    let out = c.script(&["start", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.make_pod("r1", "n1", Some(&blue));
+    let held = eventually(120, || {
+        c.kubectl(&[
+            "get",
+            "events",
+            "-o",
+            "json",
+            "--field-selector",
+            "involvedObject.name=r1",
+        ])
+        .contains("attache has not been installed on this node since it started")
+    });
+    assert!(held, "{}", c.kubectl(&["describe", "pod", "r1"]));
+    assert_ne!(c.get(&["pod", "r1"])["status"]["phase"], "Running");
+    // The image is back: the DaemonSet's pod installs attache, and the kubelet makes new sandboxes
+    // (ADD) for the pods and DELs the old ones without a netns. The pods come back with their networks,
+    // and nothing is left of the old sandboxes: as many host-local leases and records as pods.
+    let out = c.script(&["image", "0.1.1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for pod in ["a1", "a2", "a3", "r1"] {
+        let back = eventually(240, || {
             let p = c.get(&["pod", pod]);
             p["status"]["phase"] == "Running"
                 && p["status"]["containerStatuses"][0]["ready"] == true
@@ -487,8 +549,8 @@ fn day_two_a_rolling_update_a_reboot_a_drain_and_an_uninstall() {
         );
     }
     let settled = eventually(60, || {
-        leases(&c.node_path("n1", "var/lib/cni/networks/blue")).len() == 3
-            && records(&c, "n1").len() == 3
+        leases(&c.node_path("n1", "var/lib/cni/networks/blue")).len() == 4
+            && records(&c, "n1").len() == 4
     });
     assert!(
         settled,
@@ -496,6 +558,25 @@ fn day_two_a_rolling_update_a_reboot_a_drain_and_an_uninstall() {
         leases(&c.node_path("n1", "var/lib/cni/networks/blue")),
         records(&c, "n1")
     );
+
+    // g1, deleted while n1 was down, holds no address once n1 is back: the kubelet tears its old
+    // sandbox down (a DEL without a netns) or, where no DEL comes, `attache ipam reconcile` releases it
+    // (its pod's UID is gone). After a pass of reconcile, n1's attache-ipam store holds no address and
+    // inspect sees no leak.
+    let ipam_dir = c.node_path("n1", "var/lib/attache/ipam/default/blocks");
+    let held_g1 = || {
+        std::fs::read_dir(&ipam_dir)
+            .map(|rd| rd.flatten().any(|b| b.path().join(&g1_ip).exists()))
+            .unwrap_or(false)
+    };
+    let report = c.on_node("n1", &["/opt/cni/bin/attache", "ipam", "reconcile"]);
+    assert!(
+        eventually(60, || !held_g1()),
+        "g1's {g1_ip} is still held on n1; reconcile said {report}"
+    );
+    let inspect = c.on_node("n1", &["/opt/cni/bin/attache", "ipam", "inspect", "--json"]);
+    let v: Value = serde_json::from_str(&inspect).unwrap_or(Value::Null);
+    assert_eq!(v["leaks"], json!([]), "{inspect}");
 
     // Taking attache off a node: the DaemonSet goes (the node stays configured), the node is drained,
     // `attache uninstall` runs there; then a pod on it has the cluster network alone.
