@@ -396,8 +396,11 @@ fn the_seeds_first_day_on_two_nodes() {
         refused.is_empty(),
         "refused by the RBAC: {refused:?} (used: {used:?})"
     );
+    // (The definitions come from the node's mirror, which the DaemonSet's agent keeps with a list and
+    // a watch; a GET only when a pod names a definition seconds old.)
     for wanted in [
-        "get network-attachment-definitions",
+        "list network-attachment-definitions",
+        "watch network-attachment-definitions",
         "patch pods/status",
         "create events",
     ] {
@@ -445,7 +448,7 @@ fn day_two_a_rolling_update_a_reboot_a_drain_and_an_uninstall() {
         String::from_utf8_lossy(&out.stderr)
     );
     let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let images: Vec<String> = ["install", "ipam-reconcile", "ipam-agent"]
+    let images: Vec<String> = ["install", "agent", "ipam-reconcile", "ipam-agent"]
         .iter()
         .map(|container| format!("{container}={image}"))
         .collect();

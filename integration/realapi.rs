@@ -204,6 +204,23 @@ fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
     assert_eq!(node.links(Some(&netns)), vec!["lo".to_string()]);
     assert!(node.files("cache").is_empty());
 
+    // The node agent mirrors the definitions (a list, then a watch): its requests count too. A watch
+    // is in the audit log once it ends.
+    let agent = Agent::start(&node, &kubeconfig);
+    assert!(
+        crate::poll::eventually(30, || mirror_live(&node)
+            && mirrored(&node, "red").is_some()),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+    assert!(
+        crate::poll::eventually(30, || requests_by_attache(&api)
+            .iter()
+            .any(|r| r.0 == "watch")),
+        "the agent's watch is not in the audit log"
+    );
+
     // Every request attache made was allowed, named attache, and used a grant; every grant was used.
     let reqs = requests_by_attache(&api);
     assert!(
@@ -583,4 +600,413 @@ fn a_pod_multus_attached_is_torn_down_by_attache_and_repeated_dels_make_no_api_c
         "{msg}"
     );
     assert_eq!(node.links(Some(&netns2)), vec!["lo".to_string()]);
+}
+
+/// `attache agent` keeping a mirror of the definitions in `<node>/nads`, in the node's netns; killed
+/// on drop.
+struct Agent {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(node: &Node, kubeconfig: &std::path::Path) -> Agent {
+        let log = node.path("agent.log");
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.name])
+            .arg(crate::testbed::attache_bin())
+            .arg("agent")
+            .arg("--nad-mirror")
+            .arg(node.path("nads"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--socket")
+            .arg(node.path("run/agent.sock"))
+            .env_remove("CNI_COMMAND")
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mirrored object of `name` in namespace team-a, if the mirror has it.
+fn mirrored(node: &Node, name: &str) -> Option<Value> {
+    let b = std::fs::read(node.path("nads").join(NS).join(format!("{name}.json"))).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Whether the agent said the mirror is current within the last 10 s.
+fn mirror_live(node: &Node) -> bool {
+    std::fs::metadata(node.path("nads/live"))
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() < 10))
+}
+
+fn bridge_nad(node: &Node, name: &str, bridge: &str, subnet: &str) -> String {
+    json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"config": json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": bridge,
+            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": node.path("ipam")}}).to_string()}
+    })
+    .to_string()
+}
+
+/// GETs of definitions attache made so far.
+fn nad_gets(api: &RealApi) -> usize {
+    requests_by_attache(api)
+        .iter()
+        .filter(|r| r.0 == "get" && r.1 == "network-attachment-definitions")
+        .count()
+}
+
+#[test]
+fn the_nodes_mirror_serves_adds_follows_the_api_and_is_never_required() {
+    require_reference_plugins();
+    let mut node = Node::new("mirror");
+    let mut api = cluster(&node, &[], "red");
+    let token = api.token("kube-system", "attache", None);
+    let kubeconfig = node.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &token, false);
+    let mut agent = Agent::start(&node, &kubeconfig);
+    assert!(
+        crate::poll::eventually(30, || mirror_live(&node)
+            && mirrored(&node, "red").is_some()),
+        "the agent did not mirror red: {}",
+        agent.log()
+    );
+    let mut conf = meta_conf(&node, &kubeconfig);
+    conf["nadMirror"] = json!(node.path("nads"));
+    // The runtime passes the annotations: with the mirror live, planning asks the API nothing.
+    let add = |node: &mut Node, pod: &str, networks: &str, conf: &Value| {
+        let netns = node.pod();
+        let mut conf = conf.clone();
+        conf["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations":
+            {"k8s.v1.cni.cncf.io/networks": networks}});
+        let out = cni(node, "ADD", pod, &netns, &format!("uid-{pod}"), &conf);
+        (out, netns)
+    };
+    let net1_in = |node: &Node, netns: &str, subnet: &str| {
+        let a = node.addrs(Some(netns), "net1");
+        let net: ipnet::IpNet = subnet.parse().unwrap();
+        a.len() == 1
+            && net.contains(
+                &a[0]
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .parse::<std::net::IpAddr>()
+                    .unwrap(),
+            )
+    };
+
+    // 1. Served from the mirror: no GET of the definition.
+    let before = nad_gets(&api);
+    let (out, ns1) = add(&mut node, "web1", "red", &conf);
+    out.ok();
+    assert!(net1_in(&node, &ns1, "10.31.0.0/24"));
+    assert_eq!(nad_gets(&api), before, "the ADD asked the API for red");
+
+    // 2. Changed in the API: the mirror follows, and the next ADD gets the new definition.
+    let out = api.apply(&bridge_nad(&node, "red", "br-red2", "10.32.0.0/24"), &[]);
+    assert!(out.status.success());
+    assert!(
+        crate::poll::eventually(10, || mirrored(&node, "red").is_some_and(|v| {
+            v["spec"]["config"]
+                .as_str()
+                .unwrap_or("")
+                .contains("10.32.0.0")
+        })),
+        "the mirror did not follow the change: {}",
+        agent.log()
+    );
+    let (out, ns2) = add(&mut node, "web2", "red", &conf);
+    out.ok();
+    assert!(net1_in(&node, &ns2, "10.32.0.0/24"));
+
+    // 3. Deleted in the API: gone from the mirror, and an ADD naming it fails, leaving nothing.
+    api.must(&["delete", "network-attachment-definition", "-n", NS, "red"]);
+    assert!(
+        crate::poll::eventually(10, || mirrored(&node, "red").is_none()),
+        "the mirror still has red"
+    );
+    let (out, ns3) = add(&mut node, "web3", "red", &conf);
+    let e = out.err(7);
+    assert!(e["msg"].as_str().unwrap().contains("not found"), "{e}");
+    assert_eq!(node.links(Some(&ns3)), vec!["lo".to_string()]);
+
+    // 4. The agent dies: within 10 s the mirror is not trusted, and a definition made meanwhile is
+    // read from the API.
+    drop(agent);
+    let out = api.apply(&bridge_nad(&node, "blue", "br-blue", "10.33.0.0/24"), &[]);
+    assert!(out.status.success());
+    assert!(
+        crate::poll::eventually(15, || !mirror_live(&node)),
+        "the mirror stays live without its agent"
+    );
+    let before = nad_gets(&api);
+    let (out, ns4) = add(&mut node, "web4", "blue", &conf);
+    out.ok();
+    assert!(net1_in(&node, &ns4, "10.33.0.0/24"));
+    assert!(nad_gets(&api) > before, "blue was not read from the API");
+
+    // 5. The agent again: it resumes from what it recorded and catches up (blue made, red deleted).
+    agent = Agent::start(&node, &kubeconfig);
+    assert!(
+        crate::poll::eventually(30, || mirror_live(&node)
+            && mirrored(&node, "blue").is_some()),
+        "the agent did not catch up: {}",
+        agent.log()
+    );
+    assert!(mirrored(&node, "red").is_none());
+
+    // 6. The API server stops: the mirror stops being live, and serves what the node has seen — for
+    // as long as nadMirrorMaxStale allows; a definition it never saw fails with "try again".
+    api.stop_apiserver();
+    assert!(
+        crate::poll::eventually(20, || !mirror_live(&node)),
+        "the mirror stays live without the API server"
+    );
+    let (out, ns5) = add(&mut node, "web5", "blue", &conf);
+    out.ok();
+    assert!(net1_in(&node, &ns5, "10.33.0.0/24"));
+    let log = std::fs::read_to_string(node.path("attache.log")).unwrap_or_default();
+    assert!(log.contains("served from the node's mirror"), "{log}");
+    let (out, _) = add(&mut node, "web6", "green", &conf);
+    out.err(11);
+    let mut strict = conf.clone();
+    strict["nadMirrorMaxStale"] = json!(0);
+    let (out, ns7) = add(&mut node, "web7", "blue", &strict);
+    out.err(11);
+    assert_eq!(node.links(Some(&ns7)), vec!["lo".to_string()]);
+
+    // 7. The API server is back: the agent's watch resumes, and the mirror follows again.
+    api.restart_apiserver();
+    let out = api.apply(&bridge_nad(&node, "green", "br-green", "10.34.0.0/24"), &[]);
+    assert!(out.status.success());
+    assert!(
+        crate::poll::eventually(30, || mirror_live(&node)
+            && mirrored(&node, "green").is_some()),
+        "the agent did not resume: {}",
+        agent.log()
+    );
+    for (pod, netns) in [("web1", ns1), ("web2", ns2), ("web4", ns4), ("web5", ns5)] {
+        assert_eq!(
+            cni(&node, "DEL", pod, &netns, &format!("uid-{pod}"), &conf).exit,
+            0
+        );
+    }
+    assert!(node.files("cache").is_empty(), "{:?}", node.files("cache"));
+}
+
+#[test]
+fn a_restarted_agent_lists_again_when_its_resource_version_is_too_old() {
+    let node = Node::new("mirror-old");
+    // Watches served by etcd, which the API server compacts every 2 s: an old resourceVersion is gone.
+    let api = RealApi::start(crate::realserver::Options {
+        flags: vec![
+            "--watch-cache=false".into(),
+            "--etcd-compaction-interval=2s".into(),
+        ],
+        ..crate::realserver::Options::new(
+            node.path("apiserver"),
+            Some(format!("/run/netns/{}", node.name)),
+        )
+    });
+    let out = api.apply(&deploy(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api.must(&["create", "namespace", NS]);
+    assert!(crate::poll::eventually(30, || api
+        .apply(&bridge_nad(&node, "red", "br-red", "10.31.0.0/24"), &[])
+        .status
+        .success()));
+    let token = api.token("kube-system", "attache", None);
+    let kubeconfig = node.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &token, false);
+    let agent = Agent::start(&node, &kubeconfig);
+    assert!(
+        crate::poll::eventually(30, || mirror_live(&node)
+            && mirrored(&node, "red").is_some()),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+    // While the agent is away: red deleted, blue made, then the history compacted away.
+    api.must(&["delete", "network-attachment-definition", "-n", NS, "red"]);
+    assert!(
+        api.apply(&bridge_nad(&node, "blue", "br-blue", "10.33.0.0/24"), &[])
+            .status
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let agent = Agent::start(&node, &kubeconfig);
+    assert!(
+        crate::poll::eventually(30, || mirror_live(&node)
+            && mirrored(&node, "blue").is_some()
+            && mirrored(&node, "red").is_none()),
+        "the mirror did not catch up: {}",
+        agent.log()
+    );
+    assert!(agent.log().contains("too old"), "{}", agent.log());
+}
+
+/// One raw message on the agent's socket, as any local root process could send it; the answer.
+fn raw_ask(socket: &std::path::Path, msg: &[u8]) -> Value {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    // A peer that stops reading does not block the test: the answer comes after the whole message.
+    let _ = s.write_all(msg);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    serde_json::from_slice(&buf).unwrap_or(Value::Null)
+}
+
+#[test]
+fn reports_go_through_the_agent_which_acts_on_nothing_else_and_is_never_required() {
+    require_reference_plugins();
+    let mut node = Node::new("relay");
+    let api = cluster(&node, &["r1", "r2", "r3", "r4", "r5", "r6"], "red");
+    let token = api.token("kube-system", "attache", None);
+    let kubeconfig = node.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &token, false);
+    let socket = node.path("run/agent.sock");
+    let agent = Agent::start(&node, &kubeconfig);
+    assert!(
+        crate::poll::eventually(30, || socket.exists()),
+        "no socket: {}",
+        agent.log()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the socket is root's alone"
+    );
+    let mut conf = meta_conf(&node, &kubeconfig);
+    conf["agentSocket"] = json!(socket);
+    conf["logLevel"] = json!("debug");
+    let log_file = node.path("attache.log");
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    let added = |node: &mut Node, pod: &str| {
+        let netns = node.pod();
+        let uid = uid_of(&api, pod);
+        cni(node, "ADD", pod, &netns, &uid, &conf).ok();
+        (netns, uid)
+    };
+
+    // 1. Through the agent: the network-status is on the pod when ADD returns, the Events follow.
+    let (ns1, uid1) = added(&mut node, "r1");
+    let st = network_status(&api, "r1").expect("network-status written");
+    assert_eq!(st[1]["name"], "team-a/red");
+    assert!(log().contains("reported through the agent"), "{}", log());
+    assert!(
+        crate::poll::eventually(10, || api.get(&["events", "-n", NS])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["involvedObject"]["uid"] == json!(uid1))
+            .count()
+            == 2),
+        "the agent sent no events"
+    );
+    // DEL clears the annotation through the agent too.
+    assert_eq!(cni(&node, "DEL", "r1", &ns1, &uid1, &conf).exit, 0);
+    assert_eq!(network_status(&api, "r1"), None);
+
+    // 2. A local client: garbage, a message over the bound, an order that is not a report, a pod
+    // named as a path, and the right pod with another UID — none makes the agent do anything else,
+    // and the replaced pod gets no status.
+    let e = raw_ask(&socket, b"\x00\x01 not json");
+    assert_eq!(e["ok"], false, "{e}");
+    let e = raw_ask(&socket, &vec![b'{'; 300 << 10]);
+    assert!(e["error"].as_str().unwrap_or("").contains("over"), "{e}");
+    let e = raw_ask(
+        &socket,
+        br#"{"op":"exec","pod":{"namespace":"team-a","name":"r2","uid":"x"}}"#,
+    );
+    assert_eq!(e["ok"], false, "{e}");
+    let e = raw_ask(
+        &socket,
+        br#"{"op":"report","pod":{"namespace":"../kube-system","name":"r2","uid":"u-1"},"status":[{"name":"x","default":true}]}"#,
+    );
+    assert!(
+        e["error"].as_str().unwrap_or("").contains("pod name"),
+        "{e}"
+    );
+    let wrong = json!({"op": "report", "pod": {"namespace": NS, "name": "r2", "uid": "00000000-0000-0000-0000-000000000000"},
+                       "status": [{"name": "forged", "default": true}], "events": ["forged"]});
+    let e = raw_ask(&socket, wrong.to_string().as_bytes());
+    assert_eq!(e, json!({"ok": true, "podGone": true}));
+    assert_eq!(
+        network_status(&api, "r2"),
+        None,
+        "a wrong UID wrote a status"
+    );
+
+    // 3. The agent is never required. Hung (stopped): ADD waits half its API deadline, then reports
+    // itself.
+    agent.signal("-STOP");
+    let (ns3, _) = added(&mut node, "r3");
+    agent.signal("-CONT");
+    assert!(network_status(&api, "r3").is_some(), "{}", log());
+    assert!(log().contains("did not answer"), "{}", log());
+    // Killed: the socket is left and nobody listens.
+    drop(agent);
+    assert!(socket.exists());
+    let (ns4, _) = added(&mut node, "r4");
+    assert!(network_status(&api, "r4").is_some());
+    // An agent that dies with the message read (the connection closes unanswered).
+    std::fs::remove_file(&socket).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let dying = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let _ = c.read(&mut buf);
+    });
+    let (ns5, _) = added(&mut node, "r5");
+    dying.join().unwrap();
+    assert!(network_status(&api, "r5").is_some());
+    // No socket at all.
+    std::fs::remove_file(&socket).unwrap();
+    let (ns6, _) = added(&mut node, "r6");
+    assert!(network_status(&api, "r6").is_some());
+    for (pod, netns) in [("r3", ns3), ("r4", ns4), ("r5", ns5), ("r6", ns6)] {
+        let uid = uid_of(&api, pod);
+        assert_eq!(cni(&node, "DEL", pod, &netns, &uid, &conf).exit, 0);
+        assert_eq!(network_status(&api, pod), None);
+    }
+    assert!(node.files("cache").is_empty(), "{:?}", node.files("cache"));
 }

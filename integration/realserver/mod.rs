@@ -26,6 +26,8 @@ pub struct Options {
     pub authorization: &'static str,
     /// Users besides the admin, by static token: `(token, name)`.
     pub users: Vec<(String, String)>,
+    /// More kube-apiserver flags (`--watch-cache=false` ...).
+    pub flags: Vec<String>,
 }
 
 impl Options {
@@ -36,6 +38,7 @@ impl Options {
             netns,
             authorization: "RBAC",
             users: vec![],
+            flags: vec![],
         }
     }
 }
@@ -86,6 +89,7 @@ pub struct RealApi {
     pub audit_log: PathBuf,
     netns: Option<String>,
     authorization: &'static str,
+    flags: Vec<String>,
     etcd: Option<Child>,
     apiserver: Option<Child>,
 }
@@ -131,6 +135,7 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
             dir: dir.clone(),
             netns: o.netns,
             authorization: o.authorization,
+            flags: o.flags,
             etcd: None,
             apiserver: None,
         };
@@ -216,7 +221,9 @@ openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
             format!("--audit-policy-file={d}/audit.yaml"),
             format!("--audit-log-path={d}/audit.log"),
         ]
-        .to_vec();
+        .into_iter()
+        .chain(self.flags.iter().cloned())
+        .collect();
         self.apiserver = Some(self.spawn("apiserver.log", &argv));
         let ready = eventually(90, || {
             if let Some(c) = self.apiserver.as_mut()

@@ -87,6 +87,10 @@ pub struct InstallArgs {
     /// leaves the check out.
     #[arg(long, default_value = "/run/attache")]
     pub node_run_dir: PathBuf,
+    /// The node's mirror of NetworkAttachmentDefinitions that `attache agent` keeps (the
+    /// configuration's `nadMirror`, a path of the node); "" leaves it out.
+    #[arg(long, default_value = crate::engine::config::DEFAULT_NAD_MIRROR)]
+    pub nad_mirror: PathBuf,
 }
 
 /// The file in `--run-dir` that says attache was installed since the node started.
@@ -209,6 +213,10 @@ pub fn generate_conf(
     }
     if !args.node_run_dir.as_os_str().is_empty() {
         plugin["readyFile"] = json!(args.node_run_dir.join(READY));
+        plugin["agentSocket"] = json!(args.node_run_dir.join(crate::k8s::relay::SOCKET_NAME));
+    }
+    if !args.nad_mirror.as_os_str().is_empty() {
+        plugin["nadMirror"] = json!(args.nad_mirror);
     }
     if let Some(extra) = &args.config {
         let extra: Value = serde_json::from_str(extra)
@@ -593,6 +601,7 @@ mod tests {
             node_name: None,
             run_dir: dir.join("run"),
             node_run_dir: dir.join("run"),
+            nad_mirror: dir.join("nads"),
         }
     }
 

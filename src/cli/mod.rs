@@ -2,6 +2,7 @@
 //! DaemonSet or by hand on a node. A runtime never reaches here: it always sets `CNI_COMMAND`, and then
 //! the binary speaks the CNI protocol ([`crate::cni::skel`]).
 
+pub mod agent;
 pub mod inspect;
 pub mod install;
 pub mod ipam;
@@ -38,6 +39,9 @@ enum Cmd {
     /// attache-ipam's upkeep on this node (`attache ipam reconcile`).
     #[command(subcommand)]
     Ipam(ipam::IpamCmd),
+    /// The node agent (a DaemonSet container): keeps the node's mirror of NetworkAttachmentDefinitions,
+    /// so that ADD reads them from the node's disk. Runs until killed.
+    Agent(agent::AgentArgs),
 }
 
 /// The async runtime an operator's command runs its I/O on (netlink, the API, the CRI).
@@ -73,6 +77,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Cmd::Uninstall(a) => install::uninstall(&a),
         Cmd::Inspect(a) => inspect::run(&a, &mut std::io::stdout().lock()),
         Cmd::Ipam(c) => ipam::run(&c),
+        Cmd::Agent(a) => agent::run(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/attache";
+/// Where `attache agent` keeps the node's mirror of NetworkAttachmentDefinitions (a cache: it can be
+/// removed at any time, and is made again from the API).
+pub const DEFAULT_NAD_MIRROR: &str = "/var/cache/attache/nads";
 
 /// How many networks one pod may select (defaultNetworks included) unless `maxAttachments` says
 /// otherwise; `MAX_ATTACHMENTS_LIMIT` is the most it may say.
@@ -86,6 +89,14 @@ pub struct AttacheConf {
     /// reboot, until the DaemonSet has installed attache again — ADD answers "try again" (code 11)
     /// and STATUS "not ready".
     pub ready_file: Option<PathBuf>,
+    /// The node's mirror of NetworkAttachmentDefinitions (`attache agent` keeps it): read before the
+    /// API while it is live.
+    pub nad_mirror: Option<PathBuf>,
+    /// How long after the mirror was last live it still serves a definition when the API server
+    /// cannot answer.
+    pub nad_mirror_max_stale: std::time::Duration,
+    /// `attache agent`'s socket: network-status and Events are handed to it (else sent directly).
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// One key of the configuration, decoded on its own (absent or `null`: `None`); a wrong type is an
@@ -187,6 +198,16 @@ fn api_timeout(conf: &NetConf) -> Result<std::time::Duration> {
     }
 }
 
+fn max_stale(conf: &NetConf) -> Result<std::time::Duration> {
+    match key::<f64>(conf, "nadMirrorMaxStale")? {
+        None => Ok(crate::k8s::mirror::DEFAULT_MAX_STALE),
+        Some(t) if (0.0..=30.0 * 86400.0).contains(&t) => Ok(std::time::Duration::from_secs_f64(t)),
+        Some(t) => Err(Error::config(format!(
+            "nadMirrorMaxStale {t} is out of range: it must be 0 to 2592000 seconds (30 days)"
+        ))),
+    }
+}
+
 impl AttacheConf {
     /// Every key read on its own; the errors of those that do not validate, in the order of the keys.
     fn read(conf: &NetConf) -> (AttacheConf, Vec<Error>) {
@@ -223,6 +244,9 @@ impl AttacheConf {
             max_attachments: r.take(max_attachments(conf), || DEFAULT_MAX_ATTACHMENTS),
             api_timeout: r.take(api_timeout(conf), || DEFAULT_API_TIMEOUT),
             ready_file: r.take(absolute(conf, "readyFile"), || None),
+            nad_mirror: r.take(absolute(conf, "nadMirror"), || None),
+            agent_socket: r.take(absolute(conf, "agentSocket"), || None),
+            nad_mirror_max_stale: r.take(max_stale(conf), || crate::k8s::mirror::DEFAULT_MAX_STALE),
             namespace_isolation: r
                 .take(key(conf, "namespaceIsolation"), || None)
                 .unwrap_or(true),

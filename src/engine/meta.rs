@@ -145,7 +145,7 @@ async fn add(
         // deadline, and stops at the first thing that fails.
         let t = std::time::Instant::now();
         let reported = guarded(async {
-            report(&api.renewed(), &info.pod, &rec).await;
+            report(ac, &api.renewed(), &info.pod, &rec).await;
             Ok(())
         })
         .await;
@@ -270,9 +270,50 @@ async fn rollback(args: &CmdArgs, ac: &AttacheConf, store: &RecordStore, rec: &P
     }
 }
 
-/// The network-status annotation, then one Event per secondary interface, under the API deadline.
-async fn report(api: &crate::k8s::client::KubeApi, pod: &PodRef, rec: &PodRecord) {
+/// The network-status annotation, then one Event per interface: through the node agent when there is
+/// one that answers (its warm connection; the Events follow after its answer), else directly under the
+/// API deadline.
+async fn report(
+    ac: &AttacheConf,
+    api: &crate::k8s::client::KubeApi,
+    pod: &PodRef,
+    rec: &PodRecord,
+) {
     let status = network_status(rec);
+    // One per interface, the cluster network's included, with prefixes — as Multus words them.
+    let events: Vec<String> = rec
+        .attachments
+        .iter()
+        .map(|a| {
+            let ips: Vec<String> = a
+                .result
+                .iter()
+                .flat_map(|r| r.ips.iter().map(|ip| ip.address.to_string()))
+                .collect();
+            format!("Add {} [{}] from {}", a.ifname, ips.join(","), a.network)
+        })
+        .collect();
+    if let Some(socket) = &ac.agent_socket {
+        let req = crate::k8s::relay::Request {
+            op: crate::k8s::relay::Op::Report,
+            pod: pod.clone(),
+            status: status.clone(),
+            events: events.clone(),
+        };
+        if req.validate().is_ok() {
+            match crate::k8s::relay::ask(socket, &req, ac.api_timeout / 2).await {
+                Some(a) if a.ok => {
+                    tracing::debug!(pod_gone = a.pod_gone, "reported through the agent");
+                    return;
+                }
+                Some(a) => tracing::warn!(
+                    "the agent could not report ({}): calling the API directly",
+                    a.error
+                ),
+                None => {}
+            }
+        }
+    }
     match api.set_network_status(pod, &status).await {
         Ok(StatusWrite::Written) => {}
         Ok(StatusWrite::PodGone) => return,
@@ -281,15 +322,11 @@ async fn report(api: &crate::k8s::client::KubeApi, pod: &PodRef, rec: &PodRecord
             return;
         }
     }
-    // One per interface, the cluster network's included, with prefixes — as Multus words them.
-    for a in &rec.attachments {
-        let ips: Vec<String> = a
-            .result
-            .iter()
-            .flat_map(|r| r.ips.iter().map(|ip| ip.address.to_string()))
-            .collect();
-        let msg = format!("Add {} [{}] from {}", a.ifname, ips.join(","), a.network);
-        if let Err(e) = api.event(pod, "AddedInterface", &msg).await {
+    for msg in &events {
+        if let Err(e) = api
+            .event(pod, crate::k8s::relay::ADDED_INTERFACE, msg)
+            .await
+        {
             tracing::warn!("could not record an event (no more are sent): {e}");
             return;
         }
@@ -384,7 +421,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, ac: &AttacheConf, store: &RecordSto
     };
     let clear = async {
         if let (Some(kc), Some(pod)) = (ac.kubeconfig.as_deref(), &pod) {
-            clear_network_status(kc, ac.api_timeout, pod).await;
+            clear_network_status(ac.agent_socket.as_deref(), kc, ac.api_timeout, pod).await;
         }
     };
     // (The record's removal takes killed writers' temporaries with it.)
@@ -427,9 +464,34 @@ fn pod_by_uid(args: &CmdArgs) -> Option<PodRef> {
         .filter(|p| !p.namespace.is_empty() && !p.name.is_empty() && !p.uid.is_empty())
 }
 
-/// Remove the pod's network-status annotation under one API deadline; a failure is logged, not returned.
-async fn clear_network_status(kubeconfig: &Path, timeout: std::time::Duration, pod: &PodRef) {
+/// Remove the pod's network-status annotation — through the node agent when one answers, else under
+/// one API deadline; a failure is logged, not returned.
+async fn clear_network_status(
+    agent: Option<&Path>,
+    kubeconfig: &Path,
+    timeout: std::time::Duration,
+    pod: &PodRef,
+) {
     let t = std::time::Instant::now();
+    if let Some(socket) = agent {
+        let req = crate::k8s::relay::Request {
+            op: crate::k8s::relay::Op::Clear,
+            pod: pod.clone(),
+            status: vec![],
+            events: vec![],
+        };
+        if req.validate().is_ok()
+            && crate::k8s::relay::ask(socket, &req, timeout / 2)
+                .await
+                .is_some_and(|a| a.ok)
+        {
+            tracing::debug!(
+                ms = elapsed_ms(t),
+                "network-status annotation cleared by the agent"
+            );
+            return;
+        }
+    }
     let cleared = async {
         crate::k8s::client::KubeApi::connect(Some(kubeconfig), timeout)
             .await?

@@ -372,10 +372,36 @@ impl<'a> Resolver<'a> {
                 return Ok(n.clone());
             }
         }
-        if let Some(api) = &self.api
-            && let Some(n) = api.nad(ns, name).await?
-        {
+        let mirror = self
+            .ac
+            .nad_mirror
+            .as_deref()
+            .map(crate::k8s::mirror::Mirror::new);
+        if let Some(n) = mirror.as_ref().and_then(|m| m.get(ns, name)) {
+            tracing::debug!(definition = key, "from the node's mirror");
             return Ok(n);
+        }
+        if let Some(api) = &self.api {
+            match api.nad(ns, name).await {
+                Ok(Some(n)) => return Ok(n),
+                Ok(None) => {}
+                // The API server cannot answer: a definition this node has seen, if its mirror was
+                // live recently enough.
+                Err(e) => match mirror
+                    .as_ref()
+                    .and_then(|m| m.get_stale(ns, name, self.ac.nad_mirror_max_stale))
+                {
+                    Some((n, age)) => {
+                        tracing::warn!(
+                            definition = key,
+                            "served from the node's mirror, last current {}s ago: {e}",
+                            age.as_secs()
+                        );
+                        return Ok(n);
+                    }
+                    None => return Err(e),
+                },
+            }
         }
         let mut places = Vec::new();
         if let Some(d) = &self.ac.networks_dir {
