@@ -52,6 +52,7 @@ fn install_args(h: &Host, node: &Node) -> Vec<String> {
         // The node's /run (a boot empties it), here a folder of the test's.
         format!("--run-dir={}", s(&node.path("run"))),
         format!("--node-run-dir={}", s(&node.path("run"))),
+        format!("--nad-mirror={}", s(&node.path("nads"))),
     ]
 }
 
@@ -142,6 +143,13 @@ fn install_wraps_the_cluster_network_and_uninstall_takes_the_configuration_away_
     // Installed since this boot: the mark in the node's /run, which the configuration names.
     assert_eq!(p["readyFile"], json!(node.path("run/ready")));
     assert!(node.path("run/ready").exists());
+    // The node agent's mirror and socket (the agent makes them).
+    assert_eq!(p["nadMirror"], json!(node.path("nads")));
+    assert_eq!(p["agentSocket"], json!(node.path("run/agent.sock")));
+    std::fs::create_dir_all(node.path("nads/team")).unwrap();
+    std::fs::write(node.path("nads/team/blue.json"), "{}").unwrap();
+    std::fs::write(node.path("nads/live"), "{}").unwrap();
+    let _agent = std::os::unix::net::UnixListener::bind(node.path("run/agent.sock")).unwrap();
     // A kubeconfig naming a token file, which holds the service account's token.
     let kc = read_json(&h.net.join("attache.d/attache.kubeconfig"));
     assert_eq!(
@@ -193,6 +201,8 @@ fn install_wraps_the_cluster_network_and_uninstall_takes_the_configuration_away_
         "the configuration must go first: {out}"
     );
     assert!(!node.path("run/ready").exists(), "{out}");
+    assert!(!node.path("run/agent.sock").exists(), "{out}");
+    assert!(!node.path("nads").exists(), "{out}");
     let mut left: Vec<String> = std::fs::read_dir(&h.bin)
         .unwrap()
         .flatten()
@@ -323,6 +333,7 @@ fn containerd_picks_up_the_configuration_install_writes() {
         &format!("--config={extra}"),
         &format!("--run-dir={}", s(&node.path("run"))),
         &format!("--node-run-dir={}", s(&node.path("run"))),
+        &format!("--nad-mirror={}", s(&node.path("nads"))),
         "--once",
         "--wait=5",
     ])

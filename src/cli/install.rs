@@ -539,16 +539,30 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
     let installed: Option<Value> = std::fs::read(args.conf_dir.join(CONF_NAME))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let ready = installed
-        .as_ref()
-        .and_then(crate::engine::config::attache_plugin)
-        .and_then(|p| p.get("readyFile"))
-        .and_then(Value::as_str)
-        .map(PathBuf::from);
+    let named = |key: &str| {
+        installed
+            .as_ref()
+            .and_then(crate::engine::config::attache_plugin)
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_str)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let (ready, socket, mirror) = (named("readyFile"), named("agentSocket"), named("nadMirror"));
     // The configuration first: from now on runtimes use the cluster network's own.
     rm(&args.conf_dir.join(CONF_NAME))?;
-    if let Some(r) = ready.filter(|r| r.is_absolute()) {
+    if let Some(r) = ready {
         rm(&r)?;
+    }
+    // The agent's socket (only a socket) and the node's mirror of the definitions.
+    if let Some(s) = socket {
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(&s).is_ok_and(|m| m.file_type().is_socket()) {
+            rm(&s)?;
+        }
+    }
+    if let Some(m) = mirror {
+        crate::k8s::mirror::Mirror::new(&m).clear()?;
     }
     let state = args.conf_dir.join(STATE_DIR);
     for f in ["attache.kubeconfig", "token", "ca.crt", NODE_NAME] {

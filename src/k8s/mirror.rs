@@ -179,6 +179,24 @@ impl Mirror {
         Ok(())
     }
 
+    /// Remove the whole mirror (uninstall): its entries, the liveness file, then the folder if nothing
+    /// else is in it. Nothing but the mirror's own layout is touched.
+    pub fn clear(&self) -> Result<()> {
+        self.replace_all(&[])?;
+        match std::fs::remove_file(self.dir.join(LIVE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("removing {}", self.dir.join(LIVE).display()),
+                    e,
+                ));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        Ok(())
+    }
+
     /// Say that the mirror is current as of `resource_version`: the file is rewritten when the version
     /// changed, else only its time is renewed.
     pub fn touch(&self, resource_version: &str) -> Result<()> {
@@ -277,6 +295,12 @@ mod tests {
         // A damaged entry is not served (ADD asks the API).
         std::fs::write(m.dir().join("c/three.x.json"), "{not json").unwrap();
         assert!(m.get("c", "three.x").is_none());
+        m.put(&nad("c", "three.x", "{}")).unwrap();
+        // Uninstall: the mirror goes, and what is not the mirror's stays.
+        std::fs::write(m.dir().join("notes.txt"), "mine").unwrap();
+        m.clear().unwrap();
+        assert!(m.get("c", "three.x").is_none() && !m.dir().join(LIVE).exists());
+        assert!(m.dir().join("notes.txt").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
