@@ -1,7 +1,8 @@
 //! Crash safety: attache is SIGKILLed at random points of a 3-network ADD (a delegated ptp cluster
 //! network, a native bridge with ipMasq and macspoofchk, a native macvlan), then the runtime does what it
 //! would — DEL; or ADD again without DEL, then DEL — and nothing may be left: links, addresses, IP files,
-//! nftables chains and elements, records, temporaries.
+//! nftables chains and elements, records, temporaries. The definitions come from the node's mirror (as
+//! `attache agent` keeps it).
 //!
 //! `ATTACHE_KILL_TRIALS` sets the number of kills (default 100; the documented long run uses 2000).
 
@@ -14,26 +15,70 @@ use serde_json::{Value, json};
 
 const NS: &str = "team-a";
 
-fn conf(node: &Node) -> Value {
+/// The node's mirror of the definitions, as `attache agent` keeps it (said live every second while
+/// this lives): the ADDs read their definitions from it.
+struct LiveMirror {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    touching: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveMirror {
+    fn start(dir: &std::path::Path, nads: &[(&str, Value)]) -> LiveMirror {
+        let m = attache::k8s::mirror::Mirror::new(dir);
+        for (name, config) in nads {
+            m.put(
+                &json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                          "metadata": {"name": name, "namespace": NS},
+                          "spec": {"config": config.to_string()}}),
+            )
+            .unwrap();
+        }
+        m.touch("1").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let touching = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = m.touch("1");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        LiveMirror {
+            stop,
+            touching: Some(touching),
+        }
+    }
+}
+
+impl Drop for LiveMirror {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.touching.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The pod's configuration, its definitions in the node's mirror.
+fn conf(node: &Node) -> (Value, LiveMirror) {
     let ipam = node.path("ipam").display().to_string();
-    let dir = crate::testbed::write_nads(
-        node,
-        NS,
-        &[
-            (
-                "blue",
-                json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-blue", "isGateway": true,
+    let nads = [
+        (
+            "blue",
+            json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "br-blue", "isGateway": true,
                        "ipMasq": true, "macspoofchk": true,
                        "ipam": {"type": "host-local", "subnet": "10.21.0.0/22", "dataDir": ipam}}),
-            ),
-            (
-                "mac",
-                json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
+        ),
+        (
+            "mac",
+            json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
                        "ipam": {"type": "host-local", "subnet": "10.23.0.0/22", "dataDir": ipam}}),
-            ),
-        ],
-    );
-    crate::testbed::meta_conf(node, &dir, "blue,mac")
+        ),
+    ];
+    let mirror = LiveMirror::start(&node.path("nads"), &nads);
+    let mut conf = crate::testbed::meta_conf(node, &node.path("nads"), "blue,mac");
+    conf.as_object_mut().unwrap().remove("networksDir");
+    conf["nadMirror"] = json!(node.path("nads"));
+    (conf, mirror)
 }
 
 /// A small deterministic generator (xorshift), seeded from the clock; the seed is printed on failure.
@@ -57,7 +102,7 @@ fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
         .unwrap_or(100);
     let mut node = Node::with_nic("crash");
     let pod = node.pod();
-    let conf = conf(&node);
+    let (conf, _mirror) = conf(&node);
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME=crash-0");
     let call = |cmd: &'static str, id: &'static str| {
         let mut c = node.call(cmd, id, &pod, "eth0");

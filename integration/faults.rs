@@ -5,7 +5,8 @@
 //!
 //! The pod: a delegated cluster network (Debian's ptp), a native bridge with isGateway, ipMasq,
 //! macspoofchk and promiscMode, a native macvlan that takes the default route, and a macvlan with static
-//! IPAM; its annotations come from the runtime and network-status goes to the API fixture.
+//! IPAM; its annotations come from the runtime and network-status goes to the API fixture through the
+//! node agent (`attache agent`, its report socket).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,8 @@ struct Bed {
     node: Node,
     pod: String,
     conf: Value,
+    // Dropped first: the agent before the API fixture it reports to.
+    _agent: crate::testbed::Agent,
     _api: crate::apiserver::ApiServer,
 }
 
@@ -59,10 +62,20 @@ fn new_bed(tag: &str) -> Bed {
         r#"[{"name":"blue"},{"name":"mac","default-route":["10.23.0.1"]},{"name":"fixed"}]"#;
     let mut conf = crate::testbed::meta_conf(&node, &dir, networks);
     conf["kubeconfig"] = json!(node.path("kubeconfig"));
+    // The report goes through the node agent (its failpoint, then the agent's own call).
+    let agent = crate::testbed::Agent::start(&node, &node.path("kubeconfig"));
+    let socket = node.path("run/agent.sock");
+    assert!(
+        crate::poll::eventually(20, || socket.exists()),
+        "the agent serves no socket: {}",
+        agent.log()
+    );
+    conf["agentSocket"] = json!(socket);
     Bed {
         node,
         pod,
         conf,
+        _agent: agent,
         _api: api,
     }
 }
@@ -131,9 +144,60 @@ fn non_fatal(name: &str) -> bool {
     name.starts_with("k8s.")
 }
 
+/// Fail each of `points` (name, n) in an ADD, with an error and with a panic: the ADD fails saying
+/// what failed (or, for reporting, succeeds), and the node is as `before`. The trials run.
+fn add_trials(bed: &Bed, points: &[(String, usize)], before: &Value) -> usize {
+    let mut trials = 0;
+    for (name, n) in points {
+        for mode in ["error", "panic"] {
+            let spec = format!("{name}@{n}:{mode}");
+            let out = bed.run("ADD", "f1", Some(&spec), Some("trial.log"));
+            assert!(
+                bed.times_reached("trial.log", name) >= *n,
+                "{spec} was never reached; the ADD answered {}",
+                out.stdout
+            );
+            if out.exit == 0 {
+                assert!(non_fatal(name), "{spec}: ADD succeeded despite the failure");
+                bed.run("DEL", "f1", None, None).ok();
+            } else {
+                let v = out.err(999);
+                assert!(
+                    v["msg"].as_str().unwrap().contains(&format!("{name}@{n}")),
+                    "{spec}: the error does not say what failed: {v}"
+                );
+            }
+            assert_unchanged(before, &bed.state(true), &spec);
+            trials += 1;
+        }
+    }
+    trials
+}
+
+/// Fail each of `points` in a DEL: a retried DEL finishes, and the node is as `before`.
+fn del_trials(bed: &Bed, points: &[(String, usize)], before: &Value) -> usize {
+    let mut trials = 0;
+    for (name, n) in points {
+        for mode in ["error", "panic"] {
+            let spec = format!("{name}@{n}:{mode}");
+            bed.run("ADD", "f2", None, None).ok();
+            let _ = bed.run("DEL", "f2", Some(&spec), Some("trial.log"));
+            assert!(
+                bed.times_reached("trial.log", name) >= *n,
+                "{spec} was never reached"
+            );
+            // Whatever the failed DEL left, a retried DEL finishes.
+            bed.run("DEL", "f2", None, None).ok();
+            assert_unchanged(before, &bed.state(true), &format!("{spec}, then DEL,"));
+            trials += 1;
+        }
+    }
+    trials
+}
+
 #[test]
 fn every_failpoint_of_add_and_del_leaves_nothing() {
-    let bed = new_bed("faults");
+    let mut bed = new_bed("faults");
     // Warm the node: the bridge, nftables base chains and forwarding exist from an earlier pod.
     bed.run("ADD", "warm", None, None).ok();
     bed.run("DEL", "warm", None, None).ok();
@@ -145,50 +209,30 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
     bed.run("DEL", "enum", None, Some("del.log")).ok();
     let del_points = bed.reached("del.log");
     assert_eq!(bed.state(true), before, "a clean ADD + DEL leaves nothing");
+    let mut trials = add_trials(&bed, &occurrences(&add_points), &before);
+    let mut add_trial_count = trials;
+    trials += del_trials(&bed, &occurrences(&del_points), &before);
 
-    let mut trials = 0;
-    for (name, n) in occurrences(&add_points) {
-        for mode in ["error", "panic"] {
-            let spec = format!("{name}@{n}:{mode}");
-            let out = bed.run("ADD", "f1", Some(&spec), Some("trial.log"));
-            assert!(
-                bed.times_reached("trial.log", &name) >= n,
-                "{spec} was never reached; the ADD answered {}",
-                out.stdout
-            );
-            if out.exit == 0 {
-                assert!(
-                    non_fatal(&name),
-                    "{spec}: ADD succeeded despite the failure"
-                );
-                bed.run("DEL", "f1", None, None).ok();
-            } else {
-                let v = out.err(999);
-                assert!(
-                    v["msg"].as_str().unwrap().contains(&format!("{name}@{n}")),
-                    "{spec}: the error does not say what failed: {v}"
-                );
-            }
-            assert_unchanged(&before, &bed.state(true), &spec);
-            trials += 1;
-        }
-    }
-    let add_trials = trials;
-    for (name, n) in occurrences(&del_points) {
-        for mode in ["error", "panic"] {
-            let spec = format!("{name}@{n}:{mode}");
-            bed.run("ADD", "f2", None, None).ok();
-            let _ = bed.run("DEL", "f2", Some(&spec), Some("trial.log"));
-            assert!(
-                bed.times_reached("trial.log", &name) >= n,
-                "{spec} was never reached"
-            );
-            // Whatever the failed DEL left, a retried DEL finishes.
-            bed.run("DEL", "f2", None, None).ok();
-            assert_unchanged(&before, &bed.state(true), &format!("{spec}, then DEL,"));
-            trials += 1;
-        }
-    }
+    // Without the agent: the points of the direct report (network-status, Events) too.
+    bed.conf.as_object_mut().unwrap().remove("agentSocket");
+    bed.run("ADD", "enum2", None, Some("add.log")).ok();
+    let direct_add: Vec<String> = bed.reached("add.log");
+    bed.run("DEL", "enum2", None, Some("del.log")).ok();
+    let direct_del: Vec<String> = bed.reached("del.log");
+    let new_only = |all: &[String], seen: &[String]| -> Vec<(String, usize)> {
+        occurrences(all)
+            .into_iter()
+            .filter(|(p, _)| !seen.contains(p))
+            .collect()
+    };
+    let (extra_add, extra_del) = (
+        new_only(&direct_add, &add_points),
+        new_only(&direct_del, &del_points),
+    );
+    let extra = add_trials(&bed, &extra_add, &before);
+    add_trial_count += extra;
+    trials += extra + del_trials(&bed, &extra_del, &before);
+    let add_trials = add_trial_count;
 
     // The points only a node's first pod reaches (the bridge is made then): on a cold node each time.
     let mut cold_points = Vec::new();
@@ -216,6 +260,8 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
     let all_reached: Vec<&String> = add_points
         .iter()
         .chain(&del_points)
+        .chain(&direct_add)
+        .chain(&direct_del)
         .chain(&cold_points)
         .collect();
     let unreached: Vec<&&str> = attache::fail::ALL
@@ -229,8 +275,8 @@ fn every_failpoint_of_add_and_del_leaves_nothing() {
     crate::testbed::figure(&format!(
         "fault injection: {} failpoints, {} reached by ADD and {} by DEL ({} only on a cold node); {trials} trials ({add_trials} ADD), 0 leftovers",
         attache::fail::ALL.len(),
-        occurrences(&add_points).len(),
-        occurrences(&del_points).len(),
+        occurrences(&add_points).len() + extra_add.len(),
+        occurrences(&del_points).len() + extra_del.len(),
         cold_points.len()
     ));
 }

@@ -5,7 +5,7 @@
 //! the audit log shows every request attache made.
 
 use crate::realserver::RealApi;
-use crate::testbed::{CniOutput, Node, require_reference_plugins};
+use crate::testbed::{Agent, CniOutput, Node, require_reference_plugins};
 use serde_json::{Value, json};
 
 const NS: &str = "team-a";
@@ -600,60 +600,6 @@ fn a_pod_multus_attached_is_torn_down_by_attache_and_repeated_dels_make_no_api_c
         "{msg}"
     );
     assert_eq!(node.links(Some(&netns2)), vec!["lo".to_string()]);
-}
-
-/// `attache agent` keeping a mirror of the definitions in `<node>/nads`, in the node's netns; killed
-/// on drop.
-struct Agent {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Agent {
-    fn start(node: &Node, kubeconfig: &std::path::Path) -> Agent {
-        let log = node.path("agent.log");
-        let err = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &node.name])
-            .arg(crate::testbed::attache_bin())
-            .arg("agent")
-            .arg("--nad-mirror")
-            .arg(node.path("nads"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--socket")
-            .arg(node.path("run/agent.sock"))
-            .env_remove("CNI_COMMAND")
-            .stdout(std::process::Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        Agent { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The mirrored object of `name` in namespace team-a, if the mirror has it.

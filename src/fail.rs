@@ -33,6 +33,7 @@ pub const ALL: &[&str] = &[
     "delegate.exec",
     "k8s.patch_status",
     "k8s.event",
+    "k8s.relay",
 ];
 
 /// attache-ipam's failpoints (on its API paths: integration/clusteripam.rs reaches each of them).

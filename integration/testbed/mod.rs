@@ -431,3 +431,57 @@ impl Drop for Node {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `attache agent` in the node's netns: a mirror of the definitions in `<node>/nads`, its report socket at
+/// `<node>/run/agent.sock`, its log in `<node>/agent.log`; killed on drop.
+pub struct Agent {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    pub fn start(node: &Node, kubeconfig: &std::path::Path) -> Agent {
+        let log = node.path("agent.log");
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.name])
+            .arg(attache_bin())
+            .arg("agent")
+            .arg("--nad-mirror")
+            .arg(node.path("nads"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--socket")
+            .arg(node.path("run/agent.sock"))
+            .env_remove("CNI_COMMAND")
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

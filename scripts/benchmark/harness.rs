@@ -86,6 +86,8 @@ pub(crate) struct Call {
     pub(crate) bin: PathBuf,
     pub(crate) ifname: String,
     pub(crate) conf: String,
+    /// `CNI_ARGS` ([`POD_ARGS`] unless a section names the pod's UID too).
+    pub(crate) args: String,
 }
 
 /// What a runtime execs for one pod: ADD runs the calls in order, DEL in reverse (as Multus does with
@@ -131,7 +133,7 @@ impl Model {
                 ("CNI_CONTAINERID", id),
                 ("CNI_NETNS", netns),
                 ("CNI_IFNAME", c.ifname.as_str()),
-                ("CNI_ARGS", POD_ARGS),
+                ("CNI_ARGS", c.args.as_str()),
                 ("CNI_PATH", path),
             ];
             let e = exec(&c.bin, &env, c.conf.as_bytes());
@@ -157,6 +159,7 @@ pub(crate) fn call(bin: &Path, ifname: &str, conf: &Value) -> Call {
         bin: bin.to_path_buf(),
         ifname: ifname.into(),
         conf: conf.to_string(),
+        args: POD_ARGS.into(),
     }
 }
 

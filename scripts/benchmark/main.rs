@@ -22,6 +22,7 @@
 //! One module per section (`start`, `floor`, `dropin`, `pod`, `flat`, `rss`, `ipam`, `size`), run in
 //! that order by [`main`]; `harness` and `report` are what they share.
 
+mod api;
 mod dropin;
 mod flat;
 mod floor;
@@ -43,6 +44,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::api::api_rows;
 use crate::dropin::drop_in;
 use crate::flat::flat_rows;
 use crate::floor::floor;
@@ -68,7 +70,7 @@ pub(crate) struct Args {
 
 /// The sections, in the order they run. The kernel floor also runs for `dropin` (its DEL target).
 pub(crate) const SECTIONS: &[&str] = &[
-    "start", "floor", "dropin", "pod", "flat", "rss", "ipam", "size",
+    "start", "floor", "dropin", "pod", "flat", "rss", "ipam", "api", "size",
 ];
 
 impl Args {
@@ -191,7 +193,7 @@ pub(crate) fn main() {
     let a = parse_args();
     refuse_host_netns();
     // The ipam section's API server: missing tools fail now, not after the other sections.
-    if a.runs("ipam") {
+    if a.runs("ipam") || a.runs("api") {
         kube_apiserver();
     }
     std::fs::create_dir_all(&a.work).unwrap();
@@ -236,6 +238,9 @@ pub(crate) fn main() {
     if a.runs("ipam") {
         ipam_warm_rows(&a, &mut pods, &mut r);
         ipam_scale_rows(&a, &mut pods, &mut r);
+    }
+    if a.runs("api") {
+        api_rows(&a, &mut pods, &mut r);
     }
     if a.runs("size") {
         size_row(&a, &mut r);

@@ -293,26 +293,10 @@ async fn report(
             format!("Add {} [{}] from {}", a.ifname, ips.join(","), a.network)
         })
         .collect();
-    if let Some(socket) = &ac.agent_socket {
-        let req = crate::k8s::relay::Request {
-            op: crate::k8s::relay::Op::Report,
-            pod: pod.clone(),
-            status: status.clone(),
-            events: events.clone(),
-        };
-        if req.validate().is_ok() {
-            match crate::k8s::relay::ask(socket, &req, ac.api_timeout / 2).await {
-                Some(a) if a.ok => {
-                    tracing::debug!(pod_gone = a.pod_gone, "reported through the agent");
-                    return;
-                }
-                Some(a) => tracing::warn!(
-                    "the agent could not report ({}): calling the API directly",
-                    a.error
-                ),
-                None => {}
-            }
-        }
+    if let Some(socket) = &ac.agent_socket
+        && through_agent(socket, ac, pod, &status, &events).await
+    {
+        return;
     }
     match api.set_network_status(pod, &status).await {
         Ok(StatusWrite::Written) => {}
@@ -330,6 +314,44 @@ async fn report(
             tracing::warn!("could not record an event (no more are sent): {e}");
             return;
         }
+    }
+}
+
+/// Hand the report to the agent: whether it answered that it is done (the status written, or the pod
+/// gone). Any other outcome leaves the report to the caller's direct call.
+async fn through_agent(
+    socket: &Path,
+    ac: &AttacheConf,
+    pod: &PodRef,
+    status: &[crate::k8s::annotation::NetworkStatus],
+    events: &[String],
+) -> bool {
+    if let Err(e) = crate::fail::point("k8s.relay") {
+        tracing::warn!("not through the agent ({e}): calling the API directly");
+        return false;
+    }
+    let req = crate::k8s::relay::Request {
+        op: crate::k8s::relay::Op::Report,
+        pod: pod.clone(),
+        status: status.to_vec(),
+        events: events.to_vec(),
+    };
+    if req.validate().is_err() {
+        return false;
+    }
+    match crate::k8s::relay::ask(socket, &req, ac.api_timeout / 2).await {
+        Some(a) if a.ok => {
+            tracing::debug!(pod_gone = a.pod_gone, "reported through the agent");
+            true
+        }
+        Some(a) => {
+            tracing::warn!(
+                "the agent could not report ({}): calling the API directly",
+                a.error
+            );
+            false
+        }
+        None => false,
     }
 }
 
@@ -473,7 +495,9 @@ async fn clear_network_status(
     pod: &PodRef,
 ) {
     let t = std::time::Instant::now();
-    if let Some(socket) = agent {
+    if let Some(socket) = agent
+        && crate::fail::point("k8s.relay").is_ok()
+    {
         let req = crate::k8s::relay::Request {
             op: crate::k8s::relay::Op::Clear,
             pod: pod.clone(),
