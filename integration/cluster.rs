@@ -122,6 +122,19 @@ impl Cluster {
         );
     }
 
+    /// A definition `name` in namespace default: a macvlan on each node's NIC (the segment), addresses
+    /// from attache-ipam's `range` in /28 blocks.
+    fn segment_nad(&self, name: &str, range: &str) {
+        self.apply(&json!({
+            "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"config": json!({
+                "cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "mode": "bridge",
+                "ipam": {"type": "attache-ipam", "range": range, "blockSize": 28}
+            }).to_string()}
+        }));
+    }
+
     /// [`Cluster::pod`] without waiting for it.
     fn make_pod(&self, name: &str, node: &str, networks: Option<&Value>) {
         let mut annotations = json!({});
@@ -284,14 +297,7 @@ fn the_seeds_first_day_on_two_nodes() {
     assert_eq!(status[1]["interface"], "net1");
 
     // Pods on both nodes on one segment: a macvlan on each node's NIC, addresses from attache-ipam.
-    c.apply(&json!({
-        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-        "metadata": {"name": "segment", "namespace": "default"},
-        "spec": {"config": json!({
-            "cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "mode": "bridge",
-            "ipam": {"type": "attache-ipam", "range": "10.251.0.0/24", "blockSize": 28}
-        }).to_string()}
-    }));
+    c.segment_nad("segment", "10.251.0.0/24");
     c.pod("seg-a", "n1", Some(&json!("segment")));
     c.pod("seg-b", "n2", Some(&json!("segment")));
     let a = c.pod_addrs("seg-a", "net1");
@@ -373,9 +379,10 @@ fn the_seeds_first_day_on_two_nodes() {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
     {
-        if e["user"]["username"] != "system:serviceaccount:kube-system:attache"
-            || e["stage"] != "ResponseComplete"
-        {
+        // A watch is answered at its start (ResponseStarted) and complete only when it ends.
+        let answered = e["stage"] == "ResponseComplete"
+            || (e["stage"] == "ResponseStarted" && e["verb"] == "watch");
+        if e["user"]["username"] != "system:serviceaccount:kube-system:attache" || !answered {
             continue;
         }
         let what = format!(
@@ -474,14 +481,7 @@ fn day_two_a_rolling_update_a_reboot_a_drain_and_an_uninstall() {
     // mark with it. attache's image is taken out of n1's containerd first, so that the DaemonSet's pod
     // cannot install attache again until the test says: meanwhile a new pod waits, saying why.
     // A pod on attache-ipam (a macvlan on the segment), deleted while its node is down.
-    c.apply(&json!({
-        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-        "metadata": {"name": "green", "namespace": "default"},
-        "spec": {"config": json!({
-            "cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "mode": "bridge",
-            "ipam": {"type": "attache-ipam", "range": "10.252.0.0/24", "blockSize": 28}
-        }).to_string()}
-    }));
+    c.segment_nad("green", "10.252.0.0/24");
     c.pod("g1", "n1", Some(&json!("green")));
     let g1 = c.pod_addrs("g1", "net1");
     assert_eq!(g1.len(), 1, "{g1:?}");

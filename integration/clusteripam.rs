@@ -1681,6 +1681,20 @@ fn a_node_whose_data_dir_is_lost_gets_its_blocks_back_once_its_old_pods_are_gone
         "{new_ip} is in the lost block {old_net}"
     );
     assert_eq!(c.blocks().len(), 2);
+    // Another dataDir of the same node (a definition with its own): its block is never taken for the
+    // lost dataDir's.
+    let other = Sim {
+        name: "node-w".into(),
+        data_dir: host.path("ipam-node-w-other"),
+    };
+    let other_conf = c.conf(&other, json!({"range": "10.98.0.0/24", "blockSize": 28}));
+    c.run(&host, "ADD", "other-c", &other_conf).ok();
+    let other_block = c
+        .blocks()
+        .into_iter()
+        .find(|(_, (n, _))| n.to_string().starts_with("10.98."))
+        .unwrap()
+        .0;
 
     // The old pod still runs: the block waits, and the report says for what.
     let r = reconcile(&host, &c, &a, &c.kubeconfig).unwrap();
@@ -1692,6 +1706,7 @@ fn a_node_whose_data_dir_is_lost_gets_its_blocks_back_once_its_old_pods_are_gone
             && !waiting.contains("default/new"),
         "{r}"
     );
+    assert!(!waiting.contains(&other_block), "{r}");
     assert!(c.blocks().contains_key(&old_block));
 
     // The old pod is gone: the block goes back to the pool; the new block stays.
@@ -1701,6 +1716,10 @@ fn a_node_whose_data_dir_is_lost_gets_its_blocks_back_once_its_old_pods_are_gone
     assert_eq!(r["blocksWaiting"], json!([]), "{r}");
     let after = c.blocks();
     assert!(!after.contains_key(&old_block));
+    assert!(
+        after.contains_key(&other_block),
+        "another dataDir's block was taken"
+    );
     assert!(
         after
             .values()

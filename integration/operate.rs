@@ -40,6 +40,8 @@ fn attache(args: &[&str]) -> Command {
 
 fn install_args(h: &Host, node: &Node) -> Vec<String> {
     let s = |p: &Path| p.display().to_string();
+    // The node's /run/attache, as the DaemonSet mounts it.
+    std::fs::create_dir_all(node.path("run")).unwrap();
     vec![
         "install".into(),
         format!("--bin-dir={}", s(&h.bin)),
@@ -147,8 +149,14 @@ fn install_wraps_the_cluster_network_and_uninstall_takes_the_configuration_away_
     assert_eq!(p["nadMirror"], json!(node.path("nads")));
     assert_eq!(p["agentSocket"], json!(node.path("run/agent.sock")));
     std::fs::create_dir_all(node.path("nads/team")).unwrap();
-    std::fs::write(node.path("nads/team/blue.json"), "{}").unwrap();
-    std::fs::write(node.path("nads/live"), "{}").unwrap();
+    std::fs::write(
+        node.path("nads/team/blue.json"),
+        json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+               "metadata": {"name": "blue", "namespace": "team"}, "spec": {"config": "{}"}})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(node.path("nads/.live"), "{}").unwrap();
     let _agent = std::os::unix::net::UnixListener::bind(node.path("run/agent.sock")).unwrap();
     // A kubeconfig naming a token file, which holds the service account's token.
     let kc = read_json(&h.net.join("attache.d/attache.kubeconfig"));

@@ -206,13 +206,7 @@ fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
 
     // The node agent mirrors the definitions (a list, then a watch): its requests count too. A watch
     // is in the audit log once it ends.
-    let agent = Agent::start(&node, &kubeconfig);
-    assert!(
-        crate::poll::eventually(30, || mirror_live(&node)
-            && mirrored(&node, "red").is_some()),
-        "{}",
-        agent.log()
-    );
+    let agent = agent_mirroring(&node, &kubeconfig, "red");
     drop(agent);
     assert!(
         crate::poll::eventually(30, || requests_by_attache(&api)
@@ -608,9 +602,20 @@ fn mirrored(node: &Node, name: &str) -> Option<Value> {
     serde_json::from_slice(&b).ok()
 }
 
+/// An agent started with `kubeconfig`, once its mirror is live and has `name`.
+fn agent_mirroring(node: &Node, kubeconfig: &std::path::Path, name: &str) -> Agent {
+    let agent = Agent::start(node, kubeconfig);
+    assert!(
+        crate::poll::eventually(30, || mirror_live(node) && mirrored(node, name).is_some()),
+        "the agent did not mirror {name}: {}",
+        agent.log()
+    );
+    agent
+}
+
 /// Whether the agent said the mirror is current within the last 10 s.
 fn mirror_live(node: &Node) -> bool {
-    std::fs::metadata(node.path("nads/live"))
+    std::fs::metadata(node.path("nads/.live"))
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() < 10))
 }
@@ -641,13 +646,7 @@ fn the_nodes_mirror_serves_adds_follows_the_api_and_is_never_required() {
     let token = api.token("kube-system", "attache", None);
     let kubeconfig = node.path("kubeconfig");
     api.write_kubeconfig(&kubeconfig, &token, false);
-    let mut agent = Agent::start(&node, &kubeconfig);
-    assert!(
-        crate::poll::eventually(30, || mirror_live(&node)
-            && mirrored(&node, "red").is_some()),
-        "the agent did not mirror red: {}",
-        agent.log()
-    );
+    let mut agent = agent_mirroring(&node, &kubeconfig, "red");
     let mut conf = meta_conf(&node, &kubeconfig);
     conf["nadMirror"] = json!(node.path("nads"));
     // The runtime passes the annotations: with the mirror live, planning asks the API nothing.
@@ -724,13 +723,7 @@ fn the_nodes_mirror_serves_adds_follows_the_api_and_is_never_required() {
     assert!(nad_gets(&api) > before, "blue was not read from the API");
 
     // 5. The agent again: it resumes from what it recorded and catches up (blue made, red deleted).
-    agent = Agent::start(&node, &kubeconfig);
-    assert!(
-        crate::poll::eventually(30, || mirror_live(&node)
-            && mirrored(&node, "blue").is_some()),
-        "the agent did not catch up: {}",
-        agent.log()
-    );
+    agent = agent_mirroring(&node, &kubeconfig, "blue");
     assert!(mirrored(&node, "red").is_none());
 
     // 6. The API server stops: the mirror stops being live, and serves what the node has seen — for
@@ -775,11 +768,12 @@ fn the_nodes_mirror_serves_adds_follows_the_api_and_is_never_required() {
 #[test]
 fn a_restarted_agent_lists_again_when_its_resource_version_is_too_old() {
     let node = Node::new("mirror-old");
-    // Watches served by etcd, which the API server compacts every 2 s: an old resourceVersion is gone.
+    // Watches served by etcd, which the API server compacts every second: an old resourceVersion is
+    // soon gone.
     let api = RealApi::start(crate::realserver::Options {
         flags: vec![
             "--watch-cache=false".into(),
-            "--etcd-compaction-interval=2s".into(),
+            "--etcd-compaction-interval=1s".into(),
         ],
         ..crate::realserver::Options::new(
             node.path("apiserver"),
@@ -800,13 +794,7 @@ fn a_restarted_agent_lists_again_when_its_resource_version_is_too_old() {
     let token = api.token("kube-system", "attache", None);
     let kubeconfig = node.path("kubeconfig");
     api.write_kubeconfig(&kubeconfig, &token, false);
-    let agent = Agent::start(&node, &kubeconfig);
-    assert!(
-        crate::poll::eventually(30, || mirror_live(&node)
-            && mirrored(&node, "red").is_some()),
-        "{}",
-        agent.log()
-    );
+    let agent = agent_mirroring(&node, &kubeconfig, "red");
     drop(agent);
     // While the agent is away: red deleted, blue made, then the history compacted away.
     api.must(&["delete", "network-attachment-definition", "-n", NS, "red"]);
@@ -815,7 +803,9 @@ fn a_restarted_agent_lists_again_when_its_resource_version_is_too_old() {
             .status
             .success()
     );
-    std::thread::sleep(std::time::Duration::from_secs(6));
+    // Long enough for the history to be compacted, short enough for the mirror to be still live (so
+    // that the agent resumes rather than lists at once).
+    std::thread::sleep(std::time::Duration::from_secs(3));
     let agent = Agent::start(&node, &kubeconfig);
     assert!(
         crate::poll::eventually(30, || mirror_live(&node)
@@ -905,14 +895,14 @@ fn reports_go_through_the_agent_which_acts_on_nothing_else_and_is_never_required
     assert_eq!(e["ok"], false, "{e}");
     let e = raw_ask(
         &socket,
-        br#"{"op":"report","pod":{"namespace":"../kube-system","name":"r2","uid":"u-1"},"status":[{"name":"x","default":true}]}"#,
+        br#"{"op":"report","pod":{"namespace":"../kube-system","name":"r2","uid":"u-1"},"status":[{"name":"x","default":true}],"waitMs":1000}"#,
     );
     assert!(
         e["error"].as_str().unwrap_or("").contains("pod name"),
         "{e}"
     );
     let wrong = json!({"op": "report", "pod": {"namespace": NS, "name": "r2", "uid": "00000000-0000-0000-0000-000000000000"},
-                       "status": [{"name": "forged", "default": true}], "events": ["forged"]});
+                       "status": [{"name": "forged", "default": true}], "events": ["forged"], "waitMs": 2000});
     let e = raw_ask(&socket, wrong.to_string().as_bytes());
     assert_eq!(e, json!({"ok": true, "podGone": true}));
     assert_eq!(

@@ -98,7 +98,7 @@ fn start_agent(a: &Args, kubeconfig: &Path, mirror: &Path, socket: &Path) -> Age
         .expect("starting attache agent");
     let live = eventually(30, || {
         socket.exists()
-            && std::fs::metadata(mirror.join("live"))
+            && std::fs::metadata(mirror.join(".live"))
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 5))
     });

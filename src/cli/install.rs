@@ -211,7 +211,7 @@ pub fn generate_conf(
     if let Some(kc) = kubeconfig {
         plugin["kubeconfig"] = json!(kc);
     }
-    if !args.node_run_dir.as_os_str().is_empty() {
+    if readiness(args) {
         plugin["readyFile"] = json!(args.node_run_dir.join(READY));
         plugin["agentSocket"] = json!(args.node_run_dir.join(crate::k8s::relay::SOCKET_NAME));
     }
@@ -387,21 +387,29 @@ fn pass(args: &InstallArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether the node's run folder is here (the DaemonSet mounts it): only then does the configuration
+/// name a readiness file — a manifest from before it, without the mount, must not leave every ADD
+/// waiting for a file written where the node never sees it.
+fn readiness(args: &InstallArgs) -> bool {
+    !args.node_run_dir.as_os_str().is_empty() && args.run_dir.is_dir()
+}
+
+/// The first bytes of the readiness file: uninstall removes only a file that says so.
+const READY_MARK: &str = "installed by attache";
+
 /// Say that attache is in place since this boot (binaries and configuration written): ADD stops
 /// answering "try again". Once per boot: the folder is a tmpfs.
 fn mark_ready(args: &InstallArgs) -> Result<()> {
-    if args.node_run_dir.as_os_str().is_empty() {
+    if !readiness(args) {
         return Ok(());
     }
     let ready = args.run_dir.join(READY);
     if ready.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(&args.run_dir)
-        .map_err(|e| Error::io(format!("creating {}", args.run_dir.display()), e))?;
     write_atomic(
         &ready,
-        format!("installed by attache {}\n", env!("CARGO_PKG_VERSION")).as_bytes(),
+        format!("{READY_MARK} {}\n", env!("CARGO_PKG_VERSION")).as_bytes(),
         0o644,
     )?;
     eprintln!("attache: ready ({})", ready.display());
@@ -551,7 +559,12 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
     let (ready, socket, mirror) = (named("readyFile"), named("agentSocket"), named("nadMirror"));
     // The configuration first: from now on runtimes use the cluster network's own.
     rm(&args.conf_dir.join(CONF_NAME))?;
-    if let Some(r) = ready {
+    // Only attache's own readiness file (its name, its first words).
+    if let Some(r) = ready.filter(|r| {
+        r.file_name().is_some_and(|n| n == READY)
+            && crate::files::read_bounded(r, 256)
+                .is_ok_and(|b| b.starts_with(READY_MARK.as_bytes()))
+    }) {
         rm(&r)?;
     }
     // The agent's socket (only a socket) and the node's mirror of the definitions.

@@ -335,6 +335,7 @@ async fn through_agent(
         pod: pod.clone(),
         status: status.to_vec(),
         events: events.to_vec(),
+        wait_ms: (ac.api_timeout / 2).as_millis().max(1) as u64,
     };
     if req.validate().is_err() {
         return false;
@@ -503,6 +504,7 @@ async fn clear_network_status(
             pod: pod.clone(),
             status: vec![],
             events: vec![],
+            wait_ms: (timeout / 2).as_millis().max(1) as u64,
         };
         if req.validate().is_ok()
             && crate::k8s::relay::ask(socket, &req, timeout / 2)

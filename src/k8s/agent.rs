@@ -1,8 +1,10 @@
 //! `attache agent`'s mirror of NetworkAttachmentDefinitions ([`super::mirror`]): a complete list, then
 //! a watch from its resourceVersion, each event applied to the mirror in the same loop that says the
-//! mirror is live. A restarted agent resumes from the resourceVersion it recorded (the events it
-//! missed, deletions included, come first); a watch the API server can no longer serve from there
-//! ("too old resource version", 410) makes it list again. Whenever the API server cannot be reached the
+//! mirror is live. An agent restarted while its mirror is still live resumes from the resourceVersion
+//! it recorded (the events it missed, deletions included, come first), an older mirror is listed again;
+//! a watch the API server can no longer serve from there ("too old resource version", 410) makes it list
+//! again, as do five failed rounds in a row. A connection that goes silent without closing (a network
+//! partition) is given up at the client's read timeout, 30 s. Whenever the API server cannot be reached the
 //! agent stops saying the mirror is live, and ADD goes back to asking the API.
 
 use std::path::Path;
@@ -51,28 +53,22 @@ enum Round {
 /// A complete list (paged) written over the mirror; its resourceVersion.
 async fn relist(api: &KubeApi, mirror: &Mirror) -> Result<String> {
     let nads: Api<DynamicObject> = Api::all_with(api.client(), &resource());
-    let mut lp = ListParams::default().limit(500);
-    let mut all = Vec::new();
-    loop {
-        let page = api
-            .bounded("list the NetworkAttachmentDefinitions", nads.list(&lp))
-            .await?;
-        let rv = page.metadata.resource_version.clone().unwrap_or_default();
-        all.extend(page.items.into_iter().map(entry));
-        match page.metadata.continue_.as_deref() {
-            Some(t) if !t.is_empty() => lp = lp.continue_token(t),
-            _ => {
-                mirror.replace_all(&all)?;
-                mirror.touch(&rv)?;
-                tracing::info!(
-                    definitions = all.len(),
-                    resource_version = rv,
-                    "mirror listed"
-                );
-                return Ok(rv);
-            }
-        }
-    }
+    let lp = ListParams::default().limit(500);
+    let (items, rv) = api
+        .all_pages("list the NetworkAttachmentDefinitions", lp, |lp| {
+            let nads = nads.clone();
+            async move { nads.list(&lp).await }
+        })
+        .await?;
+    let all: Vec<Value> = items.into_iter().map(entry).collect();
+    mirror.replace_all(&all)?;
+    mirror.touch(&rv)?;
+    tracing::info!(
+        definitions = all.len(),
+        resource_version = rv,
+        "mirror listed"
+    );
+    Ok(rv)
 }
 
 /// One watch from `rv`: events applied as they come, the mirror said live every [`TOUCH_EVERY`].
@@ -92,9 +88,8 @@ async fn watch(api: &KubeApi, mirror: &Mirror, rv: &str) -> Result<Round> {
     };
     let mut stream = std::pin::pin!(stream);
     let mut rv = rv.to_string();
-    // Watching: current as of `rv`.
-    mirror.touch(&rv)?;
-    let mut tick = tokio::time::interval(TOUCH_EVERY);
+    // Not said live at once: a server that cannot serve `rv` says so in the first event (410).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TOUCH_EVERY, TOUCH_EVERY);
     loop {
         tokio::select! {
             ev = stream.next() => match ev {
@@ -115,6 +110,7 @@ async fn watch(api: &KubeApi, mirror: &Mirror, rv: &str) -> Result<Round> {
                 Some(Ok(WatchEvent::Error(e))) => {
                     return Err(Error::TryAgain(format!("the watch of NetworkAttachmentDefinitions ended: {} ({})", e.message, e.code)));
                 }
+                Some(Err(kube::Error::Api(s))) if s.code == 410 => return Ok(Round::Relist),
                 Some(Err(e)) => return Err(api.err("watch the NetworkAttachmentDefinitions", e)),
             },
             _ = tick.tick() => mirror.touch(&rv)?,
@@ -122,10 +118,16 @@ async fn watch(api: &KubeApi, mirror: &Mirror, rv: &str) -> Result<Round> {
     }
 }
 
+/// Failed rounds in a row after which the agent lists again rather than resume.
+const RELIST_AFTER: u32 = 5;
+
 /// Keep `mirror` equal to the API's NetworkAttachmentDefinitions, until killed.
 pub async fn mirror_nads(mirror: &Mirror, kubeconfig: Option<&Path>) -> Result<()> {
-    let mut rv = mirror.resource_version();
+    // Only a mirror that is still current is resumed; an older one is listed again before it is said
+    // live.
+    let mut rv = mirror.resource_version().filter(|_| mirror.is_live());
     let mut failing = false;
+    let mut failures = 0;
     loop {
         // A client per round: the token file is read again (the kubelet rotates it) and each round
         // has its own deadline for its calls.
@@ -138,6 +140,7 @@ pub async fn mirror_nads(mirror: &Mirror, kubeconfig: Option<&Path>) -> Result<(
         };
         match round.await {
             Ok(Round::Resume(v)) => {
+                failures = 0;
                 if failing {
                     eprintln!("attache agent: watching NetworkAttachmentDefinitions again");
                     failing = false;
@@ -153,7 +156,12 @@ pub async fn mirror_nads(mirror: &Mirror, kubeconfig: Option<&Path>) -> Result<(
             }
             Err(e) => {
                 // The mirror is not touched any more: within LIVE_FOR ADD stops trusting it and asks
-                // the API (and serves it stale only while the API cannot answer either).
+                // the API (and serves it stale only while the API cannot answer either). A watch that
+                // keeps failing is given up for a list.
+                failures += 1;
+                if failures >= RELIST_AFTER {
+                    rv = None;
+                }
                 if !failing {
                     eprintln!(
                         "attache agent: {e} (the mirror is not trusted until the watch runs again)"

@@ -145,6 +145,14 @@ impl KubeApi {
         }
     }
 
+    /// A copy whose calls share a deadline `d` from now (at most the client's own timeout).
+    pub fn renewed_for(&self, d: Duration) -> KubeApi {
+        KubeApi {
+            deadline: tokio::time::Instant::now() + d.min(self.timeout),
+            ..self.clone()
+        }
+    }
+
     pub fn client(&self) -> Client {
         self.client.clone()
     }
@@ -162,6 +170,32 @@ impl KubeApi {
             Ok(Err(kube::Error::Api(s))) if expected.contains(&s.code) => Ok(Err(s.code)),
             Ok(Err(e)) => Err(self.err(what, e)),
             Err(_) => Err(self.late(what)),
+        }
+    }
+
+    /// Every item of a list, its pages (`lp`'s limit) read to the end; `list` asks for one page. Any
+    /// failure — an expired continue token included — is an error: never a shorter list.
+    pub async fn all_pages<T, Fut>(
+        &self,
+        what: &str,
+        mut lp: kube::api::ListParams,
+        list: impl Fn(kube::api::ListParams) -> Fut,
+    ) -> Result<(Vec<T>, String)>
+    where
+        T: Clone,
+        Fut: std::future::Future<
+                Output = std::result::Result<kube::core::ObjectList<T>, kube::Error>,
+            >,
+    {
+        let mut out = Vec::new();
+        loop {
+            let page = self.bounded(what, list(lp.clone())).await?;
+            let rv = page.metadata.resource_version.clone().unwrap_or_default();
+            out.extend(page.items);
+            match page.metadata.continue_.as_deref() {
+                Some(t) if !t.is_empty() => lp = lp.continue_token(t),
+                _ => return Ok((out, rv)),
+            }
         }
     }
 

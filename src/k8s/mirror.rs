@@ -20,8 +20,8 @@ use serde_json::Value;
 use super::nad::Nad;
 use crate::error::{Error, Result};
 
-/// The liveness file in the mirror's folder.
-pub const LIVE: &str = "live";
+/// The liveness file in the mirror's folder (a dot-name: no namespace can be called that).
+pub const LIVE: &str = ".live";
 /// How often a running agent says so.
 pub const TOUCH_EVERY: Duration = Duration::from_secs(2);
 /// How old the liveness file may be for ADD to trust the mirror.
@@ -65,17 +65,19 @@ impl Mirror {
             .then(|| self.dir.join(namespace).join(format!("{name}.json")))
     }
 
-    /// How long ago the agent last said the mirror is current (`None`: never, or unreadable).
+    /// How long ago the agent last said the mirror is current (`None`: never, unreadable, or a stamp
+    /// from the future — a clock stepped back — which proves nothing).
     pub fn age(&self) -> Option<Duration> {
-        let m = std::fs::metadata(self.dir.join(LIVE))
-            .and_then(|m| m.modified())
+        let m = std::fs::symlink_metadata(self.dir.join(LIVE))
+            .ok()
+            .filter(|m| m.is_file())?
+            .modified()
             .ok()?;
-        // A stamp from the future (a clock stepped back) counts as just made.
-        Some(SystemTime::now().duration_since(m).unwrap_or_default())
+        SystemTime::now().duration_since(m).ok()
     }
 
     pub fn is_live(&self) -> bool {
-        self.age().is_some_and(|a| a <= LIVE_FOR)
+        self.age().is_some_and(|a| a < LIVE_FOR)
     }
 
     /// A mirrored definition, whether or not the mirror is live (`None`: not there, or unreadable —
@@ -103,7 +105,7 @@ impl Mirror {
         name: &str,
         max_stale: Duration,
     ) -> Option<(Nad, Duration)> {
-        let age = self.age().filter(|a| *a <= max_stale)?;
+        let age = self.age().filter(|a| *a < max_stale)?;
         self.read(namespace, name).map(|n| (n, age))
     }
 
@@ -137,6 +139,12 @@ impl Mirror {
             .map_err(|e| Error::io(format!("writing {}", p.display()), e))
     }
 
+    /// Whether the file at `namespace/name` is a mirrored definition of that very name (what the
+    /// agent wrote): only those are ever removed.
+    fn is_entry(&self, namespace: &str, name: &str) -> bool {
+        self.read(namespace, name).is_some()
+    }
+
     /// Remove one definition.
     pub fn remove(&self, namespace: &str, name: &str) -> Result<()> {
         let Some(p) = self.path(namespace, name) else {
@@ -168,8 +176,11 @@ impl Mirror {
             }
             for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
                 let file = f.file_name().to_string_lossy().into_owned();
+                // Only what the agent wrote goes: a file that is not a definition of its own name is
+                // not the mirror's.
                 if let Some(name) = file.strip_suffix(".json")
                     && !keep.contains(&(ns_name.clone(), name.to_string()))
+                    && self.is_entry(&ns_name, name)
                 {
                     self.remove(&ns_name, name)?;
                 }
@@ -180,8 +191,11 @@ impl Mirror {
     }
 
     /// Remove the whole mirror (uninstall): its entries, the liveness file, then the folder if nothing
-    /// else is in it. Nothing but the mirror's own layout is touched.
+    /// else is in it. A folder without the liveness file is not a mirror the agent made: left alone.
     pub fn clear(&self) -> Result<()> {
+        if !std::fs::symlink_metadata(self.dir.join(LIVE)).is_ok_and(|m| m.is_file()) {
+            return Ok(());
+        }
         self.replace_all(&[])?;
         match std::fs::remove_file(self.dir.join(LIVE)) {
             Ok(()) => {}
@@ -265,6 +279,26 @@ mod tests {
         // Touched again with the same version: live again.
         m.touch("42").unwrap();
         assert!(m.is_live());
+        // A stamp from the future (the clock stepped back) proves nothing; neither does a stale bound of 0.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(m.dir().join(LIVE))
+            .unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(600))
+            .unwrap();
+        assert!(!m.is_live() && m.get_stale("team", "blue", DEFAULT_MAX_STALE).is_none());
+        m.touch("42").unwrap();
+        assert!(m.get_stale("team", "blue", Duration::ZERO).is_none());
+        // A folder the agent never made live is not a mirror: clear leaves it.
+        let other = Mirror::new(&d.join("etc"));
+        std::fs::create_dir_all(d.join("etc/docker")).unwrap();
+        std::fs::write(
+            d.join("etc/docker/daemon.json"),
+            nad("docker", "daemon", "{}").to_string(),
+        )
+        .unwrap();
+        other.clear().unwrap();
+        assert!(d.join("etc/docker/daemon.json").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -296,6 +330,15 @@ mod tests {
         std::fs::write(m.dir().join("c/three.x.json"), "{not json").unwrap();
         assert!(m.get("c", "three.x").is_none());
         m.put(&nad("c", "three.x", "{}")).unwrap();
+        // A namespace named like the liveness file is a namespace.
+        m.put(&nad("live", "x", "{}")).unwrap();
+        assert!(m.get("live", "x").is_some());
+        // A file of another kind in a namespace folder is not the mirror's: kept by a relist.
+        std::fs::write(m.dir().join("c/daemon.json"), "{}").unwrap();
+        m.replace_all(&[nad("c", "three.x", "{}")]).unwrap();
+        assert!(m.dir().join("c/daemon.json").exists());
+        assert!(m.get("live", "x").is_none());
+        std::fs::remove_file(m.dir().join("c/daemon.json")).unwrap();
         // Uninstall: the mirror goes, and what is not the mirror's stays.
         std::fs::write(m.dir().join("notes.txt"), "mine").unwrap();
         m.clear().unwrap();

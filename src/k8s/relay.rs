@@ -57,6 +57,10 @@ pub struct Request {
     /// `AddedInterface` messages, one per interface.
     #[serde(default)]
     pub events: Vec<String>,
+    /// How long the asker waits for the answer (ms): the agent's write must not land after the asker
+    /// gave up and wrote itself.
+    #[serde(rename = "waitMs")]
+    pub wait_ms: u64,
 }
 
 /// The agent's answer.
@@ -100,6 +104,9 @@ impl Request {
         }
         if self.op == Op::Report && self.status.is_empty() {
             return Err("a report without a network-status".into());
+        }
+        if self.wait_ms == 0 || self.wait_ms > 60_000 {
+            return Err(format!("a wait of {} ms", self.wait_ms));
         }
         if let Some(m) = self.events.iter().find(|m| m.len() > 4096) {
             return Err(format!("an event message of {} bytes", m.len()));
@@ -195,14 +202,18 @@ async fn handle(mut s: UnixStream, api: KubeApi) {
                     ..Default::default()
                 },
                 Ok(()) => {
-                    let api = api.renewed();
+                    // Done before the asker stops waiting (a margin for the answer's way back), or
+                    // not at all: the asker then writes itself, and a late write of ours could land
+                    // after it.
+                    let wait = Duration::from_millis(req.wait_ms);
+                    let api = api.renewed_for(wait.saturating_sub(wait / 10));
                     let answer = act(&api, &req).await;
                     let reply = serde_json::to_vec(&answer).unwrap_or_default();
                     let _ = s.write_all(&reply).await;
                     let _ = s.shutdown().await;
                     drop(s);
                     if answer.ok && !answer.pod_gone {
-                        let api = api.renewed();
+                        let api = api.renewed_for(Duration::MAX);
                         for m in &req.events {
                             if let Err(e) = api.event(&req.pod, ADDED_INTERFACE, m).await {
                                 tracing::warn!("could not record an event (no more are sent): {e}");
@@ -288,6 +299,7 @@ mod tests {
                 ..Default::default()
             }],
             events: vec!["Add eth0 [10.0.0.2/24] from cluster".into()],
+            wait_ms: 1000,
         }
     }
 
@@ -310,6 +322,8 @@ mod tests {
                 .contains("interfaces")
         );
         assert!(bad(&|r| r.op = Op::Clear).contains("clear"));
+        assert!(bad(&|r| r.wait_ms = 0).contains("wait"));
+        assert!(bad(&|r| r.wait_ms = 3_600_000).contains("wait"));
         // Unknown fields are not a request.
         let mut v = serde_json::to_value(req()).unwrap();
         v["exec"] = serde_json::json!("rm -rf /");

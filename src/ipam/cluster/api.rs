@@ -50,6 +50,9 @@ pub struct BlockObj {
     pub cidr: String,
     pub node: String,
     pub instance: String,
+    /// The claiming node's dataDir (its path there; empty: a block made before attache recorded it).
+    /// With `instance`, it tells a dataDir that was lost from another dataDir of the same node.
+    pub data_dir: String,
 }
 
 /// The outcome of a conditional write.
@@ -103,6 +106,7 @@ fn block_of(o: DynamicObject) -> BlockObj {
         cidr: spec_str(&o, "cidr"),
         node: spec_str(&o, "node"),
         instance: spec_str(&o, "instance"),
+        data_dir: spec_str(&o, "dataDir"),
         name: o.metadata.name.unwrap_or_default(),
     }
 }
@@ -301,7 +305,6 @@ pub trait ClusterApi: Sized {
     async fn all_blocks(&self) -> Result<Vec<BlockObj>>;
     /// Delete a block if it is still the one read (its UID, and its resourceVersion when known).
     async fn delete_block(&self, b: &BlockObj) -> Result<Written<()>>;
-    /// The UIDs of the pods bound to a node (a static pod's also as its mirror names it).
     /// The pods bound to `node`, from a complete list: UID -> when the pod was made (a static pod's
     /// mirror counts under the UID its containers carry too).
     async fn pods_on(&self, node: &str) -> Result<PodsOn>;
@@ -557,6 +560,9 @@ impl ClusterApi for KubeClusterApi {
         obj.data = json!({"spec": {
             "pool": b.pool, "range": b.range, "cidr": b.cidr, "node": b.node, "instance": b.instance,
         }});
+        if !b.data_dir.is_empty() {
+            obj.data["spec"]["dataDir"] = json!(b.data_dir);
+        }
         let r = self
             .write(
                 &format!("create AddressBlock {} ({})", b.name, b.cidr),
@@ -582,76 +588,60 @@ impl ClusterApi for KubeClusterApi {
         Ok(list.items.into_iter().map(block_of).collect())
     }
 
-    /// The UIDs of the pods bound to `node`, from a complete list (pages of 500 read to the end; any
-    /// failure, an expired continue token included, is an error: never a shorter list).
+    /// Pages of 500 read to the end: any failure, an expired continue token included, is an error,
+    /// never a shorter list.
     async fn pods_on(&self, node: &str) -> Result<PodsOn> {
         let pods: Api<Pod> = Api::all(self.kube.client());
-        let mut lp = ListParams::default()
+        let lp = ListParams::default()
             .fields(&format!("spec.nodeName={node}"))
             .limit(500);
+        let (items, _) = self
+            .kube
+            .all_pages(&format!("list the pods of node {node}"), lp, |lp| {
+                let pods = pods.clone();
+                async move { pods.list_metadata(&lp).await }
+            })
+            .await?;
         let mut out = PodsOn::new();
-        loop {
-            let page = self
-                .kube
-                .call(
-                    &format!("list the pods of node {node}"),
-                    &[],
-                    pods.list_metadata(&lp),
-                )
-                .await?
-                .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
-            for p in &page.items {
-                let made = made_at(p.metadata.creation_timestamp.as_ref());
-                // A static pod's containers carry the kubelet's UID, which its mirror pod names in
-                // this annotation (the mirror's own UID is another).
-                if let Some(m) = p
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(MIRROR_ANNOTATION))
-                {
-                    out.insert(m.clone(), made);
-                }
-                match &p.metadata.uid {
-                    Some(u) if !u.is_empty() => {
-                        out.insert(u.clone(), made);
-                    }
-                    _ => {
-                        return Err(Error::Internal(format!(
-                            "the API listed a pod of node {node} without a UID"
-                        )));
-                    }
-                }
+        for p in &items {
+            let made = made_at(p.metadata.creation_timestamp.as_ref());
+            // A static pod's containers carry the kubelet's UID, which its mirror pod names in this
+            // annotation (the mirror's own UID is another).
+            if let Some(m) = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(MIRROR_ANNOTATION))
+            {
+                out.insert(m.clone(), made);
             }
-            match page.metadata.continue_.as_deref() {
-                Some(t) if !t.is_empty() => lp = lp.continue_token(t),
-                _ => return Ok(out),
+            match &p.metadata.uid {
+                Some(u) if !u.is_empty() => {
+                    out.insert(u.clone(), made);
+                }
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "the API listed a pod of node {node} without a UID"
+                    )));
+                }
             }
         }
+        Ok(out)
     }
 
     async fn pod_addresses_on(&self, node: &str) -> Result<Vec<PodAddresses>> {
         let pods: Api<Pod> = Api::all(self.kube.client());
-        let mut lp = ListParams::default()
+        let lp = ListParams::default()
             .fields(&format!("spec.nodeName={node}"))
             .limit(500);
-        let mut out = Vec::new();
-        loop {
-            let page = self
-                .kube
-                .call(
-                    &format!("list the pods of node {node}"),
-                    &[],
-                    pods.list(&lp),
-                )
-                .await?
-                .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
-            out.extend(page.items.iter().map(PodAddresses::of));
-            match page.metadata.continue_.as_deref() {
-                Some(t) if !t.is_empty() => lp = lp.continue_token(t),
-                _ => return Ok(out),
-            }
-        }
+        let (items, _) = self
+            .kube
+            .all_pages(&format!("list the pods of node {node}"), lp, |lp| {
+                let pods = pods.clone();
+                async move { pods.list(&lp).await }
+            })
+            .await?;
+        Ok(items.iter().map(PodAddresses::of).collect())
     }
 
     /// The UID of pod `namespace/name`, `None` if there is none.
@@ -793,11 +783,14 @@ impl ClusterApi for KubeClusterApi {
             .fields(&format!("metadata.name={name}"))
             .timeout(wait.as_secs().max(1) as u32);
         let watched = async {
-            let stream = self
+            // A watch that cannot start (a 410, a lagging server's 504) is answered by a GET.
+            let Ok(Ok(stream)) = self
                 .kube
                 .call(&what, &[], self.grants.watch(&wp, resource_version))
-                .await?
-                .map_err(|c| Error::Internal(format!("unexpected status {c}")))?;
+                .await
+            else {
+                return self.grant(name).await.map(Some);
+            };
             let mut stream = std::pin::pin!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {

@@ -174,9 +174,10 @@ pub async fn claim_block(
     if adopted {
         return Ok(Claimed::Block);
     }
+    let here = c.data_dir.display().to_string();
     let lost = listed
         .iter()
-        .filter(|o| o.node == c.node && !o.instance.is_empty() && o.instance != instance)
+        .filter(|o| super::reconcile::of_lost_data_dir(o, &c.node, &here, &instance))
         .count();
     if lost > 0 {
         tracing::warn!(
@@ -217,6 +218,7 @@ pub async fn claim_block(
             cidr: b.net().to_string(),
             node: c.node.clone(),
             instance: instance.clone(),
+            data_dir: c.data_dir.display().to_string(),
         };
         match api.create_block(&want).await? {
             Written::Done(o) => {

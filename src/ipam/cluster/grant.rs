@@ -77,8 +77,9 @@ pub async fn borrow(
                 .collect(),
             ..holder(c, id, ifname)
         };
-        let (uid, rv) = match api.create_grant(&want).await? {
-            Written::Done(g) => (g.uid, g.resource_version),
+        // The grant's UID and resourceVersion, and its answer if it has one already.
+        let (uid, rv, answered) = match api.create_grant(&want).await? {
+            Written::Done(g) => (g.uid, g.resource_version, None),
             _ => {
                 // A grant of this name (ours: the name is this node's, container's and interface's)
                 // left by an earlier try: asked of another lender, or answered after that try gave up.
@@ -89,12 +90,13 @@ pub async fn borrow(
                             && g.state != "Refused"
                             && !local.return_queued(&name) =>
                     {
-                        (g.uid, g.resource_version)
+                        let ip = (g.state == "Granted").then(|| g.ip.parse().ok()).flatten();
+                        (g.uid, g.resource_version, ip)
                     }
                     Some(g) => {
                         api.delete_grant(&name, Some(&g.uid)).await?;
                         match api.create_grant(&want).await? {
-                            Written::Done(g) => (g.uid, g.resource_version),
+                            Written::Done(g) => (g.uid, g.resource_version, None),
                             _ => continue,
                         }
                     }
@@ -104,7 +106,11 @@ pub async fn borrow(
         };
         // A panic while waiting must not skip the grant's deletion below (a crash leaves it to the
         // reconcile, which deletes grants no local address stands for).
-        match crate::fail::guarded(wait_answer(api, &name, &rv)).await {
+        let answer = match answered {
+            Some(ip) => Ok(Some(ip)),
+            None => crate::fail::guarded(wait_answer(api, &name, &rv)).await,
+        };
+        match answer {
             Ok(Some(ip))
                 if want.window.iter().any(|w| {
                     interval(w, v4).is_some_and(|(a, b)| (a..=b).contains(&to_u128(ip)))

@@ -232,6 +232,16 @@ async fn verify_owned(
     Ok(())
 }
 
+/// How far the API server's clock and a node's may be apart, where their times are compared.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// Whether block `b` is one this very dataDir (`data_dir` on `node`) made before it was lost: the same
+/// node and dataDir path, another instance id. A block of another dataDir of the node (a definition
+/// with its own) is not; nor one that does not say which dataDir made it.
+pub fn of_lost_data_dir(b: &BlockObj, node: &str, data_dir: &str, instance: &str) -> bool {
+    b.node == node && b.data_dir == data_dir && !b.instance.is_empty() && b.instance != instance
+}
+
 /// Blocks the API lists as this node's but made by another dataDir (`spec.instance`): this node's
 /// dataDir was wiped or replaced, and with it the record of which of their addresses are in use. Such a
 /// block goes back to the pool (a delete conditioned on its UID and resourceVersion; this node, or any,
@@ -245,11 +255,12 @@ async fn recover_lost_blocks(
     report: &mut Report,
 ) -> Result<()> {
     let instance = super::local::instance_of(&o.data_dir)?;
+    let here = o.data_dir.display().to_string();
     let lost: Vec<BlockObj> = api
         .all_blocks()
         .await?
         .into_iter()
-        .filter(|b| b.node == o.node && !b.instance.is_empty() && b.instance != instance)
+        .filter(|b| of_lost_data_dir(b, &o.node, &here, &instance))
         .collect();
     if lost.is_empty() {
         return Ok(());
@@ -270,7 +281,8 @@ async fn recover_lost_blocks(
                 p.ips.iter().any(|ip| net.contains(ip))
                     || (!p.has_status
                         && match (p.made, born) {
-                            (Some(m), Some(b)) => m <= b,
+                            // The API server's clock against this node's: a margin for their skew.
+                            (Some(m), Some(b)) => m <= b + CLOCK_SKEW,
                             _ => true,
                         })
             })
@@ -343,6 +355,7 @@ async fn return_empty_blocks(
                 cidr: rec.cidr.clone(),
                 node: o.node.clone(),
                 instance: String::new(),
+                data_dir: String::new(),
             };
             api.renew();
             match api.delete_block(&obj).await {
