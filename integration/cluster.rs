@@ -372,7 +372,52 @@ fn the_seeds_first_day_on_two_nodes() {
 
     // Every request attache made — its DaemonSet's containers and the plugin exec'd on the nodes, all
     // as its ServiceAccount — was allowed by deploy/'s RBAC: none refused.
-    let audit = std::fs::read_to_string(c.dir.join("audit.log")).unwrap();
+    // (The definitions come from the node's mirror, which the DaemonSet's agent keeps with a list and
+    // a watch; a GET only when a pod names a definition seconds old.)
+    let wanted = [
+        "list network-attachment-definitions",
+        "watch network-attachment-definitions",
+        "patch pods/status",
+        "create events",
+    ];
+    // The agents may still be starting on a loaded machine: the log is read until it shows them.
+    let mut seen = (Default::default(), Vec::new());
+    let all_made = eventually(90, || {
+        seen = audit_of_attache(&c);
+        wanted.iter().all(|w| seen.0.contains(*w))
+    });
+    let (used, refused) = seen;
+    assert!(
+        refused.is_empty(),
+        "refused by the RBAC: {refused:?} (used: {used:?})"
+    );
+    assert!(
+        all_made,
+        "not all of {wanted:?} made: {used:?}\nagents: {}",
+        c.kubectl_with(
+            &[
+                "-n",
+                "kube-system",
+                "logs",
+                "-l",
+                "app=attache",
+                "-c",
+                "agent",
+                "--tail=30"
+            ],
+            None
+        )
+        .stdout
+        .iter()
+        .map(|b| *b as char)
+        .collect::<String>()
+    );
+}
+
+/// What attache's ServiceAccount asked of the API server (`verb resource[/subresource]`), from the
+/// audit log, and what of it was refused.
+fn audit_of_attache(c: &Cluster) -> (std::collections::BTreeSet<String>, Vec<String>) {
+    let audit = std::fs::read_to_string(c.dir.join("audit.log")).unwrap_or_default();
     let mut used = std::collections::BTreeSet::new();
     let mut refused = Vec::new();
     for e in audit
@@ -399,20 +444,7 @@ fn the_seeds_first_day_on_two_nodes() {
         }
         used.insert(what);
     }
-    assert!(
-        refused.is_empty(),
-        "refused by the RBAC: {refused:?} (used: {used:?})"
-    );
-    // (The definitions come from the node's mirror, which the DaemonSet's agent keeps with a list and
-    // a watch; a GET only when a pod names a definition seconds old.)
-    for wanted in [
-        "list network-attachment-definitions",
-        "watch network-attachment-definitions",
-        "patch pods/status",
-        "create events",
-    ] {
-        assert!(used.contains(wanted), "{wanted} never made: {used:?}");
-    }
+    (used, refused)
 }
 
 /// `ns/name` of the pods a node's attache records name (one record per pod: its cluster interface).

@@ -450,6 +450,18 @@ impl KubeClusterApi {
         }))
     }
 
+    /// The pods bound to `node`, listed 500 a page, and what that list is called in errors.
+    fn pods_of_node(&self, node: &str) -> (Api<Pod>, ListParams, String) {
+        let lp = ListParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .limit(500);
+        (
+            Api::all(self.kube.client()),
+            lp,
+            format!("list the pods of node {node}"),
+        )
+    }
+
     fn ipamclaims(&self, namespace: &str) -> Api<DynamicObject> {
         let ar = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1alpha1", "IPAMClaim"),
@@ -591,13 +603,10 @@ impl ClusterApi for KubeClusterApi {
     /// Pages of 500 read to the end: any failure, an expired continue token included, is an error,
     /// never a shorter list.
     async fn pods_on(&self, node: &str) -> Result<PodsOn> {
-        let pods: Api<Pod> = Api::all(self.kube.client());
-        let lp = ListParams::default()
-            .fields(&format!("spec.nodeName={node}"))
-            .limit(500);
+        let (pods, lp, what) = self.pods_of_node(node);
         let (items, _) = self
             .kube
-            .all_pages(&format!("list the pods of node {node}"), lp, |lp| {
+            .all_pages(&what, lp, |lp| {
                 let pods = pods.clone();
                 async move { pods.list_metadata(&lp).await }
             })
@@ -630,13 +639,10 @@ impl ClusterApi for KubeClusterApi {
     }
 
     async fn pod_addresses_on(&self, node: &str) -> Result<Vec<PodAddresses>> {
-        let pods: Api<Pod> = Api::all(self.kube.client());
-        let lp = ListParams::default()
-            .fields(&format!("spec.nodeName={node}"))
-            .limit(500);
+        let (pods, lp, what) = self.pods_of_node(node);
         let (items, _) = self
             .kube
-            .all_pages(&format!("list the pods of node {node}"), lp, |lp| {
+            .all_pages(&what, lp, |lp| {
                 let pods = pods.clone();
                 async move { pods.list(&lp).await }
             })
