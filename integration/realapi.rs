@@ -615,9 +615,7 @@ fn agent_mirroring(node: &Node, kubeconfig: &std::path::Path, name: &str) -> Age
 
 /// Whether the agent said the mirror is current within the last 10 s.
 fn mirror_live(node: &Node) -> bool {
-    std::fs::metadata(node.path("nads/.live"))
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() < 10))
+    attache::k8s::mirror::Mirror::new(&node.path("nads")).is_live()
 }
 
 fn bridge_nad(node: &Node, name: &str, bridge: &str, subnet: &str) -> String {

@@ -97,10 +97,7 @@ fn start_agent(a: &Args, kubeconfig: &Path, mirror: &Path, socket: &Path) -> Age
         .spawn()
         .expect("starting attache agent");
     let live = eventually(30, || {
-        socket.exists()
-            && std::fs::metadata(mirror.join(".live"))
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 5))
+        socket.exists() && attache::k8s::mirror::Mirror::new(mirror).is_live()
     });
     assert!(live, "attache agent did not start mirroring");
     Agent(child)

@@ -330,17 +330,13 @@ async fn through_agent(
         tracing::warn!("not through the agent ({e}): calling the API directly");
         return false;
     }
-    let req = crate::k8s::relay::Request {
-        op: crate::k8s::relay::Op::Report,
-        pod: pod.clone(),
-        status: status.to_vec(),
-        events: events.to_vec(),
-        wait_ms: (ac.api_timeout / 2).as_millis().max(1) as u64,
-    };
+    let wait = ac.api_timeout / 2;
+    let req =
+        crate::k8s::relay::Request::new(crate::k8s::relay::Op::Report, pod, status, events, wait);
     if req.validate().is_err() {
         return false;
     }
-    match crate::k8s::relay::ask(socket, &req, ac.api_timeout / 2).await {
+    match crate::k8s::relay::ask(socket, &req, wait).await {
         Some(a) if a.ok => {
             tracing::debug!(pod_gone = a.pod_gone, "reported through the agent");
             true
@@ -499,13 +495,13 @@ async fn clear_network_status(
     if let Some(socket) = agent
         && crate::fail::point("k8s.relay").is_ok()
     {
-        let req = crate::k8s::relay::Request {
-            op: crate::k8s::relay::Op::Clear,
-            pod: pod.clone(),
-            status: vec![],
-            events: vec![],
-            wait_ms: (timeout / 2).as_millis().max(1) as u64,
-        };
+        let req = crate::k8s::relay::Request::new(
+            crate::k8s::relay::Op::Clear,
+            pod,
+            &[],
+            &[],
+            timeout / 2,
+        );
         if req.validate().is_ok()
             && crate::k8s::relay::ask(socket, &req, timeout / 2)
                 .await

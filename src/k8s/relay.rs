@@ -74,6 +74,25 @@ pub struct Answer {
     pub error: String,
 }
 
+impl Request {
+    /// A request about `pod`, for an asker that waits `wait` for the answer.
+    pub fn new(
+        op: Op,
+        pod: &PodRef,
+        status: &[NetworkStatus],
+        events: &[String],
+        wait: Duration,
+    ) -> Request {
+        Request {
+            op,
+            pod: pod.clone(),
+            status: status.to_vec(),
+            events: events.to_vec(),
+            wait_ms: wait.as_millis().clamp(1, u64::MAX as u128) as u64,
+        }
+    }
+}
+
 fn is_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
