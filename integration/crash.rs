@@ -174,3 +174,62 @@ fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
         "crash safety: {trials} SIGKILLs during a 3-network ADD ({midway} while it ran), {retried} ADDs retried without DEL, 0 leftovers"
     ));
 }
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+/// A runtime that SIGKILLs attache at its timeout must not leave the delegate finishing the ADD behind
+/// it while the DEL that follows runs: the delegate (started by attache's vfork-cost clone with
+/// `PR_SET_PDEATHSIG`) dies with attache.
+#[test]
+fn a_killed_attache_takes_its_delegate_with_it() {
+    let mut node = Node::new("deathsig");
+    let pod = node.pod();
+    let plugins = node.path("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let pidfile = node.path("delegate.pid");
+    let plugin = plugins.join("slowcluster");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\necho $$ > {}.tmp && mv {0}.tmp {0}\nexec sleep 60\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "attache", "type": "attache",
+        "clusterNetwork": {"cniVersion": "1.0.0", "name": "cluster", "type": "slowcluster"},
+        "cacheDir": node.path("cache"),
+    });
+    let mut call = node.call("ADD", "killed", &pod, "eth0");
+    call.path = plugins.display().to_string();
+    let mut attache = node.spawn(&call, conf.to_string().as_bytes());
+    assert!(
+        eventually(10, || pidfile.exists()),
+        "the delegate never started"
+    );
+    let delegate: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(running(delegate), "the delegate {delegate} is not running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(attache.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = attache.wait();
+    assert!(
+        eventually(5, || !running(delegate)),
+        "the delegate {delegate} outlived the attache that started it"
+    );
+}

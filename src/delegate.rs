@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::cni::conf;
 use crate::cni::skel::{CniArgs, Command};
 use crate::error::{Error, Result, code};
+use crate::spawn::Stdio;
 
 /// The `CNI_*` environment of one delegated call.
 #[derive(Clone, Debug)]
@@ -105,7 +105,7 @@ pub async fn exec(
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
-    let mut cmd = tokio::process::Command::new(&bin);
+    let mut cmd = crate::spawn::Command::new(&bin);
     cmd.env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", inv.container_id)
         .env("CNI_IFNAME", inv.ifname)
@@ -115,11 +115,9 @@ pub async fn exec(
             "ATTACHE_EXEC_DEPTH",
             (EXEC_DEPTH.load(std::sync::atomic::Ordering::Relaxed) + 1).to_string(),
         )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    dies_with_attache(&mut cmd);
+        .stdin(Stdio::Piped)
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Inherit);
     match inv.netns {
         Some(ns) => cmd.env("CNI_NETNS", ns),
         None => cmd.env_remove("CNI_NETNS"),
@@ -131,6 +129,8 @@ pub async fn exec(
         ifname = inv.ifname,
         "exec delegate"
     );
+    // The child dies with attache (src/spawn.rs): a runtime that kills attache at its timeout must not
+    // leave a delegate finishing an ADD behind it while the DEL that follows runs.
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io(format!("starting plugin {}", bin.display()), e))?;
@@ -179,20 +179,6 @@ pub async fn exec(
 
 /// The most a delegate may write on stdout (a result with prevResult is a few KiB).
 pub const MAX_OUTPUT: u64 = crate::cni::skel::MAX_STDIN;
-
-/// The child dies with attache (`PR_SET_PDEATHSIG`): a runtime that kills attache at its timeout must not
-/// leave a delegate (or `nft`) finishing an ADD behind it while the DEL that follows runs. The one place
-/// attache sets code to run between fork and exec.
-#[allow(unsafe_code)]
-pub fn dies_with_attache(cmd: &mut tokio::process::Command) {
-    // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-}
 
 fn delegate_error(
     plugin_type: &str,

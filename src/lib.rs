@@ -34,7 +34,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["netlink"],
     &["netns"],
     &["metrics"],
-    &["files", "fail"],
+    &["files", "fail", "spawn"],
     &["error"],
 ];
 
@@ -52,6 +52,7 @@ pub mod k8s;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod spawn;
 #[cfg(test)]
 mod testutil;
 

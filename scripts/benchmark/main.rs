@@ -53,7 +53,7 @@ use crate::pod::pod_rows;
 use crate::report::{Report, loadavg, machine, output};
 use crate::rss::rss_rows;
 use crate::size::size_row;
-use crate::start::process_start;
+use crate::start::{process_start, spawn_rows};
 
 pub(crate) struct Args {
     pub(crate) attache: PathBuf,
@@ -213,6 +213,7 @@ pub(crate) fn main() {
     if a.runs("start") {
         let start = process_start(&a, &mut r);
         r.figure("attache_process_start_ms", start);
+        spawn_rows(&a, &mut r);
     }
     if a.runs("floor") || a.runs("dropin") {
         let floor = rt.block_on(floor(&a, &mut pods, &mut r));

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
+use crate::spawn::Stdio;
 
 /// A short stable name for an attachment's chain.
 pub fn chain_id(prefix: &str, network: &str, container_id: &str, ifname: &str) -> String {
@@ -125,12 +126,14 @@ pub async fn remove(r: &Removal) -> Result<()> {
     if apply(&r.strict).await.is_ok() {
         return Ok(());
     }
-    let listed = tokio::process::Command::new("nft")
+    let listed = crate::spawn::Command::new("nft")
         .args(["list", "table"])
         .args(r.table.split(' '))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+        .stdout(Stdio::Null)
+        .stderr(Stdio::Null)
+        .spawn()
+        .map_err(|e| Error::io("running nft", e))?
+        .wait()
         .await
         .map_err(|e| Error::io("running nft", e))?;
     if !listed.success() {
@@ -142,14 +145,12 @@ pub async fn remove(r: &Removal) -> Result<()> {
 /// Apply a script in the current network namespace.
 pub async fn apply(script: &str) -> Result<()> {
     crate::fail::point("nft.apply")?;
-    let mut cmd = tokio::process::Command::new("nft");
-    crate::delegate::dies_with_attache(&mut cmd);
-    let mut child = cmd
+    // nft dies with attache (src/spawn.rs), as a delegate does.
+    let mut child = crate::spawn::Command::new("nft")
         .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
+        .stdin(Stdio::Piped)
+        .stdout(Stdio::Null)
+        .stderr(Stdio::Piped)
         .spawn()
         .map_err(|e| {
             Error::io(
