@@ -351,6 +351,8 @@ struct Resolver<'a> {
     ac: &'a AttacheConf,
     api: Option<KubeApi>,
     folder: Option<BTreeMap<String, Nad>>,
+    /// The node's mirror, its liveness read once, at the first definition looked up there.
+    mirror: Option<crate::k8s::mirror::Snapshot>,
 }
 
 impl<'a> Resolver<'a> {
@@ -359,6 +361,7 @@ impl<'a> Resolver<'a> {
             ac,
             api,
             folder: None,
+            mirror: None,
         }
     }
 
@@ -372,12 +375,15 @@ impl<'a> Resolver<'a> {
                 return Ok(n.clone());
             }
         }
-        let mirror = self
-            .ac
-            .nad_mirror
-            .as_deref()
-            .map(crate::k8s::mirror::Mirror::new);
-        if let Some(n) = mirror.as_ref().and_then(|m| m.get(ns, name)) {
+        if self.mirror.is_none() {
+            self.mirror = self
+                .ac
+                .nad_mirror
+                .as_deref()
+                .map(|d| crate::k8s::mirror::Mirror::new(d).snapshot());
+        }
+        let mirror = self.mirror.as_ref();
+        if let Some(n) = mirror.and_then(|m| m.get(ns, name)) {
             tracing::debug!(definition = key, "from the node's mirror");
             return Ok(n);
         }
@@ -387,20 +393,19 @@ impl<'a> Resolver<'a> {
                 Ok(None) => {}
                 // The API server cannot answer: a definition this node has seen, if its mirror was
                 // live recently enough.
-                Err(e) => match mirror
-                    .as_ref()
-                    .and_then(|m| m.get_stale(ns, name, self.ac.nad_mirror_max_stale))
-                {
-                    Some((n, age)) => {
-                        tracing::warn!(
-                            definition = key,
-                            "served from the node's mirror, last current {}s ago: {e}",
-                            age.as_secs()
-                        );
-                        return Ok(n);
+                Err(e) => {
+                    match mirror.and_then(|m| m.get_stale(ns, name, self.ac.nad_mirror_max_stale)) {
+                        Some((n, age)) => {
+                            tracing::warn!(
+                                definition = key,
+                                "served from the node's mirror, last current {}s ago: {e}",
+                                age.as_secs()
+                            );
+                            return Ok(n);
+                        }
+                        None => return Err(e),
                     }
-                    None => return Err(e),
-                },
+                }
             }
         }
         let mut places = Vec::new();

@@ -43,6 +43,33 @@ fn safe(s: &str, subdomain: bool) -> bool {
         })
 }
 
+/// The mirror with its age read once (see [`Mirror::snapshot`]).
+#[derive(Debug)]
+pub struct Snapshot {
+    mirror: Mirror,
+    age: Option<Duration>,
+}
+
+impl Snapshot {
+    /// The definition, if the mirror is live.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Nad> {
+        self.age
+            .is_some_and(|a| a < LIVE_FOR)
+            .then(|| self.mirror.read(namespace, name))?
+    }
+
+    /// The definition, if the mirror was live at most `max_stale` ago, with how long ago that was.
+    pub fn get_stale(
+        &self,
+        namespace: &str,
+        name: &str,
+        max_stale: Duration,
+    ) -> Option<(Nad, Duration)> {
+        let age = self.age.filter(|a| *a < max_stale)?;
+        self.mirror.read(namespace, name).map(|n| (n, age))
+    }
+}
+
 /// The folder of the mirror.
 #[derive(Clone, Debug)]
 pub struct Mirror {
@@ -91,10 +118,7 @@ impl Mirror {
 
     /// The definition from a live mirror.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Nad> {
-        if !self.is_live() {
-            return None;
-        }
-        self.read(namespace, name)
+        self.snapshot().get(namespace, name)
     }
 
     /// The definition from a mirror that was live at most `max_stale` ago — for when the API server
@@ -105,8 +129,15 @@ impl Mirror {
         name: &str,
         max_stale: Duration,
     ) -> Option<(Nad, Duration)> {
-        let age = self.age().filter(|a| *a < max_stale)?;
-        self.read(namespace, name).map(|n| (n, age))
+        self.snapshot().get_stale(namespace, name, max_stale)
+    }
+
+    /// The mirror as one ADD sees it: its liveness read once, for every definition the ADD looks up.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            mirror: self.clone(),
+            age: self.age(),
+        }
     }
 
     /// The resourceVersion the agent last recorded (to resume its watch from).

@@ -74,6 +74,10 @@ pub struct Answer {
     pub error: String,
 }
 
+fn is_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
 impl Request {
     /// A request about `pod`, for an asker that waits `wait` for the answer.
     pub fn new(
@@ -91,13 +95,7 @@ impl Request {
             wait_ms: wait.as_millis().clamp(1, u64::MAX as u128) as u64,
         }
     }
-}
 
-fn is_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-impl Request {
     /// Whether the agent may act on it: a pod named as the API names pods, with its UID, and a report
     /// of sane size.
     pub fn validate(&self) -> std::result::Result<(), String> {
