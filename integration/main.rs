@@ -28,3 +28,4 @@ mod operate;
 mod podman;
 mod properties;
 mod realapi;
+mod routing;

@@ -28,6 +28,8 @@ pub const ALL: &[&str] = &[
     "netlink.add_addr",
     "netlink.add_route",
     "netlink.del_route",
+    "netlink.add_rule",
+    "netlink.del_rule",
     "sysctl",
     "nft.apply",
     "delegate.exec",

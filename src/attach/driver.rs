@@ -10,6 +10,7 @@ use std::future::Future;
 
 use super::PodNs;
 use super::bridge::BridgeConf;
+use super::sbr::SbrConf;
 use super::sublink::{SubConf, SubLinkType};
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, Command};
@@ -60,14 +61,17 @@ pub enum NativeType {
     Bridge,
     /// A link made on a node interface: macvlan, ipvlan, vlan.
     Sub(SubLinkType),
+    /// Source-based routing, chained after a plugin that made the interface.
+    Sbr,
 }
 
 impl NativeType {
-    pub const ALL: [NativeType; 4] = [
+    pub const ALL: [NativeType; 5] = [
         NativeType::Bridge,
         NativeType::Sub(SubLinkType::MacVlan),
         NativeType::Sub(SubLinkType::IpVlan),
         NativeType::Sub(SubLinkType::Vlan),
+        NativeType::Sbr,
     ];
 
     /// The type a plugin `type` names, if attache implements it.
@@ -79,10 +83,17 @@ impl NativeType {
         match self {
             NativeType::Bridge => "bridge",
             NativeType::Sub(s) => s.name(),
+            NativeType::Sbr => "sbr",
         }
     }
 
-    /// "bridge, macvlan, ipvlan, vlan", for messages.
+    /// Whether it makes the pod's interface (and so puts it in the pod's link group), rather than
+    /// working on one a plugin before it made.
+    pub fn makes_link(self) -> bool {
+        !matches!(self, NativeType::Sbr)
+    }
+
+    /// "bridge, macvlan, ipvlan, vlan, sbr", for messages.
     pub fn names() -> String {
         NativeType::ALL.map(NativeType::name).join(", ")
     }
@@ -92,6 +103,7 @@ impl NativeType {
         let driver = match self {
             NativeType::Bridge => Parsed::Bridge(BridgeConf::parse(self, args, &conf)?),
             NativeType::Sub(_) => Parsed::Sub(SubConf::parse(self, args, &conf)?),
+            NativeType::Sbr => Parsed::Sbr(SbrConf::parse(self, args, &conf)?),
         };
         Ok(Checked { conf, driver })
     }
@@ -119,11 +131,13 @@ impl NativeType {
             Command::Del => match self {
                 NativeType::Bridge => BridgeConf::del(args, &conf).await,
                 NativeType::Sub(_) => SubConf::del(args, &conf).await,
+                NativeType::Sbr => SbrConf::del(args, &conf).await,
             }
             .map(|_| None),
             Command::Gc => match self {
                 NativeType::Bridge => BridgeConf::gc(args, &conf),
                 NativeType::Sub(_) => SubConf::gc(args, &conf),
+                NativeType::Sbr => SbrConf::gc(args, &conf),
             }
             .map(|_| None),
             Command::Status => Ok(None),
@@ -141,6 +155,7 @@ pub struct Checked {
 enum Parsed {
     Bridge(BridgeConf),
     Sub(SubConf),
+    Sbr(SbrConf),
 }
 
 impl Checked {
@@ -153,6 +168,7 @@ impl Checked {
         match &self.driver {
             Parsed::Bridge(d) => d.add(args, &self.conf, pod, link_group).await,
             Parsed::Sub(d) => d.add(args, &self.conf, pod, link_group).await,
+            Parsed::Sbr(d) => d.add(args, &self.conf, pod, link_group).await,
         }
     }
 
@@ -161,6 +177,7 @@ impl Checked {
         match &self.driver {
             Parsed::Bridge(d) => d.check(args, &self.conf, prev).await,
             Parsed::Sub(d) => d.check(args, &self.conf, prev).await,
+            Parsed::Sbr(d) => d.check(args, &self.conf, prev).await,
         }
     }
 }
@@ -174,7 +191,7 @@ mod tests {
         for t in NativeType::ALL {
             assert_eq!(NativeType::of(t.name()), Some(t));
         }
-        assert_eq!(NativeType::names(), "bridge, macvlan, ipvlan, vlan");
+        assert_eq!(NativeType::names(), "bridge, macvlan, ipvlan, vlan, sbr");
         assert_eq!(NativeType::of("ptp"), None);
         assert_eq!(NativeType::of("attache"), None);
     }

@@ -104,6 +104,7 @@ pub async fn configure_iface(
             scope: r.scope,
             mtu: r.mtu,
             advmss: r.adv_mss,
+            src: None,
         };
         async move { pod_nl.add_route(&spec).await }
     }))

@@ -2,7 +2,7 @@
 //! works on its own (drop-in mode): a conf with that `type`, or the binary installed under that name.
 //!
 //! Rooms: [`driver`] (the trait and the registry of types), [`bridge`] and [`sublink`] (macvlan, ipvlan,
-//! vlan) — the drivers; [`iface`] (the pod side every driver configures the same way), [`undo`] (rolling
+//! vlan) — the drivers; [`sbr`] (source-based routing, chained after one); [`iface`] (the pod side every driver configures the same way), [`undo`] (rolling
 //! a failed ADD back), [`naming`] (node link names and owner labels), [`nft`] (nftables state). What is
 //! left here are the small readers of a driver's invocation.
 
@@ -11,6 +11,7 @@ pub mod driver;
 pub mod iface;
 pub mod naming;
 pub mod nft;
+pub mod sbr;
 pub mod sublink;
 pub mod undo;
 

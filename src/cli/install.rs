@@ -259,7 +259,8 @@ fn install_binaries(args: &InstallArgs) -> Result<()> {
         crate::cni::conf::validate_plugin_type(name)?;
         if crate::attach::NativeType::of(name).is_none() {
             return Err(Error::config(format!(
-                "--drop-in {name:?}: attache implements bridge, macvlan, ipvlan, vlan, host-local and static"
+                "--drop-in {name:?}: attache implements {}, host-local and static",
+                crate::attach::NativeType::names()
             )));
         }
         let target = args.bin_dir.join(name);

@@ -31,6 +31,8 @@ use rtnetlink::{Handle, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, RouteMes
 use crate::error::{Error, Result};
 use crate::netns::{NetNs, route_socket};
 
+pub mod policy;
+
 /// A link as attache needs to see it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Link {
@@ -196,6 +198,8 @@ pub struct RouteSpec {
     pub scope: Option<u8>,
     pub mtu: Option<u32>,
     pub advmss: Option<u32>,
+    /// The preferred source address (`src` in `ip route`).
+    pub src: Option<IpAddr>,
 }
 
 impl RouteSpec {
@@ -210,6 +214,7 @@ impl RouteSpec {
             scope: None,
             mtu: None,
             advmss: None,
+            src: None,
         }
     }
 }
@@ -750,6 +755,9 @@ fn route_message(r: &RouteSpec) -> Result<RouteMessage> {
     if let Some(t) = r.table {
         b = b.table_id(t);
     }
+    if let Some(src) = r.src {
+        b = b.pref_source(src).map_err(|e| bad(&e))?;
+    }
     let scope = match r.scope {
         Some(s) => RouteScope::from(s),
         // A route without a gateway reaches its destination on the link.
@@ -925,6 +933,7 @@ mod tests {
             scope: None,
             mtu: Some(1400),
             advmss: None,
+            src: None,
         };
         let m = route_message(&r).unwrap();
         assert_eq!(m.header.scope, RouteScope::Universe);
