@@ -254,3 +254,378 @@ fn bad_sbr_input_is_refused_with_nothing_applied() {
         .err(7);
     assert!(err["msg"].as_str().unwrap().contains("chained"), "{err}");
 }
+
+const NS: &str = "team-r";
+
+/// A node whose `nic0` (the macvlan master) is on a segment with a router netns (10.71.0.1 there), and
+/// behind the router a peer netns at 192.168.50.2 (its default via the router): a peer a pod's
+/// secondary interface reaches only through that segment's gateway.
+struct Segment {
+    node: Node,
+    router: String,
+    peer: String,
+}
+
+fn segment(tag: &str) -> Segment {
+    let mut node = Node::with_nic(tag);
+    let router = node.pod();
+    let peer = node.pod();
+    let (r, p) = (
+        router.rsplit('/').next().unwrap().to_string(),
+        peer.rsplit('/').next().unwrap().to_string(),
+    );
+    assert!(node.ip_do(&["link", "set", "nicpeer", "netns", &r]));
+    let ip = |ns: &str, args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(ns)
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip -n {ns} {args:?}");
+    };
+    ip(&r, &["addr", "add", "10.71.0.1/24", "dev", "nicpeer"]);
+    ip(&r, &["link", "set", "nicpeer", "up"]);
+    ip(
+        &r,
+        &[
+            "link", "add", "rp", "type", "veth", "peer", "name", "pp", "netns", &p,
+        ],
+    );
+    ip(&r, &["addr", "add", "192.168.50.1/24", "dev", "rp"]);
+    ip(&r, &["link", "set", "rp", "up"]);
+    ip(&p, &["addr", "add", "192.168.50.2/24", "dev", "pp"]);
+    ip(&p, &["link", "set", "pp", "up"]);
+    ip(&p, &["route", "add", "default", "via", "192.168.50.1"]);
+    assert!(
+        node.sh(Some(&router), &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .status
+            .success()
+    );
+    Segment { node, router, peer }
+}
+
+/// The example pod's definitions: `seg` (a macvlan on the segment, its gateway the router), `side` (a
+/// native bridge), and `seg2` (a second macvlan in the same subnet, other addresses).
+fn definitions(node: &Node, seg_extra: Value) -> PathBuf {
+    let ipam = node.path("ipam");
+    let mut seg = json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
+        "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "10.71.0.0/24",
+                 "rangeStart": "10.71.0.10", "rangeEnd": "10.71.0.19", "gateway": "10.71.0.1"}]]}});
+    for (k, v) in seg_extra.as_object().unwrap() {
+        seg[k] = v.clone();
+    }
+    crate::testbed::write_nads(
+        node,
+        NS,
+        &[
+            ("seg", seg),
+            (
+                "side",
+                crate::testbed::bridge_nad(node, "br-side", "10.72.0.0/24"),
+            ),
+            (
+                "seg2",
+                json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
+                    "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "10.71.0.0/24",
+                             "rangeStart": "10.71.0.20", "rangeEnd": "10.71.0.29", "gateway": "10.71.0.1"}]]}}),
+            ),
+        ],
+    )
+}
+
+fn pod_args() -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME=multi")
+}
+
+fn sysctl(node: &Node, pod: &str, key: &str) -> String {
+    crate::testbed::state::sysctl(node, Some(pod), key)
+}
+
+/// The pod's IPv4 rules at attache's priority, as `(src, table)`.
+fn source_rules(node: &Node, pod: &str) -> Vec<(String, String)> {
+    node.ip(Some(pod), &["-4", "rule", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["priority"] == 1000)
+        .map(|r| {
+            (
+                r["src"].as_str().unwrap().to_string(),
+                r["table"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn defaults_in_main(node: &Node, pod: &str) -> Vec<String> {
+    node.ip(Some(pod), &["-4", "route", "show", "default"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dev"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Which interface the pod sends to `dst` from (optionally) `from` through.
+fn route_dev(node: &Node, pod: &str, dst: &str, from: Option<&str>) -> String {
+    let mut args = vec!["-4", "route", "get", dst];
+    if let Some(f) = from {
+        args.extend(["from", f]);
+    }
+    node.ip(Some(pod), &args)[0]["dev"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
+    require_reference_plugins();
+    let mut seg = segment("srcrt");
+    let dir = definitions(&seg.node, json!({}));
+    let args = pod_args();
+
+    // Without source routing the reply to the peer behind net1's gateway follows main's default
+    // (eth0, the cluster network), and never arrives.
+    let pod = seg.node.pod();
+    let conf = crate::testbed::meta_conf(&seg.node, &dir, "seg,side");
+    let mut call = seg.node.call("ADD", "plain", &pod, "eth0");
+    call.args = &args;
+    seg.node.exec(&call, &conf).ok();
+    let net1 = seg.node.addrs(Some(&pod), "net1")[0]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !seg.node.pings(&seg.peer, &net1),
+        "answered without source routing"
+    );
+    let mut del = seg.node.call("DEL", "plain", &pod, "eth0");
+    del.args = &args;
+    seg.node.exec(&del, &conf).ok();
+
+    // Source routing, in a pod that inherited a strict host's rp_filter.
+    let pod = seg.node.pod();
+    for key in [
+        "net.ipv4.conf.all.rp_filter=1",
+        "net.ipv4.conf.default.rp_filter=1",
+    ] {
+        assert!(
+            seg.node
+                .sh(Some(&pod), &["sysctl", "-qw", key])
+                .status
+                .success()
+        );
+    }
+    let mut conf = crate::testbed::meta_conf(&seg.node, &dir, "seg,side");
+    conf["podRouting"] = json!("source");
+    let mut call = seg.node.call("ADD", "routed", &pod, "eth0");
+    call.args = &args;
+    let res = seg.node.exec(&call, &conf).ok();
+    let eth0 = crate::testbed::first_ip(&res);
+    let net1 = seg.node.addrs(Some(&pod), "net1")[0]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let net2 = seg.node.addrs(Some(&pod), "net2")[0]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    assert_eq!(
+        defaults_in_main(&seg.node, &pod),
+        ["eth0"],
+        "one default in main"
+    );
+    let rules = source_rules(&seg.node, &pod);
+    assert_eq!(rules.len(), 2, "a rule per secondary address: {rules:?}");
+    assert!(rules.iter().any(|(s, _)| *s == net1) && rules.iter().any(|(s, _)| *s == net2));
+    assert_eq!(
+        route_dev(&seg.node, &pod, "192.168.50.2", Some(&net1)),
+        "net1"
+    );
+    assert_eq!(route_dev(&seg.node, &pod, "192.168.50.2", None), "eth0");
+    for key in ["all", "default", "net1", "net2"] {
+        assert_eq!(
+            sysctl(&seg.node, &pod, &format!("net.ipv4.conf.{key}.rp_filter")),
+            "2",
+            "{key}"
+        );
+    }
+    // The peer behind the segment's router reaches net1, and the cluster network still works.
+    assert!(
+        seg.node.pings(&seg.peer, &net1),
+        "the peer gets no answer from net1"
+    );
+    assert!(seg.node.pings(&seg.router, &net1));
+    assert!(
+        seg.node
+            .sh(None, &["ping", "-c", "1", "-W", "2", &eth0])
+            .status
+            .success(),
+        "the node no longer reaches eth0"
+    );
+
+    // CHECK passes, and catches a rule removed behind attache's back.
+    let mut check = seg.node.call("CHECK", "routed", &pod, "eth0");
+    check.args = &args;
+    let mut checked = conf.clone();
+    checked["prevResult"] = res.clone();
+    seg.node.exec(&check, &checked).ok();
+    let table = rules.iter().find(|(s, _)| *s == net1).unwrap().1.clone();
+    assert!(
+        seg.node
+            .sh(
+                Some(&pod),
+                &[
+                    "ip", "rule", "del", "from", &net1, "table", &table, "pref", "1000"
+                ]
+            )
+            .status
+            .success()
+    );
+    let out = seg.node.exec(&check, &checked);
+    assert_ne!(out.exit, 0, "CHECK missed the deleted rule");
+    assert!(out.stdout.contains("rule"), "{}", out.stdout);
+
+    // DEL with the netns alive: no rule, no table, rp_filter as it was.
+    let mut del = seg.node.call("DEL", "routed", &pod, "eth0");
+    del.args = &args;
+    seg.node.exec(&del, &conf).ok();
+    assert!(source_rules(&seg.node, &pod).is_empty());
+    let tables = seg
+        .node
+        .ip(Some(&pod), &["-4", "route", "show", "table", "all"]);
+    assert!(
+        !tables.as_array().unwrap().iter().any(|r| r["table"]
+            .as_str()
+            .is_some_and(|t| t.parse::<u32>().is_ok())),
+        "a table is left: {tables}"
+    );
+    assert_eq!(sysctl(&seg.node, &pod, "net.ipv4.conf.all.rp_filter"), "1");
+    assert_eq!(
+        sysctl(&seg.node, &pod, "net.ipv4.conf.default.rp_filter"),
+        "1"
+    );
+    let _ = &mut seg;
+}
+
+#[test]
+fn a_default_route_on_a_secondary_keeps_the_cluster_and_its_services_on_eth0() {
+    require_reference_plugins();
+    let mut seg = segment("srcdef");
+    let dir = definitions(&seg.node, json!({}));
+    let args = pod_args();
+    let networks = r#"[{"name": "seg", "default-route": ["10.71.0.1"]}, {"name": "side"}]"#;
+
+    // Without the cluster's CIDRs, refused, with nothing made.
+    let pod = seg.node.pod();
+    let mut conf = crate::testbed::meta_conf(&seg.node, &dir, networks);
+    conf["podRouting"] = json!("source");
+    let mut call = seg.node.call("ADD", "moved", &pod, "eth0");
+    call.args = &args;
+    let err = seg.node.exec(&call, &conf).err(7);
+    assert!(
+        err["msg"].as_str().unwrap().contains("serviceCIDRs"),
+        "{err}"
+    );
+    assert_eq!(seg.node.links(Some(&pod)), ["lo"]);
+    assert!(crate::testbed::state::leased(&seg.node).is_empty());
+    assert_eq!(
+        sysctl(&seg.node, &pod, "net.ipv4.conf.default.rp_filter"),
+        sysctl(&seg.node, &seg.router, "net.ipv4.conf.default.rp_filter")
+    );
+
+    conf["clusterCIDRs"] = json!(["10.77.0.0/16"]);
+    conf["serviceCIDRs"] = json!(["10.96.0.0/12"]);
+    let res = seg.node.exec(&call, &conf).ok();
+    let eth0 = crate::testbed::first_ip(&res);
+    let net1 = seg.node.addrs(Some(&pod), "net1")[0]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(defaults_in_main(&seg.node, &pod), ["net1"]);
+    assert_eq!(route_dev(&seg.node, &pod, "192.168.50.2", None), "net1");
+    assert_eq!(
+        route_dev(&seg.node, &pod, "10.96.0.10", None),
+        "eth0",
+        "a Service"
+    );
+    assert_eq!(
+        route_dev(&seg.node, &pod, "10.77.5.5", None),
+        "eth0",
+        "another pod"
+    );
+    assert_eq!(
+        route_dev(&seg.node, &pod, "192.168.50.2", Some(&eth0)),
+        "eth0"
+    );
+    assert!(seg.node.pings(&seg.peer, &net1));
+
+    let mut del = seg.node.call("DEL", "moved", &pod, "eth0");
+    del.args = &args;
+    seg.node.exec(&del, &conf).ok();
+    assert!(source_rules(&seg.node, &pod).is_empty());
+    assert_eq!(seg.node.links(Some(&pod)), ["lo"]);
+    let _ = &mut seg;
+}
+
+#[test]
+fn two_interfaces_in_one_subnet_each_answer_arp_for_their_own_address() {
+    require_reference_plugins();
+    let mut seg = segment("srcarp");
+    let dir = definitions(&seg.node, json!({}));
+    let args = pod_args();
+    let pod = seg.node.pod();
+    let mut conf = crate::testbed::meta_conf(&seg.node, &dir, "seg,seg2");
+    conf["podRouting"] = json!("source");
+    let mut call = seg.node.call("ADD", "twins", &pod, "eth0");
+    call.args = &args;
+    seg.node.exec(&call, &conf).ok();
+    for ifname in ["net1", "net2"] {
+        assert_eq!(
+            sysctl(
+                &seg.node,
+                &pod,
+                &format!("net.ipv4.conf.{ifname}.arp_ignore")
+            ),
+            "1"
+        );
+        assert_eq!(
+            sysctl(
+                &seg.node,
+                &pod,
+                &format!("net.ipv4.conf.{ifname}.arp_announce")
+            ),
+            "2"
+        );
+    }
+    for ifname in ["net1", "net2"] {
+        let addr = seg.node.addrs(Some(&pod), ifname)[0]
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let mac = seg.node.ip(Some(&pod), &["link", "show", ifname])[0]["address"].clone();
+        assert!(seg.node.pings(&seg.router, &addr), "{ifname}");
+        assert!(
+            seg.node.pings(&seg.peer, &addr),
+            "{ifname} from behind the router"
+        );
+        let neigh = seg.node.ip(Some(&seg.router), &["neigh", "show", &addr]);
+        assert_eq!(
+            neigh[0]["lladdr"], mac,
+            "{ifname}'s address answered by another interface: {neigh}"
+        );
+    }
+    let mut del = seg.node.call("DEL", "twins", &pod, "eth0");
+    del.args = &args;
+    seg.node.exec(&del, &conf).ok();
+    let _ = &mut seg;
+}

@@ -97,6 +97,24 @@ pub struct AttacheConf {
     pub nad_mirror_max_stale: std::time::Duration,
     /// `attache agent`'s socket: network-status and Events are handed to it (else sent directly).
     pub agent_socket: Option<PathBuf>,
+    /// `podRouting`: `"source"` gives each secondary interface its own routing table and source rules
+    /// (see [`super::routing`]); the default, `"main"`, leaves routing as the plugins made it.
+    pub pod_routing: RoutingMode,
+    /// The cluster's pod and Service CIDRs (`clusterCIDRs`, `serviceCIDRs`): when a selection moves the
+    /// pod's default route off the cluster network, these stay on it.
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    pub service_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// How a pod's interfaces are routed (`podRouting`, and per selection or definition `attache.routing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// As the plugins made it: every route in the main table.
+    #[default]
+    Main,
+    /// Per interface: its own table, `from <address>` rules, one default route in main.
+    Source,
 }
 
 /// One key of the configuration, decoded on its own (absent or `null`: `None`); a wrong type is an
@@ -208,6 +226,25 @@ fn max_stale(conf: &NetConf) -> Result<std::time::Duration> {
     }
 }
 
+/// A list of CIDRs (`clusterCIDRs`, `serviceCIDRs`): networks, not addresses with host bits.
+fn cidrs(conf: &NetConf, k: &str) -> Result<Vec<ipnet::IpNet>> {
+    let list = key::<Vec<String>>(conf, k)?.unwrap_or_default();
+    list.iter()
+        .map(|c| {
+            let net: ipnet::IpNet = c
+                .parse()
+                .map_err(|_| Error::config(format!("{k}: {c:?} is not a CIDR")))?;
+            if net.trunc() != net {
+                return Err(Error::config(format!(
+                    "{k}: {c} has host bits set (the network is {})",
+                    net.trunc()
+                )));
+            }
+            Ok(net)
+        })
+        .collect()
+}
+
 impl AttacheConf {
     /// Every key read on its own; the errors of those that do not validate, in the order of the keys.
     fn read(conf: &NetConf) -> (AttacheConf, Vec<Error>) {
@@ -247,6 +284,9 @@ impl AttacheConf {
             nad_mirror: r.take(absolute(conf, "nadMirror"), || None),
             agent_socket: r.take(absolute(conf, "agentSocket"), || None),
             nad_mirror_max_stale: r.take(max_stale(conf), || crate::k8s::mirror::DEFAULT_MAX_STALE),
+            pod_routing: r.take(key(conf, "podRouting"), || None).unwrap_or_default(),
+            cluster_cidrs: r.take(cidrs(conf, "clusterCIDRs"), Vec::new),
+            service_cidrs: r.take(cidrs(conf, "serviceCIDRs"), Vec::new),
             namespace_isolation: r
                 .take(key(conf, "namespaceIsolation"), || None)
                 .unwrap_or(true),

@@ -126,14 +126,37 @@ async fn add(
     // container under its ID), so the next DEL must tear it down.
     store.unbury(&args.container_id)?;
     rec.attachments = records;
+    super::routing::refuse_lost_services(&rec, ac)?;
+    // Routed by source: the pod's rp_filter is loosened before any interface exists (each is born
+    // with it), and the record says so before it is done.
+    let routed_netns = args
+        .netns
+        .as_deref()
+        .filter(|_| super::routing::wanted(&rec));
+    if let Some(ns) = routed_netns {
+        rec.routing = Some(super::routing::PodRouting {
+            sysctls: super::routing::pod_sysctls(ns)?,
+            ..Default::default()
+        });
+    }
     store.save(&rec)?;
+    if let (Some(ns), Some(r)) = (routed_netns, &rec.routing)
+        && let Err(e) = super::routing::set_sysctls(ns, &r.sysctls)
+    {
+        rollback(args, ac, store, &rec).await;
+        return Err(e.context("loosening the pod's rp_filter"));
+    }
 
     attach_all(args, ac, store, &mut rec, checked, pod.as_ref()).await?;
+    let cluster_gws = super::routing::gateways(&rec.attachments[0]);
     let finished = match guarded(apply_default_routes(args, &mut rec)).await {
-        Ok(()) => {
-            rec.complete = true;
-            guarded_now(|| store.save(&rec))
-        }
+        Ok(()) => match guarded(route_pod(args, ac, store, &mut rec, &cluster_gws)).await {
+            Ok(()) => {
+                rec.complete = true;
+                guarded_now(|| store.save(&rec))
+            }
+            Err(e) => Err(e.context("routing the pod's interfaces")),
+        },
         Err(e) => Err(e.context("moving the default route")),
     };
     if let Err(err) = finished {
@@ -382,6 +405,30 @@ async fn apply_default_routes(args: &CmdArgs, rec: &mut PodRecord) -> Result<()>
     Ok(())
 }
 
+/// The pod's routing beyond its attachments (see [`super::routing`]): planned into the record, which is
+/// saved before anything is made, then made. The cluster's CIDRs stay on it when the default moved even
+/// without source routing, when the configuration names them.
+async fn route_pod(
+    args: &CmdArgs,
+    ac: &AttacheConf,
+    store: &RecordStore,
+    rec: &mut PodRecord,
+    cluster_gws: &[IpAddr],
+) -> Result<()> {
+    let Some(netns) = args.netns.as_deref() else {
+        return Ok(());
+    };
+    let moved = rec.attachments.iter().any(|a| !a.default_route.is_empty());
+    if !super::routing::wanted(rec)
+        && !(moved && !(ac.cluster_cidrs.is_empty() && ac.service_cidrs.is_empty()))
+    {
+        return Ok(());
+    }
+    super::routing::plan(netns, ac, rec, cluster_gws).await?;
+    store.save(rec)?;
+    super::routing::apply(netns, rec, cluster_gws).await
+}
+
 /// The network-status annotation: one entry per attachment, the cluster network's marked default.
 pub fn network_status(rec: &PodRecord) -> Vec<NetworkStatus> {
     rec.attachments
@@ -574,6 +621,13 @@ async fn teardown(
     if netns.is_none() {
         tracing::debug!("DEL has no live pod netns: pod-side links went with it");
     }
+    // Rules, tables and sysctls live in the pod's netns: without it there is nothing to undo.
+    let mut routing_errors = Vec::new();
+    if let (Some(ns), Some(r)) = (netns, &rec.routing)
+        && let Err(e) = super::routing::teardown(ns, r).await
+    {
+        routing_errors.push(e.context("undoing the pod's routing"));
+    }
     // The pod's native interfaces and the delegated networks are independent: both go at once, so a
     // pod's DEL pays the kernel's unregister wait once, not once for the delegate and again for the
     // natives. The native ones go together, as one link group (one wait, not one each), then their
@@ -596,6 +650,7 @@ async fn teardown(
     let (mut errors, delegated) =
         futures::join!(natives, detach_all(args, ac, rec, &others, false));
     errors.extend(delegated);
+    errors.extend(routing_errors);
     if errors.is_empty() {
         store.remove(&rec.container_id, &rec.ifname)?;
     } else {
@@ -687,6 +742,11 @@ async fn check(
         attach_check(args, ac, a)
             .await
             .map_err(|e| e.context(format!("checking network {:?}", a.network)))?;
+    }
+    if let (Some(ns), Some(r)) = (args.netns.as_deref(), &rec.routing) {
+        super::routing::check(ns, r)
+            .await
+            .map_err(|e| e.context("checking the pod's routing"))?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod meta;
 pub mod plan;
 pub mod pod;
 pub mod record;
+pub mod routing;
 
 use serde_json::Value;
 

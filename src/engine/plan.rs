@@ -13,7 +13,7 @@ use crate::cni::conf::{NetConf, normalize_runtime_config};
 use crate::cni::skel::CmdArgs;
 use crate::delegate::Invocation;
 use crate::engine::chain::NetworkList;
-use crate::engine::config::{AttacheConf, load_named};
+use crate::engine::config::{AttacheConf, RoutingMode, load_named};
 use crate::engine::pod::link_group;
 use crate::engine::record::AttachmentRecord;
 use crate::error::{Error, Result};
@@ -582,6 +582,9 @@ impl<'a> Planner<'a> {
         };
         let default_route = s.default_route.clone().unwrap_or_default();
         ctx.route_defaults(&pod_name, &default_route)?;
+        let source_routing = routing_of(s.routing.as_deref(), &nad, ac)
+            .map_err(|e| e.context(format!("{pod_name}: network {qualified}")))?
+            == RoutingMode::Source;
         let (checked, link_group) = runnable(
             &list,
             args,
@@ -599,12 +602,36 @@ impl<'a> Planner<'a> {
             cni_args: args.args.for_delegate(),
             link_group,
             default_route,
+            source_routing,
             device_id,
             device_info,
             ..AttachmentRecord::new(&qualified, &ifname, list)
         };
         Ok(Planned { record, checked })
     }
+}
+
+/// How one selection's interface is routed: the selection's `attache.routing`, else its definition's
+/// (a top-level key of `spec.config`), else the configuration's `podRouting`.
+fn routing_of(selection: Option<&str>, nad: &Nad, ac: &AttacheConf) -> Result<RoutingMode> {
+    let parse = |v: &Value, whose: &str| -> Result<RoutingMode> {
+        serde_json::from_value(v.clone()).map_err(|_| {
+            Error::config(format!(
+                "{whose} attache.routing is {v}: it must be \"source\" or \"main\""
+            ))
+        })
+    };
+    if let Some(s) = selection {
+        return parse(&Value::String(s.to_string()), "the selection's");
+    }
+    if let Some(v) = nad
+        .config_value()?
+        .as_ref()
+        .and_then(|c| c.get("attache.routing"))
+    {
+        return parse(v, "the definition's");
+    }
+    Ok(ac.pod_routing)
 }
 
 /// What the selections of one pod share while they are planned.

@@ -59,6 +59,8 @@ pub struct AttachmentRecord {
     pub link_group: Option<u32>,
     /// Gateways this attachment's interface takes the pod's default route(s) to (`default-route`).
     pub default_route: Vec<std::net::IpAddr>,
+    /// Whether its interface is routed by source (`podRouting` / `attache.routing`: `"source"`).
+    pub source_routing: bool,
     /// The device-plugin device it was given (`resourceName` definitions), and its Device Information.
     pub device_id: Option<String>,
     pub device_info: Option<Value>,
@@ -77,6 +79,7 @@ impl AttachmentRecord {
             cni_args: CniArgs::default(),
             link_group: None,
             default_route: vec![],
+            source_routing: false,
             device_id: None,
             device_info: None,
             result: None,
@@ -120,6 +123,13 @@ struct OnDisk {
         skip_serializing_if = "Vec::is_empty"
     )]
     default_route: Vec<std::net::IpAddr>,
+    /// Whether its interface is routed by source.
+    #[serde(
+        default,
+        rename = "sourceRouting",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    source_routing: bool,
     /// The device-plugin device it was given (`resourceName` definitions), and its Device Information.
     #[serde(default, rename = "deviceID", skip_serializing_if = "Option::is_none")]
     device_id: Option<String>,
@@ -145,6 +155,7 @@ impl From<AttachmentRecord> for OnDisk {
             cni_args: a.cni_args,
             link_group: a.link_group,
             default_route: a.default_route,
+            source_routing: a.source_routing,
             device_id: a.device_id,
             device_info: a.device_info,
             result: a.result,
@@ -171,6 +182,7 @@ impl TryFrom<OnDisk> for AttachmentRecord {
             cni_args: d.cni_args,
             link_group: d.link_group,
             default_route: d.default_route,
+            source_routing: d.source_routing,
             device_id: d.device_id,
             device_info: d.device_info,
             result: d.result,
@@ -215,6 +227,9 @@ pub struct PodRecord {
     /// True once every attachment succeeded and ADD returned.
     pub complete: bool,
     pub attachments: Vec<AttachmentRecord>,
+    /// What source routing set in the pod beyond its attachments (`podRouting: "source"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<super::routing::PodRouting>,
 }
 
 impl PodRecord {
@@ -228,6 +243,7 @@ impl PodRecord {
             pod: None,
             complete: false,
             attachments: Vec::new(),
+            routing: None,
         }
     }
 }

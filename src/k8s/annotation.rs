@@ -58,6 +58,14 @@ pub struct Selection {
         skip_serializing_if = "Option::is_none"
     )]
     pub ipam_claim_reference: Option<String>,
+    /// attache's own: how this interface is routed (`"source"` or `"main"`), over the definition's
+    /// and the configuration's `podRouting`.
+    #[serde(
+        default,
+        rename = "attache.routing",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub routing: Option<String>,
 }
 
 impl Selection {
