@@ -1,6 +1,6 @@
 //! Crash safety: attache is SIGKILLed at random points of a 3-network ADD (a delegated ptp cluster
-//! network, a native bridge with ipMasq and macspoofchk, a native macvlan), then the runtime does what it
-//! would — DEL; or ADD again without DEL, then DEL — and nothing may be left: links, addresses, IP files,
+//! network, a native bridge with ipMasq and macspoofchk, a native macvlan; routed by source), then the
+//! runtime does what it would — DEL; or ADD again without DEL, then DEL — and nothing may be left: links, addresses, IP files,
 //! nftables chains and elements, records, temporaries. The definitions come from the node's mirror (as
 //! `attache agent` keeps it).
 //!
@@ -78,6 +78,7 @@ fn conf(node: &Node) -> (Value, LiveMirror) {
     let mut conf = crate::testbed::meta_conf(node, &node.path("nads"), "blue,mac");
     conf.as_object_mut().unwrap().remove("networksDir");
     conf["nadMirror"] = json!(node.path("nads"));
+    conf["podRouting"] = json!("source");
     (conf, mirror)
 }
 

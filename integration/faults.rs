@@ -5,7 +5,7 @@
 //!
 //! The pod: a delegated cluster network (Debian's ptp), a native bridge with isGateway, ipMasq,
 //! macspoofchk and promiscMode, a native macvlan that takes the default route, and a macvlan with static
-//! IPAM; its annotations come from the runtime and network-status goes to the API fixture through the
+//! IPAM, all routed by source (`podRouting`); its annotations come from the runtime and network-status goes to the API fixture through the
 //! node agent (`attache agent`, its report socket).
 
 use std::collections::BTreeMap;
@@ -62,6 +62,10 @@ fn new_bed(tag: &str) -> Bed {
         r#"[{"name":"blue"},{"name":"mac","default-route":["10.23.0.1"]},{"name":"fixed"}]"#;
     let mut conf = crate::testbed::meta_conf(&node, &dir, networks);
     conf["kubeconfig"] = json!(node.path("kubeconfig"));
+    // Routed by source, the default on `mac`: rules, tables, the cluster's CIDRs on eth0, sysctls.
+    conf["podRouting"] = json!("source");
+    conf["clusterCIDRs"] = json!(["10.77.0.0/16"]);
+    conf["serviceCIDRs"] = json!(["10.96.0.0/12"]);
     // The report goes through the node agent (its failpoint, then the agent's own call).
     let agent = crate::testbed::Agent::start(&node, &node.path("kubeconfig"));
     let socket = node.path("run/agent.sock");

@@ -118,7 +118,7 @@ impl NetNs {
                 Ok(f())
             })
             .join()
-            .map_err(|_| Error::Internal("a thread inside a netns panicked".into()))?
+            .map_err(crate::fail::panic_error)?
         })
     }
 }

@@ -230,8 +230,8 @@ pub fn assert_same_as_reference(
     assert_eq!(snaps[1].2, snaps[0].2, "{what}: state after DEL differs");
 }
 
-/// Everything a user would look at: links (kind, master, addresses) and routes of node and pod, the
-/// IPAM files (last_reserved_ip excluded: round-robin moves it on by design), the nftables ruleset,
+/// Everything a user would look at: links (kind, master, addresses) and routes of node and pod (the
+/// pod's rules, other tables and rp_filter too), the IPAM files (last_reserved_ip excluded: round-robin moves it on by design), the nftables ruleset,
 /// the records. `keep_bridges`: false to leave out bridges, which a failed ADD may leave as the
 /// reference plugin does.
 pub fn full_state(node: &Node, pod: &str, keep_bridges: bool) -> Value {
@@ -284,9 +284,35 @@ pub fn full_state(node: &Node, pod: &str, keep_bridges: bool) -> Value {
         .collect();
     let nft =
         String::from_utf8_lossy(&node.sh(None, &["nft", "list", "ruleset"]).stdout).into_owned();
+    // Source routing's state: the pod's rules, its routes outside main and local, its rp_filter.
+    let mut policy: Vec<Value> = Vec::new();
+    for fam in ["-4", "-6"] {
+        policy.extend(
+            node.ip(Some(pod), &[fam, "rule", "show"])
+                .as_array()
+                .unwrap()
+                .clone(),
+        );
+        policy.extend(
+            node.ip(Some(pod), &[fam, "route", "show", "table", "all"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| {
+                    r["table"]
+                        .as_str()
+                        .is_some_and(|t| t != "local" && t != "main")
+                })
+                .cloned(),
+        );
+    }
+    for key in ["all", "default"] {
+        let k = format!("net.ipv4.conf.{key}.rp_filter");
+        policy.push(json!([k, sysctl(node, Some(pod), &k)]));
+    }
     json!({
         "node_links": links(None), "node_routes": routes(None),
-        "pod_links": links(Some(pod)), "pod_routes": routes(Some(pod)),
+        "pod_links": links(Some(pod)), "pod_routes": routes(Some(pod)), "pod_policy": policy,
         "ipam": ipam, "nft": nft, "cache": node.files("cache"),
     })
 }
