@@ -5,7 +5,7 @@
 //!
 //! The pod: a delegated cluster network (Debian's ptp), a native bridge with isGateway, ipMasq,
 //! macspoofchk and promiscMode, a native macvlan that takes the default route, and a macvlan with static
-//! IPAM, all routed by source (`podRouting`); its annotations come from the runtime and network-status goes to the API fixture through the
+//! IPAM and a chained tuning, all routed by source (`podRouting`); its annotations come from the runtime and network-status goes to the API fixture through the
 //! node agent (`attache agent`, its report socket).
 
 use std::collections::BTreeMap;
@@ -53,8 +53,11 @@ fn new_bed(tag: &str) -> Bed {
             ),
             (
                 "fixed",
-                json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
-                       "ipam": {"type": "static", "addresses": [{"address": "10.24.0.5/24"}]}}),
+                json!({"cniVersion": "1.0.0", "plugins": [
+                    {"type": "macvlan", "master": "nic0",
+                     "ipam": {"type": "static", "addresses": [{"address": "10.24.0.5/24"}]}},
+                    {"type": "tuning", "mtu": 1400, "dataDir": node.path("tuning"),
+                     "sysctl": {"net.ipv4.conf.IFNAME.arp_ignore": "1", "net.ipv4.conf.all.arp_filter": "1"}}]}),
             ),
         ],
     );

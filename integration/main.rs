@@ -29,3 +29,4 @@ mod podman;
 mod properties;
 mod realapi;
 mod routing;
+mod tuning;

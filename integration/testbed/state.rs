@@ -306,14 +306,17 @@ pub fn full_state(node: &Node, pod: &str, keep_bridges: bool) -> Value {
                 .cloned(),
         );
     }
-    for key in ["all", "default"] {
-        let k = format!("net.ipv4.conf.{key}.rp_filter");
-        policy.push(json!([k, sysctl(node, Some(pod), &k)]));
+    for k in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+        "net.ipv4.conf.all.arp_filter",
+    ] {
+        policy.push(json!([k, sysctl(node, Some(pod), k)]));
     }
     json!({
         "node_links": links(None), "node_routes": routes(None),
         "pod_links": links(Some(pod)), "pod_routes": routes(Some(pod)), "pod_policy": policy,
-        "ipam": ipam, "nft": nft, "cache": node.files("cache"),
+        "ipam": ipam, "nft": nft, "cache": node.files("cache"), "tuning": node.files("tuning"),
     })
 }
 

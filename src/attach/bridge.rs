@@ -603,6 +603,7 @@ impl AddCtx<'_, BridgeConf> {
         let pod_link = link?
             .ok_or_else(|| Error::Internal(format!("{} did not appear in the pod", args.ifname)))?;
         sysctls?;
+        super::tuning::before_up(self.pod, &args.ifname).await?;
         if !layer3 {
             if !bc.disable_container_interface {
                 self.pod_nl.set_up(&args.ifname).await?;

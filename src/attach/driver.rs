@@ -12,6 +12,7 @@ use super::PodNs;
 use super::bridge::BridgeConf;
 use super::sbr::SbrConf;
 use super::sublink::{SubConf, SubLinkType};
+use super::tuning::TuningConf;
 use crate::cni::conf::NetConf;
 use crate::cni::skel::{CmdArgs, Command};
 use crate::cni::spec::CniResult;
@@ -63,15 +64,18 @@ pub enum NativeType {
     Sub(SubLinkType),
     /// Source-based routing, chained after a plugin that made the interface.
     Sbr,
+    /// Sysctls and link attributes, chained after a plugin that made the interface.
+    Tuning,
 }
 
 impl NativeType {
-    pub const ALL: [NativeType; 5] = [
+    pub const ALL: [NativeType; 6] = [
         NativeType::Bridge,
         NativeType::Sub(SubLinkType::MacVlan),
         NativeType::Sub(SubLinkType::IpVlan),
         NativeType::Sub(SubLinkType::Vlan),
         NativeType::Sbr,
+        NativeType::Tuning,
     ];
 
     /// The type a plugin `type` names, if attache implements it.
@@ -84,16 +88,17 @@ impl NativeType {
             NativeType::Bridge => "bridge",
             NativeType::Sub(s) => s.name(),
             NativeType::Sbr => "sbr",
+            NativeType::Tuning => "tuning",
         }
     }
 
     /// Whether it makes the pod's interface (and so puts it in the pod's link group), rather than
     /// working on one a plugin before it made.
     pub fn makes_link(self) -> bool {
-        !matches!(self, NativeType::Sbr)
+        !matches!(self, NativeType::Sbr | NativeType::Tuning)
     }
 
-    /// "bridge, macvlan, ipvlan, vlan, sbr", for messages.
+    /// "bridge, macvlan, ipvlan, vlan, sbr, tuning", for messages.
     pub fn names() -> String {
         NativeType::ALL.map(NativeType::name).join(", ")
     }
@@ -104,6 +109,7 @@ impl NativeType {
             NativeType::Bridge => Parsed::Bridge(BridgeConf::parse(self, args, &conf)?),
             NativeType::Sub(_) => Parsed::Sub(SubConf::parse(self, args, &conf)?),
             NativeType::Sbr => Parsed::Sbr(SbrConf::parse(self, args, &conf)?),
+            NativeType::Tuning => Parsed::Tuning(TuningConf::parse(self, args, &conf)?),
         };
         Ok(Checked { conf, driver })
     }
@@ -132,12 +138,14 @@ impl NativeType {
                 NativeType::Bridge => BridgeConf::del(args, &conf).await,
                 NativeType::Sub(_) => SubConf::del(args, &conf).await,
                 NativeType::Sbr => SbrConf::del(args, &conf).await,
+                NativeType::Tuning => TuningConf::del(args, &conf).await,
             }
             .map(|_| None),
             Command::Gc => match self {
                 NativeType::Bridge => BridgeConf::gc(args, &conf),
                 NativeType::Sub(_) => SubConf::gc(args, &conf),
                 NativeType::Sbr => SbrConf::gc(args, &conf),
+                NativeType::Tuning => TuningConf::gc(args, &conf),
             }
             .map(|_| None),
             Command::Status => Ok(None),
@@ -156,9 +164,18 @@ enum Parsed {
     Bridge(BridgeConf),
     Sub(SubConf),
     Sbr(SbrConf),
+    Tuning(TuningConf),
 }
 
 impl Checked {
+    /// The tuning configuration, if this is one (for its driver to apply before the link is up).
+    pub fn tuning(&self) -> Option<&TuningConf> {
+        match &self.driver {
+            Parsed::Tuning(t) => Some(t),
+            _ => None,
+        }
+    }
+
     pub async fn add(
         &self,
         args: &CmdArgs,
@@ -169,6 +186,7 @@ impl Checked {
             Parsed::Bridge(d) => d.add(args, &self.conf, pod, link_group).await,
             Parsed::Sub(d) => d.add(args, &self.conf, pod, link_group).await,
             Parsed::Sbr(d) => d.add(args, &self.conf, pod, link_group).await,
+            Parsed::Tuning(d) => d.add(args, &self.conf, pod, link_group).await,
         }
     }
 
@@ -178,6 +196,7 @@ impl Checked {
             Parsed::Bridge(d) => d.check(args, &self.conf, prev).await,
             Parsed::Sub(d) => d.check(args, &self.conf, prev).await,
             Parsed::Sbr(d) => d.check(args, &self.conf, prev).await,
+            Parsed::Tuning(d) => d.check(args, &self.conf, prev).await,
         }
     }
 }
@@ -191,7 +210,10 @@ mod tests {
         for t in NativeType::ALL {
             assert_eq!(NativeType::of(t.name()), Some(t));
         }
-        assert_eq!(NativeType::names(), "bridge, macvlan, ipvlan, vlan, sbr");
+        assert_eq!(
+            NativeType::names(),
+            "bridge, macvlan, ipvlan, vlan, sbr, tuning"
+        );
         assert_eq!(NativeType::of("ptp"), None);
         assert_eq!(NativeType::of("attache"), None);
     }

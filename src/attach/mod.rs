@@ -2,7 +2,7 @@
 //! works on its own (drop-in mode): a conf with that `type`, or the binary installed under that name.
 //!
 //! Rooms: [`driver`] (the trait and the registry of types), [`bridge`] and [`sublink`] (macvlan, ipvlan,
-//! vlan) — the drivers; [`sbr`] (source-based routing, chained after one); [`iface`] (the pod side every driver configures the same way), [`undo`] (rolling
+//! vlan) — the drivers; [`sbr`] and [`tuning`] (chained after one); [`iface`] (the pod side every driver configures the same way), [`undo`] (rolling
 //! a failed ADD back), [`naming`] (node link names and owner labels), [`nft`] (nftables state). What is
 //! left here are the small readers of a driver's invocation.
 
@@ -13,6 +13,7 @@ pub mod naming;
 pub mod nft;
 pub mod sbr;
 pub mod sublink;
+pub mod tuning;
 pub mod undo;
 
 pub use driver::{Checked, Driver, NativeType};
@@ -65,6 +66,8 @@ pub struct PodNs {
     pub ns: NetNs,
     pub worker: NsWorker,
     nl: std::cell::OnceCell<Netlink>,
+    /// Tunings chained after the drivers that make their interfaces, applied before those come up.
+    pub tuned: tuning::EarlySlot,
 }
 
 impl PodNs {
@@ -77,6 +80,7 @@ impl PodNs {
             ns,
             worker,
             nl: std::cell::OnceCell::new(),
+            tuned: Default::default(),
         })
     }
 

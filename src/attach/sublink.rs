@@ -329,6 +329,7 @@ impl AddCtx<'_, SubConf> {
             ip.interface = Some(0);
         }
         if sc.ipam.is_none() {
+            super::tuning::before_up(self.pod, &args.ifname).await?;
             pod_nl.set_up(&args.ifname).await?;
         } else {
             let opts = IfaceOpts {
@@ -337,6 +338,7 @@ impl AddCtx<'_, SubConf> {
                 arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
             };
             pod_sysctls(worker, &args.ifname, &result, &opts).await?;
+            super::tuning::before_up(self.pod, &args.ifname).await?;
             configure_iface(pod_nl, &args.ifname, link.index, &result).await?;
         }
         result.interfaces = vec![Interface {

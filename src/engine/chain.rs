@@ -229,7 +229,13 @@ impl NetworkList {
                 .get_mut(i)
                 .and_then(Option::take)
                 .filter(|_| prev.is_none());
-            let ran = self.add_one(i, inv, runtime, prev.as_ref(), pre, pod).await;
+            let ran = match self.early_tuning(i, inv, runtime) {
+                Ok(early) => {
+                    self.add_one(i, inv, runtime, prev.as_ref(), pre, pod, early)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             match ran {
                 Ok(out) => prev = Some(out),
                 Err(e) => {
@@ -245,8 +251,29 @@ impl NetworkList {
         prev.ok_or_else(|| Error::Internal(format!("network {:?} has no plugins", self.name)))
     }
 
+    /// The tuning chained right after plugin `i`, when `i` is a native driver that makes the interface
+    /// and the tuning is attache's own: that driver applies it before the link comes up.
+    fn early_tuning(
+        &self,
+        i: usize,
+        inv: &Invocation<'_>,
+        runtime: &Map<String, Value>,
+    ) -> Result<Option<crate::attach::tuning::TuningConf>> {
+        let makes_link = NativeType::of(self.plugin_type(i)).is_some_and(NativeType::makes_link);
+        if !makes_link
+            || i + 1 >= self.plugins.len()
+            || NativeType::of(self.plugin_type(i + 1)) != Some(NativeType::Tuning)
+        {
+            return Ok(None);
+        }
+        let conf = NetConf::from_value(self.plugin_conf(i + 1, runtime, None))?;
+        let checked = NativeType::Tuning.check_conf(&native_args(Command::Add, inv), conf)?;
+        Ok(checked.tuning().cloned())
+    }
+
     /// ADD plugin `i`: a native one in-process (with its checked configuration if planning made one), any
-    /// other by exec.
+    /// other by exec. `early`: a tuning its driver applies before the link is up.
+    #[allow(clippy::too_many_arguments)]
     async fn add_one(
         &self,
         i: usize,
@@ -255,6 +282,7 @@ impl NetworkList {
         prev: Option<&CniResult>,
         pre: Option<Checked>,
         pod: Option<&PodNs>,
+        early: Option<crate::attach::tuning::TuningConf>,
     ) -> Result<CniResult> {
         let t = self.plugin_type(i);
         let conf = || self.plugin_conf(i, runtime, prev);
@@ -274,10 +302,19 @@ impl NetworkList {
             Some(c) => c,
             None => native.check_conf(&args, NetConf::from_value(conf())?)?,
         };
+        let register = |pod: &PodNs| {
+            if let Some(t) = early {
+                pod.tuned.borrow_mut().register(inv.ifname, t);
+            }
+        };
         match pod {
-            Some(pod) => checked.add(&args, pod, inv.link_group).await,
+            Some(pod) => {
+                register(pod);
+                checked.add(&args, pod, inv.link_group).await
+            }
             None => {
                 let pod = PodNs::open(&args)?;
+                register(&pod);
                 checked.add(&args, &pod, inv.link_group).await
             }
         }

@@ -576,12 +576,12 @@ mod tests {
     fn an_attachment_is_written_as_earlier_versions_read_it() {
         let doc = json!({"network": "team/blue", "ifname": "net1", "driver": "chain",
             "conf": {"cniVersion": "1.0.0", "name": "blue",
-                     "plugins": [{"type": "bridge", "bridge": "br0"}, {"type": "tuning"}]},
+                     "plugins": [{"type": "bridge", "bridge": "br0"}, {"type": "portmap"}]},
             "linkGroup": 7});
         let a: AttachmentRecord = serde_json::from_value(doc.clone()).unwrap();
         assert_eq!(a.conf.name, "blue");
-        assert_eq!(a.conf.plugin_type(1), "tuning");
-        assert!(!a.all_native(), "tuning is exec'd");
+        assert_eq!(a.conf.plugin_type(1), "portmap");
+        assert!(!a.all_native(), "portmap is exec'd");
         assert_eq!(
             serde_json::to_value(&a).unwrap(),
             doc,

@@ -49,6 +49,10 @@ pub struct Link {
     pub up: bool,
     pub oper_up: bool,
     pub promisc: bool,
+    /// `IFF_ALLMULTI`.
+    pub allmulti: bool,
+    /// `IFLA_TXQLEN`.
+    pub txqlen: u32,
     pub group: u32,
     /// `IFLA_IFALIAS`: attache labels the node-side links it makes with their owner.
     pub alias: Option<String>,
@@ -490,6 +494,25 @@ impl Netlink {
         self.set_link(msg, "set MAC address").await
     }
 
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        crate::fail::point("netlink.set_link")?;
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.set_link(msg, format!("set MTU {mtu}")).await
+    }
+
+    pub async fn set_allmulti(&self, index: u32, on: bool) -> Result<()> {
+        crate::fail::point("netlink.set_link")?;
+        let msg = LinkUnspec::new_with_index(index).allmulticast(on).build();
+        self.set_link(msg, "set all-multicast mode").await
+    }
+
+    pub async fn set_txqlen(&self, index: u32, len: u32) -> Result<()> {
+        crate::fail::point("netlink.set_link")?;
+        let msg = LinkUnspec::new_with_index(index).txqueuelen(len).build();
+        self.set_link(msg, format!("set transmit queue length {len}"))
+            .await
+    }
+
     /// Set the link group of a link (by name), so that a pod's links can be deleted together.
     pub async fn set_group(&self, name: &str, group: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_name(name).link_group(group).build();
@@ -796,6 +819,8 @@ fn parse_link(m: LinkMessage) -> Link {
         up: m.header.flags.contains(LinkFlags::Up),
         oper_up: false,
         promisc: m.header.flags.contains(LinkFlags::Promisc),
+        allmulti: m.header.flags.contains(LinkFlags::Allmulti),
+        txqlen: 0,
         group: 0,
         alias: None,
         vlan_filtering: false,
@@ -811,6 +836,7 @@ fn parse_link(m: LinkMessage) -> Link {
             LinkAttribute::LinkNetNsId(i) => l.link_netns_id = Some(i),
             LinkAttribute::OperState(s) => l.oper_up = s == State::Up,
             LinkAttribute::Group(g) => l.group = g,
+            LinkAttribute::TxQueueLen(q) => l.txqlen = q,
             LinkAttribute::IfAlias(a) => l.alias = Some(a),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
