@@ -629,3 +629,68 @@ fn two_interfaces_in_one_subnet_each_answer_arp_for_their_own_address() {
     seg.node.exec(&del, &conf).ok();
     let _ = &mut seg;
 }
+
+/// `sbr` chained after attache's own macvlan in a pod's definition: in-process, its rule made, and gone
+/// after DEL although the interface went first (the pod's native interfaces are deleted as a group).
+#[test]
+fn sbr_chained_after_a_native_macvlan_in_a_pod() {
+    require_reference_plugins();
+    let mut seg = segment("sbrpod");
+    let ipam = seg.node.path("ipam");
+    let nad = json!({"cniVersion": "1.0.0", "plugins": [
+        {"type": "macvlan", "master": "nic0",
+         "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "10.71.0.0/24",
+                  "rangeStart": "10.71.0.30", "rangeEnd": "10.71.0.39", "gateway": "10.71.0.1"}]]}},
+        {"type": "sbr"}]});
+    let dir = crate::testbed::write_nads(
+        &seg.node,
+        NS,
+        &[
+            ("seg-sbr", nad),
+            (
+                "side",
+                crate::testbed::bridge_nad(&seg.node, "br-side", "10.72.0.0/24"),
+            ),
+        ],
+    );
+    let pod = seg.node.pod();
+    let conf = crate::testbed::meta_conf(&seg.node, &dir, "seg-sbr,side");
+    let args = pod_args();
+    let mut call = seg.node.call("ADD", "chained", &pod, "eth0");
+    call.args = &args;
+    seg.node.exec(&call, &conf).ok();
+    let net1 = seg.node.addrs(Some(&pod), "net1")[0]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let rules = seg.node.ip(Some(&pod), &["-4", "rule", "show"]);
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["src"] == net1.as_str() && r["table"] == "100"),
+        "{rules}"
+    );
+    assert!(
+        seg.node.pings(&seg.peer, &net1),
+        "sbr routes the reply through net1"
+    );
+    let mut check = seg.node.call("CHECK", "chained", &pod, "eth0");
+    check.args = &args;
+    seg.node.exec(&check, &conf).ok();
+    let mut del = seg.node.call("DEL", "chained", &pod, "eth0");
+    del.args = &args;
+    seg.node.exec(&del, &conf).ok();
+    let rules = seg.node.ip(Some(&pod), &["-4", "rule", "show"]);
+    assert!(
+        !rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["src"] == net1.as_str()),
+        "a rule is left: {rules}"
+    );
+    assert_eq!(seg.node.links(Some(&pod)), ["lo"]);
+}

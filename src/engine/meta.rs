@@ -685,8 +685,9 @@ pub async fn teardown_orphan(
 
 /// DEL the given attachments, newest first, collecting errors.
 /// `links_gone`: the pod's native interfaces were deleted as a group, so an attachment whose plugins are
-/// all native has nothing left in the pod: its drivers are not sent into the namespace (no thread, no
-/// connection there), they release what they hold on the node.
+/// all native drivers that make links has nothing left in the pod: its drivers are not sent into the
+/// namespace (no thread, no connection there), they release what they hold on the node. A chained sbr or
+/// tuning still goes in (its rules and sysctls outlive the interface).
 async fn detach_all(
     args: &CmdArgs,
     ac: &AttacheConf,
@@ -697,7 +698,7 @@ async fn detach_all(
     let mut errors = Vec::new();
     for a in list.iter().rev() {
         let t = std::time::Instant::now();
-        let netns = match links_gone && a.all_native() {
+        let netns = match links_gone && a.only_native_links() {
             true => None,
             false => live_netns(args, rec),
         };

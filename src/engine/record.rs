@@ -90,6 +90,13 @@ impl AttachmentRecord {
     pub fn all_native(&self) -> bool {
         (0..self.conf.plugins.len()).all(|i| NativeType::of(self.conf.plugin_type(i)).is_some())
     }
+
+    /// Whether every plugin of its chain is a native driver that makes the interface: with the pod's
+    /// interfaces gone, nothing of it is left in the pod (a chained sbr's rules, a tuning's sysctls are).
+    pub fn only_native_links(&self) -> bool {
+        (0..self.conf.plugins.len())
+            .all(|i| NativeType::of(self.conf.plugin_type(i)).is_some_and(NativeType::makes_link))
+    }
 }
 
 /// The only driver there is: a conf or conflist.
