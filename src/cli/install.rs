@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 
 use crate::engine::config::DEFAULT_CACHE_DIR;
 use crate::error::{Error, Result};
+use crate::k8s::api::ClusterCidrs;
 
 /// The configuration attache writes: first in lexical order, so runtimes that load one file use it.
 pub const CONF_NAME: &str = "00-attache.conflist";
@@ -172,11 +173,62 @@ pub fn find_cluster_conf(conf_dir: &Path, named: Option<&str>) -> Option<(PathBu
 
 /// The configuration attache writes around the cluster network's: the same `cniVersion` (the runtime
 /// speaks it), the cluster's capabilities plus the pod-annotations one, the cluster network by file name.
+/// How often the cluster's CIDRs are read again from the API (and after a failed read, a minute).
+const CIDRS_EVERY: Duration = Duration::from_secs(600);
+const CIDRS_RETRY: Duration = Duration::from_secs(60);
+
+/// The cluster's CIDRs as last read, and when to read them again.
+static CIDRS: std::sync::Mutex<Option<(std::time::Instant, ClusterCidrs)>> =
+    std::sync::Mutex::new(None);
+
+/// The cluster's pod and Service CIDRs for the configuration's `clusterCIDRs` / `serviceCIDRs`, read
+/// from the API (kubeadm's ClusterConfiguration, ServiceCIDR objects) in a cluster (`--token`): a pod
+/// routed by source whose default leaves the cluster network needs them. Empty where the API says
+/// nothing or cannot be reached (a warning; the last good answer stays).
+fn cluster_cidrs(args: &InstallArgs) -> ClusterCidrs {
+    if args.token.is_none() {
+        return ClusterCidrs::default();
+    }
+    let mut cached = CIDRS.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    if let Some((next, c)) = &*cached
+        && now < *next
+    {
+        return c.clone();
+    }
+    let read = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))
+        .and_then(|rt| {
+            rt.block_on(async {
+                let timeout = crate::engine::config::DEFAULT_API_TIMEOUT;
+                crate::k8s::client::KubeApi::connect(None, timeout)
+                    .await?
+                    .cluster_cidrs()
+                    .await
+            })
+        });
+    match read {
+        Ok(c) => {
+            *cached = Some((now + CIDRS_EVERY, c.clone()));
+            c
+        }
+        Err(e) => {
+            eprintln!("attache: reading the cluster's CIDRs from the API: {e}");
+            let last = cached.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+            *cached = Some((now + CIDRS_RETRY, last.clone()));
+            last
+        }
+    }
+}
+
 pub fn generate_conf(
     cluster_file: &Path,
     cluster: &Value,
     args: &InstallArgs,
     kubeconfig: Option<&Path>,
+    cidrs: &ClusterCidrs,
 ) -> Result<Value> {
     let version = cluster
         .get("cniVersion")
@@ -217,6 +269,13 @@ pub fn generate_conf(
     }
     if !args.nad_mirror.as_os_str().is_empty() {
         plugin["nadMirror"] = json!(args.nad_mirror);
+    }
+    // What the API says of the cluster's networks (`--config` may say otherwise: it comes last).
+    if !cidrs.pods.is_empty() {
+        plugin["clusterCIDRs"] = json!(cidrs.pods);
+    }
+    if !cidrs.services.is_empty() {
+        plugin["serviceCIDRs"] = json!(cidrs.services);
     }
     if let Some(extra) = &args.config {
         let extra: Value = serde_json::from_str(extra)
@@ -375,7 +434,8 @@ fn pass(args: &InstallArgs) -> Result<bool> {
     else {
         return Ok(false);
     };
-    let conf = generate_conf(&file, &cluster, args, kubeconfig.as_deref())?;
+    let cidrs = cluster_cidrs(args);
+    let conf = generate_conf(&file, &cluster, args, kubeconfig.as_deref(), &cidrs)?;
     let text = serde_json::to_string_pretty(&conf).map_err(|e| Error::Internal(e.to_string()))?;
     if write_if_changed(&args.conf_dir.join(CONF_NAME), text.as_bytes(), 0o644)? {
         eprintln!(
@@ -655,7 +715,14 @@ mod tests {
         std::fs::write(net.join("01-broken.conf"), "{ not json").unwrap();
         let (f, v) = find_cluster_conf(&net, None).unwrap();
         assert_eq!(f, net.join("10-calico.conflist"));
-        let conf = generate_conf(&f, &v, &args(&d), Some(Path::new("/k"))).unwrap();
+        let conf = generate_conf(
+            &f,
+            &v,
+            &args(&d),
+            Some(Path::new("/k")),
+            &ClusterCidrs::default(),
+        )
+        .unwrap();
         assert_eq!(conf["cniVersion"], "0.3.1");
         assert_eq!(conf["plugins"][0]["clusterNetwork"], "10-calico.conflist");
         assert_eq!(
@@ -673,10 +740,34 @@ mod tests {
         let d = Path::new("/nonexistent");
         let mut a = args(d);
         a.config = Some(r#"{"networksDir":"/etc/attache/networks","logLevel":"debug"}"#.into());
-        let c = generate_conf(Path::new("10-x.conf"), &json!({"type": "x"}), &a, None).unwrap();
+        let cidrs = ClusterCidrs {
+            pods: vec!["10.244.0.0/16".parse().unwrap()],
+            services: vec!["10.96.0.0/12".parse().unwrap()],
+        };
+        let c = generate_conf(
+            Path::new("10-x.conf"),
+            &json!({"type": "x"}),
+            &a,
+            None,
+            &cidrs,
+        )
+        .unwrap();
         assert_eq!(c["plugins"][0]["networksDir"], "/etc/attache/networks");
         assert!(c["plugins"][0].get("kubeconfig").is_none());
+        // The API's CIDRs go in; --config's own say otherwise.
+        assert_eq!(c["plugins"][0]["clusterCIDRs"], json!(["10.244.0.0/16"]));
+        assert_eq!(c["plugins"][0]["serviceCIDRs"], json!(["10.96.0.0/12"]));
+        a.config = Some(r#"{"serviceCIDRs":["10.100.0.0/16"]}"#.into());
+        let c = generate_conf(
+            Path::new("10-x.conf"),
+            &json!({"type": "x"}),
+            &a,
+            None,
+            &cidrs,
+        )
+        .unwrap();
+        assert_eq!(c["plugins"][0]["serviceCIDRs"], json!(["10.100.0.0/16"]));
         a.config = Some("[1]".into());
-        assert!(generate_conf(Path::new("10-x.conf"), &json!({}), &a, None).is_err());
+        assert!(generate_conf(Path::new("10-x.conf"), &json!({}), &a, None, &cidrs).is_err());
     }
 }

@@ -159,3 +159,105 @@ impl KubeApi {
         }
     }
 }
+
+/// The cluster's pod and Service networks, as the API knows them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterCidrs {
+    pub pods: Vec<ipnet::IpNet>,
+    pub services: Vec<ipnet::IpNet>,
+}
+
+/// The CIDRs of a kubeadm `networking` value ("10.244.0.0/16" or "10.244.0.0/16,fd00:10::/56").
+fn cidr_list(v: Option<&Value>) -> Vec<ipnet::IpNet> {
+    v.and_then(Value::as_str)
+        .map(|s| {
+            s.split(',')
+                .filter_map(|c| c.trim().parse::<ipnet::IpNet>().ok())
+                .map(|n| n.trunc())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The networks kubeadm's ClusterConfiguration (the `ClusterConfiguration` key of the ConfigMap
+/// `kube-system/kubeadm-config`, YAML) names.
+pub fn kubeadm_cidrs(cluster_configuration: &str) -> ClusterCidrs {
+    let v: Value = serde_saphyr::from_str(cluster_configuration).unwrap_or(Value::Null);
+    let net = v.get("networking");
+    ClusterCidrs {
+        pods: cidr_list(net.and_then(|n| n.get("podSubnet"))),
+        services: cidr_list(net.and_then(|n| n.get("serviceSubnet"))),
+    }
+}
+
+impl KubeApi {
+    /// The cluster's CIDRs where the API says them: kubeadm's ClusterConfiguration (pods and Services),
+    /// and the ServiceCIDR objects of `networking.k8s.io/v1` (Kubernetes 1.33 and later). Whatever is
+    /// missing (no kubeadm, an older API server: 404) is left empty.
+    pub async fn cluster_cidrs(&self) -> Result<ClusterCidrs> {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let cms: Api<ConfigMap> = Api::namespaced(self.client(), "kube-system");
+        let mut out = match self
+            .call(
+                "get ConfigMap kube-system/kubeadm-config",
+                &[404],
+                cms.get("kubeadm-config"),
+            )
+            .await?
+        {
+            Ok(cm) => cm
+                .data
+                .and_then(|d| d.get("ClusterConfiguration").map(|c| kubeadm_cidrs(c)))
+                .unwrap_or_default(),
+            Err(_) => ClusterCidrs::default(),
+        };
+        let gvk = GroupVersionKind::gvk("networking.k8s.io", "v1", "ServiceCIDR");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "servicecidrs");
+        let api: Api<DynamicObject> = Api::all_with(self.client(), &ar);
+        if let Ok(list) = self
+            .call(
+                "list ServiceCIDRs",
+                &[404],
+                api.list(&kube::api::ListParams::default()),
+            )
+            .await?
+        {
+            for o in list.items {
+                for c in cidr_list_of(o.data.get("spec").and_then(|s| s.get("cidrs"))) {
+                    if !out.services.contains(&c) {
+                        out.services.push(c);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn cidr_list_of(v: Option<&Value>) -> Vec<ipnet::IpNet> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().flat_map(|c| cidr_list(Some(c))).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeadm_networks_single_and_dual_stack() {
+        let c = kubeadm_cidrs(
+            "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 10.244.0.0/16,fd00:10:244::/56\n  serviceSubnet: 10.96.0.0/12\n",
+        );
+        assert_eq!(
+            c.pods,
+            [
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.services, ["10.96.0.0/12".parse().unwrap()]);
+        assert_eq!(kubeadm_cidrs("not: [yaml"), ClusterCidrs::default());
+        assert_eq!(kubeadm_cidrs("networking: {}"), ClusterCidrs::default());
+    }
+}
