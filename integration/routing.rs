@@ -335,6 +335,19 @@ fn definitions(node: &Node, seg_extra: Value) -> PathBuf {
     )
 }
 
+/// A call of the meta-plugin for the pod `multi` of namespace [`NS`].
+fn pod_call<'a>(
+    node: &Node,
+    command: &'a str,
+    id: &'a str,
+    pod: &str,
+    args: &'a str,
+) -> crate::testbed::Call<'a> {
+    let mut c = node.call(command, id, pod, "eth0");
+    c.args = args;
+    c
+}
+
 fn pod_args() -> String {
     format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME=multi")
 }
@@ -391,8 +404,7 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
     // (eth0, the cluster network), and never arrives.
     let pod = seg.node.pod();
     let conf = crate::testbed::meta_conf(&seg.node, &dir, "seg,side");
-    let mut call = seg.node.call("ADD", "plain", &pod, "eth0");
-    call.args = &args;
+    let call = pod_call(&seg.node, "ADD", "plain", &pod, &args);
     seg.node.exec(&call, &conf).ok();
     let net1 = seg.node.addrs(Some(&pod), "net1")[0]
         .split('/')
@@ -403,8 +415,7 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
         !seg.node.pings(&seg.peer, &net1),
         "answered without source routing"
     );
-    let mut del = seg.node.call("DEL", "plain", &pod, "eth0");
-    del.args = &args;
+    let del = pod_call(&seg.node, "DEL", "plain", &pod, &args);
     seg.node.exec(&del, &conf).ok();
 
     // Source routing, in a pod that inherited a strict host's rp_filter.
@@ -422,8 +433,7 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
     }
     let mut conf = crate::testbed::meta_conf(&seg.node, &dir, "seg,side");
     conf["podRouting"] = json!("source");
-    let mut call = seg.node.call("ADD", "routed", &pod, "eth0");
-    call.args = &args;
+    let call = pod_call(&seg.node, "ADD", "routed", &pod, &args);
     let res = seg.node.exec(&call, &conf).ok();
     let eth0 = crate::testbed::first_ip(&res);
     let net1 = seg.node.addrs(Some(&pod), "net1")[0]
@@ -472,8 +482,7 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
     );
 
     // CHECK passes, and catches a rule removed behind attache's back.
-    let mut check = seg.node.call("CHECK", "routed", &pod, "eth0");
-    check.args = &args;
+    let check = pod_call(&seg.node, "CHECK", "routed", &pod, &args);
     let mut checked = conf.clone();
     checked["prevResult"] = res.clone();
     seg.node.exec(&check, &checked).ok();
@@ -494,8 +503,7 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
     assert!(out.stdout.contains("rule"), "{}", out.stdout);
 
     // DEL with the netns alive: no rule, no table, rp_filter as it was.
-    let mut del = seg.node.call("DEL", "routed", &pod, "eth0");
-    del.args = &args;
+    let del = pod_call(&seg.node, "DEL", "routed", &pod, &args);
     seg.node.exec(&del, &conf).ok();
     assert!(source_rules(&seg.node, &pod).is_empty());
     let tables = seg
@@ -527,8 +535,7 @@ fn a_default_route_on_a_secondary_keeps_the_cluster_and_its_services_on_eth0() {
     let pod = seg.node.pod();
     let mut conf = crate::testbed::meta_conf(&seg.node, &dir, networks);
     conf["podRouting"] = json!("source");
-    let mut call = seg.node.call("ADD", "moved", &pod, "eth0");
-    call.args = &args;
+    let call = pod_call(&seg.node, "ADD", "moved", &pod, &args);
     let err = seg.node.exec(&call, &conf).err(7);
     assert!(
         err["msg"].as_str().unwrap().contains("serviceCIDRs"),
@@ -568,8 +575,7 @@ fn a_default_route_on_a_secondary_keeps_the_cluster_and_its_services_on_eth0() {
     );
     assert!(seg.node.pings(&seg.peer, &net1));
 
-    let mut del = seg.node.call("DEL", "moved", &pod, "eth0");
-    del.args = &args;
+    let del = pod_call(&seg.node, "DEL", "moved", &pod, &args);
     seg.node.exec(&del, &conf).ok();
     assert!(source_rules(&seg.node, &pod).is_empty());
     assert_eq!(seg.node.links(Some(&pod)), ["lo"]);
@@ -585,8 +591,7 @@ fn two_interfaces_in_one_subnet_each_answer_arp_for_their_own_address() {
     let pod = seg.node.pod();
     let mut conf = crate::testbed::meta_conf(&seg.node, &dir, "seg,seg2");
     conf["podRouting"] = json!("source");
-    let mut call = seg.node.call("ADD", "twins", &pod, "eth0");
-    call.args = &args;
+    let call = pod_call(&seg.node, "ADD", "twins", &pod, &args);
     seg.node.exec(&call, &conf).ok();
     for ifname in ["net1", "net2"] {
         assert_eq!(
@@ -624,8 +629,7 @@ fn two_interfaces_in_one_subnet_each_answer_arp_for_their_own_address() {
             "{ifname}'s address answered by another interface: {neigh}"
         );
     }
-    let mut del = seg.node.call("DEL", "twins", &pod, "eth0");
-    del.args = &args;
+    let del = pod_call(&seg.node, "DEL", "twins", &pod, &args);
     seg.node.exec(&del, &conf).ok();
     let _ = &mut seg;
 }
@@ -656,8 +660,7 @@ fn sbr_chained_after_a_native_macvlan_in_a_pod() {
     let pod = seg.node.pod();
     let conf = crate::testbed::meta_conf(&seg.node, &dir, "seg-sbr,side");
     let args = pod_args();
-    let mut call = seg.node.call("ADD", "chained", &pod, "eth0");
-    call.args = &args;
+    let call = pod_call(&seg.node, "ADD", "chained", &pod, &args);
     seg.node.exec(&call, &conf).ok();
     let net1 = seg.node.addrs(Some(&pod), "net1")[0]
         .split('/')
@@ -677,11 +680,9 @@ fn sbr_chained_after_a_native_macvlan_in_a_pod() {
         seg.node.pings(&seg.peer, &net1),
         "sbr routes the reply through net1"
     );
-    let mut check = seg.node.call("CHECK", "chained", &pod, "eth0");
-    check.args = &args;
+    let check = pod_call(&seg.node, "CHECK", "chained", &pod, &args);
     seg.node.exec(&check, &conf).ok();
-    let mut del = seg.node.call("DEL", "chained", &pod, "eth0");
-    del.args = &args;
+    let del = pod_call(&seg.node, "DEL", "chained", &pod, &args);
     seg.node.exec(&del, &conf).ok();
     let rules = seg.node.ip(Some(&pod), &["-4", "rule", "show"]);
     assert!(

@@ -691,20 +691,12 @@ impl Netlink {
         v4: bool,
         table: Option<u32>,
     ) -> Result<Vec<(IpNet, Option<IpAddr>, Option<u32>)>> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = if v4 {
+        let family = if v4 {
             AddressFamily::Inet
         } else {
             AddressFamily::Inet6
         };
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(m)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list routes"))?;
+        let msgs = self.dump_routes(family).await?;
         let want_table = table.unwrap_or(254);
         Ok(msgs
             .iter()
@@ -739,6 +731,19 @@ impl Netlink {
                 Some((dst, gw, oif))
             })
             .collect())
+    }
+
+    /// Every route of one family, of every table.
+    async fn dump_routes(&self, family: AddressFamily) -> Result<Vec<RouteMessage>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family;
+        self.handle
+            .route()
+            .get(m)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list routes"))
     }
 
     /// Delete a route (dst, optional gateway, interface). Already gone is success.

@@ -238,16 +238,7 @@ impl Netlink {
     ) -> Result<Vec<RouteEntry>> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut m = RouteMessage::default();
-            m.header.address_family = family;
-            let msgs: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(m)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl("list routes"))?;
+            let msgs = self.dump_routes(family).await?;
             out.extend(
                 msgs.into_iter()
                     .filter(|m| m.header.kind == rtnetlink::packet_route::route::RouteType::Unicast)
