@@ -309,7 +309,8 @@ impl Driver for TuningConf {
         // What the interface's driver already applied before bringing it up, if it did.
         let early = pod.tuned.borrow_mut().take_applied(&args.ifname);
         let mut backup = early.clone().unwrap_or_default();
-        let done = async {
+        // A panic half-way is an error here too: what was changed is put back either way.
+        let done = crate::fail::guarded(async {
             match early {
                 Some(_) => {
                     let rest: Vec<&Sysctl> =
@@ -329,7 +330,7 @@ impl Driver for TuningConf {
                 write_backup(&self.backup_path(args), &backup)?;
             }
             Ok::<(), Error>(())
-        }
+        })
         .await;
         if let Err(e) = done {
             // Put back what this ADD changed (the interface's driver undoes the interface itself).
