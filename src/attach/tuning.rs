@@ -308,26 +308,31 @@ impl Driver for TuningConf {
             .ok_or_else(|| Error::config(format!("tuning: {} is not in the pod", args.ifname)))?;
         // What the interface's driver already applied before bringing it up, if it did.
         let early = pod.tuned.borrow_mut().take_applied(&args.ifname);
-        let mut backup = early.clone().unwrap_or_default();
+        let applied_early = early.is_some();
+        let todo: Vec<&Sysctl> = self
+            .sysctls
+            .iter()
+            .filter(|s| !(applied_early && s.of_interface))
+            .collect();
+        // The values before, read and saved before anything changes: attache killed half-way leaves
+        // them for DEL.
+        let mut backup = early.unwrap_or_default();
+        backup.sysctl.extend(read_sysctls(pod, &todo).await?);
+        if !applied_early {
+            self.link_before(&link, &mut backup);
+        }
         // A panic half-way is an error here too: what was changed is put back either way.
         let done = crate::fail::guarded(async {
-            match early {
-                Some(_) => {
-                    let rest: Vec<&Sysctl> =
-                        self.sysctls.iter().filter(|s| !s.of_interface).collect();
-                    set_sysctls(pod, &rest, &mut backup).await?;
-                }
-                None => {
-                    let all: Vec<&Sysctl> = self.sysctls.iter().collect();
-                    set_sysctls(pod, &all, &mut backup).await?;
-                    self.set_link(&nl, &link, &mut backup).await?;
-                }
-            }
             // Saved where the reference saves (a link field is set), and where a sysctl that outlives
-            // the interface changed; the interface's own go with it.
+            // the interface changes; the interface's own go with it.
             if self.saves() || self.sysctls.iter().any(|s| !s.of_interface) {
                 crate::fail::point("tuning.backup")?;
                 write_backup(&self.backup_path(args), &backup)?;
+            }
+            let mut scratch = Backup::default();
+            set_sysctls(pod, &todo, &mut scratch).await?;
+            if !applied_early {
+                self.set_link(&nl, &link, &mut scratch).await?;
             }
             Ok::<(), Error>(())
         })
@@ -423,11 +428,18 @@ impl Driver for TuningConf {
             .filter(|d| Path::new(d).is_absolute())
             .unwrap_or(DEFAULT_DATA_DIR);
         let path = backup_file(Path::new(data_dir), &args.container_id, &args.ifname);
-        let backup: Backup = match crate::files::read_bounded(&path, 64 << 10) {
+        let mut backup: Backup = match crate::files::read_bounded(&path, 64 << 10) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
+        if let Some((bad, _)) = backup.sysctl.iter().find(|(p, _)| !is_net_sysctl(p)) {
+            tracing::warn!(
+                "tuning: {} names {bad:?}, which is no network sysctl: its sysctls are not restored",
+                path.display()
+            );
+            backup.sysctl.clear();
+        }
         if let Some(netns) = args.netns.as_deref().filter(|p| p.exists()) {
             let pod = PodNs::open(args)?;
             let nl = pod.netlink().await?;
@@ -462,6 +474,25 @@ impl TuningConf {
 
     fn backup_path(&self, args: &CmdArgs) -> PathBuf {
         backup_file(&self.data_dir, &args.container_id, &args.ifname)
+    }
+
+    /// The link's values of the fields this tuning sets, as they are, into `backup`.
+    fn link_before(&self, link: &Link, backup: &mut Backup) {
+        if self.mac.is_some() {
+            backup.mac = format_mac(&link.mac);
+        }
+        if self.promisc {
+            backup.promisc = Some(link.promisc);
+        }
+        if self.mtu.is_some() {
+            backup.mtu = link.mtu;
+        }
+        if self.allmulti.is_some() {
+            backup.allmulti = Some(link.allmulti);
+        }
+        if self.txqlen.is_some() {
+            backup.txqlen = Some(link.txqlen);
+        }
     }
 
     /// Set the link attributes, each value before recorded in `backup` before it changes.
@@ -500,6 +531,33 @@ fn write_backup(path: &Path, b: &Backup) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(b).map_err(|e| Error::Internal(e.to_string()))?;
     crate::files::replace(path, &bytes, 0o600, false)
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// The current values of sysctls in the pod, as `(path, value)`.
+async fn read_sysctls(pod: &PodNs, list: &[&Sysctl]) -> Result<Vec<(String, String)>> {
+    let paths: Vec<String> = list.iter().map(|s| s.path.clone()).collect();
+    pod.worker
+        .run(move || -> Result<Vec<(String, String)>> {
+            paths
+                .into_iter()
+                .map(|p| {
+                    let full = format!("/proc/sys/{p}");
+                    let v = std::fs::read_to_string(&full)
+                        .map_err(|e| Error::io(format!("tuning: reading {full}"), e))?;
+                    Ok((p, v.trim_end_matches('\n').to_string()))
+                })
+                .collect()
+        })
+        .await?
+}
+
+/// Whether a path read back from a saved-values file is a network sysctl (the file lives in a
+/// folder a configuration names: what it says is not trusted to point anywhere else).
+fn is_net_sysctl(p: &str) -> bool {
+    let parts: Vec<&str> = p.split('/').collect();
+    parts.len() >= 2
+        && parts[0] == "net"
+        && parts.iter().all(|c| !c.is_empty() && *c != "." && *c != "..")
 }
 
 /// Write sysctls in the pod, each value before recorded in `backup` first.
@@ -568,8 +626,8 @@ async fn restore(pod: &PodNs, nl: &Netlink, ifname: &str, b: &Backup) -> Result<
             sysctls
                 .iter()
                 .rev()
-                // Gone with its interface: nothing to put back.
-                .filter(|(p, _)| Path::new(&format!("/proc/sys/{p}")).exists())
+                // Only network sysctls; gone with its interface: nothing to put back.
+                .filter(|(p, _)| is_net_sysctl(p) && Path::new(&format!("/proc/sys/{p}")).exists())
                 .filter_map(|(p, v)| {
                     std::fs::write(format!("/proc/sys/{p}"), v.as_bytes())
                         .err()
@@ -644,6 +702,21 @@ pub type EarlySlot = RefCell<Early>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_values_name_network_sysctls_only() {
+        assert!(is_net_sysctl("net/ipv4/conf/all/arp_filter"));
+        for bad in [
+            "kernel/core_pattern",
+            "net/../../etc/cron.d/x",
+            "net//x",
+            "net",
+            "/net/ipv4/x",
+            "net/./x",
+        ] {
+            assert!(!is_net_sysctl(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn sysctl_names_stay_under_net() {

@@ -259,7 +259,7 @@ async fn attach_all(
             // default route moves in between. Each save creates a file, which costs 0.5-2 ms on ext4.
             let completes_next = i + 1 == rec.attachments.len()
                 && rec.attachments.iter().all(|a| a.default_route.is_empty());
-            if completes_next || rec.attachments[i].all_native() {
+            if completes_next || rec.attachments[i].only_native_links() {
                 return Ok(());
             }
             guarded_now(|| store.save(rec))

@@ -47,7 +47,8 @@ pub fn table_for(ifindex: u32) -> u32 {
     }
 }
 
-/// A sysctl attache set in the pod, with the value it had.
+/// A sysctl attache set in the pod, with the value it had. `key` is its path under `/proc/sys`
+/// (`net/ipv4/conf/net1/arp_ignore`: an interface name may hold dots).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SysctlChange {
     pub key: String,
@@ -111,10 +112,17 @@ pub fn refuse_lost_services(rec: &PodRecord, ac: &AttacheConf) -> Result<()> {
     Ok(())
 }
 
-fn read_sysctl(key: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
+/// A sysctl of the calling thread's netns, by its path under /proc/sys.
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    crate::fail::point("sysctl")?;
+    std::fs::write(format!("/proc/sys/{path}"), value)
+        .map_err(|e| Error::io(format!("setting {path}"), e))
 }
 
 /// The pod-wide sysctls to set before any interface exists: `rp_filter` loose in `conf/default`, and in
@@ -126,8 +134,8 @@ pub fn pod_sysctls(netns: &Path) -> Result<Vec<SysctlChange>> {
         // conf/default: every interface made afterwards is born loose; conf/all: only when strict (1),
         // as 0 and 2 are no stricter than the interfaces' 2.
         for (key, strict_only) in [
-            ("net.ipv4.conf.default.rp_filter", false),
-            ("net.ipv4.conf.all.rp_filter", true),
+            ("net/ipv4/conf/default/rp_filter", false),
+            ("net/ipv4/conf/all/rp_filter", true),
         ] {
             if let Some(before) = read_sysctl(key)
                 && (if strict_only {
@@ -156,7 +164,7 @@ pub fn set_sysctls(netns: &Path, changes: &[SysctlChange]) -> Result<()> {
     let changes = changes.to_vec();
     ns.run(move || -> Result<()> {
         for c in &changes {
-            crate::attach::iface::sysctl(&c.key, &c.value)?;
+            write_sysctl(&c.key, &c.value)?;
         }
         Ok(())
     })?
@@ -204,7 +212,10 @@ pub async fn plan(
     let nl = Netlink::connect(Some(&ns))?;
     let moved = default_moved(rec);
     let wanted_here = wanted(rec);
-    let mut routing = rec.routing.take().unwrap_or_default();
+    let mut in_use: Vec<u32> = nl.rules().await?.iter().map(|r| r.table).collect();
+    in_use.extend(nl.route_entries(None, None).await?.iter().map(|r| r.table));
+    // Worked on a copy: a plan that fails leaves the record's sysctls for the rollback to restore.
+    let mut routing = rec.routing.clone().unwrap_or_default();
     for (i, a) in rec.attachments.iter().enumerate() {
         let routed = if i == 0 {
             moved && wanted_here
@@ -224,6 +235,14 @@ pub async fn plan(
             continue;
         };
         let table = table_for(link.index);
+        // A table something else in the pod uses already (a chained sbr picks from 100 up) is not
+        // attache's to fill, nor to empty at DEL.
+        if in_use.contains(&table) {
+            return Err(Error::config(format!(
+                "{}: routing table {table} is already in use in the pod (a chained sbr?); podRouting \"source\" and sbr on one interface do the same job: use one",
+                a.ifname
+            )));
+        }
         routing.tables.push(TableRec {
             ifname: a.ifname.clone(),
             table,
@@ -280,8 +299,8 @@ pub async fn plan(
         .iter()
         .flat_map(|n| {
             [
-                (format!("net.ipv4.conf.{n}.arp_ignore"), "1"),
-                (format!("net.ipv4.conf.{n}.arp_announce"), "2"),
+                (format!("net/ipv4/conf/{n}/arp_ignore"), "1"),
+                (format!("net/ipv4/conf/{n}/arp_announce"), "2"),
             ]
         })
         .collect();
@@ -349,16 +368,28 @@ pub async fn apply(netns: &Path, rec: &mut PodRecord, cluster_gws: &[IpAddr]) ->
             }
         }
         // Born loose from conf/default; set again for an interface that came in from elsewhere.
-        let key = format!("net.ipv4.conf.{}.rp_filter", t.ifname);
-        ns.run(move || crate::attach::iface::sysctl(&key, "2"))??;
+        let key = format!("net/ipv4/conf/{}/rp_filter", t.ifname);
+        ns.run(move || write_sysctl(&key, "2"))??;
     }
     for r in &routing.rules {
         nl.add_rule(r).await?;
     }
+    let main = nl.route_entries(Some(MAIN_TABLE), None).await?;
     for c in &routing.cluster_routes {
         let Some(link) = nl.link(&c.ifname).await? else {
             return Err(Error::Internal(format!("{} is not in the pod", c.ifname)));
         };
+        // Another route to the same network (the kernel would answer "exists" and keep it) would
+        // leave the CIDR off the cluster network without a word.
+        if let Some(other) = main
+            .iter()
+            .find(|r| r.dst == c.dst && !(r.gw == Some(c.gw) && r.oif == Some(link.index)))
+        {
+            return Err(Error::config(format!(
+                "{} must stay on {} via {}, and the pod already routes it otherwise ({other})",
+                c.dst, c.ifname, c.gw
+            )));
+        }
         nl.add_route(&RouteSpec::via(c.dst, Some(c.gw), link.index))
             .await?;
     }
@@ -366,7 +397,7 @@ pub async fn apply(netns: &Path, rec: &mut PodRecord, cluster_gws: &[IpAddr]) ->
         .sysctls
         .iter()
         .filter(|c| {
-            !c.key.starts_with("net.ipv4.conf.all.") && !c.key.starts_with("net.ipv4.conf.default.")
+            !c.key.starts_with("net/ipv4/conf/all/") && !c.key.starts_with("net/ipv4/conf/default/")
         })
         .cloned()
         .collect();
@@ -411,7 +442,7 @@ pub async fn teardown(netns: &Path, routing: &PodRouting) -> Result<()> {
         let mut errors = Vec::new();
         for c in &sysctls {
             if read_sysctl(&c.key).as_deref() == Some(c.value.as_str())
-                && let Err(e) = crate::attach::iface::sysctl(&c.key, &c.before)
+                && let Err(e) = write_sysctl(&c.key, &c.before)
             {
                 errors.push(e);
             }
@@ -437,6 +468,19 @@ pub async fn check(netns: &Path, routing: &PodRouting) -> Result<()> {
             return Err(Error::Mismatch(format!(
                 "table {} of {} is empty",
                 t.table, t.ifname
+            )));
+        }
+    }
+    let main = nl.route_entries(Some(MAIN_TABLE), None).await?;
+    for c in &routing.cluster_routes {
+        let index = nl.link(&c.ifname).await?.map(|l| l.index);
+        if !main
+            .iter()
+            .any(|r| r.dst == c.dst && r.gw == Some(c.gw) && r.oif.is_some() && r.oif == index)
+        {
+            return Err(Error::Mismatch(format!(
+                "the pod no longer routes {} via {} on {}",
+                c.dst, c.gw, c.ifname
             )));
         }
     }

@@ -193,14 +193,15 @@ pub fn kubeadm_cidrs(cluster_configuration: &str) -> ClusterCidrs {
 impl KubeApi {
     /// The cluster's CIDRs where the API says them: kubeadm's ClusterConfiguration (pods and Services),
     /// and the ServiceCIDR objects of `networking.k8s.io/v1` (Kubernetes 1.33 and later). Whatever is
-    /// missing (no kubeadm, an older API server: 404) is left empty.
+    /// missing (no kubeadm, an older API server: 404) or not granted (403) is left empty, each on its
+    /// own.
     pub async fn cluster_cidrs(&self) -> Result<ClusterCidrs> {
         use k8s_openapi::api::core::v1::ConfigMap;
         let cms: Api<ConfigMap> = Api::namespaced(self.client(), "kube-system");
         let mut out = match self
             .call(
                 "get ConfigMap kube-system/kubeadm-config",
-                &[404],
+                &[403, 404],
                 cms.get("kubeadm-config"),
             )
             .await?
@@ -217,7 +218,7 @@ impl KubeApi {
         if let Ok(list) = self
             .call(
                 "list ServiceCIDRs",
-                &[404],
+                &[403, 404],
                 api.list(&kube::api::ListParams::default()),
             )
             .await?
