@@ -557,7 +557,9 @@ fn is_net_sysctl(p: &str) -> bool {
     let parts: Vec<&str> = p.split('/').collect();
     parts.len() >= 2
         && parts[0] == "net"
-        && parts.iter().all(|c| !c.is_empty() && *c != "." && *c != "..")
+        && parts
+            .iter()
+            .all(|c| !c.is_empty() && *c != "." && *c != "..")
 }
 
 /// Write sysctls in the pod, each value before recorded in `backup` first.
