@@ -473,6 +473,14 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
         "the peer gets no answer from net1"
     );
     assert!(seg.node.pings(&seg.router, &net1));
+    // Every segment, symmetrically: the node on net2's bridge (its gateway) reaches net2's address.
+    assert!(
+        seg.node
+            .sh(None, &["ping", "-c", "1", "-W", "2", &net2])
+            .status
+            .success(),
+        "the node gets no answer from net2"
+    );
     assert!(
         seg.node
             .sh(None, &["ping", "-c", "1", "-W", "2", &eth0])
