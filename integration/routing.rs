@@ -348,6 +348,12 @@ fn pod_call<'a>(
     c
 }
 
+/// The first address (without its prefix) of `ifname` in the pod.
+fn address(node: &Node, pod: &str, ifname: &str) -> String {
+    let a = node.addrs(Some(pod), ifname);
+    a[0].split('/').next().unwrap().to_string()
+}
+
 fn pod_args() -> String {
     format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME=multi")
 }
@@ -406,11 +412,7 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
     let conf = crate::testbed::meta_conf(&seg.node, &dir, "seg,side");
     let call = pod_call(&seg.node, "ADD", "plain", &pod, &args);
     seg.node.exec(&call, &conf).ok();
-    let net1 = seg.node.addrs(Some(&pod), "net1")[0]
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let net1 = address(&seg.node, &pod, "net1");
     assert!(
         !seg.node.pings(&seg.peer, &net1),
         "answered without source routing"
@@ -436,16 +438,8 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
     let call = pod_call(&seg.node, "ADD", "routed", &pod, &args);
     let res = seg.node.exec(&call, &conf).ok();
     let eth0 = crate::testbed::first_ip(&res);
-    let net1 = seg.node.addrs(Some(&pod), "net1")[0]
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let net2 = seg.node.addrs(Some(&pod), "net2")[0]
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let net1 = address(&seg.node, &pod, "net1");
+    let net2 = address(&seg.node, &pod, "net2");
 
     assert_eq!(
         defaults_in_main(&seg.node, &pod),
@@ -528,7 +522,6 @@ fn a_reply_leaves_through_the_interface_its_request_came_in_on() {
         sysctl(&seg.node, &pod, "net.ipv4.conf.default.rp_filter"),
         "1"
     );
-    let _ = &mut seg;
 }
 
 #[test]
@@ -560,11 +553,7 @@ fn a_default_route_on_a_secondary_keeps_the_cluster_and_its_services_on_eth0() {
     conf["serviceCIDRs"] = json!(["10.96.0.0/12"]);
     let res = seg.node.exec(&call, &conf).ok();
     let eth0 = crate::testbed::first_ip(&res);
-    let net1 = seg.node.addrs(Some(&pod), "net1")[0]
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let net1 = address(&seg.node, &pod, "net1");
     assert_eq!(defaults_in_main(&seg.node, &pod), ["net1"]);
     assert_eq!(route_dev(&seg.node, &pod, "192.168.50.2", None), "net1");
     assert_eq!(
@@ -587,7 +576,6 @@ fn a_default_route_on_a_secondary_keeps_the_cluster_and_its_services_on_eth0() {
     seg.node.exec(&del, &conf).ok();
     assert!(source_rules(&seg.node, &pod).is_empty());
     assert_eq!(seg.node.links(Some(&pod)), ["lo"]);
-    let _ = &mut seg;
 }
 
 #[test]
@@ -620,11 +608,7 @@ fn two_interfaces_in_one_subnet_each_answer_arp_for_their_own_address() {
         );
     }
     for ifname in ["net1", "net2"] {
-        let addr = seg.node.addrs(Some(&pod), ifname)[0]
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let addr = address(&seg.node, &pod, ifname);
         let mac = seg.node.ip(Some(&pod), &["link", "show", ifname])[0]["address"].clone();
         assert!(seg.node.pings(&seg.router, &addr), "{ifname}");
         assert!(
@@ -639,7 +623,6 @@ fn two_interfaces_in_one_subnet_each_answer_arp_for_their_own_address() {
     }
     let del = pod_call(&seg.node, "DEL", "twins", &pod, &args);
     seg.node.exec(&del, &conf).ok();
-    let _ = &mut seg;
 }
 
 /// `sbr` chained after attache's own macvlan in a pod's definition: in-process, its rule made, and gone
@@ -670,11 +653,7 @@ fn sbr_chained_after_a_native_macvlan_in_a_pod() {
     let args = pod_args();
     let call = pod_call(&seg.node, "ADD", "chained", &pod, &args);
     seg.node.exec(&call, &conf).ok();
-    let net1 = seg.node.addrs(Some(&pod), "net1")[0]
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let net1 = address(&seg.node, &pod, "net1");
     let rules = seg.node.ip(Some(&pod), &["-4", "rule", "show"]);
     assert!(
         rules
