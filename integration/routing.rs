@@ -682,3 +682,61 @@ fn sbr_chained_after_a_native_macvlan_in_a_pod() {
     );
     assert_eq!(seg.node.links(Some(&pod)), ["lo"]);
 }
+
+/// Dual stack: an IPv6 address of a routed interface gets its rule and its table's default too.
+#[test]
+fn ipv6_addresses_are_routed_by_source_too() {
+    require_reference_plugins();
+    let mut seg = segment("srcv6");
+    let ipam = seg.node.path("ipam");
+    let dir = definitions(
+        &seg.node,
+        json!({"ipam": {"type": "host-local", "dataDir": ipam, "ranges": [
+            [{"subnet": "10.71.0.0/24", "rangeStart": "10.71.0.40", "rangeEnd": "10.71.0.49", "gateway": "10.71.0.1"}],
+            [{"subnet": "fd71::/64", "gateway": "fd71::1"}]]}}),
+    );
+    let args = pod_args();
+    let pod = seg.node.pod();
+    let mut conf = crate::testbed::meta_conf(&seg.node, &dir, "seg");
+    conf["podRouting"] = json!("source");
+    let call = pod_call(&seg.node, "ADD", "dual", &pod, &args);
+    seg.node.exec(&call, &conf).ok();
+    let v6 = seg
+        .node
+        .addrs(Some(&pod), "net1")
+        .into_iter()
+        .find(|a| a.contains(':'))
+        .expect("net1 has an IPv6 address");
+    let v6 = v6.split('/').next().unwrap().to_string();
+    let rules = seg.node.ip(Some(&pod), &["-6", "rule", "show"]);
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["priority"] == 1000 && r["src"] == v6.as_str()),
+        "{rules}"
+    );
+    let via = &seg
+        .node
+        .ip(Some(&pod), &["-6", "route", "get", "fd99::1", "from", &v6])[0];
+    assert_eq!(
+        (&via["dev"], &via["gateway"]),
+        (&json!("net1"), &json!("fd71::1")),
+        "{via}"
+    );
+    // Main has no IPv6 default of net1's: the pod's own IPv6 default is not taken by a secondary.
+    let defaults = seg.node.ip(Some(&pod), &["-6", "route", "show", "default"]);
+    assert!(defaults.as_array().unwrap().is_empty(), "{defaults}");
+    let del = pod_call(&seg.node, "DEL", "dual", &pod, &args);
+    seg.node.exec(&del, &conf).ok();
+    let rules = seg.node.ip(Some(&pod), &["-6", "rule", "show"]);
+    assert!(
+        !rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["priority"] == 1000),
+        "{rules}"
+    );
+}
