@@ -12,9 +12,21 @@ use crate::netns::NsWorker;
 
 /// Write a sysctl under `/proc/sys` of the calling thread's namespace.
 pub fn sysctl(key: &str, value: &str) -> Result<()> {
+    write_sysctl(&key.replace('.', "/"), value)
+}
+
+/// Write a sysctl by its path under `/proc/sys` (`net/ipv4/conf/eth0.100/rp_filter`: a path keeps the
+/// dots of an interface name that a dotted key would split).
+pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
     crate::fail::point("sysctl")?;
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    std::fs::write(&path, value).map_err(|e| Error::io(format!("setting {key}"), e))
+    std::fs::write(format!("/proc/sys/{path}"), value)
+        .map_err(|e| Error::io(format!("setting {path}"), e))
+}
+
+/// A sysctl of the calling thread's netns by its path under `/proc/sys`, without its newline.
+pub fn read_sysctl(path: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .map(|s| s.trim_end_matches('\n').to_string())
 }
 
 /// What an attachment does with IPv6 duplicate address detection on its pod interface.

@@ -42,7 +42,7 @@ pub const ALLOWLIST_ENV: &str = "ATTACHE_TUNING_ALLOWLIST";
 /// The checked configuration.
 #[derive(Clone, Debug)]
 pub struct TuningConf {
-    /// (key as written, path under /proc/sys, value), in the configuration's order.
+    /// In the configuration's order.
     sysctls: Vec<Sysctl>,
     mac: Option<[u8; 6]>,
     promisc: bool,
@@ -54,7 +54,6 @@ pub struct TuningConf {
 
 #[derive(Clone, Debug)]
 struct Sysctl {
-    key: String,
     /// Relative to /proc/sys.
     path: String,
     value: String,
@@ -236,7 +235,6 @@ impl Driver for TuningConf {
                 && matches!(parts[2], "conf" | "neigh")
                 && ifname_parts.contains(&parts[3]);
             sysctls.push(Sysctl {
-                key,
                 path,
                 value,
                 of_interface,
@@ -329,10 +327,9 @@ impl Driver for TuningConf {
                 crate::fail::point("tuning.backup")?;
                 write_backup(&self.backup_path(args), &backup)?;
             }
-            let mut scratch = Backup::default();
-            set_sysctls(pod, &todo, &mut scratch).await?;
+            write_sysctls(pod, &todo).await?;
             if !applied_early {
-                self.set_link(&nl, &link, &mut scratch).await?;
+                self.apply_link(&nl, &link).await?;
             }
             Ok::<(), Error>(())
         })
@@ -495,26 +492,21 @@ impl TuningConf {
         }
     }
 
-    /// Set the link attributes, each value before recorded in `backup` before it changes.
-    async fn set_link(&self, nl: &Netlink, link: &Link, backup: &mut Backup) -> Result<()> {
+    /// Set the link attributes (their values before are the caller's to have read).
+    async fn apply_link(&self, nl: &Netlink, link: &Link) -> Result<()> {
         if let Some(mac) = self.mac {
-            backup.mac = format_mac(&link.mac);
             nl.set_mac(link.index, &mac).await?;
         }
         if self.promisc {
-            backup.promisc = Some(link.promisc);
             nl.set_promisc(link.index, true).await?;
         }
         if let Some(mtu) = self.mtu {
-            backup.mtu = link.mtu;
             nl.set_mtu(link.index, mtu).await?;
         }
         if let Some(a) = self.allmulti {
-            backup.allmulti = Some(link.allmulti);
             nl.set_allmulti(link.index, a).await?;
         }
         if let Some(q) = self.txqlen {
-            backup.txqlen = Some(link.txqlen);
             nl.set_txqlen(link.index, q).await?;
         }
         Ok(())
@@ -541,10 +533,9 @@ async fn read_sysctls(pod: &PodNs, list: &[&Sysctl]) -> Result<Vec<(String, Stri
             paths
                 .into_iter()
                 .map(|p| {
-                    let full = format!("/proc/sys/{p}");
-                    let v = std::fs::read_to_string(&full)
-                        .map_err(|e| Error::io(format!("tuning: reading {full}"), e))?;
-                    Ok((p, v.trim_end_matches('\n').to_string()))
+                    let v = super::iface::read_sysctl(&p)
+                        .map_err(|e| Error::io(format!("tuning: reading {p}"), e))?;
+                    Ok((p, v))
                 })
                 .collect()
         })
@@ -562,30 +553,20 @@ fn is_net_sysctl(p: &str) -> bool {
             .all(|c| !c.is_empty() && *c != "." && *c != "..")
 }
 
-/// Write sysctls in the pod, each value before recorded in `backup` first.
-async fn set_sysctls(pod: &PodNs, list: &[&Sysctl], backup: &mut Backup) -> Result<()> {
-    for s in list {
-        let (path, value) = (s.path.clone(), s.value.clone());
-        let before = pod
-            .worker
-            .run(move || -> Result<String> {
-                let full = format!("/proc/sys/{path}");
-                let before = std::fs::read_to_string(&full)
-                    .map_err(|e| Error::io(format!("tuning: reading {full}"), e))?;
-                Ok(before.trim_end_matches('\n').to_string())
-            })
-            .await??;
-        backup.sysctl.push((s.path.clone(), before));
-        let (path, key) = (s.path.clone(), s.key.clone());
-        pod.worker
-            .run(move || -> Result<()> {
-                crate::fail::point("sysctl")?;
-                std::fs::write(format!("/proc/sys/{path}"), value.as_bytes())
-                    .map_err(|e| Error::io(format!("tuning: setting {key}"), e))
-            })
-            .await??;
-    }
-    Ok(())
+/// Write sysctls in the pod (their values before are the caller's to have read).
+async fn write_sysctls(pod: &PodNs, list: &[&Sysctl]) -> Result<()> {
+    let writes: Vec<(String, String)> = list
+        .iter()
+        .map(|s| (s.path.clone(), s.value.clone()))
+        .collect();
+    pod.worker
+        .run(move || -> Result<()> {
+            for (p, v) in &writes {
+                super::iface::write_sysctl(p, v)?;
+            }
+            Ok(())
+        })
+        .await?
 }
 
 /// Put the saved values back: the link's (if it is there), then the sysctls, newest first. Every
@@ -691,8 +672,10 @@ pub async fn before_up(pod: &PodNs, ifname: &str) -> Result<()> {
         .ok_or_else(|| Error::Internal(format!("{ifname} is not in the pod")))?;
     let mut backup = Backup::default();
     let own: Vec<&Sysctl> = t.sysctls.iter().filter(|s| s.of_interface).collect();
-    set_sysctls(pod, &own, &mut backup).await?;
-    t.set_link(&nl, &link, &mut backup).await?;
+    backup.sysctl = read_sysctls(pod, &own).await?;
+    t.link_before(&link, &mut backup);
+    write_sysctls(pod, &own).await?;
+    t.apply_link(&nl, &link).await?;
     tracing::debug!("tuning applied to {ifname} before it came up");
     pod.tuned.borrow_mut().applied(ifname, backup);
     Ok(())

@@ -112,17 +112,8 @@ pub fn refuse_lost_services(rec: &PodRecord, ac: &AttacheConf) -> Result<()> {
     Ok(())
 }
 
-/// A sysctl of the calling thread's netns, by its path under /proc/sys.
 fn read_sysctl(path: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/sys/{path}"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn write_sysctl(path: &str, value: &str) -> Result<()> {
-    crate::fail::point("sysctl")?;
-    std::fs::write(format!("/proc/sys/{path}"), value)
-        .map_err(|e| Error::io(format!("setting {path}"), e))
+    crate::attach::iface::read_sysctl(path).ok()
 }
 
 /// The pod-wide sysctls to set before any interface exists: `rp_filter` loose in `conf/default`, and in
@@ -164,7 +155,7 @@ pub fn set_sysctls(netns: &Path, changes: &[SysctlChange]) -> Result<()> {
     let changes = changes.to_vec();
     ns.run(move || -> Result<()> {
         for c in &changes {
-            write_sysctl(&c.key, &c.value)?;
+            crate::attach::iface::write_sysctl(&c.key, &c.value)?;
         }
         Ok(())
     })?
@@ -369,7 +360,7 @@ pub async fn apply(netns: &Path, rec: &mut PodRecord, cluster_gws: &[IpAddr]) ->
         }
         // Born loose from conf/default; set again for an interface that came in from elsewhere.
         let key = format!("net/ipv4/conf/{}/rp_filter", t.ifname);
-        ns.run(move || write_sysctl(&key, "2"))??;
+        ns.run(move || crate::attach::iface::write_sysctl(&key, "2"))??;
     }
     for r in &routing.rules {
         nl.add_rule(r).await?;
@@ -442,7 +433,7 @@ pub async fn teardown(netns: &Path, routing: &PodRouting) -> Result<()> {
         let mut errors = Vec::new();
         for c in &sysctls {
             if read_sysctl(&c.key).as_deref() == Some(c.value.as_str())
-                && let Err(e) = write_sysctl(&c.key, &c.before)
+                && let Err(e) = crate::attach::iface::write_sysctl(&c.key, &c.before)
             {
                 errors.push(e);
             }

@@ -116,22 +116,6 @@ impl Mirror {
         Nad::from_object(&v).filter(|n| n.namespace == namespace && n.name == name)
     }
 
-    /// The definition from a live mirror.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Nad> {
-        self.snapshot().get(namespace, name)
-    }
-
-    /// The definition from a mirror that was live at most `max_stale` ago — for when the API server
-    /// cannot answer — with how long ago that was.
-    pub fn get_stale(
-        &self,
-        namespace: &str,
-        name: &str,
-        max_stale: Duration,
-    ) -> Option<(Nad, Duration)> {
-        self.snapshot().get_stale(namespace, name, max_stale)
-    }
-
     /// The mirror as one ADD sees it: its liveness read once, for every definition the ADD looks up.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -279,16 +263,17 @@ mod tests {
         let m = Mirror::new(&d.join("nads"));
         m.put(&nad("team", "blue", r#"{"type":"bridge"}"#)).unwrap();
         // Never said live: not served, not even stale.
-        assert!(m.get("team", "blue").is_none());
+        assert!(m.snapshot().get("team", "blue").is_none());
         assert!(
-            m.get_stale("team", "blue", Duration::from_secs(60))
+            m.snapshot()
+                .get_stale("team", "blue", Duration::from_secs(60))
                 .is_none()
         );
         m.touch("42").unwrap();
         assert_eq!(m.resource_version().as_deref(), Some("42"));
-        let n = m.get("team", "blue").unwrap();
+        let n = m.snapshot().get("team", "blue").unwrap();
         assert_eq!(n.config.as_deref(), Some(r#"{"type":"bridge"}"#));
-        assert!(m.get("team", "red").is_none());
+        assert!(m.snapshot().get("team", "red").is_none());
         // Last live 20 s ago: not live; served stale within a 60 s bound, not within 5 s.
         let f = std::fs::File::options()
             .write(true)
@@ -297,14 +282,16 @@ mod tests {
         f.set_modified(SystemTime::now() - Duration::from_secs(20))
             .unwrap();
         assert!(!m.is_live());
-        assert!(m.get("team", "blue").is_none());
+        assert!(m.snapshot().get("team", "blue").is_none());
         let (n, age) = m
+            .snapshot()
             .get_stale("team", "blue", Duration::from_secs(60))
             .unwrap();
         assert_eq!(n.name, "blue");
         assert!(age >= Duration::from_secs(19), "{age:?}");
         assert!(
-            m.get_stale("team", "blue", Duration::from_secs(5))
+            m.snapshot()
+                .get_stale("team", "blue", Duration::from_secs(5))
                 .is_none()
         );
         // Touched again with the same version: live again.
@@ -317,9 +304,18 @@ mod tests {
             .unwrap();
         f.set_modified(SystemTime::now() + Duration::from_secs(600))
             .unwrap();
-        assert!(!m.is_live() && m.get_stale("team", "blue", DEFAULT_MAX_STALE).is_none());
+        assert!(
+            !m.is_live()
+                && m.snapshot()
+                    .get_stale("team", "blue", DEFAULT_MAX_STALE)
+                    .is_none()
+        );
         m.touch("42").unwrap();
-        assert!(m.get_stale("team", "blue", Duration::ZERO).is_none());
+        assert!(
+            m.snapshot()
+                .get_stale("team", "blue", Duration::ZERO)
+                .is_none()
+        );
         // A folder the agent never made live is not a mirror: clear leaves it.
         let other = Mirror::new(&d.join("etc"));
         std::fs::create_dir_all(d.join("etc/docker")).unwrap();
@@ -343,37 +339,37 @@ mod tests {
         m.replace_all(&[nad("a", "one", r#"{"v":2}"#), nad("c", "three.x", "{}")])
             .unwrap();
         assert_eq!(
-            m.get("a", "one").unwrap().config.as_deref(),
+            m.snapshot().get("a", "one").unwrap().config.as_deref(),
             Some(r#"{"v":2}"#)
         );
-        assert!(m.get("b", "two").is_none());
+        assert!(m.snapshot().get("b", "two").is_none());
         assert!(!m.dir().join("b").exists(), "an emptied namespace goes");
-        assert!(m.get("c", "three.x").is_some());
+        assert!(m.snapshot().get("c", "three.x").is_some());
         m.remove("a", "one").unwrap();
-        assert!(m.get("a", "one").is_none());
+        assert!(m.snapshot().get("a", "one").is_none());
         // Names that would be paths are neither written nor read.
         m.put(&nad("..", "x", "{}")).unwrap();
         m.put(&nad("a", "../../etc", "{}")).unwrap();
-        assert!(m.get("..", "x").is_none());
-        assert!(m.get("a", "../../etc").is_none());
+        assert!(m.snapshot().get("..", "x").is_none());
+        assert!(m.snapshot().get("a", "../../etc").is_none());
         assert!(!d.join("x.json").exists() && !d.join("etc.json").exists());
         // A damaged entry is not served (ADD asks the API).
         std::fs::write(m.dir().join("c/three.x.json"), "{not json").unwrap();
-        assert!(m.get("c", "three.x").is_none());
+        assert!(m.snapshot().get("c", "three.x").is_none());
         m.put(&nad("c", "three.x", "{}")).unwrap();
         // A namespace named like the liveness file is a namespace.
         m.put(&nad("live", "x", "{}")).unwrap();
-        assert!(m.get("live", "x").is_some());
+        assert!(m.snapshot().get("live", "x").is_some());
         // A file of another kind in a namespace folder is not the mirror's: kept by a relist.
         std::fs::write(m.dir().join("c/daemon.json"), "{}").unwrap();
         m.replace_all(&[nad("c", "three.x", "{}")]).unwrap();
         assert!(m.dir().join("c/daemon.json").exists());
-        assert!(m.get("live", "x").is_none());
+        assert!(m.snapshot().get("live", "x").is_none());
         std::fs::remove_file(m.dir().join("c/daemon.json")).unwrap();
         // Uninstall: the mirror goes, and what is not the mirror's stays.
         std::fs::write(m.dir().join("notes.txt"), "mine").unwrap();
         m.clear().unwrap();
-        assert!(m.get("c", "three.x").is_none() && !m.dir().join(LIVE).exists());
+        assert!(m.snapshot().get("c", "three.x").is_none() && !m.dir().join(LIVE).exists());
         assert!(m.dir().join("notes.txt").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
