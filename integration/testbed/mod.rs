@@ -23,7 +23,15 @@ pub fn attache_bin() -> PathBuf {
 
 /// Fail loudly when something a test needs is missing: CI must never skip silently.
 pub fn require_reference_plugins() {
-    for p in ["bridge", "ptp", "host-local", "static", "tuning"] {
+    for p in [
+        "bridge",
+        "ptp",
+        "host-local",
+        "static",
+        "tuning",
+        "sbr",
+        "macvlan",
+    ] {
         let path = Path::new(REFERENCE_DIR).join(p);
         assert!(
             path.exists(),
