@@ -10,6 +10,7 @@ use std::future::Future;
 
 use super::PodNs;
 use super::bridge::BridgeConf;
+use super::host_device::HostDeviceConf;
 use super::sbr::SbrConf;
 use super::sublink::{SubConf, SubLinkType};
 use super::tuning::TuningConf;
@@ -66,16 +67,19 @@ pub enum NativeType {
     Sbr,
     /// Sysctls and link attributes, chained after a plugin that made the interface.
     Tuning,
+    /// A node device handed to the pod whole.
+    HostDevice,
 }
 
 impl NativeType {
-    pub const ALL: [NativeType; 6] = [
+    pub const ALL: [NativeType; 7] = [
         NativeType::Bridge,
         NativeType::Sub(SubLinkType::MacVlan),
         NativeType::Sub(SubLinkType::IpVlan),
         NativeType::Sub(SubLinkType::Vlan),
         NativeType::Sbr,
         NativeType::Tuning,
+        NativeType::HostDevice,
     ];
 
     /// The type a plugin `type` names, if attache implements it.
@@ -89,6 +93,7 @@ impl NativeType {
             NativeType::Sub(s) => s.name(),
             NativeType::Sbr => "sbr",
             NativeType::Tuning => "tuning",
+            NativeType::HostDevice => "host-device",
         }
     }
 
@@ -96,6 +101,12 @@ impl NativeType {
     /// working on one a plugin before it made.
     pub fn makes_link(self) -> bool {
         !matches!(self, NativeType::Sbr | NativeType::Tuning)
+    }
+
+    /// Whether the interface it makes is the pod's to delete (and so joins the pod's link group, which
+    /// DEL deletes at once): not a node device handed over, which DEL gives back.
+    pub fn deletes_link(self) -> bool {
+        self.makes_link() && self != NativeType::HostDevice
     }
 
     /// "bridge, macvlan, ipvlan, vlan, sbr, tuning", for messages.
@@ -110,6 +121,7 @@ impl NativeType {
             NativeType::Sub(_) => Parsed::Sub(SubConf::parse(self, args, &conf)?),
             NativeType::Sbr => Parsed::Sbr(SbrConf::parse(self, args, &conf)?),
             NativeType::Tuning => Parsed::Tuning(TuningConf::parse(self, args, &conf)?),
+            NativeType::HostDevice => Parsed::HostDevice(HostDeviceConf::parse(self, args, &conf)?),
         };
         Ok(Checked { conf, driver })
     }
@@ -123,14 +135,14 @@ impl NativeType {
     ) -> Result<Option<CniResult>> {
         match args.command {
             Command::Add => {
-                let checked = self.check_conf(args, conf)?;
+                let checked = self.check_conf(args, resolve_nic(conf).await?)?;
                 let pod = PodNs::open(args)?;
                 checked.add(args, &pod, link_group).await.map(Some)
             }
             Command::Check => {
                 // Standalone: the prevResult of stdin, read once here, as ADD's and DEL's input is.
                 let prev = conf.prev_result();
-                let checked = self.check_conf(args, conf)?;
+                let checked = self.check_conf(args, resolve_nic(conf).await?)?;
                 let prev = prev?.ok_or_else(|| Error::config("CHECK needs prevResult"))?;
                 checked.check(args, &prev).await.map(|_| None)
             }
@@ -139,6 +151,7 @@ impl NativeType {
                 NativeType::Sub(_) => SubConf::del(args, &conf).await,
                 NativeType::Sbr => SbrConf::del(args, &conf).await,
                 NativeType::Tuning => TuningConf::del(args, &conf).await,
+                NativeType::HostDevice => HostDeviceConf::del(args, &conf).await,
             }
             .map(|_| None),
             Command::Gc => match self {
@@ -146,11 +159,23 @@ impl NativeType {
                 NativeType::Sub(_) => SubConf::gc(args, &conf),
                 NativeType::Sbr => SbrConf::gc(args, &conf),
                 NativeType::Tuning => TuningConf::gc(args, &conf),
+                NativeType::HostDevice => HostDeviceConf::gc(args, &conf),
             }
             .map(|_| None),
             Command::Status => Ok(None),
             Command::Version => Err(Error::Internal("VERSION is answered by skel".into())),
         }
+    }
+}
+
+/// A configuration run on its own (drop-in mode) with its node interface named by altname, selector or
+/// physical network: rewritten to the node's primary name, as the meta-plugin does for a chain.
+async fn resolve_nic(conf: NetConf) -> Result<NetConf> {
+    let mut raw = conf.raw.clone();
+    let mut nics = super::nic::NodeNics::new(std::path::Path::new(super::nic::PHYSNETS_FILE));
+    match super::nic::resolve_plugin(0, &mut raw, &mut nics).await? {
+        Some(_) => NetConf::from_value(serde_json::Value::Object(raw)),
+        None => Ok(conf),
     }
 }
 
@@ -165,6 +190,7 @@ enum Parsed {
     Sub(SubConf),
     Sbr(SbrConf),
     Tuning(TuningConf),
+    HostDevice(HostDeviceConf),
 }
 
 impl Checked {
@@ -187,6 +213,7 @@ impl Checked {
             Parsed::Sub(d) => d.add(args, &self.conf, pod, link_group).await,
             Parsed::Sbr(d) => d.add(args, &self.conf, pod, link_group).await,
             Parsed::Tuning(d) => d.add(args, &self.conf, pod, link_group).await,
+            Parsed::HostDevice(d) => d.add(args, &self.conf, pod, link_group).await,
         }
     }
 
@@ -197,6 +224,7 @@ impl Checked {
             Parsed::Sub(d) => d.check(args, &self.conf, prev).await,
             Parsed::Sbr(d) => d.check(args, &self.conf, prev).await,
             Parsed::Tuning(d) => d.check(args, &self.conf, prev).await,
+            Parsed::HostDevice(d) => d.check(args, &self.conf, prev).await,
         }
     }
 }
@@ -212,7 +240,7 @@ mod tests {
         }
         assert_eq!(
             NativeType::names(),
-            "bridge, macvlan, ipvlan, vlan, sbr, tuning"
+            "bridge, macvlan, ipvlan, vlan, sbr, tuning, host-device"
         );
         assert_eq!(NativeType::of("ptp"), None);
         assert_eq!(NativeType::of("attache"), None);

@@ -8,9 +8,11 @@
 
 pub mod bridge;
 pub mod driver;
+pub mod host_device;
 pub mod iface;
 pub mod naming;
 pub mod nft;
+pub mod nic;
 pub mod sbr;
 pub mod sublink;
 pub mod tuning;

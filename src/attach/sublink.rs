@@ -17,7 +17,7 @@ use super::driver::{Driver, NativeType};
 use super::iface::{Dad, IfaceOpts, check_iface, configure_iface, pod_sysctls};
 use super::undo::Undo;
 use super::{PodNs, pod_netns, sandbox};
-use crate::cni::conf::{NetConf, check_ifname, decode};
+use crate::cni::conf::{NetConf, decode};
 use crate::cni::skel::CmdArgs;
 use crate::cni::spec::{CniResult, Dns, Interface};
 use crate::error::{Error, Result};
@@ -135,7 +135,7 @@ impl Driver for SubConf {
             return Err(Error::config("vlan: master is required"));
         }
         if let Some(m) = raw.master.as_deref().filter(|m| !m.is_empty()) {
-            check_ifname(m).map_err(|e| Error::config(format!("{t} master: {e}")))?;
+            super::nic::check_nic_name(m).map_err(|e| Error::config(format!("{t} master: {e}")))?;
         }
         let mtu = match raw.mtu {
             None | Some(0) => None,

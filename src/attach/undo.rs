@@ -17,6 +17,12 @@ pub enum Undo {
     },
     Nft(nft::Removal),
     Ipam,
+    /// A node device handed to the pod (host-device): moved back to the node under its name.
+    GiveBack {
+        netns: NetNs,
+        ifname: String,
+        name: String,
+    },
 }
 
 /// Run an undo list in reverse; errors are logged, the ADD's own error is what the caller sees.
@@ -38,6 +44,17 @@ pub async fn rollback(undo: Vec<Undo>, args: &CmdArgs, conf: &NetConf, ipam: &cr
                 (format!("delete link {name}"), r)
             }
             Undo::Nft(r) => ("remove nftables state".to_string(), nft::remove(r).await),
+            Undo::GiveBack {
+                netns,
+                ifname,
+                name,
+            } => {
+                let r = super::host_device::move_back(netns, ifname, name)
+                    .await
+                    .map(drop);
+                link_left |= r.is_err();
+                (format!("give {ifname} back to the node as {name}"), r)
+            }
             Undo::Ipam if link_left => {
                 tracing::error!(
                     container = %args.container_id,

@@ -150,7 +150,7 @@ impl NetworkList {
     /// Whether any plugin of the chain runs natively (and so puts a pod interface in the link group).
     pub fn has_native(&self) -> bool {
         (0..self.plugins.len())
-            .any(|i| NativeType::of(self.plugin_type(i)).is_some_and(NativeType::makes_link))
+            .any(|i| NativeType::of(self.plugin_type(i)).is_some_and(NativeType::deletes_link))
     }
 
     /// Check that every plugin can run, touching nothing: an exec'd one's binary exists; a native one's

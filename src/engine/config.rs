@@ -104,6 +104,9 @@ pub struct AttacheConf {
     /// pod's default route off the cluster network, these stay on it.
     pub cluster_cidrs: Vec<ipnet::IpNet>,
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// `physnetsFile`: the node's map of physical networks to interface selectors
+    /// ([`crate::attach::nic`]).
+    pub physnets_file: PathBuf,
 }
 
 /// How a pod's interfaces are routed (`podRouting`, and per selection or definition `attache.routing`).
@@ -287,6 +290,9 @@ impl AttacheConf {
             pod_routing: r.take(key(conf, "podRouting"), || None).unwrap_or_default(),
             cluster_cidrs: r.take(cidrs(conf, "clusterCIDRs"), Vec::new),
             service_cidrs: r.take(cidrs(conf, "serviceCIDRs"), Vec::new),
+            physnets_file: r
+                .take(absolute(conf, "physnetsFile"), || None)
+                .unwrap_or_else(|| crate::attach::nic::PHYSNETS_FILE.into()),
             namespace_isolation: r
                 .take(key(conf, "namespaceIsolation"), || None)
                 .unwrap_or(true),

@@ -882,6 +882,12 @@ async fn attach_del(
 }
 
 async fn attach_check(args: &CmdArgs, ac: &AttacheConf, a: &AttachmentRecord) -> Result<()> {
+    if !a.nics.is_empty() {
+        let node = crate::netlink::Netlink::connect(None)?;
+        for r in &a.nics {
+            crate::attach::nic::check_resolved(&node, r).await?;
+        }
+    }
     let path = ac.search_path(&args.path);
     let inv = invocation(args, a, args.netns.as_deref(), &path);
     let prev = a

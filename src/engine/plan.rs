@@ -539,6 +539,9 @@ impl<'a> Planner<'a> {
             merge_cni_args(&mut list, extra);
         }
         inject_cluster_ipam(&mut list, s.ipam_claim_reference.as_deref(), ac, conf);
+        let nics = resolve_nics(&mut list, ac)
+            .await
+            .map_err(|e| e.context(format!("{pod_name}: network {qualified}")))?;
         let mut runtime = Map::new();
         for (cap, v) in selection_runtime_config(&s) {
             if !declares_capability(&list, cap) {
@@ -605,10 +608,27 @@ impl<'a> Planner<'a> {
             source_routing,
             device_id,
             device_info,
+            nics,
             ..AttachmentRecord::new(&qualified, &ifname, list)
         };
         Ok(Planned { record, checked })
     }
+}
+
+/// Every node interface the network's plugins name, resolved on this node and written into their
+/// configurations ([`crate::attach::nic`]): what the record keeps.
+async fn resolve_nics(
+    list: &mut NetworkList,
+    ac: &AttacheConf,
+) -> Result<Vec<crate::attach::nic::Resolved>> {
+    let mut nics = crate::attach::nic::NodeNics::new(&ac.physnets_file);
+    let mut out = Vec::new();
+    for (i, p) in list.plugins.iter_mut().enumerate() {
+        if let Some(r) = crate::attach::nic::resolve_plugin(i, p, &mut nics).await? {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// How one selection's interface is routed: the selection's `attache.routing`, else its definition's

@@ -64,6 +64,8 @@ pub struct AttachmentRecord {
     /// The device-plugin device it was given (`resourceName` definitions), and its Device Information.
     pub device_id: Option<String>,
     pub device_info: Option<Value>,
+    /// The node interfaces its plugins name, as resolved at ADD (DEL and CHECK never resolve again).
+    pub nics: Vec<crate::attach::nic::Resolved>,
     /// Its ADD result, once ADD succeeded (written in the 1.1.0 shape).
     pub result: Option<CniResult>,
 }
@@ -82,6 +84,7 @@ impl AttachmentRecord {
             source_routing: false,
             device_id: None,
             device_info: None,
+            nics: Vec::new(),
             result: None,
         }
     }
@@ -95,7 +98,7 @@ impl AttachmentRecord {
     /// interfaces gone, nothing of it is left in the pod (a chained sbr's rules, a tuning's sysctls are).
     pub fn only_native_links(&self) -> bool {
         (0..self.conf.plugins.len())
-            .all(|i| NativeType::of(self.conf.plugin_type(i)).is_some_and(NativeType::makes_link))
+            .all(|i| NativeType::of(self.conf.plugin_type(i)).is_some_and(NativeType::deletes_link))
     }
 }
 
@@ -146,6 +149,9 @@ struct OnDisk {
         skip_serializing_if = "Option::is_none"
     )]
     device_info: Option<Value>,
+    /// The node interfaces its plugins name, as resolved at ADD.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nics: Vec<crate::attach::nic::Resolved>,
     /// Its ADD result, once ADD succeeded (written in the 1.1.0 shape).
     #[serde(default, with = "result_v1_1", skip_serializing_if = "Option::is_none")]
     result: Option<CniResult>,
@@ -165,6 +171,7 @@ impl From<AttachmentRecord> for OnDisk {
             source_routing: a.source_routing,
             device_id: a.device_id,
             device_info: a.device_info,
+            nics: a.nics,
             result: a.result,
         }
     }
@@ -192,6 +199,7 @@ impl TryFrom<OnDisk> for AttachmentRecord {
             source_routing: d.source_routing,
             device_id: d.device_id,
             device_info: d.device_info,
+            nics: d.nics,
             result: d.result,
         })
     }

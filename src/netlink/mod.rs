@@ -16,6 +16,7 @@ use std::os::fd::RawFd;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use nix::errno::Errno;
+use rtnetlink::packet_core::DefaultNla;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{self as packet_link, BridgeVlanInfoFlags};
@@ -32,6 +33,9 @@ use crate::error::{Error, Result};
 use crate::netns::{NetNs, route_socket};
 
 pub mod policy;
+
+/// `IFLA_ALT_IFNAME` (not among netlink-packet-route's request attributes).
+const IFLA_ALT_IFNAME: u16 = 53;
 
 /// A link as attache needs to see it.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +65,14 @@ pub struct Link {
     /// A macvlan's or ipvlan's mode, a vlan's id, as the kernel reports them (the ipvlan flag is not
     /// read back).
     pub sublink: Option<SubLinkKind>,
+    /// Its alternative names (`ip link property add ... altname`), up to 127 bytes each.
+    pub altnames: Vec<String>,
+    /// `IFLA_PERM_ADDRESS`: the MAC burnt into the device (real hardware and virtio report one; a vlan,
+    /// bond or macvlan does not: they borrow or make theirs).
+    pub perm_mac: Option<Vec<u8>>,
+    /// `IFLA_PARENT_DEV_NAME` / `_BUS_NAME`: the device behind the netdev (`0000:3b:00.0` on `pci`,
+    /// `virtio0` on `virtio`, ...); `None` for a software link.
+    pub parent: Option<(String, String)>,
 }
 
 /// The kinds of link made on top of a node's interface.
@@ -288,14 +300,24 @@ impl Netlink {
         self.handle.link().set(msg).execute().await.map_err(nl(op))
     }
 
-    /// A link by name; `None` if there is none.
+    /// A link by name or alternative name; `None` if there is none. (`IFLA_IFNAME` finds an altname of
+    /// up to 15 bytes; a longer one only by `IFLA_ALT_IFNAME`, as iproute2 asks.)
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut req = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
+        let mut get = self.handle.link().get();
+        if name.len() < 16 {
+            get = get.match_name(name.to_string());
+        } else {
+            let mut bytes = name.as_bytes().to_vec();
+            bytes.push(0);
+            get = get.match_index(0);
+            get.message_mut()
+                .attributes
+                .push(LinkAttribute::Other(DefaultNla::new(
+                    IFLA_ALT_IFNAME,
+                    bytes,
+                )));
+        }
+        let mut req = get.execute();
         match req.try_next().await {
             Ok(m) => Ok(m.map(parse_link)),
             Err(e) => {
@@ -459,6 +481,35 @@ impl Netlink {
             .name(to.to_string())
             .build();
         self.set_link(msg, format!("rename {from} to {to}")).await
+    }
+
+    /// Rename a link by index (it must be down).
+    pub async fn rename_index(&self, index: u32, to: &str) -> Result<()> {
+        crate::fail::point("netlink.rename")?;
+        let msg = LinkUnspec::new_with_index(index)
+            .name(to.to_string())
+            .build();
+        self.set_link(msg, format!("rename link {index} to {to}"))
+            .await
+    }
+
+    /// Take a link (by index) down.
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        crate::fail::point("netlink.set_link")?;
+        let msg = LinkUnspec::new_with_index(index).down().build();
+        self.set_link(msg, format!("set link {index} down")).await
+    }
+
+    /// Move a link (by index) into the namespace `netns` refers to, named `name` there: the kernel
+    /// closes it first (it arrives down), and names it `name` when its own name is taken there.
+    pub async fn move_link(&self, index: u32, netns: RawFd, name: &str) -> Result<()> {
+        crate::fail::point("netlink.move_link")?;
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns)
+            .name(name.to_string())
+            .build();
+        self.set_link(msg, format!("move link {index} as {name}"))
+            .await
     }
 
     /// Put a link (by name) under a master, label it, and bring it up, in one request.
@@ -830,7 +881,11 @@ fn parse_link(m: LinkMessage) -> Link {
         alias: None,
         vlan_filtering: false,
         sublink: None,
+        altnames: Vec::new(),
+        perm_mac: None,
+        parent: None,
     };
+    let (mut parent_dev, mut parent_bus) = (None, None);
     for a in m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n,
@@ -843,6 +898,20 @@ fn parse_link(m: LinkMessage) -> Link {
             LinkAttribute::Group(g) => l.group = g,
             LinkAttribute::TxQueueLen(q) => l.txqlen = q,
             LinkAttribute::IfAlias(a) => l.alias = Some(a),
+            LinkAttribute::PropList(props) => {
+                l.altnames = props
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        packet_link::Prop::AltIfName(n) => Some(n),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            LinkAttribute::PermAddress(mac) if mac.iter().any(|b| *b != 0) => {
+                l.perm_mac = Some(mac)
+            }
+            LinkAttribute::ParentDevName(n) => parent_dev = Some(n),
+            LinkAttribute::ParentDevBusName(n) => parent_bus = Some(n),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
@@ -855,6 +924,7 @@ fn parse_link(m: LinkMessage) -> Link {
             _ => {}
         }
     }
+    l.parent = parent_dev.zip(parent_bus);
     l
 }
 
