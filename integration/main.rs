@@ -24,6 +24,7 @@ mod inspect;
 mod k8s;
 mod macvlan;
 mod metrics;
+mod nics;
 mod operate;
 mod podman;
 mod properties;

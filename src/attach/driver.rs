@@ -142,7 +142,13 @@ impl NativeType {
             Command::Check => {
                 // Standalone: the prevResult of stdin, read once here, as ADD's and DEL's input is.
                 let prev = conf.prev_result();
-                let checked = self.check_conf(args, resolve_nic(conf).await?)?;
+                // A handed-over device is in the pod, not on the node: its CHECK goes by what ADD
+                // recorded.
+                let conf = match self {
+                    NativeType::HostDevice => conf,
+                    _ => resolve_nic(conf).await?,
+                };
+                let checked = self.check_conf(args, conf)?;
                 let prev = prev?.ok_or_else(|| Error::config("CHECK needs prevResult"))?;
                 checked.check(args, &prev).await.map(|_| None)
             }

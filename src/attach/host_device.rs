@@ -83,6 +83,9 @@ pub enum Locate {
     Pci(String),
     /// A `deviceID` on the auxiliary bus (`mlx5_core.sf.4`).
     Auxiliary(String),
+    /// `deviceSelector` / `physicalNetwork`, left as they are: CHECK and DEL go by the state file, and
+    /// an ADD has them resolved to `device` first ([`super::nic`]).
+    Selector,
 }
 
 /// A validated host-device configuration.
@@ -108,6 +111,9 @@ pub struct Handed {
     pub parent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_port: Option<u32>,
+    /// Its MAC at ADD (what identifies a device without a permanent one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
     /// A userspace-driver device: nothing was moved.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dpdk: bool,
@@ -122,7 +128,8 @@ impl Handed {
                     && self.dev_port.unwrap_or(0) == c.dev_port.unwrap_or(0)
             }
             (None, Some(mac)) => c.link.perm_mac.as_deref().map(format_mac).as_ref() == Some(mac),
-            (None, None) => false,
+            // A software link (a veth standing in for a NIC): its MAC.
+            (None, None) => !self.mac.is_empty() && format_mac(&c.link.mac) == self.mac,
         }
     }
 }
@@ -236,7 +243,10 @@ impl Driver for HostDeviceConf {
         .into_iter()
         .flatten()
         .collect();
+        let selector =
+            conf.raw.contains_key("deviceSelector") || conf.raw.contains_key("physicalNetwork");
         let locate = match (named.len(), runtime_id) {
+            (0, None) if selector => Locate::Selector,
             // The device plugin's choice names the device (the conf's own fields are for pods without one).
             (_, Some(id)) => match pci_address(&id) {
                 Some(a) => Locate::Pci(a),
@@ -305,6 +315,7 @@ impl Driver for HostDeviceConf {
                 nic: c.nic(),
                 parent: c.link.parent.as_ref().map(|p| p.0.clone()),
                 dev_port: c.dev_port,
+                mac: format_mac(&c.link.mac),
                 dpdk: false,
             },
             Found::Userspace { pci, driver } => Handed {
@@ -319,6 +330,7 @@ impl Driver for HostDeviceConf {
                 },
                 parent: Some(pci.clone()),
                 dev_port: None,
+                mac: String::new(),
                 dpdk: true,
             },
         };
@@ -425,7 +437,7 @@ impl Driver for HostDeviceConf {
 
 /// What the configuration names, found on the node.
 enum Found {
-    Netdev(Candidate),
+    Netdev(Box<Candidate>),
     /// A PCI device bound to a userspace driver: no netdev.
     Userspace {
         pci: String,
@@ -477,12 +489,18 @@ impl HostDeviceConf {
             Locate::KernelPath(p) => format!("kernelpath {}", p.display()),
             Locate::Pci(a) => format!("PCI device {a}"),
             Locate::Auxiliary(a) => format!("auxiliary device {a}"),
+            Locate::Selector => "deviceSelector".to_string(),
         };
         let first = |mut v: Vec<&Candidate>| {
             v.sort_by(|a, b| (a.dev_port, &a.link.name).cmp(&(b.dev_port, &b.link.name)));
             v.first().map(|c| (*c).clone())
         };
         let found = match &self.locate {
+            Locate::Selector => {
+                return Err(Error::Internal(
+                    "host-device: deviceSelector reached ADD unresolved".into(),
+                ));
+            }
             Locate::Name(n) => match node.link(n).await? {
                 Some(l) => all.iter().find(|c| c.link.index == l.index).cloned(),
                 None => self.reclaim_by_name(node, &all, n).await?,
@@ -542,7 +560,7 @@ impl HostDeviceConf {
             )));
         };
         let c = self.reclaim(node, c).await?;
-        Ok(Found::Netdev(c))
+        Ok(Found::Netdev(Box::new(c)))
     }
 
     /// A device named by its node name that is not there may be stranded under a pod-side name.
