@@ -123,12 +123,15 @@ fn requests_by_attache(api: &RealApi) -> Vec<(String, String, u64, String)> {
         .collect()
 }
 
-/// The (verb, resource) pairs `deploy/`'s ClusterRole `attache` and its Role in kube-system grant.
+/// The (verb, resource) pairs `deploy/`'s ClusterRole `attache`, its Role in kube-system and the optional
+/// `attache-label-node` grant, and the `get nodes` of attache-ipam's role that `install` reads its
+/// Node's labels with.
 fn granted(api: &RealApi) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+    let mut out = vec![("get".to_string(), "nodes".to_string())];
     for role in [
         api.get(&["clusterrole", "attache"]),
         api.get(&["-n", "kube-system", "role", "attache-cluster-cidrs"]),
+        api.get(&["clusterrole", "attache-label-node"]),
     ] {
         for rule in role["rules"].as_array().unwrap() {
             for r in rule["resources"].as_array().unwrap() {
@@ -236,6 +239,39 @@ fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
     )
     .unwrap();
     std::fs::write(node.path("sa-token"), &token).unwrap();
+    // With --physnets and --label-node: this node's entries of the ConfigMap (the first whose
+    // nodeSelector the Node matches), and labels for the physical networks the node has (a stale one
+    // goes). The optional RBAC for it is applied.
+    let label_rbac = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/label-node.yaml"
+    ))
+    .unwrap();
+    assert!(api.apply(&label_rbac, &[]).status.success());
+    let n1 = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1",
+        "labels": {"nic": "intel", "physnet.attache.dev/stale": "true"}}});
+    assert!(api.apply(&n1.to_string(), &[]).status.success());
+    assert!(node.ip_do(&[
+        "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p"
+    ]));
+    assert!(node.ip_do(&[
+        "link",
+        "property",
+        "add",
+        "dev",
+        "uplink0",
+        "altname",
+        "fabric-uplink-a"
+    ]));
+    let physnets_src = node.path("physnets-configmap.json");
+    std::fs::write(
+        &physnets_src,
+        json!({"data": [{"nodeSelector": {"nic": "intel"}, "altName": "fabric-uplink-a"},
+                        {"altName": "elsewhere"}],
+               "storage": {"altName": "no-such-nic"}})
+        .to_string(),
+    )
+    .unwrap();
     let s = |p: std::path::PathBuf| p.display().to_string();
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &node.name])
@@ -252,6 +288,9 @@ fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
             format!("--run-dir={}", s(node.path("run"))),
             format!("--node-run-dir={}", s(node.path("run"))),
             format!("--nad-mirror={}", s(node.path("nads"))),
+            format!("--physnets={}", s(physnets_src.clone())),
+            "--label-node".into(),
+            "--node-name=n1".into(),
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("CNI_COMMAND")
@@ -272,6 +311,24 @@ fn deploy_rbac_network_status_events_and_del_against_a_real_api_server() {
         installed["plugins"][0]["serviceCIDRs"],
         json!(["10.96.0.0/12"])
     );
+    let map = net.join("attache.d/physnets.json");
+    assert_eq!(installed["plugins"][0]["physnetsFile"], json!(map));
+    let written: Value = serde_json::from_slice(&std::fs::read(&map).unwrap()).unwrap();
+    assert_eq!(
+        written,
+        json!({"data": {"altName": "fabric-uplink-a"}, "storage": {"altName": "no-such-nic"}})
+    );
+    let labels = api.get(&["node", "n1"])["metadata"]["labels"].clone();
+    assert_eq!(labels["physnet.attache.dev/data"], "true", "{labels}");
+    assert!(
+        labels.get("physnet.attache.dev/stale").is_none(),
+        "{labels}"
+    );
+    assert!(
+        labels.get("physnet.attache.dev/storage").is_none(),
+        "{labels}"
+    );
+    assert_eq!(labels["nic"], "intel");
 
     // Every request attache made was allowed, named attache, and used a grant; every grant was used.
     let reqs = requests_by_attache(&api);

@@ -92,6 +92,14 @@ pub struct InstallArgs {
     /// configuration's `nadMirror`, a path of the node); "" leaves it out.
     #[arg(long, default_value = crate::engine::config::DEFAULT_NAD_MIRROR)]
     pub nad_mirror: PathBuf,
+    /// The cluster's physical networks (its ConfigMap, mounted): this node's entries are written to
+    /// attache.d/physnets.json, where `physicalNetwork` is looked up (see [`super::physnets`]).
+    #[arg(long)]
+    pub physnets: Option<PathBuf>,
+    /// Label the Node `physnet.attache.dev/<name>=true` for each physical network it has, and remove
+    /// the label of one it no longer has (needs `patch nodes`: deploy/'s attache-label-node role).
+    #[arg(long, requires = "physnets")]
+    pub label_node: bool,
 }
 
 /// The file in `--run-dir` that says attache was installed since the node started.
@@ -122,7 +130,7 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 /// Write only when the content differs (no event for runtimes watching the dir, no new inode).
-fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
+pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(false);
     }
@@ -269,6 +277,14 @@ pub fn generate_conf(
     }
     if !args.nad_mirror.as_os_str().is_empty() {
         plugin["nadMirror"] = json!(args.nad_mirror);
+    }
+    // The map install writes, where the node sees it (the plugin's default path needs no key).
+    let physnets = args
+        .node_conf_dir
+        .join(STATE_DIR)
+        .join(super::physnets::MAP_NAME);
+    if args.physnets.is_some() && physnets != Path::new(crate::attach::nic::PHYSNETS_FILE) {
+        plugin["physnetsFile"] = json!(physnets);
     }
     // What the API says of the cluster's networks (`--config` may say otherwise: it comes last).
     if !cidrs.pods.is_empty() {
@@ -430,6 +446,18 @@ fn write_node_name(args: &InstallArgs) -> Result<()> {
 fn pass(args: &InstallArgs) -> Result<bool> {
     let kubeconfig = write_kubeconfig(args)?;
     write_node_name(args)?;
+    let node = args
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.trim().is_empty());
+    if let Err(e) = super::physnets::pass(args, node.as_deref().map(str::trim)) {
+        // The map and the labels are the physical networks' business: the cluster network goes on.
+        eprintln!("attache: physical networks: {e}");
+        if args.once {
+            return Err(e);
+        }
+    }
     let Some((file, cluster)) = find_cluster_conf(&args.conf_dir, args.cluster_network.as_deref())
     else {
         return Ok(false);
@@ -690,6 +718,8 @@ mod tests {
             run_dir: dir.join("run"),
             node_run_dir: dir.join("run"),
             nad_mirror: dir.join("nads"),
+            physnets: None,
+            label_node: false,
         }
     }
 

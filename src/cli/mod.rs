@@ -6,6 +6,7 @@ pub mod agent;
 pub mod inspect;
 pub mod install;
 pub mod ipam;
+pub mod physnets;
 pub mod table;
 
 use std::ffi::OsString;

@@ -235,6 +235,46 @@ impl KubeApi {
     }
 }
 
+/// The label prefix of the physical networks a node has (`physnet.attache.dev/<name>=true`).
+pub const PHYSNET_LABEL_PREFIX: &str = "physnet.attache.dev/";
+
+impl KubeApi {
+    /// A Node's labels (`get nodes`, which attache-ipam's role grants).
+    pub async fn node_labels(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: Api<Node> = Api::all(self.client());
+        let node = self
+            .bounded(&format!("get node {name}"), nodes.get_opt(name))
+            .await?
+            .ok_or_else(|| Error::config(format!("node {name:?} does not exist in the API")))?;
+        Ok(node.metadata.labels.unwrap_or_default())
+    }
+
+    /// Set and remove labels of a Node in one merge patch (`patch nodes`): a `None` value removes.
+    pub async fn label_node(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<()> {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: Api<Node> = Api::all(self.client());
+        let patch = json!({"metadata": {"labels": labels}});
+        self.bounded(
+            &format!("label node {name}"),
+            nodes.patch(
+                name,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &Patch::Merge(&patch),
+            ),
+        )
+        .await
+        .map(drop)
+    }
+}
+
 fn cidr_list_of(v: Option<&Value>) -> Vec<ipnet::IpNet> {
     v.and_then(Value::as_array)
         .map(|a| a.iter().flat_map(|c| cidr_list(Some(c))).collect())
