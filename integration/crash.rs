@@ -1,7 +1,8 @@
-//! Crash safety: attache is SIGKILLed at random points of a 3-network ADD (a delegated ptp cluster
-//! network, a native bridge with ipMasq and macspoofchk, a native macvlan; routed by source), then the
-//! runtime does what it would — DEL; or ADD again without DEL, then DEL — and nothing may be left: links, addresses, IP files,
-//! nftables chains and elements, records, temporaries. The definitions come from the node's mirror (as
+//! Crash safety: attache is SIGKILLed at random points of a 4-network ADD (a delegated ptp cluster
+//! network, a native bridge with ipMasq and macspoofchk, a native macvlan, a node device handed over by
+//! host-device; routed by source), then the runtime does what it would — DEL; or ADD again without DEL,
+//! then DEL — and nothing may be left: links (the handed device back on the node, under its name and
+//! up), addresses, IP files, nftables chains and elements, records, temporaries, host-device state. The definitions come from the node's mirror (as
 //! `attache agent` keeps it).
 //!
 //! `ATTACHE_KILL_TRIALS` sets the number of kills (default 100; the documented long run uses 2000).
@@ -73,9 +74,31 @@ fn conf(node: &Node) -> (Value, LiveMirror) {
             json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "nic0",
                        "ipam": {"type": "host-local", "subnet": "10.23.0.0/22", "dataDir": ipam}}),
         ),
+        // A device of the node handed over whole (a veth standing in for a NIC), by its altname.
+        (
+            "pass",
+            json!({"cniVersion": "1.0.0", "type": "host-device", "device": "passthrough-nic-a",
+                       "dataDir": node.path("hd"),
+                       "ipam": {"type": "host-local", "subnet": "10.25.0.0/22", "dataDir": ipam}}),
+        ),
     ];
+    for args in [
+        &["link", "add", "hd0", "type", "veth", "peer", "name", "hd0p"][..],
+        &["link", "set", "hd0", "up"],
+        &[
+            "link",
+            "property",
+            "add",
+            "dev",
+            "hd0",
+            "altname",
+            "passthrough-nic-a",
+        ],
+    ] {
+        assert!(node.ip_do(args), "ip {args:?}");
+    }
     let mirror = LiveMirror::start(&node.path("nads"), &nads);
-    let mut conf = crate::testbed::meta_conf(node, &node.path("nads"), "blue,mac");
+    let mut conf = crate::testbed::meta_conf(node, &node.path("nads"), "blue,mac,pass");
     conf.as_object_mut().unwrap().remove("networksDir");
     conf["nadMirror"] = json!(node.path("nads"));
     conf["podRouting"] = json!("source");
@@ -151,7 +174,7 @@ fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
             node.exec(&call("ADD", id), &conf).ok();
             let mut links = node.links(Some(&pod));
             links.sort();
-            assert_eq!(links, ["eth0", "lo", "net1", "net2"], "{what}");
+            assert_eq!(links, ["eth0", "lo", "net1", "net2", "net3"], "{what}");
             let mine = node
                 .files("ipam")
                 .into_iter()
@@ -160,7 +183,7 @@ fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
                         .is_ok_and(|c| c.starts_with(&format!("{id}\r\n")))
                 })
                 .count();
-            assert_eq!(mine, 3, "{what}: addresses held");
+            assert_eq!(mine, 4, "{what}: addresses held");
             retried += 1;
         }
         node.exec(&call("DEL", id), &conf).ok();
@@ -172,7 +195,7 @@ fn sigkill_anywhere_in_add_then_del_leaves_nothing() {
         );
     }
     figure(&format!(
-        "crash safety: {trials} SIGKILLs during a 3-network ADD ({midway} while it ran), {retried} ADDs retried without DEL, 0 leftovers"
+        "crash safety: {trials} SIGKILLs during a 4-network ADD ({midway} while it ran), {retried} ADDs retried without DEL, 0 leftovers"
     ));
 }
 

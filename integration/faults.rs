@@ -4,8 +4,8 @@
 //! (DEL). Built only with `--features failpoints` (scripts/test does).
 //!
 //! The pod: a delegated cluster network (Debian's ptp), a native bridge with isGateway, ipMasq,
-//! macspoofchk and promiscMode, a native macvlan that takes the default route, and a macvlan with static
-//! IPAM and a chained tuning, all routed by source (`podRouting`); its annotations come from the runtime and network-status goes to the API fixture through the
+//! macspoofchk and promiscMode, a native macvlan that takes the default route, a macvlan with static
+//! IPAM and a chained tuning, and a node device handed over by host-device (moved in, given back), all routed by source (`podRouting`); its annotations come from the runtime and network-status goes to the API fixture through the
 //! node agent (`attache agent`, its report socket).
 
 use std::collections::BTreeMap;
@@ -52,6 +52,12 @@ fn new_bed(tag: &str) -> Bed {
                        "ipam": {"type": "host-local", "subnet": "10.23.0.0/24", "dataDir": ipam}}),
             ),
             (
+                "pass",
+                json!({"cniVersion": "1.0.0", "type": "host-device", "device": "hd0",
+                       "dataDir": node.path("hd"),
+                       "ipam": {"type": "host-local", "subnet": "10.26.0.0/24", "dataDir": ipam}}),
+            ),
+            (
                 "fixed",
                 json!({"cniVersion": "1.0.0", "plugins": [
                     {"type": "macvlan", "master": "nic0",
@@ -61,8 +67,13 @@ fn new_bed(tag: &str) -> Bed {
             ),
         ],
     );
-    let networks =
-        r#"[{"name":"blue"},{"name":"mac","default-route":["10.23.0.1"]},{"name":"fixed"}]"#;
+    for args in [
+        &["link", "add", "hd0", "type", "veth", "peer", "name", "hd0p"][..],
+        &["link", "set", "hd0", "up"],
+    ] {
+        assert!(node.ip_do(args), "ip {args:?}");
+    }
+    let networks = r#"[{"name":"blue"},{"name":"mac","default-route":["10.23.0.1"]},{"name":"fixed"},{"name":"pass"}]"#;
     let mut conf = crate::testbed::meta_conf(&node, &dir, networks);
     conf["kubeconfig"] = json!(node.path("kubeconfig"));
     // Routed by source, the default on `mac`: rules, tables, the cluster's CIDRs on eth0, sysctls.

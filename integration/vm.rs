@@ -5,6 +5,7 @@
 //! Under emulation the kernel is slow: these are correctness tests only, nothing is timed.
 
 mod testbed;
+mod vm_nics;
 
 use std::path::PathBuf;
 

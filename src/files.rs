@@ -93,6 +93,31 @@ pub fn replace_with_copy(path: &Path, src: &Path, mode: u32, durable: bool) -> s
     })
 }
 
+/// Remove the temporaries [`replace`] left beside `path` when their writer was killed (its pid no longer
+/// runs); a live writer's stay.
+pub fn remove_dead_temporaries(path: &Path) {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{stem}.");
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix)?.strip_suffix(".tmp"))
+            .and_then(|rest| rest.split('.').next()?.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !pid_alive(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The temporary of [`replace`], filled by `fill`, then renamed over `path`.
 fn replace_with(
     path: &Path,

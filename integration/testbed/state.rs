@@ -236,7 +236,8 @@ pub fn assert_same_as_reference(
 /// reference plugin does.
 pub fn full_state(node: &Node, pod: &str, keep_bridges: bool) -> Value {
     let links = |ns: Option<&str>| -> Vec<Value> {
-        node.ip(ns, &["-d", "addr", "show"])
+        let mut v: Vec<Value> = node
+            .ip(ns, &["-d", "addr", "show"])
             .as_array()
             .unwrap()
             .iter()
@@ -264,7 +265,10 @@ pub fn full_state(node: &Node, pod: &str, keep_bridges: bool) -> Value {
                     flags
                 ])
             })
-            .collect()
+            .collect();
+        // By name: a device given back to the node comes last in the kernel's list.
+        v.sort_by_key(|l| l[0].as_str().unwrap_or_default().to_string());
+        v
     };
     let routes = |ns: Option<&str>| -> Vec<Value> {
         let mut v = node.ip(ns, &["route", "show"]);
@@ -317,6 +321,7 @@ pub fn full_state(node: &Node, pod: &str, keep_bridges: bool) -> Value {
         "node_links": links(None), "node_routes": routes(None),
         "pod_links": links(Some(pod)), "pod_routes": routes(Some(pod)), "pod_policy": policy,
         "ipam": ipam, "nft": nft, "cache": node.files("cache"), "tuning": node.files("tuning"),
+        "host_device": node.files("hd"),
     })
 }
 

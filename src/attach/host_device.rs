@@ -111,6 +111,9 @@ pub struct Handed {
     pub parent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_port: Option<u32>,
+    /// Whether it was up on the node: DEL brings it up again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub up: bool,
     /// Its MAC at ADD (what identifies a device without a permanent one).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mac: String,
@@ -315,6 +318,7 @@ impl Driver for HostDeviceConf {
                 nic: c.nic(),
                 parent: c.link.parent.as_ref().map(|p| p.0.clone()),
                 dev_port: c.dev_port,
+                up: c.link.up,
                 mac: format_mac(&c.link.mac),
                 dpdk: false,
             },
@@ -330,6 +334,7 @@ impl Driver for HostDeviceConf {
                 },
                 parent: Some(pci.clone()),
                 dev_port: None,
+                up: false,
                 mac: String::new(),
                 dpdk: true,
             },
@@ -431,6 +436,8 @@ impl Driver for HostDeviceConf {
             give_back(args, &h).await?;
         }
         IpamRelease::of(conf, args).del(args, conf).await?;
+        // A killed ADD's half-written state goes too.
+        crate::files::remove_dead_temporaries(&state);
         remove_state(&state)
     }
 }
@@ -647,6 +654,7 @@ impl AddCtx<'_, HostDeviceConf> {
             netns: pod.try_clone()?,
             ifname: args.ifname.clone(),
             name: handed.nic.name.clone(),
+            up: handed.up,
         });
         let link = pod_nl
             .link(&args.ifname)
@@ -687,7 +695,7 @@ impl AddCtx<'_, HostDeviceConf> {
 
 /// Move a handed-over device from the pod (`pod`, where it is `ifname`) back to the node as `name`.
 /// Used by DEL and by a failed ADD's rollback.
-pub async fn move_back(pod: &NetNs, ifname: &str, name: &str) -> Result<bool> {
+pub async fn move_back(pod: &NetNs, ifname: &str, name: &str, up: bool) -> Result<bool> {
     let pod_nl = Netlink::connect(Some(pod))?;
     let Some(link) = pod_nl.link(ifname).await? else {
         return Ok(false);
@@ -697,11 +705,28 @@ pub async fn move_back(pod: &NetNs, ifname: &str, name: &str) -> Result<bool> {
         pod_nl.set_down(link.index).await?;
     }
     pod_nl.move_link(link.index, node.raw_fd(), name).await?;
+    if up {
+        Netlink::connect(None)?.set_up(name).await?;
+    }
     Ok(true)
 }
 
 /// DEL's half on the node: the device back under its name, wherever it is.
 async fn give_back(args: &CmdArgs, h: &Handed) -> Result<()> {
+    put_back(args, h).await?;
+    if h.up {
+        let node = Netlink::connect(None)?;
+        if let Some(l) = node.link(&h.nic.name).await?
+            && !l.up
+        {
+            node.set_up(&h.nic.name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The device back on the node under its name, wherever it is.
+async fn put_back(args: &CmdArgs, h: &Handed) -> Result<()> {
     let name = &h.nic.name;
     if let Some(Ok(pod)) = args.netns.as_deref().map(NetNs::open) {
         let pod_nl = Netlink::connect(Some(&pod))?;

@@ -22,6 +22,8 @@ pub enum Undo {
         netns: NetNs,
         ifname: String,
         name: String,
+        /// It was up on the node.
+        up: bool,
     },
 }
 
@@ -48,8 +50,9 @@ pub async fn rollback(undo: Vec<Undo>, args: &CmdArgs, conf: &NetConf, ipam: &cr
                 netns,
                 ifname,
                 name,
+                up,
             } => {
-                let r = super::host_device::move_back(netns, ifname, name)
+                let r = super::host_device::move_back(netns, ifname, name, *up)
                     .await
                     .map(drop);
                 link_left |= r.is_err();
