@@ -549,9 +549,10 @@ fn a_nic_bound_to_a_userspace_driver_is_handed_over_in_dpdk_mode() {
     root_exec("DEL", "d1", &pod, "net1", &c).ok();
     assert_eq!(
         driver_of(pci),
-        "vfio-pci",
+        driver,
         "DEL leaves a DPDK device bound as it was"
     );
+    assert_eq!(root_name(pci), None);
     assert!(leased(&node).is_empty());
     node.delete_pod(&pod);
     reset();

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::driver::{Driver, NativeType};
-use super::iface::{Dad, IfaceOpts, check_iface, configure_iface, pod_sysctls};
+use super::iface::{Dad, IfaceOpts, bring_up, check_iface};
 use super::nic::{Candidate, Nic, candidates, check_nic_name, pci_address};
 use super::undo::Undo;
 use super::{AddCtx, PodNs, pod_netns, sandbox};
@@ -666,19 +666,20 @@ impl AddCtx<'_, HostDeviceConf> {
         for ip in &mut result.ips {
             ip.interface = Some(0);
         }
-        if hd.ipam.is_none() {
-            super::tuning::before_up(self.pod, &args.ifname).await?;
-            pod_nl.set_up(&args.ifname).await?;
-        } else {
-            let opts = IfaceOpts {
-                dad: Dad::Kernel,
-                ndisc_notify: false,
-                arp_notify: false,
-            };
-            pod_sysctls(&self.pod.worker, &args.ifname, &result, &opts).await?;
-            super::tuning::before_up(self.pod, &args.ifname).await?;
-            configure_iface(pod_nl, &args.ifname, link.index, &result).await?;
-        }
+        let opts = IfaceOpts {
+            dad: Dad::Kernel,
+            ndisc_notify: false,
+            arp_notify: false,
+        };
+        bring_up(
+            self.pod,
+            &args.ifname,
+            link.index,
+            &result,
+            !hd.ipam.is_none(),
+            &opts,
+        )
+        .await?;
         let link = pod_nl.link_by_index(link.index).await?.unwrap_or(link);
         result.interfaces = vec![Interface {
             name: args.ifname.clone(),

@@ -124,6 +124,27 @@ pub async fn configure_iface(
     Ok(())
 }
 
+/// Bring a new pod interface up, as macvlan, ipvlan, vlan and host-device do: without addresses (no
+/// IPAM) just up; with them its sysctls first, then addresses, up, routes. A tuning chained after the
+/// driver is applied before the link comes up, either way.
+pub async fn bring_up(
+    pod: &super::PodNs,
+    ifname: &str,
+    index: u32,
+    result: &CniResult,
+    layer3: bool,
+    opts: &IfaceOpts,
+) -> Result<()> {
+    let pod_nl = pod.netlink().await?;
+    if !layer3 {
+        super::tuning::before_up(pod, ifname).await?;
+        return pod_nl.set_up(ifname).await;
+    }
+    pod_sysctls(&pod.worker, ifname, result, opts).await?;
+    super::tuning::before_up(pod, ifname).await?;
+    configure_iface(&pod_nl, ifname, index, result).await
+}
+
 /// The first gateway of `like`'s family among the result's addresses.
 pub fn family_gateway(result: &CniResult, like: IpAddr) -> Option<IpAddr> {
     result

@@ -213,6 +213,18 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// A link with its sysfs facts.
+    pub fn of(link: Link) -> Candidate {
+        let (pci, driver, dev_port) = sysfs_facts(&link);
+        Candidate {
+            hardware: link.parent.is_some(),
+            link,
+            pci,
+            driver,
+            dev_port,
+        }
+    }
+
     pub fn nic(&self) -> Nic {
         Nic {
             name: self.link.name.clone(),
@@ -267,27 +279,7 @@ impl Candidate {
 /// An interface name as the kernel takes it for an altname: 1..=127 bytes, not `.`/`..`, no `/`, `:`
 /// or white space (`dev_valid_name`), and no control characters.
 pub fn check_nic_name(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() {
-        return Err("interface name is empty".into());
-    }
-    if name.len() > 127 {
-        return Err(format!(
-            "interface name {:?}... is longer than 127 bytes",
-            name.chars().take(20).collect::<String>()
-        ));
-    }
-    if name.len() <= 15 {
-        return crate::cni::conf::check_ifname(name);
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "interface name {name:?} contains the invalid character {c:?}"
-        ));
-    }
-    Ok(())
+    crate::cni::conf::check_link_name(name, 127)
 }
 
 /// A physical network's name: a label value's syntax (it becomes `physnet.attache.dev/NAME`).
@@ -362,21 +354,7 @@ fn sysfs_facts(link: &Link) -> (Option<String>, Option<String>, Option<u32>) {
 
 /// Every interface of the namespace `nl` is in, with what selectors look at.
 pub async fn candidates(nl: &Netlink) -> Result<Vec<Candidate>> {
-    let mut out: Vec<Candidate> = nl
-        .links()
-        .await?
-        .into_iter()
-        .map(|link| {
-            let (pci, driver, dev_port) = sysfs_facts(&link);
-            Candidate {
-                hardware: link.parent.is_some(),
-                link,
-                pci,
-                driver,
-                dev_port,
-            }
-        })
-        .collect();
+    let mut out: Vec<Candidate> = nl.links().await?.into_iter().map(Candidate::of).collect();
     // PCI address order, then port, then name: what `driver` + `index` counts in.
     out.sort_by(|a, b| {
         (a.pci.is_none(), &a.pci, a.dev_port, &a.link.name).cmp(&(
@@ -564,17 +542,7 @@ impl NodeNics {
         if link.name == name {
             return Ok(None);
         }
-        let (pci, driver, dev_port) = sysfs_facts(&link);
-        Ok(Some(
-            Candidate {
-                hardware: link.parent.is_some(),
-                link,
-                pci,
-                driver,
-                dev_port,
-            }
-            .nic(),
-        ))
+        Ok(Some(Candidate::of(link).nic()))
     }
 }
 

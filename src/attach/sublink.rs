@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::AddCtx;
 use super::driver::{Driver, NativeType};
-use super::iface::{Dad, IfaceOpts, check_iface, configure_iface, pod_sysctls};
+use super::iface::{Dad, IfaceOpts, bring_up, check_iface};
 use super::undo::Undo;
 use super::{PodNs, pod_netns, sandbox};
 use crate::cni::conf::{NetConf, decode};
@@ -262,13 +262,7 @@ async fn add(
 impl AddCtx<'_, SubConf> {
     async fn run(&self) -> Result<CniResult> {
         let (args, conf, sc, link_group) = (self.args, self.conf, self.driver, self.link_group);
-        let (pod, worker, node, pod_nl, master) = (
-            &self.pod.ns,
-            &self.pod.worker,
-            self.node,
-            self.pod_nl,
-            self.upper,
-        );
+        let (pod, node, pod_nl, master) = (&self.pod.ns, self.node, self.pod_nl, self.upper);
         let mut result = sc.ipam.add(args, conf).await?;
         self.undo.borrow_mut().push(Undo::Ipam);
         let mac = match sc.kind {
@@ -328,19 +322,20 @@ impl AddCtx<'_, SubConf> {
         for ip in &mut result.ips {
             ip.interface = Some(0);
         }
-        if sc.ipam.is_none() {
-            super::tuning::before_up(self.pod, &args.ifname).await?;
-            pod_nl.set_up(&args.ifname).await?;
-        } else {
-            let opts = IfaceOpts {
-                dad: Dad::Kernel,
-                ndisc_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
-                arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
-            };
-            pod_sysctls(worker, &args.ifname, &result, &opts).await?;
-            super::tuning::before_up(self.pod, &args.ifname).await?;
-            configure_iface(pod_nl, &args.ifname, link.index, &result).await?;
-        }
+        let opts = IfaceOpts {
+            dad: Dad::Kernel,
+            ndisc_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
+            arp_notify: !matches!(sc.kind, SubLinkKind::Vlan(_)),
+        };
+        bring_up(
+            self.pod,
+            &args.ifname,
+            link.index,
+            &result,
+            !sc.ipam.is_none(),
+            &opts,
+        )
+        .await?;
         result.interfaces = vec![Interface {
             name: args.ifname.clone(),
             mac: format_mac(&link.mac),

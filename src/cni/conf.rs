@@ -141,11 +141,21 @@ pub fn validate_plugin_type(t: &str) -> Result<()> {
 
 /// A kernel interface name: 1..=15 bytes, not `.`/`..`, no `/`, `:` or white space.
 pub fn check_ifname(name: &str) -> std::result::Result<(), String> {
+    check_link_name(name, 15)
+}
+
+/// A name the kernel takes for a link (`dev_valid_name`): 1..=`max` bytes (15 for a name, 127 for an
+/// altname), not `.`/`..`, no `/`, `:`, white space or control characters.
+pub fn check_link_name(name: &str, max: usize) -> std::result::Result<(), String> {
     if name.is_empty() {
         return Err("interface name is empty".into());
     }
-    if name.len() > 15 {
-        return Err(format!("interface name {name:?} is longer than 15 bytes"));
+    if name.len() > max {
+        let shown: String = name.chars().take(20).collect();
+        return Err(format!(
+            "interface name {shown:?}{} is longer than {max} bytes",
+            if shown.len() < name.len() { "..." } else { "" }
+        ));
     }
     if name == "." || name == ".." {
         return Err(format!("interface name {name:?} is not allowed"));
