@@ -379,11 +379,7 @@ fn a_handed_device_comes_back_under_its_name_even_after_the_pod_renamed_it() {
         .exec(&node.call("CHECK", "hd1", &pod, "net1"), &chk)
         .err(999);
     assert!(e.to_string().contains("missing"), "{e}");
-    assert!(
-        node.sh(Some(&pod), &["ip", "link", "set", "data0", "name", "net1"])
-            .status
-            .success()
-    );
+    // DEL finds it under the name the workload gave it, by its identity.
     node.exec(&node.call("DEL", "hd1", &pod, "net1"), &c).ok();
     assert!(
         node.links(None).contains(&"nic0".to_string()),
@@ -396,6 +392,23 @@ fn a_handed_device_comes_back_under_its_name_even_after_the_pod_renamed_it() {
     // A second DEL does nothing and succeeds.
     node.exec(&node.call("DEL", "hd1", &pod, "net1"), &c).ok();
     assert!(node.links(None).contains(&"nic0".to_string()));
+
+    // Handed over by the reference plugin before attache replaced it (no state of attache's): DEL gives
+    // it back under the name the reference kept.
+    let by_name = host_device(&node, json!({"device": "nic0", "dataDir": node.path("hd")}));
+    let mut call = node.call("ADD", "hd2", &pod, "net1");
+    call.bin = PathBuf::from(REFERENCE_DIR).join("host-device");
+    node.exec(&call, &by_name).ok();
+    assert!(!node.links(None).contains(&"nic0".to_string()));
+    node.exec(&node.call("DEL", "hd2", &pod, "net1"), &by_name)
+        .ok();
+    assert!(
+        node.links(None).contains(&"nic0".to_string()),
+        "{:?}",
+        node.links(None)
+    );
+    assert_eq!(node.links(Some(&pod)), vec!["lo".to_string()]);
+    assert!(leased(&node).is_empty());
 }
 
 #[test]

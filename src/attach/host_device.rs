@@ -123,14 +123,21 @@ pub struct Handed {
 }
 
 impl Handed {
-    /// Whether `c` is this device: by PCI address and port, else by permanent MAC.
+    /// Whether `c` is this device: by PCI address (and port: a PCI function may carry several netdevs;
+    /// where sysfs cannot say the port, as for a link in another namespace, by permanent MAC), else by
+    /// permanent MAC, else (a software link) by MAC.
     fn is(&self, c: &Candidate) -> bool {
+        let perm = |c: &Candidate| c.link.perm_mac.as_deref().map(format_mac);
         match (&self.nic.pci_address, &self.nic.perm_mac) {
-            (Some(pci), _) => {
+            (Some(pci), mac) => {
                 c.pci.as_deref() == Some(pci.as_str())
-                    && self.dev_port.unwrap_or(0) == c.dev_port.unwrap_or(0)
+                    && match (self.dev_port, c.dev_port, mac, perm(c)) {
+                        (Some(a), Some(b), _, _) => a == b,
+                        (_, _, Some(m), Some(p)) => *m == p,
+                        _ => true,
+                    }
             }
-            (None, Some(mac)) => c.link.perm_mac.as_deref().map(format_mac).as_ref() == Some(mac),
+            (None, Some(mac)) => perm(c).as_ref() == Some(mac),
             // A software link (a veth standing in for a NIC): its MAC.
             (None, None) => !self.mac.is_empty() && format_mac(&c.link.mac) == self.mac,
         }
@@ -430,10 +437,10 @@ impl Driver for HostDeviceConf {
     async fn del(args: &CmdArgs, conf: &NetConf) -> Result<()> {
         let dir = data_dir_of(conf);
         let state = state_file(&dir, &args.container_id, &args.ifname);
-        if let Some(h) = read_state(&state)?
-            && !h.dpdk
-        {
-            give_back(args, &h).await?;
+        match read_state(&state)? {
+            Some(h) if !h.dpdk => give_back(args, &h).await?,
+            Some(_) => {}
+            None => give_back_unrecorded(args, conf).await?,
         }
         IpamRelease::of(conf, args).del(args, conf).await?;
         // A killed ADD's half-written state goes too.
@@ -726,13 +733,59 @@ async fn give_back(args: &CmdArgs, h: &Handed) -> Result<()> {
     Ok(())
 }
 
+/// DEL of a device attache has no state file of — handed over by the reference plugin before attache
+/// replaced it: the device named `CNI_IFNAME` in the pod goes back under the name the reference kept in
+/// its ifalias, else the configuration's `device`. Only a device (not a software link) moves.
+async fn give_back_unrecorded(args: &CmdArgs, conf: &NetConf) -> Result<()> {
+    let Some(Ok(pod)) = args.netns.as_deref().map(NetNs::open) else {
+        return Ok(());
+    };
+    let pod_nl = Netlink::connect(Some(&pod))?;
+    let Some(link) = pod_nl.link(&args.ifname).await? else {
+        return Ok(());
+    };
+    let named = conf
+        .raw
+        .get("device")
+        .and_then(Value::as_str)
+        .filter(|d| check_nic_name(d).is_ok());
+    let alias = link
+        .alias
+        .as_deref()
+        .filter(|a| check_nic_name(a).is_ok() && a.len() < 16);
+    let Some(name) = alias.or(named).map(str::to_string) else {
+        return Ok(());
+    };
+    if link.parent.is_none() && link.alias.as_deref() != Some(name.as_str()) {
+        return Ok(());
+    }
+    if link.up {
+        pod_nl.set_down(link.index).await?;
+    }
+    let node = NetNs::current()?;
+    pod_nl
+        .move_link(link.index, node.raw_fd(), &name)
+        .await
+        .map_err(|e| e.context(format!("giving {} back to the node as {name}", args.ifname)))?;
+    tracing::info!(
+        "host-device: {} had no state of attache's (the reference's ADD?): back on the node as {name}",
+        args.ifname
+    );
+    Ok(())
+}
+
 /// The device back on the node under its name, wherever it is.
 async fn put_back(args: &CmdArgs, h: &Handed) -> Result<()> {
     let name = &h.nic.name;
     if let Some(Ok(pod)) = args.netns.as_deref().map(NetNs::open) {
         let pod_nl = Netlink::connect(Some(&pod))?;
         let here = candidates(&pod_nl).await?;
-        if let Some(c) = here.iter().find(|c| c.link.name == args.ifname && h.is(c)) {
+        // Under CNI_IFNAME, or renamed by the workload (the reference loses it then: plugins #773).
+        let mine = here
+            .iter()
+            .find(|c| c.link.name == args.ifname && h.is(c))
+            .or_else(|| here.iter().find(|c| h.is(c)));
+        if let Some(c) = mine {
             if c.link.up {
                 pod_nl.set_down(c.link.index).await?;
             }
@@ -741,9 +794,9 @@ async fn put_back(args: &CmdArgs, h: &Handed) -> Result<()> {
                 .move_link(c.link.index, node.raw_fd(), name)
                 .await
                 .map_err(|e| {
-                    e.context(format!("giving {} back to the node as {name}", args.ifname))
+                    e.context(format!("giving {} back to the node as {name}", c.link.name))
                 })?;
-            tracing::debug!("host-device: {} is back on the node as {name}", args.ifname);
+            tracing::debug!("host-device: {} is back on the node as {name}", c.link.name);
             return Ok(());
         }
     }

@@ -110,6 +110,10 @@ pub fn pass(args: &InstallArgs, node: Option<&str>) -> Result<()> {
             return Ok(());
         }
     }
+    // Whatever this pass makes of it, the next look is due in a minute (an API that refuses is not
+    // asked every two seconds).
+    *LAST.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((text.clone(), Instant::now() + LABEL_EVERY));
     let doc: Map<String, Value> = serde_json::from_slice(&text).map_err(|e| {
         Error::config(format!(
             "--physnets {} is not a JSON object: {e}",
@@ -163,9 +167,7 @@ pub fn pass(args: &InstallArgs, node: Option<&str>) -> Result<()> {
             }
         }
         Ok::<(), Error>(())
-    })?;
-    *LAST.lock().unwrap_or_else(|p| p.into_inner()) = Some((text, Instant::now() + LABEL_EVERY));
-    Ok(())
+    })
 }
 
 /// The physical networks that resolve to exactly one interface on this node (the others are said).
