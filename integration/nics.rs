@@ -307,6 +307,7 @@ fn a_node_interface_that_cannot_be_resolved_is_refused_with_what_the_node_has() 
 
 fn host_device(node: &Node, extra: Value) -> Value {
     let mut c = json!({"cniVersion": "1.0.0", "name": "hostdev", "type": "host-device",
+        "dataDir": node.path("hd"),
         "ipam": {"type": "host-local", "subnet": "10.95.0.0/24", "dataDir": node.path("ipam"),
                  "routes": [{"dst": "10.96.0.0/16"}]}});
     for (k, v) in extra.as_object().unwrap() {

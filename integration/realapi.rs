@@ -124,10 +124,27 @@ fn requests_by_attache(api: &RealApi) -> Vec<(String, String, u64, String)> {
 }
 
 /// The (verb, resource) pairs `deploy/`'s ClusterRole `attache`, its Role in kube-system and the optional
-/// `attache-label-node` grant, and the `get nodes` of attache-ipam's role that `install` reads its
-/// Node's labels with.
+/// `attache-label-node` grant, and the nodes rule of attache-ipam's role (`install` reads its Node's
+/// labels with its `get`).
 fn granted(api: &RealApi) -> Vec<(String, String)> {
-    let mut out = vec![("get".to_string(), "nodes".to_string())];
+    let mut out = Vec::new();
+    for rule in api.get(&["clusterrole", "attache-ipam"])["rules"]
+        .as_array()
+        .unwrap()
+    {
+        if rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "nodes")
+        {
+            for v in rule["verbs"].as_array().unwrap() {
+                if v == "get" {
+                    out.push(("get".to_string(), "nodes".to_string()));
+                }
+            }
+        }
+    }
     for role in [
         api.get(&["clusterrole", "attache"]),
         api.get(&["-n", "kube-system", "role", "attache-cluster-cidrs"]),

@@ -178,7 +178,14 @@ impl NativeType {
 /// physical network: rewritten to the node's primary name, as the meta-plugin does for a chain.
 async fn resolve_nic(conf: NetConf) -> Result<NetConf> {
     let mut raw = conf.raw.clone();
-    let mut nics = super::nic::NodeNics::new(std::path::Path::new(super::nic::PHYSNETS_FILE));
+    // `physnetsFile` as the meta-plugin's configuration names it, for a node whose map is elsewhere.
+    let map = raw
+        .get("physnetsFile")
+        .and_then(serde_json::Value::as_str)
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(super::nic::PHYSNETS_FILE)
+        .to_string();
+    let mut nics = super::nic::NodeNics::new(std::path::Path::new(&map));
     match super::nic::resolve_plugin(0, &mut raw, &mut nics).await? {
         Some(_) => NetConf::from_value(serde_json::Value::Object(raw)),
         None => Ok(conf),

@@ -114,33 +114,61 @@ pub struct Handed {
     /// Whether it was up on the node: DEL brings it up again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub up: bool,
-    /// Its MAC at ADD (what identifies a device without a permanent one).
+    /// Its MAC at ADD (with `kind`, what identifies a software link in the pod).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mac: String,
+    /// A software link's kind (`veth`, ...): `None` for a device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its MTU on the node: DEL puts it back when the configuration changed it.
+    #[serde(default)]
+    pub mtu: u32,
     /// A userspace-driver device: nothing was moved.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dpdk: bool,
 }
 
 impl Handed {
-    /// Whether `c` is this device: by PCI address (and port: a PCI function may carry several netdevs;
-    /// where sysfs cannot say the port, as for a link in another namespace, by permanent MAC), else by
-    /// permanent MAC, else (a software link) by MAC.
+    /// Whether it is backed by a device (PCI address or permanent MAC): only such a one comes back to
+    /// the node when a netns dies; a software link is destroyed with it.
+    fn is_device(&self) -> bool {
+        self.nic.pci_address.is_some() || self.nic.perm_mac.is_some()
+    }
+
+    /// Whether `c` is this device: by PCI address (and port where sysfs says it: a PCI function may
+    /// carry several netdevs), and permanent MAC wherever both sides have one; a software link (a veth
+    /// standing in for a NIC) by kind and MAC, which only the pod it was handed to is asked about.
     fn is(&self, c: &Candidate) -> bool {
-        let perm = |c: &Candidate| c.link.perm_mac.as_deref().map(format_mac);
-        match (&self.nic.pci_address, &self.nic.perm_mac) {
-            (Some(pci), mac) => {
+        let perm = c.link.perm_mac.as_deref().map(format_mac);
+        if !self.is_device() {
+            return c.link.parent.is_none()
+                && c.link.kind == self.kind
+                && !self.mac.is_empty()
+                && format_mac(&c.link.mac) == self.mac;
+        }
+        let pci_ok = match &self.nic.pci_address {
+            Some(pci) => {
                 c.pci.as_deref() == Some(pci.as_str())
-                    && match (self.dev_port, c.dev_port, mac, perm(c)) {
-                        (Some(a), Some(b), _, _) => a == b,
-                        (_, _, Some(m), Some(p)) => *m == p,
+                    && match (self.dev_port, c.dev_port) {
+                        (Some(a), Some(b)) => a == b,
                         _ => true,
                     }
             }
-            (None, Some(mac)) => perm(c).as_ref() == Some(mac),
-            // A software link (a veth standing in for a NIC): its MAC.
-            (None, None) => !self.mac.is_empty() && format_mac(&c.link.mac) == self.mac,
-        }
+            None => true,
+        };
+        let mac_ok = match (&self.nic.perm_mac, &perm) {
+            (Some(a), Some(b)) => a == b,
+            (Some(_), None) => self.nic.pci_address.is_some(),
+            (None, _) => true,
+        };
+        pci_ok && mac_ok
+    }
+
+    /// The state names what it should: this attachment, a name the kernel takes.
+    fn valid_for(&self, container_id: &str, ifname: &str) -> bool {
+        self.container_id == container_id
+            && self.ifname == ifname
+            && (self.dpdk || crate::cni::conf::check_ifname(&self.nic.name).is_ok())
     }
 }
 
@@ -151,8 +179,29 @@ fn state_file(dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
     ))
 }
 
-fn write_state(dir: &Path, h: &Handed) -> Result<()> {
+/// The state folder: a real directory of root's that nobody else may write (its files decide which node
+/// devices get renamed).
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     crate::files::ensure_real_dir(dir)?;
+    let md = std::fs::metadata(dir)
+        .map_err(|e| Error::io(format!("inspecting {}", dir.display()), e))?;
+    if md.uid() != nix::unistd::geteuid().as_raw() || md.mode() & 0o022 != 0 {
+        if md.uid() == nix::unistd::geteuid().as_raw() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("securing {}", dir.display()), e))?;
+        } else {
+            return Err(Error::config(format!(
+                "host-device dataDir {} belongs to another user: attache keeps no state there",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn write_state(dir: &Path, h: &Handed) -> Result<()> {
+    private_dir(dir)?;
     let path = state_file(dir, &h.container_id, &h.ifname);
     let bytes = serde_json::to_vec_pretty(h).map_err(|e| Error::Internal(e.to_string()))?;
     crate::fail::point("host_device.state")?;
@@ -181,14 +230,23 @@ fn remove_state(path: &Path) -> Result<()> {
     }
 }
 
-/// Every state file in `dir` (the devices handed to pods from this node).
+/// Every state file in `dir` (the devices handed to pods from this node), if the folder is attache's
+/// own; unreadable ones are skipped.
 fn all_states(dir: &Path) -> Vec<Handed> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::symlink_metadata(dir).is_ok_and(|m| {
+        m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
+    });
+    let Ok(rd) = std::fs::read_dir(dir)
+        .map_err(drop)
+        .and_then(|rd| ours.then_some(rd).ok_or(()))
+    else {
         return Vec::new();
     };
     rd.filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
         .filter_map(|e| read_state(&e.path()).ok().flatten())
+        .filter(|h| h.valid_for(&h.container_id, &h.ifname))
         .collect()
 }
 
@@ -196,7 +254,7 @@ fn data_dir_of(conf: &NetConf) -> PathBuf {
     conf.raw
         .get("dataDir")
         .and_then(Value::as_str)
-        .filter(|d| d.starts_with('/'))
+        .filter(|d| d.starts_with('/') && !d.split('/').any(|c| c == ".."))
         .map(PathBuf::from)
         .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
 }
@@ -317,6 +375,14 @@ impl Driver for HostDeviceConf {
     ) -> Result<CniResult> {
         let node = Netlink::connect(None)?;
         let pod_nl = pod.netlink().await?;
+        // Everything that can refuse the ADD before anything on the node changes (a stranded device is
+        // named back in `find`).
+        if pod_nl.link(&args.ifname).await?.is_some() {
+            return Err(Error::Conflict(format!(
+                "an interface named {} already exists in the pod",
+                args.ifname
+            )));
+        }
         let found = self.find(&node).await?;
         let handed = match &found {
             Found::Netdev(c) => Handed {
@@ -327,6 +393,8 @@ impl Driver for HostDeviceConf {
                 dev_port: c.dev_port,
                 up: c.link.up,
                 mac: format_mac(&c.link.mac),
+                kind: c.link.kind.clone().filter(|_| c.link.parent.is_none()),
+                mtu: c.link.mtu,
                 dpdk: false,
             },
             Found::Userspace { pci, driver } => Handed {
@@ -343,26 +411,11 @@ impl Driver for HostDeviceConf {
                 dev_port: None,
                 up: false,
                 mac: String::new(),
+                kind: None,
+                mtu: 0,
                 dpdk: true,
             },
         };
-        if let Found::Netdev(c) = &found
-            && let Some(m) = self.mtu
-            && c.link.mtu > 0
-            && m > c.link.mtu
-            && c.link.kind.is_some()
-        {
-            return Err(Error::config(format!(
-                "mtu {m} is above the mtu of {} ({})",
-                c.link.name, c.link.mtu
-            )));
-        }
-        if pod_nl.link(&args.ifname).await?.is_some() {
-            return Err(Error::Conflict(format!(
-                "an interface named {} already exists in the pod",
-                args.ifname
-            )));
-        }
         let upper = match &found {
             Found::Netdev(c) => c.link.clone(),
             Found::Userspace { .. } => node_placeholder(),
@@ -381,7 +434,19 @@ impl Driver for HostDeviceConf {
         let state = state_file(&self.data_dir, &args.container_id, &args.ifname);
         let r = ctx.undone_on_failure(&self.ipam, ctx.run(&handed)).await;
         if r.is_err() {
-            let _ = remove_state(&state);
+            // The state goes only once the device is back on the node: else the runtime's DEL needs it.
+            let back = handed.dpdk
+                || candidates(&node)
+                    .await
+                    .is_ok_and(|all| all.iter().any(|c| handed.is(c)) || !handed.is_device());
+            if back {
+                let _ = remove_state(&state);
+            } else {
+                tracing::error!(
+                    "host-device: {} is not back on the node after the failed ADD: its state stays for DEL",
+                    handed.nic.describe()
+                );
+            }
         }
         r
     }
@@ -437,10 +502,30 @@ impl Driver for HostDeviceConf {
     async fn del(args: &CmdArgs, conf: &NetConf) -> Result<()> {
         let dir = data_dir_of(conf);
         let state = state_file(&dir, &args.container_id, &args.ifname);
-        match read_state(&state)? {
-            Some(h) if !h.dpdk => give_back(args, &h).await?,
+        let recorded = match read_state(&state) {
+            Ok(Some(h)) if h.valid_for(&args.container_id, &args.ifname) => Some(h),
+            Ok(Some(_)) => {
+                tracing::warn!(
+                    "host-device: {} names another attachment: ignored",
+                    state.display()
+                );
+                None
+            }
+            Ok(None) => None,
+            // A DEL that fails for ever strands the pod: an unreadable state is set aside.
+            Err(e) => {
+                tracing::warn!("host-device: {e}: ignored");
+                let _ = std::fs::rename(&state, state.with_extension("unreadable"));
+                None
+            }
+        };
+        match recorded {
+            Some(h) if !h.dpdk => {
+                let pod = args.netns.as_deref().and_then(|p| NetNs::open(p).ok());
+                give_back(pod.as_ref(), &args.ifname, &h).await?
+            }
             Some(_) => {}
-            None => give_back_unrecorded(args, conf).await?,
+            None => give_back_unrecorded(args).await?,
         }
         IpamRelease::of(conf, args).del(args, conf).await?;
         // A killed ADD's half-written state goes too.
@@ -489,6 +574,7 @@ fn node_placeholder() -> Link {
         altnames: vec![],
         perm_mac: None,
         parent: None,
+        phys_port_name: None,
     }
 }
 
@@ -526,6 +612,7 @@ impl HostDeviceConf {
                     all.iter()
                         .filter(|c| {
                             want.is_some()
+                                && c.hardware
                                 && c.link.parent.as_ref().is_some_and(|(dev, bus)| {
                                     std::fs::canonicalize(format!("/sys/bus/{bus}/devices/{dev}"))
                                         .ok()
@@ -539,7 +626,11 @@ impl HostDeviceConf {
                 )
             }
             Locate::Pci(a) => {
-                let on = first(all.iter().filter(|c| c.pci.as_deref() == Some(a)).collect());
+                let on = first(
+                    all.iter()
+                        .filter(|c| c.hardware && c.pci.as_deref() == Some(a))
+                        .collect(),
+                );
                 if on.is_none() {
                     match pci_driver(a) {
                         Some(d) if USERSPACE_DRIVERS.contains(&d.as_str()) => {
@@ -588,19 +679,20 @@ impl HostDeviceConf {
             if h.nic.name != name || h.dpdk {
                 continue;
             }
-            if let Some(c) = all.iter().find(|c| h.is(c)) {
+            if let Some(c) = all.iter().find(|c| stranded(&h, c)) {
                 return self.reclaim(node, c.clone()).await.map(Some);
             }
         }
         Ok(None)
     }
 
-    /// If `c` is a device a pod had and lost with its netns (a state file names it under another name),
-    /// give it its own name back before it is handed over again.
+    /// If `c` is a device a pod had and lost with its netns (a state file names it, and it is back on
+    /// the node down, under the name it had in that pod), give it its own name back before it is handed
+    /// over again.
     async fn reclaim(&self, node: &Netlink, c: Candidate) -> Result<Candidate> {
         let Some(h) = all_states(&self.data_dir)
             .into_iter()
-            .find(|h| !h.dpdk && h.nic.name != c.link.name && h.is(&c))
+            .find(|h| stranded(h, &c))
         else {
             return Ok(c);
         };
@@ -616,6 +708,17 @@ impl HostDeviceConf {
             .ok_or_else(|| Error::Internal(format!("{} vanished", h.nic.name)))?;
         Ok(Candidate { link, ..c })
     }
+}
+
+/// Whether `c`, on the node, is the device of `h` stranded by its pod's dead netns: the kernel returned
+/// it down, under its pod-side name.
+fn stranded(h: &Handed, c: &Candidate) -> bool {
+    !h.dpdk
+        && h.is_device()
+        && h.is(c)
+        && c.link.name == h.ifname
+        && c.link.name != h.nic.name
+        && !c.link.up
 }
 
 /// Take a node link down and give it `name`.
@@ -644,6 +747,12 @@ impl AddCtx<'_, HostDeviceConf> {
             return Ok(result);
         }
         let (pod, pod_nl) = (&self.pod.ns, self.pod_nl);
+        // Pushed first: a move the kernel made before it failed to name the device is undone too.
+        self.undo.borrow_mut().push(Undo::GiveBack {
+            netns: pod.try_clone()?,
+            ifname: args.ifname.clone(),
+            handed: Box::new(handed.clone()),
+        });
         self.node
             .move_link(handed.nic.index, pod.raw_fd(), &args.ifname)
             .await
@@ -657,18 +766,21 @@ impl AddCtx<'_, HostDeviceConf> {
                     e
                 }
             })?;
-        self.undo.borrow_mut().push(Undo::GiveBack {
-            netns: pod.try_clone()?,
-            ifname: args.ifname.clone(),
-            name: handed.nic.name.clone(),
-            up: handed.up,
-        });
         let link = pod_nl
             .link(&args.ifname)
             .await?
             .ok_or_else(|| Error::Internal(format!("{} did not arrive in the pod", args.ifname)))?;
         if let Some(m) = hd.mtu {
-            pod_nl.set_mtu(link.index, m).await?;
+            pod_nl.set_mtu(link.index, m).await.map_err(|e| {
+                if e.errno() == Some(nix::errno::Errno::EINVAL) {
+                    Error::config(format!(
+                        "mtu {m} is not one {} takes (its driver refused it)",
+                        handed.nic.name
+                    ))
+                } else {
+                    e
+                }
+            })?;
         }
         for ip in &mut result.ips {
             ip.interface = Some(0);
@@ -701,33 +813,80 @@ impl AddCtx<'_, HostDeviceConf> {
     }
 }
 
-/// Move a handed-over device from the pod (`pod`, where it is `ifname`) back to the node as `name`.
-/// Used by DEL and by a failed ADD's rollback.
-pub async fn move_back(pod: &NetNs, ifname: &str, name: &str, up: bool) -> Result<bool> {
-    let pod_nl = Netlink::connect(Some(pod))?;
-    let Some(link) = pod_nl.link(ifname).await? else {
-        return Ok(false);
+/// Give a handed-over device back: out of the pod (`pod`, if it is still there) wherever it is in it —
+/// under `ifname` or a name the workload gave it —, then on the node under its own name (unless that
+/// name is taken there now: then it keeps the one it has, and the log says so), with its MTU and up
+/// state as they were. A device the pod's dead netns returned is found on the node by its identity; a
+/// software link only right after it moved (it dies with a netns, and vlans share their MAC). Used by
+/// DEL and by a failed ADD's rollback.
+pub async fn give_back(pod: Option<&NetNs>, ifname: &str, h: &Handed) -> Result<()> {
+    let name = &h.nic.name;
+    let mut moved = None;
+    if let Some(pod) = pod {
+        let pod_nl = Netlink::connect(Some(pod))?;
+        let here = candidates(&pod_nl).await?;
+        let mine = here
+            .iter()
+            .find(|c| c.link.name == ifname && h.is(c))
+            .or_else(|| here.iter().find(|c| h.is(c)));
+        if let Some(c) = mine {
+            if c.link.up {
+                pod_nl.set_down(c.link.index).await?;
+            }
+            let node = NetNs::current()?;
+            match pod_nl.move_link(c.link.index, node.raw_fd(), name).await {
+                Ok(()) => {}
+                // The kernel moves it first, then names it: a name taken on the node fails the naming.
+                Err(e) if is_exists(&e) => {}
+                Err(e) => {
+                    return Err(
+                        e.context(format!("giving {} back to the node as {name}", c.link.name))
+                    );
+                }
+            }
+            moved = Some(c.link.index);
+        }
+    }
+    let node = Netlink::connect(None)?;
+    let all = candidates(&node).await?;
+    let on_node = match moved {
+        Some(index) => all.iter().find(|c| c.link.index == index && h.is(c)),
+        None if h.is_device() => all.iter().find(|c| h.is(c)),
+        None => None,
     };
-    let node = NetNs::current()?;
-    if link.up {
-        pod_nl.set_down(link.index).await?;
+    let Some(c) = on_node else {
+        tracing::warn!(
+            "host-device: {} is neither in the pod nor on the node: nothing to give back",
+            h.nic.describe()
+        );
+        return Ok(());
+    };
+    if c.link.name != *name {
+        if node.link(name).await?.is_some() {
+            tracing::warn!(
+                "host-device: {name} is taken on the node by another link: the device stays {}",
+                c.link.name
+            );
+        } else {
+            rename_back(&node, &c.link, name)
+                .await
+                .map_err(|e| e.context(format!("naming {} back to {name}", c.link.name)))?;
+            tracing::info!("host-device: {} is back on the node as {name}", c.link.name);
+        }
     }
-    pod_nl.move_link(link.index, node.raw_fd(), name).await?;
-    if up {
-        Netlink::connect(None)?.set_up(name).await?;
+    if h.mtu > 0
+        && c.link.mtu != h.mtu
+        && let Err(e) = node.set_mtu(c.link.index, h.mtu).await
+    {
+        tracing::warn!("host-device: restoring the MTU {} of {name}: {e}", h.mtu);
     }
-    Ok(true)
-}
-
-/// DEL's half on the node: the device back under its name, wherever it is.
-async fn give_back(args: &CmdArgs, h: &Handed) -> Result<()> {
-    put_back(args, h).await?;
     if h.up {
-        let node = Netlink::connect(None)?;
-        if let Some(l) = node.link(&h.nic.name).await?
-            && !l.up
-        {
-            node.set_up(&h.nic.name).await?;
+        let up = node
+            .link_by_index(c.link.index)
+            .await?
+            .is_some_and(|l| l.up);
+        if !up {
+            node.set_up_index(c.link.index).await?;
         }
     }
     Ok(())
@@ -735,8 +894,8 @@ async fn give_back(args: &CmdArgs, h: &Handed) -> Result<()> {
 
 /// DEL of a device attache has no state file of — handed over by the reference plugin before attache
 /// replaced it: the device named `CNI_IFNAME` in the pod goes back under the name the reference kept in
-/// its ifalias, else the configuration's `device`. Only a device (not a software link) moves.
-async fn give_back_unrecorded(args: &CmdArgs, conf: &NetConf) -> Result<()> {
+/// its ifalias. Nothing else moves (without that mark it may be another plugin's).
+async fn give_back_unrecorded(args: &CmdArgs) -> Result<()> {
     let Some(Ok(pod)) = args.netns.as_deref().map(NetNs::open) else {
         return Ok(());
     };
@@ -744,21 +903,13 @@ async fn give_back_unrecorded(args: &CmdArgs, conf: &NetConf) -> Result<()> {
     let Some(link) = pod_nl.link(&args.ifname).await? else {
         return Ok(());
     };
-    let named = conf
-        .raw
-        .get("device")
-        .and_then(Value::as_str)
-        .filter(|d| check_nic_name(d).is_ok());
-    let alias = link
+    let Some(name) = link
         .alias
-        .as_deref()
-        .filter(|a| check_nic_name(a).is_ok() && a.len() < 16);
-    let Some(name) = alias.or(named).map(str::to_string) else {
+        .clone()
+        .filter(|a| crate::cni::conf::check_ifname(a).is_ok())
+    else {
         return Ok(());
     };
-    if link.parent.is_none() && link.alias.as_deref() != Some(name.as_str()) {
-        return Ok(());
-    }
     if link.up {
         pod_nl.set_down(link.index).await?;
     }
@@ -772,64 +923,6 @@ async fn give_back_unrecorded(args: &CmdArgs, conf: &NetConf) -> Result<()> {
         args.ifname
     );
     Ok(())
-}
-
-/// The device back on the node under its name, wherever it is.
-async fn put_back(args: &CmdArgs, h: &Handed) -> Result<()> {
-    let name = &h.nic.name;
-    if let Some(Ok(pod)) = args.netns.as_deref().map(NetNs::open) {
-        let pod_nl = Netlink::connect(Some(&pod))?;
-        let here = candidates(&pod_nl).await?;
-        // Under CNI_IFNAME, or renamed by the workload (the reference loses it then: plugins #773).
-        let mine = here
-            .iter()
-            .find(|c| c.link.name == args.ifname && h.is(c))
-            .or_else(|| here.iter().find(|c| h.is(c)));
-        if let Some(c) = mine {
-            if c.link.up {
-                pod_nl.set_down(c.link.index).await?;
-            }
-            let node = NetNs::current()?;
-            pod_nl
-                .move_link(c.link.index, node.raw_fd(), name)
-                .await
-                .map_err(|e| {
-                    e.context(format!("giving {} back to the node as {name}", c.link.name))
-                })?;
-            tracing::debug!("host-device: {} is back on the node as {name}", c.link.name);
-            return Ok(());
-        }
-    }
-    // Not in the pod: the kernel put it back on the node when the netns went (under its pod-side name),
-    // or an earlier DEL did.
-    let node = Netlink::connect(None)?;
-    let all = candidates(&node).await?;
-    match all.iter().find(|c| h.is(c)) {
-        Some(c) if c.link.name == *name => {
-            tracing::debug!("host-device: {name} is already back on the node");
-            Ok(())
-        }
-        Some(c) => {
-            rename_back(&node, &c.link, name).await.map_err(|e| {
-                e.context(format!(
-                    "renaming {} (stranded by the pod's netns) back to {name}",
-                    c.link.name
-                ))
-            })?;
-            tracing::info!(
-                "host-device: {} came back from a gone netns; renamed to {name}",
-                c.link.name
-            );
-            Ok(())
-        }
-        None => {
-            tracing::warn!(
-                "host-device: {} is neither in the pod nor on the node: nothing to give back",
-                h.nic.describe()
-            );
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

@@ -214,14 +214,15 @@ pub struct Candidate {
 
 impl Candidate {
     /// A link with its sysfs facts.
-    pub fn of(link: Link) -> Candidate {
-        let (pci, driver, dev_port) = sysfs_facts(&link);
+    pub fn of(mut link: Link) -> Candidate {
+        let f = sysfs_facts(&link);
+        link.parent = f.parent;
         Candidate {
-            hardware: link.parent.is_some(),
+            hardware: link.parent.is_some() && !is_representor(&link),
             link,
-            pci,
-            driver,
-            dev_port,
+            pci: f.pci,
+            driver: f.driver,
+            dev_port: f.dev_port,
         }
     }
 
@@ -316,40 +317,79 @@ pub fn pci_address(s: &str) -> Option<String> {
     ok.then_some(full)
 }
 
-/// The sysfs facts of a device-backed link: its PCI address (a virtio netdev's is its parent's), driver
-/// and `dev_port`. sysfs's `class/net` is the mount's namespace, which may not be the one asked about:
-/// `dev_port` is read only where the entry is this very link (same ifindex, same device).
-fn sysfs_facts(link: &Link) -> (Option<String>, Option<String>, Option<u32>) {
-    let Some((dev, bus)) = &link.parent else {
-        return (None, None, None);
-    };
-    let sys = PathBuf::from(format!("/sys/bus/{bus}/devices/{dev}"));
-    let real = std::fs::canonicalize(&sys).ok();
-    let pci = real.as_deref().and_then(|p| {
-        p.ancestors()
-            .filter_map(|a| a.file_name()?.to_str())
-            .find_map(pci_address)
-    });
-    let driver = std::fs::read_link(sys.join("driver"))
-        .ok()
-        .and_then(|p| p.file_name()?.to_str().map(String::from));
+/// The sysfs facts of a link: the device behind it (netlink's `IFLA_PARENT_DEV_*`, or on kernels before
+/// 5.16 the `/sys/class/net/X/device` link), its PCI address — a PCI netdev's own, or a virtio netdev's
+/// PCI parent's; never an ancestor's (an SF or a USB NIC is not its PF or controller) —, its driver and
+/// `dev_port`. sysfs's `class/net` is the mount's namespace, which may not be the one asked about: it is
+/// read only where the entry is this very link (same ifindex).
+struct SysFacts {
+    parent: Option<(String, String)>,
+    pci: Option<String>,
+    driver: Option<String>,
+    dev_port: Option<u32>,
+}
+
+fn sysfs_facts(link: &Link) -> SysFacts {
     let class = Path::new("/sys/class/net").join(&link.name);
     let read = |f: &str| {
         std::fs::read_to_string(class.join(f))
             .ok()
             .map(|s| s.trim().to_string())
     };
-    let same = read("ifindex").as_deref() == Some(link.index.to_string().as_str())
+    let base = |p: PathBuf| p.file_name()?.to_str().map(String::from);
+    let same = read("ifindex").as_deref() == Some(link.index.to_string().as_str());
+    let parent = link.parent.clone().or_else(|| {
+        if !same {
+            return None;
+        }
+        let dev = std::fs::read_link(class.join("device"))
+            .ok()
+            .and_then(base)?;
+        let bus = std::fs::read_link(class.join("device/subsystem"))
+            .ok()
+            .and_then(base)?;
+        Some((dev, bus))
+    });
+    let Some((dev, bus)) = &parent else {
+        return SysFacts {
+            parent: None,
+            pci: None,
+            driver: None,
+            dev_port: None,
+        };
+    };
+    let sys = PathBuf::from(format!("/sys/bus/{bus}/devices/{dev}"));
+    let pci = match bus.as_str() {
+        "pci" => pci_address(dev),
+        "virtio" => std::fs::canonicalize(&sys)
+            .ok()
+            .and_then(|p| p.parent()?.file_name()?.to_str().and_then(pci_address)),
+        _ => None,
+    };
+    let driver = std::fs::read_link(sys.join("driver")).ok().and_then(base);
+    let same_device = same
         && std::fs::read_link(class.join("device"))
             .ok()
-            .and_then(|p| p.file_name().map(|n| n == dev.as_str()))
-            .unwrap_or(false);
-    let dev_port = if same {
+            .and_then(base)
+            .is_some_and(|n| n == *dev);
+    let dev_port = if same_device {
         read("dev_port").and_then(|s| s.parse().ok())
     } else {
         None
     };
-    (pci, driver, dev_port)
+    SysFacts {
+        parent,
+        pci,
+        driver,
+        dev_port,
+    }
+}
+
+/// A switchdev representor (`pf0vf1`, `c1pf0sf3`): the port of a VF or SF on the eswitch, not the device.
+fn is_representor(link: &Link) -> bool {
+    link.phys_port_name
+        .as_deref()
+        .is_some_and(|n| n.contains("vf") || n.contains("sf"))
 }
 
 /// Every interface of the namespace `nl` is in, with what selectors look at.
@@ -601,6 +641,17 @@ pub async fn resolve_plugin(
         }
         (None, None) => None,
     };
+    if selector.is_some() && p.get("linkInContainer").and_then(Value::as_bool) == Some(true) {
+        return Err(Error::config(format!(
+            "{t}: a selector or physicalNetwork names a node interface, not one inside the pod (linkInContainer)"
+        )));
+    }
+    // The device plugin chose the device (resourceName): the selector only said which kind.
+    if field == "device" && p.get("deviceID").is_some_and(|d| d != "") {
+        p.remove(sel_key);
+        p.remove("physicalNetwork");
+        return Ok(None);
+    }
     let resolved = match selector {
         Some(s) => {
             if p.get(field).is_some_and(|v| v != "") {
@@ -663,6 +714,16 @@ pub async fn resolve_plugin(
     Ok(Some(resolved))
 }
 
+/// Take the selectors out of a network's plugins without resolving them (a teardown's plan: no plugin
+/// must see a key it does not know, and none needs the node's interface to tear down).
+pub fn strip_selectors(plugins: &mut [Map<String, Value>]) {
+    for p in plugins {
+        for k in ["masterSelector", "deviceSelector", "physicalNetwork"] {
+            p.remove(k);
+        }
+    }
+}
+
 /// CHECK of a recorded resolution: the node interface is still there under its index, name and
 /// permanent MAC (a host-device's is in the pod: its driver checks it).
 pub async fn check_resolved(nl: &Netlink, r: &Resolved) -> Result<()> {
@@ -717,6 +778,7 @@ mod tests {
                 altnames: vec![format!("{name}-long-alternative-name")],
                 perm_mac: mac.map(|m| m.to_vec()),
                 parent: pci.map(|p| (p.to_string(), "pci".to_string())),
+                phys_port_name: None,
             },
             hardware: pci.is_some(),
             pci: pci.map(String::from),

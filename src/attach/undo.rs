@@ -17,13 +17,11 @@ pub enum Undo {
     },
     Nft(nft::Removal),
     Ipam,
-    /// A node device handed to the pod (host-device): moved back to the node under its name.
+    /// A node device handed to the pod (host-device): given back to the node as it was.
     GiveBack {
         netns: NetNs,
         ifname: String,
-        name: String,
-        /// It was up on the node.
-        up: bool,
+        handed: Box<super::host_device::Handed>,
     },
 }
 
@@ -49,14 +47,14 @@ pub async fn rollback(undo: Vec<Undo>, args: &CmdArgs, conf: &NetConf, ipam: &cr
             Undo::GiveBack {
                 netns,
                 ifname,
-                name,
-                up,
+                handed,
             } => {
-                let r = super::host_device::move_back(netns, ifname, name, *up)
-                    .await
-                    .map(drop);
+                let r = super::host_device::give_back(Some(netns), ifname, handed).await;
                 link_left |= r.is_err();
-                (format!("give {ifname} back to the node as {name}"), r)
+                (
+                    format!("give {ifname} back to the node as {}", handed.nic.name),
+                    r,
+                )
             }
             Undo::Ipam if link_left => {
                 tracing::error!(

@@ -454,9 +454,6 @@ fn pass(args: &InstallArgs) -> Result<bool> {
     if let Err(e) = super::physnets::pass(args, node.as_deref().map(str::trim)) {
         // The map and the labels are the physical networks' business: the cluster network goes on.
         eprintln!("attache: physical networks: {e}");
-        if args.once {
-            return Err(e);
-        }
     }
     let Some((file, cluster)) = find_cluster_conf(&args.conf_dir, args.cluster_network.as_deref())
     else {

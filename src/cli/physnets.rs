@@ -55,10 +55,17 @@ pub fn for_node(
             let mut sel = e.clone();
             let matches = match sel.remove("nodeSelector") {
                 None | Some(Value::Null) => true,
-                Some(Value::Object(want)) => want.iter().all(|(k, v)| {
-                    v.as_str()
-                        .is_some_and(|v| labels.get(k).map(String::as_str) == Some(v))
-                }),
+                Some(Value::Object(want)) => {
+                    if let Some((k, v)) = want.iter().find(|(_, v)| !v.is_string()) {
+                        return Err(Error::config(format!(
+                            "--physnets {name:?}: nodeSelector {k:?} is {v}: a label value is a string"
+                        )));
+                    }
+                    want.iter().all(|(k, v)| {
+                        v.as_str()
+                            .is_some_and(|v| labels.get(k).map(String::as_str) == Some(v))
+                    })
+                }
                 Some(other) => {
                     return Err(Error::config(format!(
                         "--physnets {name:?}: nodeSelector must be an object of label values, got {other}"
@@ -92,8 +99,8 @@ pub fn pass(args: &InstallArgs, node: Option<&str>) -> Result<()> {
     };
     let text = match std::fs::read(src) {
         Ok(t) => t,
-        // No ConfigMap (its volume is optional): no physical networks to say anything about.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // No ConfigMap (its volume is optional, or it was deleted): no physical networks.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => b"{}".to_vec(),
         Err(e) => {
             return Err(Error::io(
                 format!("reading --physnets {}", src.display()),

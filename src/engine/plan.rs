@@ -539,9 +539,6 @@ impl<'a> Planner<'a> {
             merge_cni_args(&mut list, extra);
         }
         inject_cluster_ipam(&mut list, s.ipam_claim_reference.as_deref(), ac, conf);
-        let nics = resolve_nics(&mut list, ac)
-            .await
-            .map_err(|e| e.context(format!("{pod_name}: network {qualified}")))?;
         let mut runtime = Map::new();
         for (cap, v) in selection_runtime_config(&s) {
             if !declares_capability(&list, cap) {
@@ -582,6 +579,17 @@ impl<'a> Planner<'a> {
                 (Some(id), info)
             }
             None => (None, None),
+        };
+        // After the device plugin's deviceID is in (a host-device it names needs no resolving). A
+        // teardown resolves nothing: DEL goes by what ADD recorded, and a handed device is in the pod.
+        let nics = match self.purpose {
+            Purpose::Add => resolve_nics(&mut list, ac)
+                .await
+                .map_err(|e| e.context(format!("{pod_name}: network {qualified}")))?,
+            Purpose::Teardown(_) => {
+                crate::attach::nic::strip_selectors(&mut list.plugins);
+                Vec::new()
+            }
         };
         let default_route = s.default_route.clone().unwrap_or_default();
         ctx.route_defaults(&pod_name, &default_route)?;

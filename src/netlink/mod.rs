@@ -73,6 +73,8 @@ pub struct Link {
     /// `IFLA_PARENT_DEV_NAME` / `_BUS_NAME`: the device behind the netdev (`0000:3b:00.0` on `pci`,
     /// `virtio0` on `virtio`, ...); `None` for a software link.
     pub parent: Option<(String, String)>,
+    /// `IFLA_PHYS_PORT_NAME` (`p0`, a switchdev representor's `pf0vf1`, ...).
+    pub phys_port_name: Option<String>,
 }
 
 /// The kinds of link made on top of a node's interface.
@@ -322,7 +324,13 @@ impl Netlink {
             Ok(m) => Ok(m.map(parse_link)),
             Err(e) => {
                 let e = nl(format!("get link {name}"))(e);
-                if is_not_found(&e) { Ok(None) } else { Err(e) }
+                // A kernel before 5.5 knows no IFLA_ALT_IFNAME: no altname is there either.
+                let old_kernel = name.len() > 15 && e.errno() == Some(Errno::EINVAL);
+                if is_not_found(&e) || old_kernel {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
             }
         }
     }
@@ -522,6 +530,13 @@ impl Netlink {
             .build();
         self.set_link(msg, format!("attach {name} to its bridge"))
             .await
+    }
+
+    /// Bring a link (by index) up.
+    pub async fn set_up_index(&self, index: u32) -> Result<()> {
+        crate::fail::point("netlink.set_up")?;
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set_link(msg, format!("set link {index} up")).await
     }
 
     /// Bring a link (by name) up.
@@ -884,6 +899,7 @@ fn parse_link(m: LinkMessage) -> Link {
         altnames: Vec::new(),
         perm_mac: None,
         parent: None,
+        phys_port_name: None,
     };
     let (mut parent_dev, mut parent_bus) = (None, None);
     for a in m.attributes {
@@ -911,6 +927,7 @@ fn parse_link(m: LinkMessage) -> Link {
                 l.perm_mac = Some(mac)
             }
             LinkAttribute::ParentDevName(n) => parent_dev = Some(n),
+            LinkAttribute::PhysPortName(n) => l.phys_port_name = Some(n),
             LinkAttribute::ParentDevBusName(n) => parent_bus = Some(n),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
