@@ -476,6 +476,34 @@ fn a_handed_nic_goes_back_under_its_name_with_the_netns_alive_or_dead() {
     assert_eq!(returned(pci), "renamed");
     root_exec("DEL", "h5", &pod, "net1", &sel).ok();
     assert_eq!(root_name(pci).as_deref(), Some("vnic2"));
+
+    // An MTU the configuration set is put back; a node name taken meanwhile does not make DEL fail
+    // (the device keeps the name it came back under, and the log says so).
+    let mtu = |n: &str| -> u64 {
+        let out = sh(&["ip", "-j", "link", "show", n]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["mtu"].as_u64().unwrap()
+    };
+    let before = mtu("vnic2");
+    let pod = node.pod();
+    let small = host_device(&node, json!({"pciBusID": pci, "mtu": 1280}));
+    root_exec("ADD", "h6", &pod, "net1", &small).ok();
+    assert_eq!(
+        node.ip(Some(&pod), &["link", "show", "net1"])[0]["mtu"],
+        1280
+    );
+    root_exec("DEL", "h6", &pod, "net1", &small).ok();
+    assert_eq!(mtu("vnic2"), before, "the MTU is not put back");
+    let pod = node.pod();
+    root_exec("ADD", "h7", &pod, "net1", &c).ok();
+    node.delete_pod(&pod);
+    assert_eq!(returned(pci), "net1");
+    must(&["ip", "link", "add", "vnic2", "type", "dummy"]);
+    root_exec("DEL", "h7", &pod, "net1", &c).ok();
+    assert_eq!(root_name(pci).as_deref(), Some("net1"));
+    assert!(node.files("hd").is_empty(), "{:?}", node.files("hd"));
+    must(&["ip", "link", "del", "vnic2"]);
+    assert!(leased(&node).is_empty());
 }
 
 #[test]
