@@ -239,9 +239,10 @@ impl Node {
             .success()
     }
 
-    /// A new pod netns; returns its path.
+    /// A new pod netns; returns its path. Never one an earlier pod of the node had (a runtime does not
+    /// reuse a dead sandbox's netns path either).
     pub fn pod(&mut self) -> String {
-        let name = format!("{}-p{}", self.name, self.pods.len());
+        let name = format!("{}-p{}", self.name, COUNTER.fetch_add(1, Ordering::SeqCst));
         self.pods.push(name.clone());
         must(Command::new("ip").args(["netns", "add", &name]));
         must(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
