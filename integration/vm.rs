@@ -4,6 +4,7 @@
 //! are there and fails loudly if not: a test that can run nowhere must not pass.
 //! Under emulation the kernel is slow: these are correctness tests only, nothing is timed.
 
+mod poll;
 mod testbed;
 mod vm_nics;
 

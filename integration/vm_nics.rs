@@ -328,6 +328,29 @@ fn root_exec_bin(
     ifname: &str,
     conf: &Value,
 ) -> CniOutput {
+    root_exec_full(bin, cmd, id, netns, ifname, "", conf)
+}
+
+fn root_exec_args(
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    ifname: &str,
+    args: &str,
+    conf: &Value,
+) -> CniOutput {
+    root_exec_full(&attache_bin(), cmd, id, netns, ifname, args, conf)
+}
+
+fn root_exec_full(
+    bin: &Path,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    ifname: &str,
+    args: &str,
+    conf: &Value,
+) -> CniOutput {
     use std::io::Write;
     let mut child = Command::new(bin)
         .env_clear()
@@ -337,6 +360,7 @@ fn root_exec_bin(
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", ifname)
         .env("CNI_PATH", REFERENCE_DIR)
+        .env("CNI_ARGS", args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -585,4 +609,119 @@ fn a_nic_bound_to_a_userspace_driver_is_handed_over_in_dpdk_mode() {
     node.delete_pod(&pod);
     reset();
     assert_eq!(driver_of(pci), "virtio-pci");
+}
+
+/// The PF of the igb NIC `scripts/vm-test`'s second boot gives the VM, with `n` VFs made, and the VFs'
+/// PCI addresses.
+fn sriov_pf(n: usize) -> (String, Vec<String>) {
+    let pf = std::fs::read_dir("/sys/bus/pci/devices")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("sriov_totalvfs").exists() && driver_of(&p.file_name().unwrap().to_string_lossy()) == "igb")
+        .unwrap_or_else(|| {
+            panic!("no SR-IOV NIC (igb): this test runs in scripts/vm-test's second boot (bookworm-backports' qemu)")
+        });
+    let numvfs = pf.join("sriov_numvfs");
+    std::fs::write(&numvfs, "0").unwrap();
+    std::fs::write(&numvfs, n.to_string()).unwrap();
+    let vfs: Vec<String> = (0..n)
+        .map(|i| {
+            let l = std::fs::read_link(pf.join(format!("virtfn{i}"))).unwrap();
+            l.file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    for vf in &vfs {
+        assert!(
+            crate::poll::eventually(20, || root_vf_name(vf).is_some()),
+            "VF {vf} has no netdev (igbvf)"
+        );
+    }
+    // udev names them (enp1s0v0, ...) a moment after they appear.
+    let _ = sh(&["udevadm", "settle"]);
+    (pf.file_name().unwrap().to_string_lossy().into_owned(), vfs)
+}
+
+/// A VF's netdev in the root namespace.
+fn root_vf_name(vf: &str) -> Option<String> {
+    std::fs::read_dir(format!("/sys/bus/pci/devices/{vf}/net"))
+        .ok()?
+        .flatten()
+        .next()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// A VF handed to a pod as a device plugin would: the kubelet's checkpoint names the VF the pod was
+/// given for the definition's `resourceName`, and the meta-plugin passes it to host-device as `deviceID`.
+#[test]
+#[ignore = "needs an SR-IOV NIC: run by scripts/vm-test (its second boot)"]
+fn sriov_a_vf_is_handed_to_a_pod_by_the_device_plugins_device_id() {
+    require_reference_plugins();
+    let (_pf, vfs) = sriov_pf(2);
+    let vf = vfs[1].clone();
+    let name = root_vf_name(&vf).unwrap();
+    let mut node = Node::new("vmvf");
+    const UID: &str = "5b6f5a2e-3c1d-4e8b-9f0a-7d2c1e4b8a91";
+    std::fs::write(
+        node.path("kubelet_internal_checkpoint"),
+        json!({"Data": {"PodDeviceEntries": [{"PodUID": UID, "ContainerName": "app",
+            "ResourceName": "example.com/igb-vf", "DeviceIDs": {"0": [vf]}, "AllocResp": ""}],
+            "RegisteredDevices": {"example.com/igb-vf": vfs}}, "Checksum": 1})
+        .to_string(),
+    )
+    .unwrap();
+    let nets = node.path("networks");
+    std::fs::create_dir_all(&nets).unwrap();
+    let config = json!({"cniVersion": "1.0.0", "type": "host-device", "dataDir": node.path("hd"),
+        "ipam": {"type": "host-local", "subnet": "10.85.0.0/24", "dataDir": node.path("ipam")}});
+    std::fs::write(
+        nets.join("vf.yaml"),
+        format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: vf\n  namespace: default\n  annotations:\n    k8s.v1.cni.cncf.io/resourceName: example.com/igb-vf\nspec:\n  config: '{config}'\n"
+        ),
+    )
+    .unwrap();
+    let mut c = crate::testbed::meta_conf(&node, &nets, "vf");
+    c["deviceCheckpoint"] = json!(node.path("kubelet_internal_checkpoint"));
+    c["logFile"] = json!(node.path("attache.log"));
+    c["logLevel"] = json!("debug");
+    c["deviceInfoDir"] = json!(node.path("devinfo"));
+    let args =
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p;K8S_POD_UID={UID}");
+    let run = |cmd: &str, pod: &str, conf: &Value| -> CniOutput {
+        let mut conf = conf.clone();
+        conf["runtimeConfig"]["io.kubernetes.cri.pod-annotations"]["k8s.v1.cni.cncf.io/networks"] =
+            json!("vf");
+        root_exec_args(cmd, "v1", pod, "eth0", &args, &conf)
+    };
+    // Alive: the VF is the pod's net1; CHECK; DEL gives it back under its name.
+    let pod = node.pod();
+    let r = run("ADD", &pod, &c).ok();
+    let l = &node.ip(Some(&pod), &["-d", "link", "show", "net1"])[0];
+    assert_eq!(l["parentdev"], json!(vf), "{l}");
+    assert_eq!(root_vf_name(&vf), None);
+    let mut chk = c.clone();
+    chk["prevResult"] = r;
+    run("CHECK", &pod, &chk).ok();
+    run("DEL", &pod, &c).ok();
+    assert_eq!(root_vf_name(&vf).as_deref(), Some(name.as_str()));
+    // Dead: the netns goes first, the VF comes back as net1, DEL names it back.
+    let pod = node.pod();
+    run("ADD", &pod, &c).ok();
+    node.delete_pod(&pod);
+    assert!(
+        crate::poll::eventually(20, || root_vf_name(&vf).as_deref() == Some("net1")),
+        "the VF did not come back from the dead netns as net1"
+    );
+    run("DEL", &pod, &c).ok();
+    assert_eq!(
+        root_vf_name(&vf).as_deref(),
+        Some(name.as_str()),
+        "{}\n{}",
+        std::fs::read_to_string(node.path("attache.log")).unwrap_or_default(),
+        String::from_utf8_lossy(&sh(&["ip", "-d", "link", "show", "net1"]).stdout)
+    );
+    assert!(leased(&node).is_empty());
+    assert!(node.files("hd").is_empty(), "{:?}", node.files("hd"));
+    let _ = sriov_pf(0);
 }

@@ -849,9 +849,14 @@ pub async fn give_back(pod: Option<&NetNs>, ifname: &str, h: &Handed) -> Result<
     }
     let node = Netlink::connect(None)?;
     let all = candidates(&node).await?;
+    // A device by its identity; a software link by its index, or the name it was given (the kernel
+    // gives it another index when its own is taken on the node).
     let on_node = match moved {
-        Some(index) => all.iter().find(|c| c.link.index == index && h.is(c)),
-        None if h.is_device() => all.iter().find(|c| h.is(c)),
+        _ if h.is_device() => all.iter().find(|c| h.is(c)),
+        Some(index) => all
+            .iter()
+            .find(|c| c.link.index == index && h.is(c))
+            .or_else(|| all.iter().find(|c| c.link.name == *name && h.is(c))),
         None => None,
     };
     let Some(c) = on_node else {
@@ -862,6 +867,11 @@ pub async fn give_back(pod: Option<&NetNs>, ifname: &str, h: &Handed) -> Result<
         return Ok(());
     };
     if c.link.name != *name {
+        // udev may have given the device its own name as an altname meanwhile: a name it holds itself
+        // is freed for it.
+        if c.link.altnames.iter().any(|a| a == name) {
+            node.del_altname(c.link.index, name).await?;
+        }
         if node.link(name).await?.is_some() {
             tracing::warn!(
                 "host-device: {name} is taken on the node by another link: the device stays {}",

@@ -501,6 +501,18 @@ impl Netlink {
             .await
     }
 
+    /// Remove an alternative name of a link (by index).
+    pub async fn del_altname(&self, index: u32, name: &str) -> Result<()> {
+        crate::fail::point("netlink.set_link")?;
+        self.handle
+            .link()
+            .property_del(index)
+            .alt_ifname(&[name])
+            .execute()
+            .await
+            .map_err(nl(format!("remove altname {name} of link {index}")))
+    }
+
     /// Take a link (by index) down.
     pub async fn set_down(&self, index: u32) -> Result<()> {
         crate::fail::point("netlink.set_link")?;
