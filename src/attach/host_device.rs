@@ -817,7 +817,8 @@ impl AddCtx<'_, HostDeviceConf> {
 /// under `ifname` or a name the workload gave it —, then on the node under its own name (unless that
 /// name is taken there now: then it keeps the one it has, and the log says so), with its MTU and up
 /// state as they were. A device the pod's dead netns returned is found on the node by its identity; a
-/// software link only right after it moved (it dies with a netns, and vlans share their MAC). Used by
+/// software link only right after it moved, or under its own name (it dies with a netns, and vlans
+/// share their MAC). Used by
 /// DEL and by a failed ADD's rollback.
 pub async fn give_back(pod: Option<&NetNs>, ifname: &str, h: &Handed) -> Result<()> {
     let name = &h.nic.name;
@@ -857,7 +858,8 @@ pub async fn give_back(pod: Option<&NetNs>, ifname: &str, h: &Handed) -> Result<
             .iter()
             .find(|c| c.link.index == index && h.is(c))
             .or_else(|| all.iter().find(|c| c.link.name == *name && h.is(c))),
-        None => None,
+        // Back under its own name already (an interrupted DEL moved it): name, kind and MAC all agree.
+        None => all.iter().find(|c| c.link.name == *name && h.is(c)),
     };
     let Some(c) = on_node else {
         tracing::warn!(
